@@ -1,0 +1,370 @@
+//! The daemon's TOML configuration: parsing and validation.
+//!
+//! Every error names the file, the line and the offending value, and says what to do,
+//! because an operator reads it while the host's access is at stake. Validation is
+//! complete before anything touches the kernel.
+
+use std::{
+    fmt, fs,
+    net::IpAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use toml::Spanned;
+
+pub const DEFAULT_SOCKET: &str = "/run/allowlist/control.sock";
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/allowlist";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/allowlist";
+
+/// What the filter does with IP packets from sources that are not listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Off,
+    Monitor,
+    Enforce,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Monitor => "monitor",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<Mode> for allowlist_common::Mode {
+    fn from(mode: Mode) -> Self {
+        match mode {
+            Mode::Off => allowlist_common::Mode::Off,
+            Mode::Monitor => allowlist_common::Mode::Monitor,
+            Mode::Enforce => allowlist_common::Mode::Enforce,
+        }
+    }
+}
+
+/// How the XDP program is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// Native (driver) mode when the driver supports it, else generic.
+    Auto,
+    /// Driver mode only: fails on drivers without XDP support.
+    Native,
+    /// Generic (skb) mode: works everywhere, slower.
+    Generic,
+}
+
+/// One `[[allow]]` entry after validation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowEntry {
+    /// The network, host bits cleared.
+    pub network: IpNet,
+    pub description: String,
+    /// Line of the entry's `cidr` in the config file, for messages.
+    pub line: usize,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub path: PathBuf,
+    pub interfaces: Vec<String>,
+    pub mode: Mode,
+    pub xdp_mode: XdpMode,
+    pub socket: PathBuf,
+    pub pin_path: PathBuf,
+    pub state_dir: PathBuf,
+    pub allow: Vec<AllowEntry>,
+    /// Notes worth logging that do not stop the config from loading (e.g. host bits).
+    pub warnings: Vec<String>,
+}
+
+/// A config that cannot be used. Displayed as `FILE:LINE: message`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the config file: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}:{line}: {message}")]
+    Invalid {
+        path: String,
+        line: usize,
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    interfaces: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    mode: Option<Spanned<Mode>>,
+    #[serde(default)]
+    xdp_mode: Option<XdpMode>,
+    #[serde(default)]
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    pin_path: Option<PathBuf>,
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    allow: Vec<RawAllow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAllow {
+    cidr: Spanned<String>,
+    #[serde(default)]
+    description: String,
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates `text` as the contents of `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let raw: RawConfig = toml::from_str(text).map_err(|error| syntax_error(&shown, error))?;
+        let invalid = |span: Range<usize>, message: String| ConfigError::Invalid {
+            path: shown.clone(),
+            line: line_of(text, span.start),
+            message,
+        };
+
+        let interfaces_span = raw.interfaces.span();
+        let interfaces = raw.interfaces.into_inner();
+        if interfaces.is_empty() {
+            return Err(invalid(
+                interfaces_span,
+                "`interfaces` is empty: name at least one interface to protect, e.g. interfaces = [\"eth0\"]".into(),
+            ));
+        }
+        let mut names = Vec::with_capacity(interfaces.len());
+        for interface in interfaces {
+            let span = interface.span();
+            let name = interface.into_inner();
+            if !interface_exists(&name) {
+                return Err(invalid(
+                    span,
+                    format!(
+                        "interface {name:?} does not exist in this network namespace; `ip link` lists the names"
+                    ),
+                ));
+            }
+            if names.contains(&name) {
+                return Err(invalid(span, format!("interface {name:?} is listed twice")));
+            }
+            names.push(name);
+        }
+
+        let mut warnings = Vec::new();
+        let mut allow = Vec::with_capacity(raw.allow.len());
+        for entry in raw.allow {
+            let span = entry.cidr.span();
+            let line = line_of(text, span.start);
+            let given = entry.cidr.into_inner();
+            let network =
+                parse_network(&given).map_err(|message| invalid(span.clone(), message))?;
+            if network.to_string() != given.trim() && given.contains('/') {
+                warnings.push(format!(
+                    "{shown}:{line}: {given} has host bits set; using {network}"
+                ));
+            }
+            allow.push(AllowEntry {
+                network,
+                description: entry.description,
+                line,
+            });
+        }
+
+        let (mode, mode_span) = match raw.mode {
+            Some(mode) => (*mode.get_ref(), mode.span()),
+            None => (Mode::Enforce, 0..0),
+        };
+        if mode == Mode::Enforce && allow.is_empty() {
+            return Err(invalid(
+                mode_span,
+                "mode = \"enforce\" with no [[allow]] entries would drop all IP traffic to this host; add [[allow]] entries or use mode = \"monitor\"".into(),
+            ));
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            interfaces: names,
+            mode,
+            xdp_mode: raw.xdp_mode.unwrap_or(XdpMode::Auto),
+            socket: raw.socket.unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            pin_path: raw.pin_path.unwrap_or_else(|| DEFAULT_PIN_PATH.into()),
+            state_dir: raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            allow,
+            warnings,
+        })
+    }
+}
+
+/// Where a config keeps its runtime files, read without validating the rest, so that
+/// `allowlistd uninstall` works even when the config no longer is (e.g. an interface is gone).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Locations {
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    #[serde(default = "default_pin_path")]
+    pub pin_path: PathBuf,
+}
+
+fn default_socket() -> PathBuf {
+    DEFAULT_SOCKET.into()
+}
+
+fn default_pin_path() -> PathBuf {
+    DEFAULT_PIN_PATH.into()
+}
+
+impl Locations {
+    pub fn load(path: &Path) -> Result<Locations, ConfigError> {
+        let shown = path.display().to_string();
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|error| syntax_error(&shown, error))
+    }
+}
+
+/// Parses "203.0.113.7", "203.0.113.0/24", "2001:db8::/32"; host bits are cleared.
+pub fn parse_network(given: &str) -> Result<IpNet, String> {
+    let trimmed = given.trim();
+    let parsed = if trimmed.contains('/') {
+        trimmed.parse::<IpNet>().map_err(|_| ())
+    } else {
+        trimmed.parse::<IpAddr>().map(IpNet::from).map_err(|_| ())
+    };
+    parsed.map(|network| network.trunc()).map_err(|()| {
+        format!(
+            "invalid cidr {given:?}: expected an IPv4/IPv6 address (203.0.113.7, 2001:db8::7) or network (203.0.113.0/24, 2001:db8::/48)"
+        )
+    })
+}
+
+fn syntax_error(path: &str, error: toml::de::Error) -> ConfigError {
+    // toml's message already says "TOML parse error at line N, column M" and quotes
+    // the offending line; keep it whole.
+    ConfigError::Syntax {
+        path: path.to_string(),
+        message: error.to_string().trim_end().to_string(),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn interface_exists(name: &str) -> bool {
+    nix::net::if_::if_nametoindex(name).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/allowlist.toml"), text)
+    }
+
+    #[test]
+    fn a_full_config_loads_with_defaults_for_missing_keys() {
+        let config = parse(
+            r#"
+interfaces = ["lo"]
+mode = "monitor"
+
+[[allow]]
+cidr = "203.0.113.9/24"
+description = "office VPN"
+
+[[allow]]
+cidr = "2001:db8::1"
+"#,
+        )
+        .unwrap();
+        assert_eq!(config.interfaces, ["lo"]);
+        assert_eq!(config.mode, Mode::Monitor);
+        assert_eq!(config.xdp_mode, XdpMode::Auto);
+        assert_eq!(config.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!(config.allow[0].network.to_string(), "203.0.113.0/24");
+        assert_eq!(config.allow[0].line, 6);
+        assert_eq!(config.allow[1].network.to_string(), "2001:db8::1/128");
+        assert_eq!(config.warnings.len(), 1, "host bits are reported");
+    }
+
+    #[test]
+    fn a_bad_cidr_names_file_line_and_value() {
+        let error = parse("interfaces = [\"lo\"]\n[[allow]]\ncidr = \"10.0.0.300/24\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("/etc/allowlist.toml:3: "), "{error}");
+        assert!(error.contains("\"10.0.0.300/24\""), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_with_its_line() {
+        let error = parse("interfaces = [\"lo\"]\nmode = \"monitor\"\nfrobnicate = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("/etc/allowlist.toml"), "{error}");
+        assert!(error.contains("line 3"), "{error}");
+        assert!(error.contains("frobnicate"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_interface_is_refused_with_its_line() {
+        let error = parse("mode = \"monitor\"\ninterfaces = [\"lo\", \"nosuch0\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("/etc/allowlist.toml:2: "), "{error}");
+        assert!(error.contains("\"nosuch0\""), "{error}");
+    }
+
+    #[test]
+    fn enforcing_an_empty_list_is_refused() {
+        let error = parse("interfaces = [\"lo\"]\nmode = \"enforce\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(":2: "), "{error}");
+        assert!(error.contains("monitor"), "{error}");
+    }
+
+    #[test]
+    fn unparseable_toml_is_refused_with_its_line() {
+        let error = parse("interfaces = [\"lo\"\nmode = \n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("/etc/allowlist.toml"), "{error}");
+        assert!(error.contains("line "), "{error}");
+    }
+}

@@ -1,0 +1,599 @@
+//! The kernel side as the daemon sees it: the XDP program, its pinned maps and links.
+//!
+//! Everything is pinned under `pin_path`, so the filter outlives the daemon: a crash or a
+//! restart leaves the last applied list enforcing, and the next daemon takes over what is
+//! pinned instead of starting from nothing.
+//!
+//! ```text
+//! pin_path/
+//!   program          the XDP program
+//!   maps/NAME        every map of allowlist_common::MAP_*
+//!   links/IFNAME     one XDP link per protected interface
+//! ```
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use allowlist_common::{
+    AllowRule, Control, Counter, Ipv4Octets, Ipv6Octets, Reason, MAP_ALLOW_V4, MAP_ALLOW_V6,
+    MAP_CONTROL, MAP_COUNTERS, PROGRAM_NAME, SLOTS,
+};
+use aya::{
+    maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray},
+    programs::{links::FdLink, links::PinnedLink, xdp::XdpMode as KernelXdpMode, Xdp},
+    Ebpf, EbpfLoader,
+};
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{
+    compile::CompiledList,
+    config::{Mode, XdpMode},
+};
+
+/// The compiled XDP program, embedded so the installed daemon is self-contained.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/allowlist"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{context}: {message}")]
+    Kernel { context: String, message: String },
+}
+
+type Result<T, E = FilterError> = std::result::Result<T, E>;
+
+fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> FilterError {
+    let context = context.into();
+    move |source| FilterError::Io { context, source }
+}
+
+fn kernel_error<E: std::fmt::Display>(context: impl Into<String>) -> impl FnOnce(E) -> FilterError {
+    let context = context.into();
+    move |error| FilterError::Kernel {
+        context,
+        // aya's errors hide the errno in their source chain; show all of it.
+        message: error.to_string(),
+    }
+}
+
+/// The paths of everything pinned for one filter instance.
+#[derive(Clone, Debug)]
+pub struct Pins {
+    root: PathBuf,
+}
+
+impl Pins {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+    fn program(&self) -> PathBuf {
+        self.root.join("program")
+    }
+    fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+    fn link(&self, interface: &str) -> PathBuf {
+        self.links().join(interface)
+    }
+    /// Interfaces that have a pinned link, i.e. that this filter protects now.
+    fn pinned_interfaces(&self) -> Result<Vec<String>> {
+        let dir = self.links();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(error) => return Err(io_error(format!("listing {}", dir.display()))(error)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_error(format!("listing {}", dir.display())))?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// How the program ended up attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachedMode {
+    Native,
+    Generic,
+}
+
+/// The daemon's handle on the loaded program and its maps.
+pub struct Filter {
+    ebpf: Ebpf,
+    pins: Pins,
+    maps: Maps,
+    control: Control,
+    /// What each slot of the tries holds now, read back from the kernel at start.
+    slots: [CompiledList; SLOTS],
+    attached: BTreeMap<String, AttachedMode>,
+}
+
+struct Maps {
+    allow_v4: Vec<LpmTrie<MapData, Ipv4Octets, AllowRule>>,
+    allow_v6: Vec<LpmTrie<MapData, Ipv6Octets, AllowRule>>,
+    control: Array<MapData, Control>,
+    counters: PerCpuArray<MapData, Counter>,
+}
+
+/// Counters summed over CPUs, by reason.
+pub type Counters = BTreeMap<&'static str, Counter>;
+
+/// What applying a list changed in the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub added: usize,
+    pub removed: usize,
+    pub took: Duration,
+}
+
+impl Filter {
+    /// Loads the program and opens the maps pinned under `pins` (creating them the first
+    /// time). Nothing is attached and no verdict changes yet.
+    pub fn open(pins: Pins, ebpf_debug_log: bool) -> Result<Filter> {
+        ensure_bpffs(pins.root())?;
+        for dir in [pins.root().to_path_buf(), pins.maps(), pins.links()] {
+            fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+        }
+        // aya-log's level filter: 0 silences every log statement in the program.
+        let log_level: u8 = if ebpf_debug_log { 0xff } else { 0 };
+        let maps_dir = pins.maps();
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .override_global(aya_log::LEVEL, &log_level, true)
+            .load(EBPF_OBJECT)
+            .map_err(kernel_error("loading the XDP program's maps"))?;
+        let program: &mut Xdp = program_of(&mut ebpf)?;
+        program
+            .load()
+            .map_err(kernel_error("loading the XDP program into the kernel"))?;
+
+        let maps = Maps::take(&mut ebpf)?;
+        let control = maps
+            .control
+            .get(&0, 0)
+            .map_err(kernel_error("reading the control record"))?;
+        let slots = [maps.read_slot(0)?, maps.read_slot(1)?];
+        Ok(Filter {
+            ebpf,
+            pins,
+            maps,
+            control,
+            slots,
+            attached: BTreeMap::new(),
+        })
+    }
+
+    /// Whether a previous daemon left this filter attached somewhere.
+    pub fn is_pinned(pins: &Pins) -> Result<bool> {
+        Ok(!pins.pinned_interfaces()?.is_empty())
+    }
+
+    pub fn mode(&self) -> Mode {
+        match allowlist_common::Mode::from_raw(self.control.mode) {
+            allowlist_common::Mode::Off => Mode::Off,
+            allowlist_common::Mode::Monitor => Mode::Monitor,
+            allowlist_common::Mode::Enforce => Mode::Enforce,
+        }
+    }
+
+    /// The list the kernel judges by now.
+    pub fn active_list(&self) -> &CompiledList {
+        &self.slots[self.control.active_slot as usize % SLOTS]
+    }
+
+    pub fn attached(&self) -> &BTreeMap<String, AttachedMode> {
+        &self.attached
+    }
+
+    /// Makes the kernel judge by `list`, atomically: the inactive slot is brought to
+    /// `list`, the program is pointed at it, and only after every packet in flight has
+    /// finished with the old slot is that one brought up to date too.
+    pub fn apply(&mut self, list: &CompiledList) -> Result<ApplyReport> {
+        let started = Instant::now();
+        let active = self.control.active_slot as usize % SLOTS;
+        let standby = 1 - active;
+        self.write_slot(standby, list)?;
+        self.write_control(Control {
+            active_slot: standby as u32,
+            ..self.control
+        })?;
+        wait_for_packets_in_flight();
+        // The old slot is idle now; keep it identical so the next change is a small diff.
+        // Its diff is exactly what changed from the previous list.
+        let mut report = self.write_slot(active, list)?;
+        report.took = started.elapsed();
+        Ok(report)
+    }
+
+    pub fn set_mode(&mut self, mode: Mode) -> Result<()> {
+        let raw = allowlist_common::Mode::from(mode) as u32;
+        if self.control.mode != raw {
+            self.write_control(Control {
+                mode: raw,
+                ..self.control
+            })?;
+            wait_for_packets_in_flight();
+        }
+        Ok(())
+    }
+
+    /// Attaches to `interface`, or takes over the link a previous daemon pinned there by
+    /// swapping in this program atomically (no moment without a filter).
+    pub fn attach(
+        &mut self,
+        interface: &str,
+        wanted: XdpMode,
+        state_dir: &Path,
+    ) -> Result<AttachedMode> {
+        let link_pin = self.pins.link(interface);
+        let recorded = AttachmentRecord::load(state_dir);
+        let program = program_of(&mut self.ebpf)?;
+        let attached = if link_pin.exists() {
+            let pinned = PinnedLink::from_pin(&link_pin).map_err(kernel_error(format!(
+                "opening the pinned link {}",
+                link_pin.display()
+            )))?;
+            let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned)).map_err(
+                kernel_error(format!("{} is not an XDP link", link_pin.display())),
+            )?;
+            let id = program.attach_to_link(link).map_err(kernel_error(format!(
+                "replacing the program on {interface}"
+            )))?;
+            // The pin keeps the link alive; our handle may close whenever we exit.
+            let _ = program.take_link(id);
+            let mode = recorded
+                .get(interface)
+                .copied()
+                .unwrap_or(AttachedMode::Native);
+            if matches!(
+                (wanted, mode),
+                (XdpMode::Native, AttachedMode::Generic) | (XdpMode::Generic, AttachedMode::Native)
+            ) {
+                warn!(interface, attached = ?mode, wanted = ?wanted,
+                    "keeping the existing {mode:?} attachment: switching XDP mode would leave the interface unfiltered for a moment; run `allowlistd uninstall` first to change it");
+            }
+            info!(interface, mode = ?mode, "took over the pinned XDP link");
+            mode
+        } else {
+            let (id, mode) = attach_new(program, interface, wanted)?;
+            let link = program
+                .take_link(id)
+                .map_err(kernel_error(format!("taking the link on {interface}")))?;
+            let fd_link = FdLink::try_from(link).map_err(kernel_error(format!(
+                "the kernel attached {interface} without a BPF link (needs Linux 5.9+), so it cannot be pinned"
+            )))?;
+            fd_link.pin(&link_pin).map_err(kernel_error(format!(
+                "pinning the link at {}",
+                link_pin.display()
+            )))?;
+            info!(interface, mode = ?mode, "attached the XDP program");
+            mode
+        };
+        self.attached.insert(interface.to_string(), attached);
+        AttachmentRecord(self.attached.clone()).store(state_dir);
+        Ok(attached)
+    }
+
+    /// Detaches from pinned interfaces that are no longer configured.
+    pub fn detach_others(&mut self, keep: &[String], state_dir: &Path) -> Result<()> {
+        for interface in self.pins.pinned_interfaces()? {
+            if !keep.contains(&interface) {
+                let pin = self.pins.link(&interface);
+                fs::remove_file(&pin).map_err(io_error(format!("removing {}", pin.display())))?;
+                self.attached.remove(&interface);
+                info!(interface, "detached: no longer in the config");
+            }
+        }
+        AttachmentRecord(self.attached.clone()).store(state_dir);
+        Ok(())
+    }
+
+    /// Pins the program loaded now, replacing a previous daemon's pin.
+    pub fn pin_program(&mut self) -> Result<()> {
+        let path = self.pins.program();
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error(format!("removing {}", path.display()))(error)),
+        }
+        program_of(&mut self.ebpf)?
+            .pin(&path)
+            .map_err(kernel_error(format!(
+                "pinning the program at {}",
+                path.display()
+            )))
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        let mut counters = Counters::new();
+        for reason in Reason::ALL {
+            let per_cpu = self
+                .maps
+                .counters
+                .get(&(reason as u32), 0)
+                .map_err(kernel_error("reading counters"))?;
+            let total = per_cpu.iter().fold(Counter::default(), |sum, cpu| Counter {
+                packets: sum.packets + cpu.packets,
+                bytes: sum.bytes + cpu.bytes,
+            });
+            counters.insert(reason.name(), total);
+        }
+        Ok(counters)
+    }
+
+    /// The loaded program, for `BPF_PROG_TEST_RUN`.
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        program_of(&mut self.ebpf)
+    }
+
+    fn write_control(&mut self, control: Control) -> Result<()> {
+        self.maps
+            .control
+            .set(0, control, 0)
+            .map_err(kernel_error("writing the control record"))?;
+        self.control = control;
+        Ok(())
+    }
+
+    fn write_slot(&mut self, slot: usize, list: &CompiledList) -> Result<ApplyReport> {
+        let current = &self.slots[slot];
+        let (v4_add, v4_remove) = diff(&current.v4, &list.v4);
+        let (v6_add, v6_remove) = diff(&current.v6, &list.v6);
+        let trie_v4 = &mut self.maps.allow_v4[slot];
+        for net in &v4_remove {
+            trie_v4
+                .remove(&key_v4(net))
+                .map_err(kernel_error(format!("removing {net} from slot {slot}")))?;
+        }
+        for net in &v4_add {
+            trie_v4
+                .insert(&key_v4(net), AllowRule::ALLOW_ALL, 0)
+                .map_err(kernel_error(format!("adding {net} to slot {slot}")))?;
+        }
+        let trie_v6 = &mut self.maps.allow_v6[slot];
+        for net in &v6_remove {
+            trie_v6
+                .remove(&key_v6(net))
+                .map_err(kernel_error(format!("removing {net} from slot {slot}")))?;
+        }
+        for net in &v6_add {
+            trie_v6
+                .insert(&key_v6(net), AllowRule::ALLOW_ALL, 0)
+                .map_err(kernel_error(format!("adding {net} to slot {slot}")))?;
+        }
+        self.slots[slot] = list.clone();
+        Ok(ApplyReport {
+            added: v4_add.len() + v6_add.len(),
+            removed: v4_remove.len() + v6_remove.len(),
+            took: Duration::ZERO,
+        })
+    }
+}
+
+impl Maps {
+    fn take(ebpf: &mut Ebpf) -> Result<Maps> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name).ok_or_else(|| FilterError::Kernel {
+                context: "opening maps".into(),
+                message: format!("the program has no map {name}"),
+            })
+        };
+        let mut allow_v4 = Vec::with_capacity(SLOTS);
+        let mut allow_v6 = Vec::with_capacity(SLOTS);
+        for slot in 0..SLOTS {
+            allow_v4.push(
+                LpmTrie::try_from(take(MAP_ALLOW_V4[slot])?)
+                    .map_err(kernel_error(MAP_ALLOW_V4[slot]))?,
+            );
+            allow_v6.push(
+                LpmTrie::try_from(take(MAP_ALLOW_V6[slot])?)
+                    .map_err(kernel_error(MAP_ALLOW_V6[slot]))?,
+            );
+        }
+        Ok(Maps {
+            allow_v4,
+            allow_v6,
+            control: Array::try_from(take(MAP_CONTROL)?).map_err(kernel_error(MAP_CONTROL))?,
+            counters: PerCpuArray::try_from(take(MAP_COUNTERS)?)
+                .map_err(kernel_error(MAP_COUNTERS))?,
+        })
+    }
+
+    fn read_slot(&self, slot: usize) -> Result<CompiledList> {
+        let mut list = CompiledList::default();
+        for key in self.allow_v4[slot].keys() {
+            let key = key.map_err(kernel_error(format!("reading {}", MAP_ALLOW_V4[slot])))?;
+            let net = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
+                .map_err(kernel_error(format!("reading {}", MAP_ALLOW_V4[slot])))?;
+            list.v4.push(net);
+        }
+        for key in self.allow_v6[slot].keys() {
+            let key = key.map_err(kernel_error(format!("reading {}", MAP_ALLOW_V6[slot])))?;
+            let net = Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8)
+                .map_err(kernel_error(format!("reading {}", MAP_ALLOW_V6[slot])))?;
+            list.v6.push(net);
+        }
+        list.v4.sort_unstable();
+        list.v6.sort_unstable();
+        Ok(list)
+    }
+}
+
+/// The prefixes to add to and remove from `current` to make it `wanted` (both sorted).
+fn diff<N: Ord + Copy>(current: &[N], wanted: &[N]) -> (Vec<N>, Vec<N>) {
+    let add = wanted
+        .iter()
+        .filter(|n| current.binary_search(n).is_err())
+        .copied()
+        .collect();
+    let remove = current
+        .iter()
+        .filter(|n| wanted.binary_search(n).is_err())
+        .copied()
+        .collect();
+    (add, remove)
+}
+
+fn key_v4(net: &Ipv4Net) -> Key<Ipv4Octets> {
+    Key::new(u32::from(net.prefix_len()), net.network().octets())
+}
+
+fn key_v6(net: &Ipv6Net) -> Key<Ipv6Octets> {
+    Key::new(u32::from(net.prefix_len()), net.network().octets())
+}
+
+fn program_of(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or_else(|| FilterError::Kernel {
+            context: "loading the XDP program".into(),
+            message: format!("the object has no program {PROGRAM_NAME}"),
+        })?
+        .try_into()
+        .map_err(kernel_error("loading the XDP program"))
+}
+
+fn attach_new(
+    program: &mut Xdp,
+    interface: &str,
+    wanted: XdpMode,
+) -> Result<(aya::programs::xdp::XdpLinkId, AttachedMode)> {
+    let attach = |program: &mut Xdp, flags, mode: AttachedMode| {
+        program
+            .attach(interface, flags)
+            .map(|id| (id, mode))
+            .map_err(kernel_error(format!(
+                "attaching {mode:?} XDP to {interface}"
+            )))
+    };
+    match wanted {
+        XdpMode::Native => attach(program, KernelXdpMode::Driver, AttachedMode::Native),
+        XdpMode::Generic => attach(program, KernelXdpMode::Skb, AttachedMode::Generic),
+        XdpMode::Auto => match attach(program, KernelXdpMode::Driver, AttachedMode::Native) {
+            Ok(attached) => Ok(attached),
+            Err(error) => {
+                warn!(interface, %error, "native XDP is not available; falling back to generic XDP (slower, same verdicts)");
+                attach(program, KernelXdpMode::Skb, AttachedMode::Generic)
+            }
+        },
+    }
+}
+
+/// Waits until no packet can still be judged by what the control record said before.
+///
+/// The program runs inside an RCU read-side critical section, and the global membarrier
+/// command waits for an RCU grace period (synchronize_rcu), so once it returns every
+/// program run that read the old record has finished.
+fn wait_for_packets_in_flight() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+    // SAFETY: membarrier takes no pointers.
+    let result = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if result != 0 {
+        // Only refused on nohz_full kernels; a program run lasts microseconds.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Mounts bpffs at `/sys/fs/bpf` when `pin_path` lives there and nothing is mounted yet
+/// (systemd does this at boot; minimal systems and containers often don't).
+fn ensure_bpffs(pin_path: &Path) -> Result<()> {
+    let mut probe = pin_path.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    if is_bpffs(&probe) {
+        return Ok(());
+    }
+    let default_mount = Path::new("/sys/fs/bpf");
+    if pin_path.starts_with(default_mount) && !is_bpffs(default_mount) {
+        fs::create_dir_all(default_mount).map_err(io_error("creating /sys/fs/bpf"))?;
+        nix::mount::mount(
+            Some("bpf"),
+            default_mount,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|errno| FilterError::Io {
+            context: "mounting bpffs on /sys/fs/bpf".into(),
+            source: errno.into(),
+        })?;
+        info!("mounted bpffs on /sys/fs/bpf");
+        return Ok(());
+    }
+    Err(FilterError::Kernel {
+        context: format!("pin_path {}", pin_path.display()),
+        message: "is not on a BPF filesystem; use a path under /sys/fs/bpf or mount one with `mount -t bpf bpf DIR`".into(),
+    })
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|fs| fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Detaches the filter everywhere and removes every pin: the documented way to remove
+/// allowlist from a host. Pinned links are released by unlinking their pins.
+pub fn uninstall(pins: &Pins) -> Result<Vec<String>> {
+    let interfaces = pins.pinned_interfaces()?;
+    if pins.root().exists() {
+        fs::remove_dir_all(pins.root())
+            .map_err(io_error(format!("removing {}", pins.root().display())))?;
+    }
+    Ok(interfaces)
+}
+
+/// Which XDP mode each interface was attached in. The kernel's link info does not say,
+/// so the daemon records it in `state_dir` for `status` after a takeover.
+#[derive(Default, Serialize, Deserialize)]
+struct AttachmentRecord(BTreeMap<String, AttachedMode>);
+
+impl AttachmentRecord {
+    const FILE: &'static str = "attachments.json";
+
+    fn load(state_dir: &Path) -> BTreeMap<String, AttachedMode> {
+        fs::read(state_dir.join(Self::FILE))
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<AttachmentRecord>(&bytes).ok())
+            .map(|record| record.0)
+            .unwrap_or_default()
+    }
+
+    fn store(&self, state_dir: &Path) {
+        let result = fs::create_dir_all(state_dir).and_then(|()| {
+            crate::durable::write_atomically(
+                &state_dir.join(Self::FILE),
+                &serde_json::to_vec_pretty(self).unwrap_or_default(),
+            )
+        });
+        if let Err(error) = result {
+            warn!(%error, dir = %state_dir.display(), "could not record attachment modes; status may show the wrong XDP mode after a restart");
+        }
+    }
+}
