@@ -171,6 +171,9 @@ impl Filter {
             .load()
             .map_err(kernel_error("loading the XDP program into the kernel"))?;
 
+        if ebpf_debug_log {
+            forward_program_log(&mut ebpf)?;
+        }
         let maps = Maps::take(&mut ebpf)?;
         let control = maps
             .control
@@ -502,6 +505,28 @@ fn attach_new(
     }
 }
 
+/// Forwards the program's aya-log records to this process's log (target
+/// `allowlist_ebpf`) from a thread of its own, so the kernel side can be debugged live.
+fn forward_program_log(ebpf: &mut Ebpf) -> Result<()> {
+    use std::os::fd::AsFd as _;
+    let mut logger =
+        aya_log::EbpfLogger::init(ebpf).map_err(kernel_error("starting the XDP program's log"))?;
+    std::thread::Builder::new()
+        .name("ebpf-log".into())
+        .spawn(move || loop {
+            let mut fds = [nix::poll::PollFd::new(
+                logger.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)).is_err() {
+                return;
+            }
+            logger.flush();
+        })
+        .map_err(io_error("starting the XDP log thread"))?;
+    Ok(())
+}
+
 /// Waits until no packet can still be judged by what the control record said before.
 ///
 /// The program runs inside an RCU read-side critical section, and the global membarrier
@@ -554,7 +579,7 @@ fn ensure_bpffs(pin_path: &Path) -> Result<()> {
 
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|fs| fs.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|fs| fs.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false)
 }
 
