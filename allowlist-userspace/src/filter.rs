@@ -252,6 +252,9 @@ impl Filter {
         wanted: XdpMode,
         state_dir: &Path,
     ) -> Result<AttachedMode> {
+        if let Some(mode) = self.attached.get(interface) {
+            return Ok(*mode);
+        }
         let link_pin = self.pins.link(interface);
         let recorded = AttachmentRecord::load(state_dir);
         let program = program_of(&mut self.ebpf)?;
@@ -556,6 +559,12 @@ fn ensure_bpffs(pin_path: &Path) -> Result<()> {
     }
     let default_mount = Path::new("/sys/fs/bpf");
     if pin_path.starts_with(default_mount) && !is_bpffs(default_mount) {
+        if !in_host_mount_namespace() {
+            return Err(FilterError::Kernel {
+                context: format!("pin_path {}", pin_path.display()),
+                message: "no bpffs is mounted on /sys/fs/bpf in this mount namespace, and this daemon runs in a private one (e.g. under `ip netns exec`): a bpffs mounted here would vanish with the daemon, and the filter with it. Mount bpffs on /sys/fs/bpf in the host's namespace (`mount -t bpf bpf /sys/fs/bpf`), or start the daemon with `nsenter --net=/run/netns/NAME` instead".into(),
+            });
+        }
         fs::create_dir_all(default_mount).map_err(io_error("creating /sys/fs/bpf"))?;
         nix::mount::mount(
             Some("bpf"),
@@ -575,6 +584,20 @@ fn ensure_bpffs(pin_path: &Path) -> Result<()> {
         context: format!("pin_path {}", pin_path.display()),
         message: "is not on a BPF filesystem; use a path under /sys/fs/bpf or mount one with `mount -t bpf bpf DIR`".into(),
     })
+}
+
+/// Whether this process shares PID 1's mount namespace, where a mount outlives us.
+fn in_host_mount_namespace() -> bool {
+    match (
+        fs::metadata("/proc/self/ns/mnt"),
+        fs::metadata("/proc/1/ns/mnt"),
+    ) {
+        (Ok(ours), Ok(init)) => {
+            use std::os::unix::fs::MetadataExt as _;
+            ours.ino() == init.ino() && ours.dev() == init.dev()
+        }
+        _ => false,
+    }
 }
 
 fn is_bpffs(path: &Path) -> bool {
