@@ -1,0 +1,626 @@
+//! Driving the real `allowlistd` and `allowlistctl` binaries.
+//!
+//! The daemon runs inside the topology's host namespace. Its control socket, state
+//! directory, log and config live in a per-daemon temp dir, and its pins under a unique
+//! directory of the bpffs, so daemons of parallel tests never meet.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::netns::Netns;
+use crate::process::{output_with_timeout, run_checked, wait_with_deadline, COMMAND_TIMEOUT};
+use crate::topology::Topology;
+
+/// How long a daemon may take from spawn to answering `status`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where bpffs is expected; per-test pin directories are made below it.
+const BPFFS_ROOT: &str = "/sys/fs/bpf";
+/// `statfs` magic number of bpffs.
+const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+
+static NEXT_DAEMON: AtomicUsize = AtomicUsize::new(0);
+
+/// The two binaries under test.
+#[derive(Clone, Debug)]
+pub struct Binaries {
+    pub daemon: PathBuf,
+    pub ctl: PathBuf,
+}
+
+impl Binaries {
+    /// `$ALLOWLIST_BIN_DIR` (set by `cargo xtask test`), else the workspace's target/debug.
+    pub fn locate() -> Result<Self> {
+        let dir = std::env::var_os("ALLOWLIST_BIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
+        let binaries = Self {
+            daemon: dir.join("allowlistd"),
+            ctl: dir.join("allowlistctl"),
+        };
+        for binary in [&binaries.daemon, &binaries.ctl] {
+            ensure!(
+                binary.is_file(),
+                "{} not found: run `cargo build -p allowlist-userspace` or set ALLOWLIST_BIN_DIR",
+                binary.display()
+            );
+        }
+        Ok(binaries)
+    }
+}
+
+/// What the XDP program does with packets (the config's `mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Off,
+    Monitor,
+    Enforce,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Monitor => "monitor",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+/// A daemon config. The per-daemon paths (socket, pin_path, state_dir) are filled in
+/// from [`DaemonFiles`] when rendered.
+#[derive(Clone, Debug)]
+pub struct ConfigBuilder {
+    interfaces: Vec<String>,
+    mode: Mode,
+    xdp_mode: String,
+    allow: Vec<(String, String)>,
+}
+
+impl ConfigBuilder {
+    /// Enforce mode, `xdp_mode = "auto"`, an empty list.
+    pub fn new(interfaces: &[&str]) -> Self {
+        Self {
+            interfaces: interfaces.iter().map(|name| name.to_string()).collect(),
+            mode: Mode::Enforce,
+            xdp_mode: "auto".into(),
+            allow: Vec::new(),
+        }
+    }
+
+    /// Guards both host-side interfaces of `topology`.
+    pub fn for_topology(topology: &Topology) -> Self {
+        Self::new(&topology.guarded_interfaces())
+    }
+
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    pub fn xdp_mode(mut self, xdp_mode: &str) -> Self {
+        self.xdp_mode = xdp_mode.into();
+        self
+    }
+
+    pub fn allow(mut self, cidr: impl ToString, description: &str) -> Self {
+        self.allow.push((cidr.to_string(), description.into()));
+        self
+    }
+
+    pub fn allow_all<I, S>(mut self, cidrs: I, description: &str) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: ToString,
+    {
+        for cidr in cidrs {
+            self.allow.push((cidr.to_string(), description.into()));
+        }
+        self
+    }
+
+    pub fn render(&self, files: &DaemonFiles) -> String {
+        let interfaces: Vec<String> = self
+            .interfaces
+            .iter()
+            .map(|name| toml_string(name))
+            .collect();
+        let mut toml = format!(
+            "interfaces = [{}]\nmode = {}\nxdp_mode = {}\n{}",
+            interfaces.join(", "),
+            toml_string(self.mode.as_str()),
+            toml_string(&self.xdp_mode),
+            files.paths_toml()
+        );
+        for (cidr, description) in &self.allow {
+            toml.push_str(&format!(
+                "\n[[allow]]\ncidr = {}\ndescription = {}\n",
+                toml_string(cidr),
+                toml_string(description)
+            ));
+        }
+        toml
+    }
+}
+
+/// A TOML basic string.
+pub fn toml_string(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// The files of one daemon: a temp dir holding config, control socket, state dir and log,
+/// plus a unique pin directory on bpffs. Dropping it removes the temp dir (not the pins:
+/// [`Daemon`] cleans those).
+#[derive(Debug)]
+pub struct DaemonFiles {
+    dir: TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    pub pin_path: PathBuf,
+    /// An empty directory used to carry the bpffs mount into the daemon's namespace.
+    bpffs_carrier: PathBuf,
+}
+
+impl DaemonFiles {
+    pub fn new() -> Result<Self> {
+        ensure_bpffs()?;
+        let dir = tempfile::Builder::new()
+            .prefix("allowlist-test-")
+            .tempdir()?;
+        let state_dir = dir.path().join("state");
+        let bpffs_carrier = dir.path().join("bpffs");
+        fs::create_dir(&state_dir)?;
+        fs::create_dir(&bpffs_carrier)?;
+        Ok(Self {
+            config: dir.path().join("allowlist.toml"),
+            socket: dir.path().join("control.sock"),
+            log: dir.path().join("allowlistd.log"),
+            pin_path: Path::new(BPFFS_ROOT).join(format!(
+                "alt-{}-{}",
+                std::process::id(),
+                NEXT_DAEMON.fetch_add(1, Ordering::Relaxed)
+            )),
+            state_dir,
+            bpffs_carrier,
+            dir,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The `socket`, `pin_path` and `state_dir` lines of a config for these files.
+    pub fn paths_toml(&self) -> String {
+        format!(
+            "socket = {}\npin_path = {}\nstate_dir = {}\n",
+            toml_string(&self.socket.to_string_lossy()),
+            toml_string(&self.pin_path.to_string_lossy()),
+            toml_string(&self.state_dir.to_string_lossy())
+        )
+    }
+
+    /// Replaces the config file atomically, so a daemon reading it concurrently sees
+    /// either the old or the new text, never half of one.
+    pub fn write_config(&self, text: &str) -> Result<()> {
+        let staging = self.dir.path().join("allowlist.toml.new");
+        fs::write(&staging, text)?;
+        fs::rename(&staging, &self.config)?;
+        Ok(())
+    }
+
+    /// A command running `allowlistd --config CONFIG ARGS...` inside `netns`.
+    ///
+    /// `ip netns exec` would remount /sys for the namespace and so hide bpffs, which is
+    /// mounted under /sys: pins made there would live in a private bpffs and vanish with
+    /// the daemon. Instead the command enters the network namespace, takes a private
+    /// mount namespace, remounts /sys (so /sys/class/net shows the namespace's devices,
+    /// as with `ip netns exec`) and mounts the host's bpffs back on top of it.
+    pub fn daemon_command(&self, netns: &Netns, binaries: &Binaries, args: &[&str]) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net={}", netns.path().display()))
+            .args(["unshare", "--mount", "--propagation", "private", "sh", "-c"])
+            .arg(
+                "mount --bind /sys/fs/bpf \"$1\" && umount -l /sys && \
+                 mount -t sysfs sysfs /sys && mount --move \"$1\" /sys/fs/bpf && \
+                 shift && exec \"$@\"",
+            )
+            .arg("sh")
+            .arg(&self.bpffs_carrier)
+            .arg(&binaries.daemon)
+            .arg("--config")
+            .arg(&self.config)
+            .args(args);
+        command
+    }
+
+    /// Runs `allowlistd --config CONFIG ARGS...` in `netns` to completion (it is killed
+    /// after `timeout`: a daemon that accepted a bad config would otherwise run forever).
+    pub fn run_daemon_to_exit(
+        &self,
+        netns: &Netns,
+        binaries: &Binaries,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<Output> {
+        output_with_timeout(&mut self.daemon_command(netns, binaries, args), timeout)
+    }
+}
+
+/// Makes sure bpffs is mounted at /sys/fs/bpf in the root mount namespace (minimal
+/// machines do not mount it); the daemon can only pin there if it is.
+pub fn ensure_bpffs() -> Result<()> {
+    static CHECKED: Mutex<bool> = Mutex::new(false);
+    let mut checked = CHECKED.lock().unwrap_or_else(|poison| poison.into_inner());
+    if *checked {
+        return Ok(());
+    }
+    // Test binaries of other runs may be doing the same; a second mount on top of the
+    // first would split pins between two bpffs instances.
+    let lock = File::create("/run/allowlist-tests-bpffs.lock")?;
+    // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("flock bpffs lock");
+    }
+    if !is_bpffs(Path::new(BPFFS_ROOT))? {
+        run_checked(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS_ROOT]))
+            .context("mounting bpffs at /sys/fs/bpf")?;
+    }
+    *checked = true;
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> Result<bool> {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs fills a zeroed struct we own from a NUL-terminated path.
+    let mut info: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut info) } != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {path:?}"));
+    }
+    Ok(info.f_type as libc::c_long == BPF_FS_MAGIC)
+}
+
+/// One counter of `allowlistctl stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counter {
+    pub fn new(packets: u64, bytes: u64) -> Self {
+        Self { packets, bytes }
+    }
+}
+
+/// The counters of `allowlistctl stats --json`, by reason.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    counters: BTreeMap<String, Counter>,
+}
+
+impl Stats {
+    /// Every reason the interface documents; a daemon leaving one out is a bug.
+    pub const REASONS: [&'static str; 8] = [
+        "passed_listed",
+        "passed_non_ip",
+        "passed_exempt",
+        "passed_off",
+        "dropped_not_listed",
+        "dropped_malformed",
+        "monitor_would_drop",
+        "monitor_malformed",
+    ];
+
+    pub fn from_json(json: &Value) -> Result<Self> {
+        let object = json["counters"]
+            .as_object()
+            .with_context(|| format!("no \"counters\" object in {json}"))?;
+        let mut counters = BTreeMap::new();
+        for (reason, counter) in object {
+            let field = |name: &str| {
+                counter[name]
+                    .as_u64()
+                    .with_context(|| format!("counter {reason}.{name} missing in {json}"))
+            };
+            counters.insert(
+                reason.clone(),
+                Counter::new(field("packets")?, field("bytes")?),
+            );
+        }
+        for reason in Self::REASONS {
+            ensure!(
+                counters.contains_key(reason),
+                "reason {reason} missing in {json}"
+            );
+        }
+        Ok(Self { counters })
+    }
+
+    /// The counter for `reason`; panics for a reason the daemon did not report.
+    pub fn get(&self, reason: &str) -> Counter {
+        *self
+            .counters
+            .get(reason)
+            .unwrap_or_else(|| panic!("no counter {reason:?} in {self:?}"))
+    }
+
+    /// What was counted between `earlier` and `self`. Counters only grow; one that went
+    /// back (say, was reset by a restart) fails the test here.
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        let counters = self
+            .counters
+            .iter()
+            .map(|(reason, now)| {
+                let before = earlier.counters.get(reason).copied().unwrap_or_default();
+                assert!(
+                    now.packets >= before.packets && now.bytes >= before.bytes,
+                    "counter {reason} went backwards: {before:?} -> {now:?}"
+                );
+                let delta = Counter::new(now.packets - before.packets, now.bytes - before.bytes);
+                (reason.clone(), delta)
+            })
+            .collect();
+        Stats { counters }
+    }
+
+    pub fn reasons(&self) -> impl Iterator<Item = (&str, Counter)> {
+        self.counters
+            .iter()
+            .map(|(reason, counter)| (reason.as_str(), *counter))
+    }
+}
+
+/// A running `allowlistd` in the host namespace of a topology.
+///
+/// On drop (also when the test panics) it kills the daemon, runs
+/// `allowlistd uninstall` and removes the pin directory, and if the test is failing it
+/// prints the daemon's log.
+pub struct Daemon<'netns> {
+    host: &'netns Netns,
+    binaries: Binaries,
+    files: DaemonFiles,
+    child: Option<Child>,
+    starts: usize,
+}
+
+impl<'netns> Daemon<'netns> {
+    /// Writes `config` and starts the daemon in the topology's host namespace; returns
+    /// once `allowlistctl status` answers.
+    pub fn start(topology: &'netns Topology, config: &ConfigBuilder) -> Result<Self> {
+        Self::start_in(topology.host(), config)
+    }
+
+    pub fn start_in(host: &'netns Netns, config: &ConfigBuilder) -> Result<Self> {
+        let files = DaemonFiles::new()?;
+        files.write_config(&config.render(&files))?;
+        let mut daemon = Self {
+            host,
+            binaries: Binaries::locate()?,
+            files,
+            child: None,
+            starts: 0,
+        };
+        daemon.spawn_and_wait_ready()?;
+        Ok(daemon)
+    }
+
+    pub fn files(&self) -> &DaemonFiles {
+        &self.files
+    }
+
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    pub fn pin_path(&self) -> &Path {
+        &self.files.pin_path
+    }
+
+    /// Everything the daemon wrote to stdout and stderr, across restarts.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.files.log).unwrap_or_default()
+    }
+
+    fn spawn_and_wait_ready(&mut self) -> Result<()> {
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.files.log)?;
+        writeln!(
+            log,
+            "===== harness: allowlistd start #{} =====",
+            self.starts
+        )?;
+        let child = self
+            .files
+            .daemon_command(self.host, &self.binaries, &[])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawning allowlistd")?;
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&mut self) -> Result<()> {
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
+                bail!(
+                    "allowlistd exited with {status} before it was ready; log:\n{}",
+                    self.log()
+                );
+            }
+            let probe = output_with_timeout(
+                &mut self.ctl_command(&["status", "--json"]),
+                Duration::from_secs(5),
+            );
+            if matches!(&probe, Ok(output) if output.status.success()) {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "allowlistd did not answer `status` within {READY_TIMEOUT:?}; last try: {probe:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.binaries.ctl);
+        command.arg("--socket").arg(&self.files.socket).args(args);
+        command
+    }
+
+    /// `allowlistctl --socket SOCKET ARGS...`, whatever its exit status. The control
+    /// socket is a path, reachable from any network namespace.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        output_with_timeout(&mut self.ctl_command(args), COMMAND_TIMEOUT).unwrap_or_else(|error| {
+            panic!("allowlistctl {args:?}: {error:#}\nlog:\n{}", self.log())
+        })
+    }
+
+    /// As [`Daemon::ctl`], but panics (showing stderr and the daemon log) unless it exits 0.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let output = self.ctl(args);
+        assert!(
+            output.status.success(),
+            "allowlistctl {args:?} failed with {}: {}{}\ndaemon log:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `allowlistctl ARGS... --json`, parsed.
+    pub fn ctl_json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.push("--json");
+        let stdout = self.ctl_ok(&args);
+        serde_json::from_str(&stdout).unwrap_or_else(|error| {
+            panic!("allowlistctl {args:?} printed no JSON ({error}): {stdout}")
+        })
+    }
+
+    pub fn status(&self) -> Value {
+        self.ctl_json(&["status"])
+    }
+
+    pub fn stats(&self) -> Stats {
+        let json = self.ctl_json(&["stats"]);
+        Stats::from_json(&json).unwrap_or_else(|error| panic!("{error:#}"))
+    }
+
+    /// Replaces the config file (the daemon reads it on `reload`).
+    pub fn write_config(&self, config: &ConfigBuilder) {
+        self.files
+            .write_config(&config.render(&self.files))
+            .expect("writing config");
+    }
+
+    /// `allowlistctl reload`, which returns once the kernel judges by the new config.
+    pub fn reload(&self) {
+        self.ctl_ok(&["reload"]);
+    }
+
+    /// Writes `config` and reloads it.
+    pub fn apply(&self, config: &ConfigBuilder) {
+        self.write_config(config);
+        self.reload();
+    }
+
+    /// Kills the daemon with SIGKILL, leaving whatever it had in the kernel behind.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the daemon to exit; returns its exit status.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("daemon is not running")?;
+        // SAFETY: signalling a child we spawned and have not reaped.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        match wait_with_deadline(&mut child, Duration::from_secs(10))? {
+            Some(status) => Ok(status),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("allowlistd ignored SIGTERM for 10 s");
+            }
+        }
+    }
+
+    /// Starts a new daemon with the same files (config, socket, pins, state) after the
+    /// previous one was killed or terminated.
+    pub fn restart(&mut self) -> Result<()> {
+        assert!(
+            self.child.is_none(),
+            "restart() needs the previous daemon stopped first"
+        );
+        self.spawn_and_wait_ready()
+    }
+
+    /// Whether the daemon process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// `allowlistd --config CONFIG uninstall` in the host namespace.
+    pub fn uninstall(&self) -> Result<Output> {
+        self.files
+            .run_daemon_to_exit(self.host, &self.binaries, &["uninstall"], COMMAND_TIMEOUT)
+    }
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        self.kill9();
+        match self.uninstall() {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => eprintln!(
+                "warning: allowlistd uninstall failed ({}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ),
+            Err(error) => eprintln!("warning: allowlistd uninstall: {error:#}"),
+        }
+        if self.files.pin_path.exists() {
+            if let Err(error) = fs::remove_dir_all(&self.files.pin_path) {
+                eprintln!(
+                    "warning: removing {}: {error}",
+                    self.files.pin_path.display()
+                );
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "----- allowlistd log ({}) -----\n{}\n----- end of allowlistd log -----",
+                self.files.log.display(),
+                self.log()
+            );
+        }
+    }
+}

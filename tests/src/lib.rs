@@ -1,0 +1,28 @@
+//! Test harness for allowlist's end-to-end tests.
+//!
+//! A test builds a [`Topology`] (a host namespace with two client namespaces hanging off
+//! it by veth pairs), starts the real `allowlistd` in the host namespace with a
+//! [`Daemon`], sends real traffic from the clients with the helpers in [`traffic`], and
+//! asserts on what arrived and on the daemon's counters. VLAN-tagged traffic is written
+//! as raw frames and observed with a packet tap ([`raw`]), because the test kernel has
+//! no 802.1Q support to build VLAN interfaces from.
+//!
+//! Everything is named uniquely per process and per object, and everything is torn down
+//! on `Drop`, so tests run in parallel and clean up after themselves even when they fail.
+//! All of it needs root.
+
+pub mod daemon;
+pub mod netns;
+pub mod process;
+pub mod raw;
+pub mod topology;
+pub mod traffic;
+
+pub use daemon::{Binaries, ConfigBuilder, Counter, Daemon, DaemonFiles, Mode, Stats};
+pub use netns::{in_netns, Netns};
+pub use raw::{send_frames, FrameTap, UdpFrame, VlanTag};
+pub use topology::{Link, Topology, VlanLink, ALLOWED_LINK, BLOCKED_LINK, VLAN_LINK};
+pub use traffic::{
+    neighbour_resolved, ping, ping_from, tcp_connects, udp_ipv4_frame_len, udp_send,
+    vlan_udp_ipv4_frame_len, SourceRecord, TcpServer, UdpSink, UdpStream,
+};

@@ -1,0 +1,98 @@
+//! Running external commands with a deadline, so a hung tool or daemon fails a test
+//! instead of hanging the suite.
+
+use std::io::Read;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Default deadline for short administrative commands (`ip`, `sysctl`, `allowlistctl`).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs `command` to completion, killing it if it takes longer than `timeout`.
+/// A killed command is an error; a non-zero exit is not (callers judge the status).
+pub fn output_with_timeout(command: &mut Command, timeout: Duration) -> Result<Output> {
+    let description = format!("{command:?}");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("spawning {description}"))?;
+    // Pipes are drained on their own threads: a chatty child must not block on a full
+    // pipe while we wait for it to exit.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = match wait_with_deadline(&mut child, timeout)? {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{description} did not finish within {timeout:?}");
+        }
+    };
+    Ok(Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// Runs `command` with [`COMMAND_TIMEOUT`] and fails unless it exits 0; returns stdout.
+pub fn run_checked(command: &mut Command) -> Result<String> {
+    let description = format!("{command:?}");
+    let output = output_with_timeout(command, COMMAND_TIMEOUT)?;
+    if !output.status.success() {
+        bail!(
+            "{description} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Waits for `child` to exit; `None` if it is still running at the deadline.
+pub fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + timeout;
+    // Short commands (allowlistctl) finish in milliseconds and some tests run thousands
+    // of them: poll fast at first, then back off.
+    let mut pause = Duration::from_micros(250);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut bytes);
+        }
+        bytes
+    })
+}

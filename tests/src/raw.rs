@@ -1,0 +1,396 @@
+//! Hand-built Ethernet frames over AF_PACKET: VLAN-tagged traffic without any kernel
+//! VLAN support.
+//!
+//! The test kernel has neither 802.1Q devices nor bridge VLAN filtering, so a tagged
+//! path cannot be built from interfaces. Instead the client writes complete frames
+//! (802.1Q / 802.1ad tags in the frame itself, as on a wire) straight onto its veth, and
+//! a packet tap on the host end records which of them got past XDP: a tap sees every
+//! frame the XDP program passed and none that it dropped.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+
+use crate::netns::{in_netns, Netns};
+use crate::traffic::{SourceRecord, MIN_UDP_PAYLOAD, UDP_PACING};
+
+pub const TPID_8021Q: u16 = 0x8100;
+pub const TPID_8021AD: u16 = 0x88a8;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETH_P_ALL: u16 = 0x0003;
+
+/// A MAC address parsed from `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let octets: Vec<u8> = text
+        .split(':')
+        .map(|octet| u8::from_str_radix(octet, 16))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("bad MAC {text:?}"))?;
+    octets
+        .try_into()
+        .ok()
+        .with_context(|| format!("bad MAC {text:?}"))
+}
+
+/// One VLAN tag: its TPID (0x8100 or 0x88a8) and VLAN id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VlanTag {
+    pub tpid: u16,
+    pub vid: u16,
+}
+
+impl VlanTag {
+    pub fn dot1q(vid: u16) -> Self {
+        Self {
+            tpid: TPID_8021Q,
+            vid,
+        }
+    }
+
+    pub fn dot1ad(vid: u16) -> Self {
+        Self {
+            tpid: TPID_8021AD,
+            vid,
+        }
+    }
+}
+
+/// An IPv4/UDP frame to build; `tags` are written outermost first.
+#[derive(Clone, Debug)]
+pub struct UdpFrame {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub tags: Vec<VlanTag>,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub payload_len: usize,
+}
+
+impl UdpFrame {
+    /// Length of the frame on the wire (no FCS): what XDP counts.
+    pub fn frame_len(&self) -> usize {
+        14 + 4 * self.tags.len() + 20 + 8 + self.payload_len
+    }
+
+    /// The frame bytes, carrying `sequence` in the first 8 payload bytes.
+    pub fn build(&self, sequence: u64) -> Vec<u8> {
+        let mut frame = Vec::with_capacity(self.frame_len());
+        frame.extend_from_slice(&self.dst_mac);
+        frame.extend_from_slice(&self.src_mac);
+        for tag in &self.tags {
+            frame.extend_from_slice(&tag.tpid.to_be_bytes());
+            frame.extend_from_slice(&(tag.vid & 0x0fff).to_be_bytes());
+        }
+        frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+
+        let ip_len = (20 + 8 + self.payload_len) as u16;
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+        ip[4..6].copy_from_slice(&(sequence as u16).to_be_bytes());
+        ip[6] = 0x40; // don't fragment
+        ip[8] = 64;
+        ip[9] = 17; // UDP
+        ip[12..16].copy_from_slice(&self.src.octets());
+        ip[16..20].copy_from_slice(&self.dst.octets());
+        let checksum = internet_checksum(&ip);
+        ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+        frame.extend_from_slice(&ip);
+
+        frame.extend_from_slice(&self.src_port.to_be_bytes());
+        frame.extend_from_slice(&self.dst_port.to_be_bytes());
+        frame.extend_from_slice(&((8 + self.payload_len) as u16).to_be_bytes());
+        frame.extend_from_slice(&0u16.to_be_bytes()); // no UDP checksum (legal on IPv4)
+
+        let mut payload = vec![0xa5; self.payload_len];
+        payload[..8].copy_from_slice(&sequence.to_be_bytes());
+        frame.extend_from_slice(&payload);
+        frame
+    }
+}
+
+fn internet_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn packet_socket(protocol: u16) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the descriptor is owned by the returned OwnedFd.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(protocol.to_be()),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn link_address(ifindex: u32, protocol: u16) -> libc::sockaddr_ll {
+    // SAFETY: sockaddr_ll is plain data; all-zero is a valid value.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_protocol = protocol.to_be();
+    address.sll_ifindex = ifindex as i32;
+    address.sll_halen = 6;
+    address
+}
+
+fn ifindex(dev: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(dev)?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string we own.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    ensure!(
+        index != 0,
+        "no interface {dev}: {}",
+        io::Error::last_os_error()
+    );
+    Ok(index)
+}
+
+/// A packet socket bound to `dev` inside `netns`, with its interface index.
+fn bound_packet_socket(netns: &Netns, dev: &str, protocol: u16) -> Result<(OwnedFd, u32)> {
+    in_netns(netns, || -> Result<(OwnedFd, u32)> {
+        let index = ifindex(dev)?;
+        let socket = packet_socket(protocol).context("AF_PACKET socket")?;
+        let address = link_address(index, protocol);
+        // SAFETY: bind with a pointer to a live sockaddr_ll and its exact size.
+        let rc = unsafe {
+            libc::bind(
+                socket.as_raw_fd(),
+                (&address as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error()).context("binding AF_PACKET socket");
+        }
+        Ok((socket, index))
+    })
+    .with_context(|| format!("packet socket on {dev} in {}", netns.name()))
+}
+
+/// Writes `count` copies of `frame` (numbered 0..count) onto `dev` in `netns`, paced
+/// like [`crate::udp_send`]. Returns how many were sent.
+pub fn send_frames(netns: &Netns, dev: &str, frame: &UdpFrame, count: u64) -> Result<u64> {
+    assert!(
+        frame.payload_len >= MIN_UDP_PAYLOAD,
+        "payload must hold a sequence number"
+    );
+    // Protocol 0: this socket only sends, it must not queue up received frames.
+    let (socket, index) = bound_packet_socket(netns, dev, 0)?;
+    let mut address = link_address(index, 0);
+    address.sll_addr[..6].copy_from_slice(&frame.dst_mac);
+    for sequence in 0..count {
+        let bytes = frame.build(sequence);
+        // SAFETY: sendto with a live buffer and a live sockaddr_ll of exact size.
+        let sent = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                0,
+                (&address as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if sent != bytes.len() as isize {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("sending frame {sequence} on {dev}"));
+        }
+        thread::sleep(UDP_PACING);
+    }
+    Ok(count)
+}
+
+/// Records IPv4/UDP frames received on one interface, per source address, after XDP:
+/// a frame the program dropped never reaches it.
+pub struct FrameTap {
+    records: Arc<Mutex<HashMap<IpAddr, SourceRecord>>>,
+    stop: Arc<AtomicBool>,
+    receiver: Option<JoinHandle<()>>,
+}
+
+impl FrameTap {
+    /// Taps `dev` in `netns`, recording frames to UDP port `dst_port`.
+    pub fn start(netns: &Netns, dev: &str, dst_port: u16) -> Result<Self> {
+        let (socket, _) = bound_packet_socket(netns, dev, ETH_P_ALL)?;
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 50_000,
+        };
+        // SAFETY: setsockopt with a pointer to a live timeval and its exact size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        ensure!(rc == 0, "SO_RCVTIMEO: {}", io::Error::last_os_error());
+        // Only what arrives on the wire matters; the host's own frames are not evidence.
+        let ignore_outgoing: libc::c_int = 1;
+        // SAFETY: setsockopt with a pointer to a live c_int and its exact size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_IGNORE_OUTGOING,
+                (&ignore_outgoing as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        ensure!(
+            rc == 0,
+            "PACKET_IGNORE_OUTGOING: {}",
+            io::Error::last_os_error()
+        );
+        let records = Arc::new(Mutex::new(HashMap::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let receiver = {
+            let records = Arc::clone(&records);
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || tap_until_stopped(socket, dst_port, &records, &stop))
+        };
+        Ok(Self {
+            records,
+            stop,
+            receiver: Some(receiver),
+        })
+    }
+
+    pub fn record_from(&self, source: IpAddr) -> SourceRecord {
+        self.records
+            .lock()
+            .unwrap()
+            .get(&source)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn count_from(&self, source: IpAddr) -> u64 {
+        self.record_from(source).datagrams
+    }
+
+    /// Waits until at least `count` frames from `source` were seen; whether they were.
+    pub fn wait_for(&self, source: IpAddr, count: u64, timeout: Duration) -> bool {
+        crate::process::wait_until(timeout, || self.count_from(source) >= count)
+    }
+}
+
+impl Drop for FrameTap {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(receiver) = self.receiver.take() {
+            let _ = receiver.join();
+        }
+    }
+}
+
+fn tap_until_stopped(
+    socket: OwnedFd,
+    dst_port: u16,
+    records: &Mutex<HashMap<IpAddr, SourceRecord>>,
+    stop: &AtomicBool,
+) {
+    let mut buffer = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: recv into a live buffer of the given length.
+        let len = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                0,
+            )
+        };
+        if len < 0 {
+            continue; // timeout (or EINTR): check `stop` again
+        }
+        if let Some((source, sequence, payload_len)) = parse_udp(&buffer[..len as usize], dst_port)
+        {
+            let mut records = records.lock().unwrap();
+            let record = records.entry(IpAddr::V4(source)).or_default();
+            record.datagrams += 1;
+            record.bytes += payload_len as u64;
+            record.sequences.push(sequence);
+        }
+    }
+}
+
+/// Source address, sequence number and payload length of an IPv4/UDP frame to
+/// `dst_port`, behind any number of in-frame VLAN tags. (The kernel may have moved the
+/// outer tag into metadata before the tap saw the frame; either form parses.)
+fn parse_udp(frame: &[u8], dst_port: u16) -> Option<(Ipv4Addr, u64, usize)> {
+    let mut offset = 12;
+    let mut ethertype = u16::from_be_bytes(frame.get(offset..offset + 2)?.try_into().ok()?);
+    while ethertype == TPID_8021Q || ethertype == TPID_8021AD {
+        offset += 4;
+        ethertype = u16::from_be_bytes(frame.get(offset..offset + 2)?.try_into().ok()?);
+    }
+    if ethertype != ETHERTYPE_IPV4 {
+        return None;
+    }
+    let ip = frame.get(offset + 2..)?;
+    let header_len = usize::from(ip.first()? & 0x0f) * 4;
+    if ip.get(9)? != &17 {
+        return None;
+    }
+    let source = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let udp = ip.get(header_len..)?;
+    if u16::from_be_bytes(udp.get(2..4)?.try_into().ok()?) != dst_port {
+        return None;
+    }
+    let payload = udp.get(8..)?;
+    let sequence = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
+    Some((source, sequence, payload.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn built_frames_parse_back_with_their_tags_skipped() {
+        let frame = UdpFrame {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            tags: vec![VlanTag::dot1ad(200), VlanTag::dot1q(100)],
+            src: Ipv4Addr::new(10, 10, 100, 2),
+            dst: Ipv4Addr::new(10, 10, 100, 1),
+            src_port: 40000,
+            dst_port: 7003,
+            payload_len: 64,
+        };
+        let bytes = frame.build(42);
+        assert_eq!(bytes.len(), frame.frame_len());
+        assert_eq!(bytes.len(), 14 + 8 + 20 + 8 + 64);
+        assert_eq!(&bytes[12..14], &[0x88, 0xa8]);
+        assert_eq!(&bytes[16..18], &[0x81, 0x00]);
+        assert_eq!(parse_udp(&bytes, 7003), Some((frame.src, 42, 64)));
+        assert_eq!(parse_udp(&bytes, 7004), None);
+        // A valid IPv4 header sums to zero including its checksum.
+        assert_eq!(internet_checksum(&bytes[22..42]), 0);
+    }
+}

@@ -1,0 +1,190 @@
+//! The filter lives in the kernel, not in the daemon: killing or stopping the daemon
+//! leaves the host protected, a new daemon takes over the running filter without a gap
+//! or a reset, and only an explicit `uninstall` removes it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use allowlist_tests::{
+    ping, udp_ipv4_frame_len, udp_send, ConfigBuilder, Counter, Daemon, Mode, Topology, UdpSink,
+    ALLOWED_LINK, BLOCKED_LINK,
+};
+
+const UDP_PORT: u16 = 7001;
+const SETTLE: Duration = Duration::from_millis(300);
+const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(3);
+const PAYLOAD: usize = 150;
+
+/// Sends `count` datagrams from each client; checks that all of the allowed client's
+/// and none of the blocked client's arrive.
+fn send_and_check_enforcement(topology: &Topology, sink: &UdpSink, count: u64, phase: &str) {
+    let allowed_source = ALLOWED_LINK.client_v4.into();
+    let blocked_source = BLOCKED_LINK.client_v4.into();
+    let allowed_before = sink.count_from(allowed_source);
+    let to_blocked_host = SocketAddr::new(BLOCKED_LINK.host_v4.into(), UDP_PORT);
+    let to_allowed_host = SocketAddr::new(ALLOWED_LINK.host_v4.into(), UDP_PORT);
+    udp_send(topology.blocked(), None, to_blocked_host, count, PAYLOAD).unwrap();
+    udp_send(topology.allowed(), None, to_allowed_host, count, PAYLOAD).unwrap();
+    assert!(
+        sink.wait_for(allowed_source, allowed_before + count, ARRIVAL_TIMEOUT),
+        "{phase}: listed client's datagrams did not all arrive: {:?}",
+        sink.record_from(allowed_source)
+    );
+    std::thread::sleep(SETTLE);
+    assert_eq!(
+        sink.count_from(blocked_source),
+        0,
+        "{phase}: unlisted client got through"
+    );
+}
+
+#[test]
+fn filter_keeps_enforcing_after_kill_9_and_a_restarted_daemon_takes_over_with_counters_intact() {
+    let topology = Topology::new().unwrap();
+    topology.disable_ipv6().unwrap();
+    topology.pin_client_neighbours().unwrap();
+    let config = ConfigBuilder::for_topology(&topology)
+        .mode(Mode::Enforce)
+        .allow(format!("{}/32", ALLOWED_LINK.client_v4), "allowed client");
+    let mut daemon = Daemon::start(&topology, &config).unwrap();
+    let sink = UdpSink::start(
+        topology.host(),
+        SocketAddr::new("0.0.0.0".parse().unwrap(), UDP_PORT),
+    )
+    .unwrap();
+    let count = 25;
+    let per_phase = Counter::new(count, count * udp_ipv4_frame_len(PAYLOAD));
+
+    send_and_check_enforcement(&topology, &sink, count, "daemon running");
+    let before_kill = daemon.stats();
+
+    daemon.kill9();
+    for dev in topology.guarded_interfaces() {
+        assert!(
+            topology.host().xdp_attached(dev).unwrap(),
+            "XDP program gone from {dev} after kill -9"
+        );
+    }
+    send_and_check_enforcement(&topology, &sink, count, "daemon killed");
+    assert_eq!(
+        ping(topology.blocked(), BLOCKED_LINK.host_v4.into(), 2).unwrap(),
+        0,
+        "daemon killed: ping from unlisted client"
+    );
+    assert_eq!(
+        ping(topology.allowed(), ALLOWED_LINK.host_v4.into(), 2).unwrap(),
+        2,
+        "daemon killed: ping from listed client"
+    );
+    std::thread::sleep(SETTLE);
+
+    daemon.restart().unwrap();
+    let status = daemon.status();
+    assert_eq!(status["mode"], "enforce", "{status}");
+    assert_eq!(status["entries"]["ipv4"], 1, "{status}");
+    // Counted while nobody watched: the datagrams and the 2 + 2 echo requests. A new
+    // daemon that reset (or re-created) the counters fails here.
+    let while_dead = daemon.stats().since(&before_kill);
+    let echo_request_frame = 14 + 20 + 8 + 56;
+    assert_eq!(
+        while_dead.get("passed_listed"),
+        Counter::new(
+            per_phase.packets + 2,
+            per_phase.bytes + 2 * echo_request_frame
+        ),
+        "{while_dead:?}"
+    );
+    assert_eq!(
+        while_dead.get("dropped_not_listed"),
+        Counter::new(
+            per_phase.packets + 2,
+            per_phase.bytes + 2 * echo_request_frame
+        ),
+        "{while_dead:?}"
+    );
+
+    let after_restart = daemon.stats();
+    send_and_check_enforcement(&topology, &sink, count, "daemon restarted");
+    let counted = daemon.stats().since(&after_restart);
+    assert_eq!(counted.get("passed_listed"), per_phase, "{counted:?}");
+    assert_eq!(counted.get("dropped_not_listed"), per_phase, "{counted:?}");
+}
+
+#[test]
+fn sigterm_exits_0_and_leaves_the_filter_enforcing() {
+    let topology = Topology::new().unwrap();
+    topology.disable_ipv6().unwrap();
+    topology.pin_client_neighbours().unwrap();
+    let config = ConfigBuilder::for_topology(&topology)
+        .mode(Mode::Enforce)
+        .allow(format!("{}/32", ALLOWED_LINK.client_v4), "allowed client");
+    let mut daemon = Daemon::start(&topology, &config).unwrap();
+    let sink = UdpSink::start(
+        topology.host(),
+        SocketAddr::new("0.0.0.0".parse().unwrap(), UDP_PORT),
+    )
+    .unwrap();
+
+    let status = daemon.terminate().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM must be a clean exit");
+    for dev in topology.guarded_interfaces() {
+        assert!(
+            topology.host().xdp_attached(dev).unwrap(),
+            "SIGTERM detached {dev} (fail open)"
+        );
+    }
+    send_and_check_enforcement(&topology, &sink, 10, "daemon stopped by SIGTERM");
+}
+
+#[test]
+fn uninstall_refuses_while_the_daemon_runs_then_detaches_and_removes_the_pins() {
+    let topology = Topology::new().unwrap();
+    let config = ConfigBuilder::for_topology(&topology)
+        .mode(Mode::Enforce)
+        .allow(format!("{}/32", ALLOWED_LINK.client_v4), "allowed client");
+    let mut daemon = Daemon::start(&topology, &config).unwrap();
+    assert!(
+        daemon.pin_path().exists(),
+        "no pins at {}",
+        daemon.pin_path().display()
+    );
+
+    let refused = daemon.uninstall().unwrap();
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "uninstall under a running daemon: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(daemon.is_running(), "uninstall must not stop the daemon");
+    for dev in topology.guarded_interfaces() {
+        assert!(
+            topology.host().xdp_attached(dev).unwrap(),
+            "refused uninstall detached {dev}"
+        );
+    }
+
+    daemon.terminate().unwrap();
+    let uninstalled = daemon.uninstall().unwrap();
+    assert!(
+        uninstalled.status.success(),
+        "uninstall: {}",
+        String::from_utf8_lossy(&uninstalled.stderr)
+    );
+    for dev in topology.guarded_interfaces() {
+        assert!(
+            !topology.host().xdp_attached(dev).unwrap(),
+            "uninstall left a program on {dev}"
+        );
+    }
+    assert!(
+        !daemon.pin_path().exists(),
+        "uninstall left {}",
+        daemon.pin_path().display()
+    );
+    // With the filter gone the unlisted client is reachable again.
+    assert_eq!(
+        ping(topology.blocked(), BLOCKED_LINK.host_v4.into(), 2).unwrap(),
+        2
+    );
+}
