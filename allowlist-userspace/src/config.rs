@@ -87,6 +87,12 @@ pub struct Config {
     pub pin_path: PathBuf,
     pub state_dir: PathBuf,
     pub allow: Vec<AllowEntry>,
+    /// Sources the host needs to function; enforced whatever the rest of the list says.
+    pub always: Vec<AllowEntry>,
+    /// Group (besides root) allowed to change the allowlist through the socket.
+    pub socket_group: Option<String>,
+    /// Whether everyone may use read-only commands (status, stats, list, check, export).
+    pub socket_readable_by_all: bool,
     /// Notes worth logging that do not stop the config from loading (e.g. host bits).
     pub warnings: Vec<String>,
 }
@@ -125,7 +131,13 @@ struct RawConfig {
     #[serde(default)]
     state_dir: Option<PathBuf>,
     #[serde(default)]
+    socket_group: Option<Spanned<String>>,
+    #[serde(default)]
+    socket_readable_by_all: bool,
+    #[serde(default)]
     allow: Vec<RawAllow>,
+    #[serde(default)]
+    always: Vec<RawAllow>,
 }
 
 #[derive(Deserialize)]
@@ -183,35 +195,44 @@ impl Config {
         }
 
         let mut warnings = Vec::new();
-        let mut allow = Vec::with_capacity(raw.allow.len());
-        for entry in raw.allow {
-            let span = entry.cidr.span();
-            let line = line_of(text, span.start);
-            let given = entry.cidr.into_inner();
-            let network =
-                parse_network(&given).map_err(|message| invalid(span.clone(), message))?;
-            if network.to_string() != given.trim() && given.contains('/') {
-                warnings.push(format!(
-                    "{shown}:{line}: {given} has host bits set; using {network}"
-                ));
+        let mut entries = |raw: Vec<RawAllow>| -> Result<Vec<AllowEntry>, ConfigError> {
+            let mut entries = Vec::with_capacity(raw.len());
+            for entry in raw {
+                let span = entry.cidr.span();
+                let line = line_of(text, span.start);
+                let given = entry.cidr.into_inner();
+                let network = parse_network(&given).map_err(|message| invalid(span.clone(), message))?;
+                if network.to_string() != given.trim() && given.contains('/') {
+                    warnings.push(format!("{shown}:{line}: {given} has host bits set; using {network}"));
+                }
+                entries.push(AllowEntry {
+                    network,
+                    description: entry.description,
+                    line,
+                });
             }
-            allow.push(AllowEntry {
-                network,
-                description: entry.description,
-                line,
-            });
-        }
-
-        let (mode, mode_span) = match raw.mode {
-            Some(mode) => (*mode.get_ref(), mode.span()),
-            None => (Mode::Enforce, 0..0),
+            Ok(entries)
         };
-        if mode == Mode::Enforce && allow.is_empty() {
-            return Err(invalid(
-                mode_span,
-                "mode = \"enforce\" with no [[allow]] entries would drop all IP traffic to this host; add [[allow]] entries or use mode = \"monitor\"".into(),
-            ));
-        }
+        let allow = entries(raw.allow)?;
+        let always = entries(raw.always)?;
+
+        let socket_group = match raw.socket_group {
+            None => None,
+            Some(group) => {
+                let span = group.span();
+                let name = group.into_inner();
+                match nix::unistd::Group::from_name(&name) {
+                    Ok(Some(_)) => Some(name),
+                    _ => {
+                        return Err(invalid(
+                            span,
+                            format!("socket_group {name:?} does not exist; create it (groupadd {name}) or remove the key"),
+                        ))
+                    }
+                }
+            }
+        };
+        let mode = raw.mode.map_or(Mode::Enforce, |mode| *mode.get_ref());
 
         Ok(Config {
             path: path.to_path_buf(),
@@ -222,6 +243,9 @@ impl Config {
             pin_path: raw.pin_path.unwrap_or_else(|| DEFAULT_PIN_PATH.into()),
             state_dir: raw.state_dir.unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             allow,
+            always,
+            socket_group,
+            socket_readable_by_all: raw.socket_readable_by_all,
             warnings,
         })
     }
@@ -348,15 +372,6 @@ cidr = "2001:db8::1"
             .to_string();
         assert!(error.starts_with("/etc/allowlist.toml:2: "), "{error}");
         assert!(error.contains("\"nosuch0\""), "{error}");
-    }
-
-    #[test]
-    fn enforcing_an_empty_list_is_refused() {
-        let error = parse("interfaces = [\"lo\"]\nmode = \"enforce\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains(":2: "), "{error}");
-        assert!(error.contains("monitor"), "{error}");
     }
 
     #[test]

@@ -11,25 +11,101 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
+    net::IpAddr,
     os::unix::net::UnixStream,
     path::Path,
     time::Duration,
 };
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{config::Mode, filter::AttachedMode};
+use crate::{
+    allowlist::{Entry, ImportPlan, ImportRow},
+    config::Mode,
+    filter::AttachedMode,
+    safety::AtRisk,
+};
 
-/// Longest request line the daemon reads; anything longer is refused unread.
-pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// Longest request line the daemon reads from a client that may change the list (an
+/// import of a million rows is ~50 MB); anything longer is refused unread.
+pub const MAX_REQUEST_BYTES: usize = 256 << 20;
+/// Longest request line from a client that may only read.
+pub const MAX_READ_ONLY_REQUEST_BYTES: usize = 64 << 10;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
 pub enum Request {
     Status,
     Stats,
+    List,
+    Export,
+    Check {
+        address: IpAddr,
+    },
     /// Re-read the config file; the reply comes once the kernel judges by it.
     Reload,
+    Add {
+        network: IpNet,
+        #[serde(default)]
+        description: Option<String>,
+        #[serde(default)]
+        expires_in_secs: Option<u64>,
+    },
+    Remove {
+        network: IpNet,
+        #[serde(default)]
+        safety: Safety,
+    },
+    Import {
+        rows: Vec<ImportRow>,
+        #[serde(default)]
+        replace: bool,
+        #[serde(default)]
+        dry_run: bool,
+        #[serde(default)]
+        safety: Safety,
+    },
+    SetMode {
+        mode: Mode,
+        /// Revert to the previous mode unless `confirm` arrives within this many seconds.
+        #[serde(default)]
+        confirm_secs: Option<u64>,
+        #[serde(default)]
+        safety: Safety,
+    },
+    Confirm,
+}
+
+impl Request {
+    /// Requests anyone allowed to read may make; everything else changes state.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Request::Status | Request::Stats | Request::List | Request::Export | Request::Check { .. })
+    }
+}
+
+/// What the lockout check needs from the client.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Safety {
+    /// The caller's SSH client address (from SSH_CONNECTION), if any.
+    #[serde(default)]
+    pub caller: Option<IpAddr>,
+    /// Go ahead even if someone would be cut off.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// The kernel's verdict for a source, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResult {
+    pub address: IpAddr,
+    pub mode: Mode,
+    /// "pass" or "drop".
+    pub verdict: String,
+    /// The counter reason the packet would be counted under.
+    pub reason: String,
+    /// The longest listed prefix containing the address.
+    pub entry: Option<Entry>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -43,6 +119,15 @@ pub struct Reply {
     pub stats: Option<Stats>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entries: Option<Vec<Entry>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub import: Option<ImportPlan>,
+    /// Set when the request was refused because it would cut these people off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_for_safety: Option<Vec<AtRisk>>,
 }
 
 impl Reply {
@@ -70,6 +155,32 @@ impl Reply {
             ..Self::empty(true)
         }
     }
+    pub fn with_entries(entries: Vec<Entry>) -> Self {
+        Self {
+            entries: Some(entries),
+            ..Self::empty(true)
+        }
+    }
+    pub fn with_check(check: CheckResult) -> Self {
+        Self {
+            check: Some(check),
+            ..Self::empty(true)
+        }
+    }
+    pub fn with_import(message: impl Into<String>, plan: ImportPlan) -> Self {
+        Self {
+            message: Some(message.into()),
+            import: Some(plan),
+            ..Self::empty(true)
+        }
+    }
+    pub fn unsafe_change(error: impl Into<String>, at_risk: Vec<AtRisk>) -> Self {
+        Self {
+            error: Some(error.into()),
+            refused_for_safety: Some(at_risk),
+            ..Self::empty(false)
+        }
+    }
     fn empty(ok: bool) -> Self {
         Self {
             ok,
@@ -77,6 +188,10 @@ impl Reply {
             status: None,
             stats: None,
             message: None,
+            entries: None,
+            check: None,
+            import: None,
+            refused_for_safety: None,
         }
     }
 }
@@ -84,6 +199,9 @@ impl Reply {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
     pub mode: Mode,
+    /// Set while an `activate --confirm` waits for `allowlistctl confirm`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm_deadline: Option<u64>,
     pub interfaces: Vec<InterfaceStatus>,
     pub entries: EntryCounts,
     pub pin_path: String,
@@ -143,7 +261,7 @@ pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Re
         socket: shown.clone(),
         source,
     };
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
         socket: shown.clone(),
         source,
     })?;
@@ -153,7 +271,7 @@ pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Re
         detail: error.to_string(),
     })?;
     line.push(b'\n');
-    stream.write_all(&line).map_err(io)?;
+    (&stream).write_all(&line).map_err(io)?;
     let mut reply = String::new();
     BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
     serde_json::from_str(&reply).map_err(|error| ClientError::BadReply {

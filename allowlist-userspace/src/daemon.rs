@@ -1,29 +1,35 @@
-//! `allowlistd`: brings the kernel in line with the config, then serves the control socket.
+//! `allowlistd`: brings the kernel in line with the allowlist, then serves the control
+//! socket.
 //!
-//! Start-up order matters for an operator's safety: the config is validated completely
-//! before the kernel is touched; the list and mode are in the maps before the program is
-//! attached anywhere; the socket only answers once every interface is protected.
+//! Start-up order matters for an operator's safety: config and state are validated
+//! completely before the kernel is touched; the list and mode are in the maps before the
+//! program is attached anywhere; the socket only answers once every interface is
+//! protected. Every change is applied to the kernel, then made durable, then reported.
 
 use std::{
     io,
-    os::unix::fs::PermissionsExt,
     path::Path,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     signal::unix::{signal, SignalKind},
+    sync::Notify,
 };
 use tracing::{error, info, warn};
 
 use crate::{
+    access::{Access, Peer},
+    allowlist::{now, Allowlist, ListError},
     compile::CompiledList,
-    config::{Config, ConfigError},
-    control::{self, CounterValue, EntryCounts, InterfaceStatus, Reply, Request, Stats, Status},
+    config::{Config, ConfigError, Mode},
+    control::{self, CheckResult, CounterValue, EntryCounts, InterfaceStatus, Reply, Request, Safety, Stats, Status},
     filter::{Filter, FilterError, Pins},
+    safety::{cut_off, people_at_risk, Verdicts},
+    state::{PendingConfirm, State, StateError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -32,23 +38,67 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Filter(#[from] FilterError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Refused(String),
     #[error("control socket {path}: {message}")]
     Socket { path: String, message: String },
 }
 
-/// The daemon's state: the config it enforces and the kernel filter.
+/// Why a request was not carried out. Nothing changed.
+enum Refusal {
+    Error(String),
+    Unsafe(String, Vec<crate::safety::AtRisk>),
+}
+
+impl From<DaemonError> for Refusal {
+    fn from(error: DaemonError) -> Self {
+        Refusal::Error(error.to_string())
+    }
+}
+
+impl From<ListError> for Refusal {
+    fn from(error: ListError) -> Self {
+        Refusal::Error(error.to_string())
+    }
+}
+
+/// The daemon's state: the config, the allowlist and mode it enforces, and the kernel.
 pub struct Daemon {
     config: Config,
+    allowlist: Allowlist,
+    mode: Mode,
+    /// The config file's `mode` when `mode` was last decided (see State::config_mode).
+    config_mode: Mode,
+    pending_confirm: Option<PendingConfirm>,
     filter: Filter,
 }
 
 impl Daemon {
-    /// Applies `config` to the kernel: loads (or takes over) the filter, fills the list,
-    /// sets the mode, attaches to every configured interface.
+    /// Restores the saved state on top of `config` and applies it to the kernel: loads
+    /// (or takes over) the filter, fills the list, sets the mode, attaches everywhere.
     pub fn start(config: Config, ebpf_debug_log: bool) -> Result<Daemon, DaemonError> {
         for warning in &config.warnings {
             warn!("{warning}");
         }
+        let saved = State::load(&config.state_dir)?;
+        let (mode, config_mode, pending_confirm, managed) = match saved {
+            Some(state) => {
+                info!(entries = state.entries.len(), mode = %state.mode, "restored the saved allowlist");
+                let mode = if state.config_mode == config.mode { state.mode } else { config.mode };
+                (mode, config.mode, state.pending_confirm, state.entries)
+            }
+            None => (config.mode, config.mode, None, Vec::new()),
+        };
+        let allowlist = Allowlist::new(&config, managed);
+        if mode == Mode::Enforce && !allowlist.has_operator_entries() {
+            return Err(DaemonError::Refused(format!(
+                "{}: mode = \"enforce\" with an empty allowlist would drop all IP traffic to this host; add [[allow]] entries or use mode = \"monitor\"",
+                config.path.display()
+            )));
+        }
+
         let pins = Pins::new(&config.pin_path);
         let taking_over = Filter::is_pinned(&pins)?;
         let filter = Filter::open(pins, ebpf_debug_log)?;
@@ -60,9 +110,18 @@ impl Daemon {
                 "found a pinned filter still enforcing; taking it over"
             );
         }
-        let mut daemon = Daemon { config, filter };
-        daemon.converge()?;
+        let mut daemon = Daemon {
+            config,
+            allowlist,
+            mode,
+            config_mode,
+            pending_confirm,
+            filter,
+        };
+        daemon.apply_to_kernel()?;
+        daemon.attach_interfaces()?;
         daemon.filter.pin_program()?;
+        daemon.persist()?;
         Ok(daemon)
     }
 
@@ -75,11 +134,7 @@ impl Daemon {
             ("state_dir", &self.config.state_dir, &config.state_dir),
         ] {
             if old != new {
-                warn!(
-                    "{what} changed from {} to {}; it takes effect at the next start",
-                    old.display(),
-                    new.display()
-                );
+                warn!("{what} changed from {} to {}; it takes effect at the next start", old.display(), new.display());
             }
         }
         for warning in &config.warnings {
@@ -91,43 +146,116 @@ impl Daemon {
             state_dir: self.config.state_dir.clone(),
             ..config
         };
+        let mut allowlist = self.allowlist.clone();
+        allowlist.set_config(&config);
+        let mode = if config.mode != self.config_mode { config.mode } else { self.mode };
+        if mode == Mode::Enforce && !allowlist.has_operator_entries() {
+            return Err(DaemonError::Refused(format!(
+                "{}: enforcing an empty allowlist would drop all IP traffic to this host; add entries or set mode = \"monitor\"",
+                config.path.display()
+            )));
+        }
         let previous = std::mem::replace(&mut self.config, config);
-        if let Err(error) = self.converge() {
+        let result = self.commit(allowlist, mode, self.pending_confirm).and_then(|()| self.attach_interfaces());
+        if let Err(error) = result {
             self.config = previous;
             return Err(error);
         }
+        self.config_mode = self.config.mode;
+        self.persist()?;
         Ok(format!(
             "reloaded {}: mode {}, {} IPv4 and {} IPv6 prefixes",
             self.config.path.display(),
-            self.filter.mode(),
+            self.mode,
             self.filter.active_list().v4.len(),
             self.filter.active_list().v6.len()
         ))
     }
 
-    /// Brings the kernel to the config: list first, then mode, then attachments, so a
-    /// newly attached interface is filtered by the right list from its first packet.
-    fn converge(&mut self) -> Result<(), DaemonError> {
-        let (list, report) =
-            CompiledList::compile(self.config.allow.iter().map(|entry| entry.network));
-        info!(
-            entries = report.entries,
-            duplicates = report.duplicates,
-            covered = report.covered,
-            ipv4 = report.v4,
-            ipv6 = report.v6,
-            "compiled the allowlist"
-        );
-        let applied = self.filter.apply(&list)?;
-        info!(added = applied.added, removed = applied.removed, took = ?applied.took, "the kernel judges by the new list");
-        self.filter.set_mode(self.config.mode)?;
+    fn attach_interfaces(&mut self) -> Result<(), DaemonError> {
         for interface in &self.config.interfaces {
-            self.filter
-                .attach(interface, self.config.xdp_mode, &self.config.state_dir)?;
+            self.filter.attach(interface, self.config.xdp_mode, &self.config.state_dir)?;
         }
-        self.filter
-            .detach_others(&self.config.interfaces, &self.config.state_dir)?;
-        info!(mode = %self.config.mode, interfaces = ?self.config.interfaces, "enforcing the config");
+        self.filter.detach_others(&self.config.interfaces, &self.config.state_dir)?;
+        info!(mode = %self.mode, interfaces = ?self.config.interfaces, "enforcing");
+        Ok(())
+    }
+
+    /// Makes the kernel judge by the current allowlist and mode: list first, so a
+    /// stricter mode never meets a stale list.
+    fn apply_to_kernel(&mut self) -> Result<(), DaemonError> {
+        let list = self.allowlist.compile();
+        let applied = self.filter.apply(&list)?;
+        info!(
+            ipv4 = list.v4.len(),
+            ipv6 = list.v6.len(),
+            added = applied.added,
+            removed = applied.removed,
+            took = ?applied.took,
+            "the kernel judges by the new list"
+        );
+        self.filter.set_mode(self.mode)?;
+        Ok(())
+    }
+
+    /// Applies a new allowlist and mode to the kernel, then makes it durable. If either
+    /// step fails, the kernel and memory go back to the previous state.
+    fn commit(&mut self, allowlist: Allowlist, mode: Mode, pending: Option<PendingConfirm>) -> Result<(), DaemonError> {
+        let previous = (std::mem::replace(&mut self.allowlist, allowlist), self.mode, self.pending_confirm);
+        self.mode = mode;
+        self.pending_confirm = pending;
+        let result = self.apply_to_kernel().and_then(|()| self.persist());
+        if let Err(error) = result {
+            error!(%error, "the change failed; restoring the previous list and mode");
+            (self.allowlist, self.mode, self.pending_confirm) = previous;
+            if let Err(restore) = self.apply_to_kernel() {
+                error!(error = %restore, "restoring the previous list failed too; the kernel keeps whichever list it last applied whole");
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    fn persist(&self) -> Result<(), DaemonError> {
+        let mut state = State::new(self.mode, self.config_mode, self.allowlist.managed().cloned().collect());
+        state.pending_confirm = self.pending_confirm;
+        state.store(&self.config.state_dir)?;
+        Ok(())
+    }
+
+    /// Refuses a change that would drop someone whose traffic passes now.
+    fn check_lockout(&self, next: &Allowlist, next_mode: Mode, safety: &Safety) -> Result<(), Refusal> {
+        if safety.force {
+            return Ok(());
+        }
+        let now_list = self.allowlist.compile();
+        let next_list = next.compile();
+        let loopback_protected = self.config.interfaces.iter().any(|name| name == "lo");
+        let people = people_at_risk(safety.caller, loopback_protected);
+        let cut = cut_off(
+            &Verdicts { list: &now_list, mode: self.mode },
+            &Verdicts { list: &next_list, mode: next_mode },
+            &people,
+        );
+        if cut.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = cut.iter().map(ToString::to_string).collect();
+        Err(Refusal::Unsafe(
+            format!(
+                "refused for safety: this would cut off {}. List them first, or repeat with --force if that is intended",
+                names.join(", ")
+            ),
+            cut,
+        ))
+    }
+
+    fn refuse_empty_enforce(&self, next: &Allowlist, next_mode: Mode, what: &str) -> Result<(), Refusal> {
+        if next_mode == Mode::Enforce && !next.has_operator_entries() {
+            return Err(Refusal::Error(format!(
+                "{what} refused: the allowlist would be empty while enforcing, which drops all IP traffic to this host. Add an entry first, or deactivate"
+            )));
+        }
         Ok(())
     }
 
@@ -135,19 +263,14 @@ impl Daemon {
         let list = self.filter.active_list();
         Status {
             mode: self.filter.mode(),
+            confirm_deadline: self.pending_confirm.map(|pending| pending.deadline),
             interfaces: self
                 .filter
                 .attached()
                 .iter()
-                .map(|(name, mode)| InterfaceStatus {
-                    name: name.clone(),
-                    xdp_mode: *mode,
-                })
+                .map(|(name, mode)| InterfaceStatus { name: name.clone(), xdp_mode: *mode })
                 .collect(),
-            entries: EntryCounts {
-                ipv4: list.v4.len(),
-                ipv6: list.v6.len(),
-            },
+            entries: EntryCounts { ipv4: list.v4.len(), ipv6: list.v6.len() },
             pin_path: self.config.pin_path.display().to_string(),
             config: self.config.path.display().to_string(),
         }
@@ -158,46 +281,176 @@ impl Daemon {
         Ok(Stats {
             counters: counters
                 .into_iter()
-                .map(|(name, counter)| {
-                    (
-                        name.to_string(),
-                        CounterValue {
-                            packets: counter.packets,
-                            bytes: counter.bytes,
-                        },
-                    )
-                })
+                .map(|(name, counter)| (name.to_string(), CounterValue { packets: counter.packets, bytes: counter.bytes }))
                 .collect(),
         })
     }
 
-    fn handle(&mut self, request: Request) -> Reply {
-        match request {
-            Request::Status => Reply::with_status(self.status()),
-            Request::Stats => match self.stats() {
-                Ok(stats) => Reply::with_stats(stats),
-                Err(error) => Reply::failed(error.to_string()),
-            },
-            Request::Reload => match self.reload() {
-                Ok(message) => {
-                    info!("{message}");
-                    Reply::done(message)
-                }
-                Err(error) => {
-                    error!(%error, "reload refused; the running state is kept");
-                    Reply::failed(format!("{error}\nThe running list and mode are unchanged."))
-                }
-            },
+    fn check(&self, address: std::net::IpAddr) -> CheckResult {
+        let list: &CompiledList = self.filter.active_list();
+        let listed = Verdicts { list, mode: Mode::Enforce }.passes(address);
+        let (verdict, reason) = match (self.mode, listed) {
+            (Mode::Off, _) => ("pass", "passed_off"),
+            (_, true) => ("pass", "passed_listed"),
+            (Mode::Monitor, false) => ("pass", "monitor_would_drop"),
+            (Mode::Enforce, false) => ("drop", "dropped_not_listed"),
+        };
+        CheckResult {
+            address,
+            mode: self.mode,
+            verdict: verdict.into(),
+            reason: reason.into(),
+            entry: self.allowlist.deciding_entry(address).cloned(),
         }
+    }
+
+    /// Expires entries and reverts an unconfirmed activation whose time is up.
+    fn tick(&mut self) {
+        let now = now();
+        let mut allowlist = self.allowlist.clone();
+        let expired = allowlist.expire(now);
+        let (mode, pending) = match self.pending_confirm {
+            Some(pending) if pending.deadline <= now => {
+                warn!(reverted_to = %pending.revert_to, "activation was not confirmed in time; reverting");
+                (pending.revert_to, None)
+            }
+            other => (self.mode, other),
+        };
+        if expired.is_empty() && pending == self.pending_confirm {
+            return;
+        }
+        for entry in &expired {
+            info!(network = %entry.network, description = %entry.description, "entry expired");
+        }
+        if let Err(error) = self.commit(allowlist, mode, pending) {
+            error!(%error, "applying expiry failed; will retry");
+        }
+    }
+
+    /// When `tick` next has something to do.
+    fn next_deadline(&self) -> Option<u64> {
+        [self.allowlist.next_expiry(), self.pending_confirm.map(|pending| pending.deadline)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn handle(&mut self, request: Request) -> Reply {
+        let result = match request {
+            Request::Status => Ok(Reply::with_status(self.status())),
+            Request::Stats => self.stats().map(Reply::with_stats).map_err(Refusal::from),
+            Request::List | Request::Export => Ok(Reply::with_entries(self.allowlist.entries().into_iter().cloned().collect())),
+            Request::Check { address } => Ok(Reply::with_check(self.check(address))),
+            Request::Reload => self.reload().map(Reply::done).map_err(Refusal::from),
+            Request::Add { network, description, expires_in_secs } => self.add(network, description, expires_in_secs),
+            Request::Remove { network, safety } => self.remove(network, &safety),
+            Request::Import { rows, replace, dry_run, safety } => self.import(&rows, replace, dry_run, &safety),
+            Request::SetMode { mode, confirm_secs, safety } => self.set_mode(mode, confirm_secs, &safety),
+            Request::Confirm => self.confirm(),
+        };
+        match result {
+            Ok(reply) => {
+                if let Some(message) = &reply.message {
+                    info!("{message}");
+                }
+                reply
+            }
+            Err(Refusal::Error(message)) => {
+                warn!("refused: {message}");
+                Reply::failed(message)
+            }
+            Err(Refusal::Unsafe(message, at_risk)) => {
+                warn!("{message}");
+                Reply::unsafe_change(message, at_risk)
+            }
+        }
+    }
+
+    fn add(&mut self, network: ipnet::IpNet, description: Option<String>, expires_in_secs: Option<u64>) -> Result<Reply, Refusal> {
+        let mut next = self.allowlist.clone();
+        let expires_at = expires_in_secs.map(|secs| now() + secs);
+        let new = next.add(network, description, expires_at)?;
+        self.commit(next, self.mode, self.pending_confirm)?;
+        let network = network.trunc();
+        let expiry = expires_at.map(|at| format!(" until {}", format_time(at))).unwrap_or_default();
+        Ok(Reply::done(if new { format!("added {network}{expiry}") } else { format!("updated {network}{expiry}") }))
+    }
+
+    fn remove(&mut self, network: ipnet::IpNet, safety: &Safety) -> Result<Reply, Refusal> {
+        let mut next = self.allowlist.clone();
+        let removed = next.remove(network)?;
+        self.check_lockout(&next, self.mode, safety)?;
+        self.refuse_empty_enforce(&next, self.mode, &format!("removing {}", removed.network))?;
+        self.commit(next, self.mode, self.pending_confirm)?;
+        Ok(Reply::done(format!("removed {}", removed.network)))
+    }
+
+    fn import(&mut self, rows: &[crate::allowlist::ImportRow], replace: bool, dry_run: bool, safety: &Safety) -> Result<Reply, Refusal> {
+        let mut next = self.allowlist.clone();
+        let plan = next.import(rows, replace);
+        let summary = format!(
+            "{} {} rows: {} added, {} updated, {} removed, {} left to the config file",
+            if dry_run { "would import" } else { "imported" },
+            rows.len(),
+            plan.added.len(),
+            plan.updated.len(),
+            plan.removed.len(),
+            plan.unchanged_config.len()
+        );
+        if dry_run {
+            return Ok(Reply::with_import(summary, plan));
+        }
+        if replace {
+            self.check_lockout(&next, self.mode, safety)?;
+            self.refuse_empty_enforce(&next, self.mode, "import --replace")?;
+        }
+        self.commit(next, self.mode, self.pending_confirm)?;
+        Ok(Reply::with_import(summary, plan))
+    }
+
+    fn set_mode(&mut self, mode: Mode, confirm_secs: Option<u64>, safety: &Safety) -> Result<Reply, Refusal> {
+        if mode == Mode::Enforce && !self.allowlist.has_operator_entries() {
+            return Err(Refusal::Error(
+                "activation refused: the allowlist is empty, so enforcing would drop all IP traffic to this host. Add at least one entry (allowlistctl add ADDRESS) first".into(),
+            ));
+        }
+        if mode == Mode::Enforce && self.mode != Mode::Enforce {
+            self.check_lockout(&self.allowlist, mode, safety)?;
+        }
+        let pending = confirm_secs.map(|secs| PendingConfirm {
+            revert_to: self.pending_confirm.map_or(self.mode, |pending| pending.revert_to),
+            deadline: now() + secs,
+        });
+        let previous = self.mode;
+        self.commit(self.allowlist.clone(), mode, pending)?;
+        Ok(Reply::done(match pending {
+            Some(pending) => format!(
+                "mode {mode} (was {previous}); reverts to {} at {} unless `allowlistctl confirm` arrives",
+                pending.revert_to,
+                format_time(pending.deadline)
+            ),
+            None => format!("mode {mode} (was {previous})"),
+        }))
+    }
+
+    fn confirm(&mut self) -> Result<Reply, Refusal> {
+        if self.pending_confirm.is_none() {
+            return Err(Refusal::Error("nothing to confirm: no `activate --confirm` is pending".into()));
+        }
+        self.commit(self.allowlist.clone(), self.mode, None)?;
+        Ok(Reply::done(format!("confirmed: mode {} stays", self.mode)))
     }
 
     /// Serves the control socket until SIGTERM or SIGINT. Leaving does not detach the
     /// filter: the pinned program keeps enforcing the last applied list.
     pub async fn serve(self) -> Result<(), DaemonError> {
         let socket = self.config.socket.clone();
-        let listener = bind_control_socket(&socket)?;
+        let access = Access::from_config(self.config.socket_group.as_deref(), self.config.socket_readable_by_all);
+        let listener = bind_control_socket(&socket, &access)?;
         info!(socket = %socket.display(), "ready");
         let daemon = Arc::new(Mutex::new(self));
+        let changed = Arc::new(Notify::new());
+        tokio::spawn(run_timers(Arc::clone(&daemon), Arc::clone(&changed)));
         let socket_error = |error: io::Error| DaemonError::Socket {
             path: socket.display().to_string(),
             message: error.to_string(),
@@ -208,13 +461,16 @@ impl Daemon {
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => { tokio::spawn(serve_client(stream, Arc::clone(&daemon))); }
+                    Ok((stream, _)) => {
+                        tokio::spawn(serve_client(stream, Arc::clone(&daemon), access, Arc::clone(&changed)));
+                    }
                     Err(error) => warn!(%error, "accepting a control connection failed"),
                 },
                 _ = hangup.recv() => {
                     info!("SIGHUP: reloading the config");
                     let daemon = Arc::clone(&daemon);
                     let _ = tokio::task::spawn_blocking(move || lock(&daemon).handle(Request::Reload)).await;
+                    changed.notify_one();
                 }
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
@@ -226,12 +482,35 @@ impl Daemon {
     }
 }
 
+fn format_time(unix_secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs)).to_string()
+}
+
 fn lock(daemon: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
     // A panic while holding the lock cannot leave the kernel half-changed (each change
     // is atomic there), so the state is still usable.
-    daemon
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Wakes at the next expiry or confirm deadline, or when a change may have moved it.
+async fn run_timers(daemon: Arc<Mutex<Daemon>>, changed: Arc<Notify>) {
+    loop {
+        let deadline = lock(&daemon).next_deadline();
+        let wait = match deadline {
+            Some(at) => {
+                let at = UNIX_EPOCH + Duration::from_secs(at);
+                at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+            }
+            None => Duration::from_secs(3600),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {
+                let daemon = Arc::clone(&daemon);
+                let _ = tokio::task::spawn_blocking(move || lock(&daemon).tick()).await;
+            }
+            _ = changed.notified() => {}
+        }
+    }
 }
 
 const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -239,34 +518,47 @@ const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Answers one client's requests, one JSON line each. A client that sends garbage gets
 /// an error reply; one that sends too much or nothing is disconnected. Neither can stall
 /// other clients: only the handling of a parsed request takes the lock.
-async fn serve_client(stream: UnixStream, daemon: Arc<Mutex<Daemon>>) {
+async fn serve_client(stream: UnixStream, daemon: Arc<Mutex<Daemon>>, access: Access, changed: Arc<Notify>) {
+    let peer = match stream.peer_cred() {
+        Ok(cred) => Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() },
+        Err(error) => {
+            warn!(%error, "cannot read the client's credentials; closing");
+            return;
+        }
+    };
+    let may_change = access.may_change(&peer);
+    let may_read = access.may_read(&peer);
+    let limit = if may_change { control::MAX_REQUEST_BYTES } else { control::MAX_READ_ONLY_REQUEST_BYTES };
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     loop {
         let mut line = Vec::new();
-        let limit = control::MAX_REQUEST_BYTES as u64 + 1;
-        let read = tokio::time::timeout(
-            CLIENT_IDLE_TIMEOUT,
-            (&mut reader).take(limit).read_until(b'\n', &mut line),
-        )
-        .await;
+        let read = tokio::time::timeout(CLIENT_IDLE_TIMEOUT, (&mut reader).take(limit as u64 + 1).read_until(b'\n', &mut line)).await;
         let reply = match read {
             Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return,
-            Ok(Ok(_)) if line.len() > control::MAX_REQUEST_BYTES => {
-                let reply = Reply::failed(format!(
-                    "request longer than {} bytes refused",
-                    control::MAX_REQUEST_BYTES
-                ));
+            Ok(Ok(_)) if line.len() > limit => {
+                let reply = Reply::failed(format!("request longer than {limit} bytes refused"));
                 let _ = write_reply(&mut writer, &reply).await;
                 return;
             }
             Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
                 Err(error) => Reply::failed(format!("malformed request: {error}")),
+                Ok(request) if !may_read || (!request.is_read_only() && !may_change) => {
+                    warn!(uid = peer.uid, "refused a request from a client without permission");
+                    Reply::failed(format!(
+                        "permission denied: uid {} may not {}; changes need root{}",
+                        peer.uid,
+                        if request.is_read_only() { "read the allowlist" } else { "change the allowlist" },
+                        access.group.map(|_| " or the socket_group").unwrap_or_default()
+                    ))
+                }
                 Ok(request) => {
                     let daemon = Arc::clone(&daemon);
-                    tokio::task::spawn_blocking(move || lock(&daemon).handle(request))
+                    let reply = tokio::task::spawn_blocking(move || lock(&daemon).handle(request))
                         .await
-                        .unwrap_or_else(|error| Reply::failed(format!("internal error: {error}")))
+                        .unwrap_or_else(|error| Reply::failed(format!("internal error: {error}")));
+                    changed.notify_one();
+                    reply
                 }
             },
         };
@@ -276,29 +568,20 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Mutex<Daemon>>) {
     }
 }
 
-async fn write_reply(
-    writer: &mut tokio::net::unix::OwnedWriteHalf,
-    reply: &Reply,
-) -> io::Result<()> {
+async fn write_reply(writer: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> io::Result<()> {
     let mut bytes = serde_json::to_vec(reply).map_err(io::Error::other)?;
     bytes.push(b'\n');
     writer.write_all(&bytes).await
 }
 
 /// Binds the socket, replacing a stale file from a dead daemon but never a live one.
-fn bind_control_socket(path: &Path) -> Result<UnixListener, DaemonError> {
-    let fail = |message: String| DaemonError::Socket {
-        path: path.display().to_string(),
-        message,
-    };
+fn bind_control_socket(path: &Path, access: &Access) -> Result<UnixListener, DaemonError> {
+    let fail = |message: String| DaemonError::Socket { path: path.display().to_string(), message };
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(fail(
-            "another allowlistd is already serving on this socket; stop it first".into(),
-        ));
+        return Err(fail("another allowlistd is already serving on this socket; stop it first".into()));
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|error| fail(format!("creating {}: {error}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(|error| fail(format!("creating {}: {error}", parent.display())))?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
@@ -306,7 +589,8 @@ fn bind_control_socket(path: &Path) -> Result<UnixListener, DaemonError> {
         Err(error) => return Err(fail(format!("removing the stale socket: {error}"))),
     }
     let listener = UnixListener::bind(path).map_err(|error| fail(error.to_string()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|error| fail(format!("setting permissions: {error}")))?;
+    access
+        .apply_to_socket(path)
+        .map_err(|error| fail(format!("setting owner and permissions: {error}")))?;
     Ok(listener)
 }

@@ -1,32 +1,43 @@
 //! Control CLI for allowlistd: see `allowlistctl --help`.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    fs::File,
+    io::{self, IsTerminal, Read},
+    net::IpAddr,
+    path::PathBuf,
+    process::ExitCode,
+    time::{Duration, UNIX_EPOCH},
+};
 
-use allowlist_userspace::control::{self, Reply, Request, Stats, Status};
-use clap::{Parser, Subcommand};
+use allowlist_userspace::{
+    allowlist::{Entry, ImportPlan},
+    config::{parse_network, Mode},
+    control::{self, CheckResult, Reply, Request, Safety, Stats, Status},
+    csv_format,
+};
+use clap::{CommandFactory, Parser, Subcommand};
+use ipnet::IpNet;
 
 /// Exit codes, documented in README.
 const EXIT_ERROR: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_REFUSED_FOR_SAFETY: u8 = 3;
 
 /// Manage the allowlist enforced by allowlistd.
 #[derive(Parser)]
-#[command(
-    version,
-    after_help = "Examples:
-  allowlistctl status
-  allowlistctl stats --json
-  allowlistctl --socket /run/allowlist/control.sock reload
+#[command(version, after_help = "Examples:
+  allowlistctl add 203.0.113.0/24 --description \"office VPN\"
+  allowlistctl add 198.51.100.7 --expires 2h --description \"dynamic worker\"
+  allowlistctl list
+  allowlistctl check 203.0.113.9
+  allowlistctl import allowlist.csv --dry-run
+  allowlistctl activate --confirm 60s && allowlistctl confirm
 
-Exit codes: 0 ok, 1 error, 2 usage."
-)]
+Exit codes: 0 ok, 1 error, 2 usage, 3 refused for safety (the change would cut off
+your SSH session or an established connection; --force overrides).")]
 struct Cli {
     /// The daemon's control socket.
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        default_value = "/run/allowlist/control.sock"
-    )]
+    #[arg(long, global = true, value_name = "PATH", default_value = "/run/allowlist/control.sock")]
     socket: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -34,6 +45,91 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Add an address or network; if it is listed already, update its description
+    /// (cleared when none is given).
+    #[command(after_help = "Examples:
+  allowlistctl add 203.0.113.0/24 --description \"office VPN\"
+  allowlistctl add 2001:db8:1234::/48
+  allowlistctl add 198.51.100.7 --expires 2h   # leaves the kernel in two hours")]
+    Add {
+        /// IPv4/IPv6 address or CIDR network.
+        network: String,
+        #[arg(long, short)]
+        description: Option<String>,
+        /// Make the entry temporary: 30s, 15m, 2h, 7d, …
+        #[arg(long, value_parser = parse_duration)]
+        expires: Option<Duration>,
+    },
+    /// Remove an address or network added with allowlistctl.
+    #[command(after_help = "Examples:
+  allowlistctl remove 203.0.113.0/24
+  allowlistctl remove 198.51.100.7 --force   # even if it cuts off a live session")]
+    Remove {
+        network: String,
+        /// Remove even if this cuts off your session or an established connection.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show every entry: network, description, origin, added, expires.
+    #[command(after_help = "Examples:\n  allowlistctl list\n  allowlistctl list --json | jq '.[].network'")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The verdict the kernel gives a source now, and the entry that decides it.
+    #[command(after_help = "Examples:\n  allowlistctl check 203.0.113.9\n  allowlistctl check 2001:db8::1 --json")]
+    Check {
+        address: IpAddr,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import a CSV file with the header `ip_address,description`, as one transaction.
+    #[command(after_help = "Examples:
+  allowlistctl import allowlist.csv
+  allowlistctl import allowlist.csv --replace --dry-run   # show what would change
+  allowlistctl export > backup.csv && allowlistctl import backup.csv --replace
+
+A row whose network is listed updates its description (cleared when empty). Any bad
+row: nothing changes and every bad row is listed with its line number.")]
+    Import {
+        /// The CSV file, or - for standard input.
+        file: PathBuf,
+        /// Make the file the whole list (entries from the config file stay).
+        #[arg(long)]
+        replace: bool,
+        /// Print what would be added, updated and removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --replace: go ahead even if this cuts off your session or a connection.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the list as CSV (ip_address,description) to standard output.
+    #[command(after_help = "Example:\n  allowlistctl export > allowlist.csv")]
+    Export,
+    /// Enforce: drop IP traffic from unlisted sources. Refused while the list is empty.
+    #[command(after_help = "Examples:
+  allowlistctl activate
+  allowlistctl activate --confirm 60s   # reverts in 60 s unless `allowlistctl confirm`")]
+    Activate {
+        /// Revert automatically unless `allowlistctl confirm` arrives within this time.
+        #[arg(long, value_parser = parse_duration)]
+        confirm: Option<Duration>,
+        /// Activate even if this cuts off your session or an established connection.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Stop filtering; the list is kept.
+    #[command(after_help = "Example:\n  allowlistctl deactivate")]
+    Deactivate,
+    /// Pass everything but count what enforcing would drop (see `stats`).
+    #[command(after_help = "Example:\n  allowlistctl monitor && sleep 600 && allowlistctl stats")]
+    Monitor,
+    /// Keep a pending `activate --confirm`.
+    #[command(after_help = "Example:\n  allowlistctl activate --confirm 60s && allowlistctl confirm")]
+    Confirm,
     /// Mode, protected interfaces (with the XDP mode attached) and entries per family.
     #[command(after_help = "Example:\n  allowlistctl status --json | jq .mode")]
     Status {
@@ -46,55 +142,279 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Re-read the daemon's config file. A bad file is refused and the running state kept.
-    #[command(
-        after_help = "Example:\n  $EDITOR /etc/allowlist/allowlist.toml && allowlistctl reload"
-    )]
+    /// Re-read the daemon's config file (like SIGHUP). A bad file is refused, state kept.
+    #[command(after_help = "Example:\n  $EDITOR /etc/allowlist/allowlist.toml && allowlistctl reload")]
     Reload,
+    /// Print shell completions.
+    #[command(after_help = "Example:\n  allowlistctl completions bash > /etc/bash_completion.d/allowlistctl")]
+    Completions { shell: clap_complete::Shell },
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn error(message: impl Into<String>) -> Self {
+        Failure { code: EXIT_ERROR, message: message.into() }
+    }
+    fn usage(message: impl Into<String>) -> Self {
+        Failure { code: EXIT_USAGE, message: message.into() }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (request, json) = match cli.command {
-        Command::Status { json } => (Request::Status, json),
-        Command::Stats { json } => (Request::Stats, json),
-        Command::Reload => (Request::Reload, false),
-    };
-    let reply = match control::request(&cli.socket, &request, Duration::from_secs(120)) {
-        Ok(reply) => reply,
-        Err(error) => {
-            eprintln!("allowlistctl: {error}");
-            return ExitCode::from(EXIT_ERROR);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("allowlistctl: {}", failure.message);
+            ExitCode::from(failure.code)
         }
-    };
-    if !reply.ok {
-        eprintln!(
-            "allowlistctl: {}",
-            reply
-                .error
-                .as_deref()
-                .unwrap_or("the daemon refused without a reason")
-        );
-        return ExitCode::from(EXIT_ERROR);
     }
-    print_reply(&reply, json);
-    ExitCode::SUCCESS
 }
 
-fn print_reply(reply: &Reply, json: bool) {
-    if let Some(status) = &reply.status {
-        if json {
-            print_json(status);
-        } else {
-            print_status(status);
+fn run(cli: Cli) -> Result<(), Failure> {
+    let socket = cli.socket;
+    let ask = |request: &Request| ask(&socket, request);
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "allowlistctl", &mut io::stdout());
+            Ok(())
         }
-    } else if let Some(stats) = &reply.stats {
-        if json {
-            print_json(stats);
-        } else {
-            print_stats(stats);
+        Command::Add { network, description, expires } => {
+            let network = network_argument(&network)?;
+            let reply = ask(&Request::Add { network, description, expires_in_secs: expires.map(|d| d.as_secs().max(1)) })?;
+            print_message(&reply);
+            Ok(())
         }
-    } else if let Some(message) = &reply.message {
+        Command::Remove { network, force } => {
+            let network = network_argument(&network)?;
+            print_message(&ask(&Request::Remove { network, safety: safety(force) })?);
+            Ok(())
+        }
+        Command::List { json } => {
+            let reply = ask(&Request::List)?;
+            let entries = reply.entries.unwrap_or_default();
+            if json {
+                print_json(&entries.iter().map(EntryView::from).collect::<Vec<_>>());
+            } else {
+                print_entries(&entries);
+            }
+            Ok(())
+        }
+        Command::Check { address, json } => {
+            let reply = ask(&Request::Check { address })?;
+            let check = reply.check.ok_or_else(|| Failure::error("the daemon sent no verdict"))?;
+            if json {
+                print_json(&check);
+            } else {
+                print_check(&check);
+            }
+            Ok(())
+        }
+        Command::Import { file, replace, dry_run, force, json } => {
+            let rows = read_csv(&file)?;
+            let reply = ask(&Request::Import { rows, replace, dry_run, safety: safety(force) })?;
+            let plan = reply.import.clone().unwrap_or_default();
+            if json {
+                print_json(&plan);
+            } else {
+                print_message(&reply);
+                if dry_run {
+                    print_plan(&plan);
+                }
+            }
+            Ok(())
+        }
+        Command::Export => {
+            let reply = ask(&Request::Export)?;
+            let entries = reply.entries.unwrap_or_default();
+            let rows = entries
+                .iter()
+                .filter(|entry| entry.origin != allowlist_userspace::allowlist::Origin::Always)
+                .map(|entry| (entry.network, entry.description.as_str()));
+            csv_format::write_rows(io::stdout().lock(), rows).map_err(|error| Failure::error(format!("writing CSV: {error}")))
+        }
+        Command::Activate { confirm, force } => {
+            let request = Request::SetMode { mode: Mode::Enforce, confirm_secs: confirm.map(|d| d.as_secs().max(1)), safety: safety(force) };
+            print_message(&ask(&request)?);
+            Ok(())
+        }
+        Command::Deactivate => set_mode(&socket, Mode::Off),
+        Command::Monitor => set_mode(&socket, Mode::Monitor),
+        Command::Confirm => {
+            print_message(&ask(&Request::Confirm)?);
+            Ok(())
+        }
+        Command::Status { json } => {
+            let status = ask(&Request::Status)?.status.ok_or_else(|| Failure::error("the daemon sent no status"))?;
+            if json {
+                print_json(&status);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+        Command::Stats { json } => {
+            let stats = ask(&Request::Stats)?.stats.ok_or_else(|| Failure::error("the daemon sent no counters"))?;
+            if json {
+                print_json(&stats);
+            } else {
+                print_stats(&stats);
+            }
+            Ok(())
+        }
+        Command::Reload => {
+            print_message(&ask(&Request::Reload)?);
+            Ok(())
+        }
+    }
+}
+
+fn set_mode(socket: &std::path::Path, mode: Mode) -> Result<(), Failure> {
+    let reply = ask(socket, &Request::SetMode { mode, confirm_secs: None, safety: safety(false) })?;
+    print_message(&reply);
+    Ok(())
+}
+
+/// Sends a request; a refusal becomes a Failure with the documented exit code.
+fn ask(socket: &std::path::Path, request: &Request) -> Result<Reply, Failure> {
+    let reply = control::request(socket, request, Duration::from_secs(600)).map_err(|error| Failure::error(error.to_string()))?;
+    if reply.ok {
+        return Ok(reply);
+    }
+    let message = reply.error.clone().unwrap_or_else(|| "the daemon refused without a reason".into());
+    Err(Failure {
+        code: if reply.refused_for_safety.is_some() { EXIT_REFUSED_FOR_SAFETY } else { EXIT_ERROR },
+        message,
+    })
+}
+
+/// The caller's SSH client address, so the daemon can refuse to cut off this session.
+fn safety(force: bool) -> Safety {
+    let caller = std::env::var("SSH_CONNECTION")
+        .ok()
+        .and_then(|connection| connection.split_whitespace().next().and_then(|client| client.parse().ok()));
+    Safety { caller, force }
+}
+
+fn network_argument(given: &str) -> Result<IpNet, Failure> {
+    parse_network(given).map_err(Failure::usage)
+}
+
+fn parse_duration(given: &str) -> Result<Duration, String> {
+    humantime::parse_duration(given).map_err(|error| format!("{error}; use e.g. 30s, 15m, 2h, 7d"))
+}
+
+/// Reads and validates the whole file before anything is sent: any bad row, nothing
+/// changes. Shows a progress bar on a terminal (files of a million rows take a while).
+fn read_csv(file: &PathBuf) -> Result<Vec<allowlist_userspace::allowlist::ImportRow>, Failure> {
+    let shown = file.display().to_string();
+    let (reader, size): (Box<dyn Read>, u64) = if shown == "-" {
+        (Box::new(io::stdin().lock()), 0)
+    } else {
+        let opened = File::open(file).map_err(|error| Failure::error(format!("{shown}: {error}")))?;
+        let size = opened.metadata().map(|meta| meta.len()).unwrap_or(0);
+        (Box::new(opened), size)
+    };
+    let reader: Box<dyn Read> = if io::stderr().is_terminal() && size > 0 {
+        let bar = indicatif::ProgressBar::new(size).with_message(format!("reading {shown}"));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Box::new(bar.wrap_read(reader))
+    } else {
+        reader
+    };
+    csv_format::read_rows(reader).map_err(|bad| {
+        const SHOWN: usize = 50;
+        let mut message = format!("{shown}: {} bad row(s); nothing was imported:", bad.len());
+        for row in bad.iter().take(SHOWN) {
+            message.push_str(&format!("\n  line {}: {}", row.line, row.problem));
+        }
+        if bad.len() > SHOWN {
+            message.push_str(&format!("\n  … and {} more", bad.len() - SHOWN));
+        }
+        Failure::error(message)
+    })
+}
+
+/// An entry as `list --json` shows it: times in RFC 3339.
+#[derive(serde::Serialize)]
+struct EntryView<'a> {
+    network: IpNet,
+    description: &'a str,
+    origin: String,
+    added_at: String,
+    expires_at: Option<String>,
+}
+
+impl<'a> From<&'a Entry> for EntryView<'a> {
+    fn from(entry: &'a Entry) -> Self {
+        EntryView {
+            network: entry.network,
+            description: &entry.description,
+            origin: entry.origin.to_string(),
+            added_at: format_time(entry.added_at),
+            expires_at: entry.expires_at.map(format_time),
+        }
+    }
+}
+
+fn format_time(unix_secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs)).to_string()
+}
+
+fn table(header: &[&str]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(header.iter().map(|h| h.to_string()));
+    table
+}
+
+fn print_entries(entries: &[Entry]) {
+    let mut out = table(&["NETWORK", "DESCRIPTION", "ORIGIN", "ADDED", "EXPIRES"]);
+    for entry in entries {
+        let view = EntryView::from(entry);
+        out.add_row(vec![
+            view.network.to_string(),
+            view.description.replace('\n', " "),
+            view.origin,
+            view.added_at,
+            view.expires_at.unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    println!("{out}");
+    println!("{} entries", entries.len());
+}
+
+fn print_check(check: &CheckResult) {
+    let decided = match &check.entry {
+        Some(entry) => format!(
+            "listed by {} ({}origin {})",
+            entry.network,
+            if entry.description.is_empty() { String::new() } else { format!("\"{}\", ", entry.description) },
+            entry.origin
+        ),
+        None => "not listed".into(),
+    };
+    println!("{}: {} — {decided}; mode {}, counted as {}", check.address, check.verdict.to_uppercase(), check.mode, check.reason);
+}
+
+fn print_plan(plan: &ImportPlan) {
+    for (what, networks) in [("add", &plan.added), ("update", &plan.updated), ("remove", &plan.removed), ("keep (config file)", &plan.unchanged_config)] {
+        for network in networks {
+            println!("  {what:<8} {network}");
+        }
+    }
+}
+
+fn print_message(reply: &Reply) {
+    if let Some(message) = &reply.message {
         println!("{message}");
     }
 }
@@ -108,10 +428,10 @@ fn print_json(value: &impl serde::Serialize) {
 
 fn print_status(status: &Status) {
     println!("mode:       {}", status.mode);
-    println!(
-        "entries:    {} IPv4, {} IPv6 (after compiling)",
-        status.entries.ipv4, status.entries.ipv6
-    );
+    if let Some(deadline) = status.confirm_deadline {
+        println!("            reverts at {} unless `allowlistctl confirm`", format_time(deadline));
+    }
+    println!("entries:    {} IPv4, {} IPv6 (after compiling)", status.entries.ipv4, status.entries.ipv6);
     println!("config:     {}", status.config);
     println!("pins:       {}", status.pin_path);
     println!("interfaces:");
@@ -121,12 +441,9 @@ fn print_status(status: &Status) {
 }
 
 fn print_stats(stats: &Stats) {
-    let width = stats.counters.keys().map(String::len).max().unwrap_or(0);
-    println!("{:<width$}  {:>14}  {:>16}", "reason", "packets", "bytes");
+    let mut out = table(&["REASON", "PACKETS", "BYTES"]);
     for (reason, counter) in &stats.counters {
-        println!(
-            "{reason:<width$}  {:>14}  {:>16}",
-            counter.packets, counter.bytes
-        );
+        out.add_row(vec![reason.clone(), counter.packets.to_string(), counter.bytes.to_string()]);
     }
+    println!("{out}");
 }

@@ -1,0 +1,401 @@
+//! The allowlist as operators manage it: entries with descriptions, origins and expiry,
+//! and the hosted-allowlist rules for changing them.
+//!
+//! Entries come from three owners:
+//! - `config`: `[[allow]]` in the config file. The file owns them: hand edits + reload.
+//! - `always`: `[[always]]` in the config file; enforced whatever the list, never
+//!   removable from the CLI, and not counted when asking "is the list empty?".
+//! - `cli` / `csv import`: added with `allowlistctl`; the daemon owns them and keeps them
+//!   durable in `state_dir/state.json`.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::IpAddr,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::{compile::CompiledList, config::Config};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Config,
+    Always,
+    Cli,
+    CsvImport,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Origin::Config => "config",
+            Origin::Always => "always",
+            Origin::Cli => "cli",
+            Origin::CsvImport => "csv import",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub network: IpNet,
+    #[serde(default)]
+    pub description: String,
+    pub origin: Origin,
+    /// Seconds since the Unix epoch.
+    pub added_at: u64,
+    /// Seconds since the Unix epoch; the entry leaves the kernel then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_secs())
+        .unwrap_or(0)
+}
+
+/// Why a change to the list was refused. Nothing changed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ListError {
+    #[error("{network} is listed by the config file ({origin}); change or remove it there, then `allowlistctl reload`")]
+    OwnedByConfig { network: IpNet, origin: Origin },
+    #[error("{0} is not on the allowlist")]
+    NotListed(IpNet),
+}
+
+/// One row of an import, already parsed by the client; `line` is its line in the file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportRow {
+    pub line: u64,
+    pub network: IpNet,
+    pub description: String,
+}
+
+/// What an import did (or, in a dry run, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportPlan {
+    pub added: Vec<IpNet>,
+    pub updated: Vec<IpNet>,
+    pub removed: Vec<IpNet>,
+    /// Rows naming a network the config file owns: left as the config says.
+    pub unchanged_config: Vec<IpNet>,
+}
+
+/// The whole list: config-owned entries plus the daemon-owned ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allowlist {
+    config: BTreeMap<IpNet, Entry>,
+    always: BTreeMap<IpNet, Entry>,
+    managed: BTreeMap<IpNet, Entry>,
+}
+
+impl Allowlist {
+    pub fn new(config: &Config, managed: Vec<Entry>) -> Self {
+        let mut list = Allowlist {
+            managed: managed.into_iter().map(|entry| (entry.network, entry)).collect(),
+            ..Allowlist::default()
+        };
+        list.set_config(config);
+        list
+    }
+
+    /// Replaces the config-owned entries (start and reload). Entries keep the time they
+    /// were first seen so `list` does not show every reload as a new addition.
+    pub fn set_config(&mut self, config: &Config) {
+        let now = now();
+        let carry = |old: &BTreeMap<IpNet, Entry>, network: IpNet, description: &str, origin| Entry {
+            network,
+            description: description.to_string(),
+            origin,
+            added_at: old.get(&network).map_or(now, |entry| entry.added_at),
+            expires_at: None,
+        };
+        self.config = config
+            .allow
+            .iter()
+            .map(|entry| (entry.network, carry(&self.config, entry.network, &entry.description, Origin::Config)))
+            .collect();
+        self.always = config
+            .always
+            .iter()
+            .map(|entry| (entry.network, carry(&self.always, entry.network, &entry.description, Origin::Always)))
+            .collect();
+    }
+
+    pub fn managed(&self) -> impl Iterator<Item = &Entry> {
+        self.managed.values()
+    }
+
+    /// Every entry, sorted by network then origin.
+    pub fn entries(&self) -> Vec<&Entry> {
+        let mut all: Vec<&Entry> = self
+            .always
+            .values()
+            .chain(self.config.values())
+            .chain(self.managed.values())
+            .collect();
+        all.sort_by(|a, b| a.network.cmp(&b.network).then(a.origin.cmp(&b.origin)));
+        all
+    }
+
+    /// "The list is empty" in the hosted-allowlist sense: no source of the operator's
+    /// own. Always-allowed infrastructure does not count, so activating still needs a
+    /// deliberate entry.
+    pub fn has_operator_entries(&self) -> bool {
+        !self.config.is_empty() || !self.managed.is_empty()
+    }
+
+    /// The prefixes the kernel should hold now.
+    pub fn compile(&self) -> CompiledList {
+        CompiledList::compile(self.entries().into_iter().map(|entry| entry.network)).0
+    }
+
+    fn owner_in_config(&self, network: &IpNet) -> Option<Origin> {
+        if self.always.contains_key(network) {
+            Some(Origin::Always)
+        } else if self.config.contains_key(network) {
+            Some(Origin::Config)
+        } else {
+            None
+        }
+    }
+
+    /// Adds `network`, or updates its description (cleared when `None`) and expiry if it
+    /// is listed already. Returns whether it was new.
+    pub fn add(&mut self, network: IpNet, description: Option<String>, expires_at: Option<u64>) -> Result<bool, ListError> {
+        let network = network.trunc();
+        if let Some(origin) = self.owner_in_config(&network) {
+            return Err(ListError::OwnedByConfig { network, origin });
+        }
+        let description = description.unwrap_or_default();
+        match self.managed.get_mut(&network) {
+            Some(entry) => {
+                entry.description = description;
+                entry.expires_at = expires_at;
+                Ok(false)
+            }
+            None => {
+                self.managed.insert(
+                    network,
+                    Entry {
+                        network,
+                        description,
+                        origin: Origin::Cli,
+                        added_at: now(),
+                        expires_at,
+                    },
+                );
+                Ok(true)
+            }
+        }
+    }
+
+    pub fn remove(&mut self, network: IpNet) -> Result<Entry, ListError> {
+        let network = network.trunc();
+        if let Some(entry) = self.managed.remove(&network) {
+            return Ok(entry);
+        }
+        match self.owner_in_config(&network) {
+            Some(origin) => Err(ListError::OwnedByConfig { network, origin }),
+            None => Err(ListError::NotListed(network)),
+        }
+    }
+
+    /// Works out what importing `rows` does: rows add or update descriptions in order (a
+    /// later row for the same network wins); with `replace`, managed entries the file
+    /// does not name are removed. Config-owned networks are left alone.
+    pub fn plan_import(&self, rows: &[ImportRow], replace: bool) -> ImportPlan {
+        let mut final_rows: BTreeMap<IpNet, &str> = BTreeMap::new();
+        let mut plan = ImportPlan::default();
+        for row in rows {
+            let network = row.network.trunc();
+            if self.owner_in_config(&network).is_some() {
+                if !plan.unchanged_config.contains(&network) {
+                    plan.unchanged_config.push(network);
+                }
+                continue;
+            }
+            final_rows.insert(network, &row.description);
+        }
+        for (network, description) in &final_rows {
+            match self.managed.get(network) {
+                None => plan.added.push(*network),
+                Some(entry) if entry.description != *description => plan.updated.push(*network),
+                Some(_) => {}
+            }
+        }
+        if replace {
+            plan.removed = self.managed.keys().filter(|network| !final_rows.contains_key(network)).copied().collect();
+        }
+        plan
+    }
+
+    pub fn import(&mut self, rows: &[ImportRow], replace: bool) -> ImportPlan {
+        let plan = self.plan_import(rows, replace);
+        let now = now();
+        for network in &plan.removed {
+            self.managed.remove(network);
+        }
+        for row in rows {
+            let network = row.network.trunc();
+            if self.owner_in_config(&network).is_some() {
+                continue;
+            }
+            self.managed
+                .entry(network)
+                .and_modify(|entry| entry.description.clone_from(&row.description))
+                .or_insert_with(|| Entry {
+                    network,
+                    description: row.description.clone(),
+                    origin: Origin::CsvImport,
+                    added_at: now,
+                    expires_at: None,
+                });
+        }
+        plan
+    }
+
+    /// Removes entries whose time is up; returns them.
+    pub fn expire(&mut self, now: u64) -> Vec<Entry> {
+        let expired: Vec<IpNet> = self
+            .managed
+            .values()
+            .filter(|entry| entry.expires_at.is_some_and(|at| at <= now))
+            .map(|entry| entry.network)
+            .collect();
+        expired.iter().filter_map(|network| self.managed.remove(network)).collect()
+    }
+
+    pub fn next_expiry(&self) -> Option<u64> {
+        self.managed.values().filter_map(|entry| entry.expires_at).min()
+    }
+
+    /// The entry that decides a verdict for `addr`: the longest listed prefix containing
+    /// it (always before config before cli at equal length, as listed).
+    pub fn deciding_entry(&self, addr: IpAddr) -> Option<&Entry> {
+        self.entries()
+            .into_iter()
+            .filter(|entry| entry.network.contains(&addr))
+            .max_by_key(|entry| (entry.network.prefix_len(), std::cmp::Reverse(entry.origin)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(Path::new("t.toml"), text).unwrap()
+    }
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    fn row(line: u64, network: &str, description: &str) -> ImportRow {
+        ImportRow {
+            line,
+            network: crate::config::parse_network(network).unwrap(),
+            description: description.into(),
+        }
+    }
+
+    const CONFIG: &str = r#"
+interfaces = ["lo"]
+mode = "monitor"
+[[allow]]
+cidr = "192.0.2.0/24"
+description = "from config"
+[[always]]
+cidr = "169.254.169.254"
+description = "metadata"
+"#;
+
+    #[test]
+    fn re_adding_updates_the_description_or_clears_it() {
+        let mut list = Allowlist::new(&config(CONFIG), vec![]);
+        assert!(list.add(net("203.0.113.0/24"), Some("office".into()), None).unwrap());
+        assert!(!list.add(net("203.0.113.9/24"), Some("new office".into()), None).unwrap());
+        assert_eq!(list.managed().next().unwrap().description, "new office");
+        assert!(!list.add(net("203.0.113.0/24"), None, None).unwrap());
+        assert_eq!(list.managed().next().unwrap().description, "");
+    }
+
+    #[test]
+    fn config_owned_entries_cannot_be_changed_from_the_cli() {
+        let mut list = Allowlist::new(&config(CONFIG), vec![]);
+        assert!(matches!(list.remove(net("169.254.169.254/32")), Err(ListError::OwnedByConfig { origin: Origin::Always, .. })));
+        assert!(matches!(list.remove(net("192.0.2.0/24")), Err(ListError::OwnedByConfig { origin: Origin::Config, .. })));
+        assert!(matches!(list.add(net("192.0.2.0/24"), None, None), Err(ListError::OwnedByConfig { .. })));
+        assert_eq!(list.remove(net("198.51.100.1/32")), Err(ListError::NotListed(net("198.51.100.1/32"))));
+    }
+
+    #[test]
+    fn always_entries_do_not_make_the_list_non_empty() {
+        let only_always = config("interfaces = [\"lo\"]\nmode = \"off\"\n[[always]]\ncidr = \"10.0.0.1\"\n");
+        let mut list = Allowlist::new(&only_always, vec![]);
+        assert!(!list.has_operator_entries());
+        list.add(net("10.9.9.9/32"), None, None).unwrap();
+        assert!(list.has_operator_entries());
+        assert_eq!(list.compile().v4.len(), 2);
+    }
+
+    #[test]
+    fn import_adds_updates_and_replace_removes_the_rest() {
+        let mut list = Allowlist::new(&config(CONFIG), vec![]);
+        list.add(net("10.0.0.1/32"), Some("keep".into()), None).unwrap();
+        list.add(net("10.0.0.2/32"), Some("old".into()), None).unwrap();
+        list.add(net("10.0.0.3/32"), None, None).unwrap();
+        let rows = [
+            row(2, "10.0.0.1", "keep"),
+            row(3, "10.0.0.2", "first"),
+            row(4, "10.0.0.2", "last wins"),
+            row(5, "2001:db8::/48", "v6"),
+            row(6, "192.0.2.0/24", "config owns this"),
+        ];
+        let plan = list.plan_import(&rows, true);
+        assert_eq!(plan.added, [net("2001:db8::/48")]);
+        assert_eq!(plan.updated, [net("10.0.0.2/32")]);
+        assert_eq!(plan.removed, [net("10.0.0.3/32")]);
+        assert_eq!(plan.unchanged_config, [net("192.0.2.0/24")]);
+        assert_eq!(list.import(&rows, true), plan);
+        let descriptions: Vec<_> = list.managed().map(|e| (e.network.to_string(), e.description.clone())).collect();
+        assert_eq!(
+            descriptions,
+            [
+                ("10.0.0.1/32".to_string(), "keep".to_string()),
+                ("10.0.0.2/32".to_string(), "last wins".to_string()),
+                ("2001:db8::/48".to_string(), "v6".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn expired_entries_leave_and_the_next_expiry_is_known() {
+        let mut list = Allowlist::new(&config(CONFIG), vec![]);
+        list.add(net("10.0.0.1/32"), None, Some(100)).unwrap();
+        list.add(net("10.0.0.2/32"), None, Some(200)).unwrap();
+        assert_eq!(list.next_expiry(), Some(100));
+        assert_eq!(list.expire(150).len(), 1);
+        assert_eq!(list.next_expiry(), Some(200));
+    }
+
+    #[test]
+    fn the_longest_prefix_decides() {
+        let mut list = Allowlist::new(&config(CONFIG), vec![]);
+        list.add(net("192.0.2.128/25"), Some("narrow".into()), None).unwrap();
+        let entry = list.deciding_entry("192.0.2.200".parse().unwrap()).unwrap();
+        assert_eq!(entry.description, "narrow");
+        let entry = list.deciding_entry("192.0.2.1".parse().unwrap()).unwrap();
+        assert_eq!(entry.origin, Origin::Config);
+        assert!(list.deciding_entry("198.51.100.1".parse().unwrap()).is_none());
+    }
+}
