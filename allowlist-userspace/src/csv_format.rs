@@ -138,6 +138,12 @@ mod tests {
     }
 
     #[test]
+    fn a_spreadsheet_byte_order_mark_and_crlf_line_ends_are_accepted() {
+        let rows = read_rows("\u{feff}ip_address,description\r\n10.0.0.1,x\r\n".as_bytes()).unwrap();
+        assert_eq!(rows[0].description, "x");
+    }
+
+    #[test]
     fn a_missing_or_reordered_header_is_refused() {
         let bad = read_rows("description,ip_address\nx,10.0.0.1\n".as_bytes()).unwrap_err();
         assert_eq!(bad[0].line, 1);
@@ -155,5 +161,54 @@ mod tests {
         let rows = read_rows(out.as_slice()).unwrap();
         let back: Vec<(IpNet, &str)> = rows.iter().map(|r| (r.network, r.description.as_str())).collect();
         assert_eq!(back, entries);
+    }
+
+    mod round_trip {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+
+        use ipnet::{Ipv4Net, Ipv6Net};
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::allowlist::{Allowlist, ImportRow};
+
+        fn network() -> impl Strategy<Value = IpNet> {
+            prop_oneof![
+                (any::<u32>(), 0u8..=32).prop_map(|(bits, len)| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(bits), len).unwrap().trunc())),
+                (any::<u128>(), 0u8..=128).prop_map(|(bits, len)| IpNet::V6(Ipv6Net::new(Ipv6Addr::from(bits), len).unwrap().trunc())),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_networks_and_descriptions_survive_export_then_import(
+                entries in proptest::collection::btree_map(network(), any::<String>(), 0..40)
+            ) {
+                let mut file = Vec::new();
+                write_rows(&mut file, entries.iter().map(|(n, d)| (*n, d.as_str()))).unwrap();
+                let rows = read_rows(file.as_slice()).unwrap();
+                let back: Vec<(IpNet, String)> = rows.into_iter().map(|r| (r.network, r.description)).collect();
+                let expected: Vec<(IpNet, String)> = entries.into_iter().collect();
+                prop_assert_eq!(back, expected);
+            }
+
+            #[test]
+            fn exporting_a_list_and_importing_it_with_replace_changes_nothing(
+                entries in proptest::collection::btree_map(network(), any::<String>(), 1..40)
+            ) {
+                let config = crate::config::Config::parse(std::path::Path::new("t.toml"), "interfaces = [\"lo\"]\nmode = \"off\"\n").unwrap();
+                let mut list = Allowlist::new(&config, vec![]);
+                for (network, description) in &entries {
+                    list.add(*network, Some(description.clone()), None).unwrap();
+                }
+                let mut file = Vec::new();
+                write_rows(&mut file, list.managed().map(|e| (e.network, e.description.as_str()))).unwrap();
+                let rows: Vec<ImportRow> = read_rows(file.as_slice()).unwrap();
+                let before = list.clone();
+                let plan = list.import(&rows, true);
+                prop_assert!(plan.added.is_empty() && plan.updated.is_empty() && plan.removed.is_empty(), "{:?}", plan);
+                prop_assert_eq!(list, before);
+            }
+        }
     }
 }
