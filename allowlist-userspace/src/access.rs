@@ -25,13 +25,18 @@ pub struct Peer {
 impl Access {
     pub fn from_config(group: Option<&str>, readable_by_all: bool) -> Self {
         Access {
-            group: group.and_then(|name| Group::from_name(name).ok().flatten()).map(|group| group.gid),
+            group: group
+                .and_then(|name| Group::from_name(name).ok().flatten())
+                .map(|group| group.gid),
             readable_by_all,
         }
     }
 
     pub fn may_change(&self, peer: &Peer) -> bool {
-        peer.uid == 0 || self.group.is_some_and(|group| peer.gid == group.as_raw() || supplementary_groups(peer).contains(&group.as_raw()))
+        peer.uid == 0
+            || self.group.is_some_and(|group| {
+                peer.gid == group.as_raw() || supplementary_groups(peer).contains(&group.as_raw())
+            })
     }
 
     pub fn may_read(&self, peer: &Peer) -> bool {
@@ -40,22 +45,38 @@ impl Access {
 
     /// Owner root, group `group` (or root), mode 0660 — or 0666 when reads are public.
     pub fn apply_to_socket(&self, path: &Path) -> nix::Result<()> {
-        nix::unistd::chown(path, Some(Uid::from_raw(0)), Some(self.group.unwrap_or(Gid::from_raw(0))))?;
+        nix::unistd::chown(
+            path,
+            Some(Uid::from_raw(0)),
+            Some(self.group.unwrap_or(Gid::from_raw(0))),
+        )?;
         let mode = if self.readable_by_all { 0o666 } else { 0o660 };
-        nix::sys::stat::fchmodat(None, path, nix::sys::stat::Mode::from_bits_truncate(mode), nix::sys::stat::FchmodatFlags::FollowSymlink)
+        nix::sys::stat::fchmodat(
+            None,
+            path,
+            nix::sys::stat::Mode::from_bits_truncate(mode),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
     }
 }
 
 /// SO_PEERCRED carries only the primary group; the others are in /proc/PID/status.
 fn supplementary_groups(peer: &Peer) -> Vec<u32> {
-    let Some(pid) = peer.pid else { return Vec::new() };
+    let Some(pid) = peer.pid else {
+        return Vec::new();
+    };
     fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
             status
                 .lines()
                 .find_map(|line| line.strip_prefix("Groups:"))
-                .map(|groups| groups.split_whitespace().filter_map(|gid| gid.parse().ok()).collect())
+                .map(|groups| {
+                    groups
+                        .split_whitespace()
+                        .filter_map(|gid| gid.parse().ok())
+                        .collect()
+                })
         })
         .unwrap_or_default()
 }

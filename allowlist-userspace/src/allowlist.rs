@@ -98,7 +98,10 @@ pub struct Allowlist {
 impl Allowlist {
     pub fn new(config: &Config, managed: Vec<Entry>) -> Self {
         let mut list = Allowlist {
-            managed: managed.into_iter().map(|entry| (entry.network, entry)).collect(),
+            managed: managed
+                .into_iter()
+                .map(|entry| (entry.network, entry))
+                .collect(),
             ..Allowlist::default()
         };
         list.set_config(config);
@@ -109,22 +112,43 @@ impl Allowlist {
     /// were first seen so `list` does not show every reload as a new addition.
     pub fn set_config(&mut self, config: &Config) {
         let now = now();
-        let carry = |old: &BTreeMap<IpNet, Entry>, network: IpNet, description: &str, origin| Entry {
-            network,
-            description: description.to_string(),
-            origin,
-            added_at: old.get(&network).map_or(now, |entry| entry.added_at),
-            expires_at: None,
-        };
+        let carry =
+            |old: &BTreeMap<IpNet, Entry>, network: IpNet, description: &str, origin| Entry {
+                network,
+                description: description.to_string(),
+                origin,
+                added_at: old.get(&network).map_or(now, |entry| entry.added_at),
+                expires_at: None,
+            };
         self.config = config
             .allow
             .iter()
-            .map(|entry| (entry.network, carry(&self.config, entry.network, &entry.description, Origin::Config)))
+            .map(|entry| {
+                (
+                    entry.network,
+                    carry(
+                        &self.config,
+                        entry.network,
+                        &entry.description,
+                        Origin::Config,
+                    ),
+                )
+            })
             .collect();
         self.always = config
             .always
             .iter()
-            .map(|entry| (entry.network, carry(&self.always, entry.network, &entry.description, Origin::Always)))
+            .map(|entry| {
+                (
+                    entry.network,
+                    carry(
+                        &self.always,
+                        entry.network,
+                        &entry.description,
+                        Origin::Always,
+                    ),
+                )
+            })
             .collect();
     }
 
@@ -168,7 +192,12 @@ impl Allowlist {
 
     /// Adds `network`, or updates its description (cleared when `None`) and expiry if it
     /// is listed already. Returns whether it was new.
-    pub fn add(&mut self, network: IpNet, description: Option<String>, expires_at: Option<u64>) -> Result<bool, ListError> {
+    pub fn add(
+        &mut self,
+        network: IpNet,
+        description: Option<String>,
+        expires_at: Option<u64>,
+    ) -> Result<bool, ListError> {
         let network = network.trunc();
         if let Some(origin) = self.owner_in_config(&network) {
             return Err(ListError::OwnedByConfig { network, origin });
@@ -231,7 +260,12 @@ impl Allowlist {
             }
         }
         if replace {
-            plan.removed = self.managed.keys().filter(|network| !final_rows.contains_key(network)).copied().collect();
+            plan.removed = self
+                .managed
+                .keys()
+                .filter(|network| !final_rows.contains_key(network))
+                .copied()
+                .collect();
         }
         plan
     }
@@ -269,11 +303,17 @@ impl Allowlist {
             .filter(|entry| entry.expires_at.is_some_and(|at| at <= now))
             .map(|entry| entry.network)
             .collect();
-        expired.iter().filter_map(|network| self.managed.remove(network)).collect()
+        expired
+            .iter()
+            .filter_map(|network| self.managed.remove(network))
+            .collect()
     }
 
     pub fn next_expiry(&self) -> Option<u64> {
-        self.managed.values().filter_map(|entry| entry.expires_at).min()
+        self.managed
+            .values()
+            .filter_map(|entry| entry.expires_at)
+            .min()
     }
 
     /// The entry that decides a verdict for `addr`: the longest listed prefix containing
@@ -322,8 +362,12 @@ description = "metadata"
     #[test]
     fn re_adding_updates_the_description_or_clears_it() {
         let mut list = Allowlist::new(&config(CONFIG), vec![]);
-        assert!(list.add(net("203.0.113.0/24"), Some("office".into()), None).unwrap());
-        assert!(!list.add(net("203.0.113.9/24"), Some("new office".into()), None).unwrap());
+        assert!(list
+            .add(net("203.0.113.0/24"), Some("office".into()), None)
+            .unwrap());
+        assert!(!list
+            .add(net("203.0.113.9/24"), Some("new office".into()), None)
+            .unwrap());
         assert_eq!(list.managed().next().unwrap().description, "new office");
         assert!(!list.add(net("203.0.113.0/24"), None, None).unwrap());
         assert_eq!(list.managed().next().unwrap().description, "");
@@ -332,15 +376,34 @@ description = "metadata"
     #[test]
     fn config_owned_entries_cannot_be_changed_from_the_cli() {
         let mut list = Allowlist::new(&config(CONFIG), vec![]);
-        assert!(matches!(list.remove(net("169.254.169.254/32")), Err(ListError::OwnedByConfig { origin: Origin::Always, .. })));
-        assert!(matches!(list.remove(net("192.0.2.0/24")), Err(ListError::OwnedByConfig { origin: Origin::Config, .. })));
-        assert!(matches!(list.add(net("192.0.2.0/24"), None, None), Err(ListError::OwnedByConfig { .. })));
-        assert_eq!(list.remove(net("198.51.100.1/32")), Err(ListError::NotListed(net("198.51.100.1/32"))));
+        assert!(matches!(
+            list.remove(net("169.254.169.254/32")),
+            Err(ListError::OwnedByConfig {
+                origin: Origin::Always,
+                ..
+            })
+        ));
+        assert!(matches!(
+            list.remove(net("192.0.2.0/24")),
+            Err(ListError::OwnedByConfig {
+                origin: Origin::Config,
+                ..
+            })
+        ));
+        assert!(matches!(
+            list.add(net("192.0.2.0/24"), None, None),
+            Err(ListError::OwnedByConfig { .. })
+        ));
+        assert_eq!(
+            list.remove(net("198.51.100.1/32")),
+            Err(ListError::NotListed(net("198.51.100.1/32")))
+        );
     }
 
     #[test]
     fn always_entries_do_not_make_the_list_non_empty() {
-        let only_always = config("interfaces = [\"lo\"]\nmode = \"off\"\n[[always]]\ncidr = \"10.0.0.1\"\n");
+        let only_always =
+            config("interfaces = [\"lo\"]\nmode = \"off\"\n[[always]]\ncidr = \"10.0.0.1\"\n");
         let mut list = Allowlist::new(&only_always, vec![]);
         assert!(!list.has_operator_entries());
         list.add(net("10.9.9.9/32"), None, None).unwrap();
@@ -351,8 +414,10 @@ description = "metadata"
     #[test]
     fn import_adds_updates_and_replace_removes_the_rest() {
         let mut list = Allowlist::new(&config(CONFIG), vec![]);
-        list.add(net("10.0.0.1/32"), Some("keep".into()), None).unwrap();
-        list.add(net("10.0.0.2/32"), Some("old".into()), None).unwrap();
+        list.add(net("10.0.0.1/32"), Some("keep".into()), None)
+            .unwrap();
+        list.add(net("10.0.0.2/32"), Some("old".into()), None)
+            .unwrap();
         list.add(net("10.0.0.3/32"), None, None).unwrap();
         let rows = [
             row(2, "10.0.0.1", "keep"),
@@ -367,7 +432,10 @@ description = "metadata"
         assert_eq!(plan.removed, [net("10.0.0.3/32")]);
         assert_eq!(plan.unchanged_config, [net("192.0.2.0/24")]);
         assert_eq!(list.import(&rows, true), plan);
-        let descriptions: Vec<_> = list.managed().map(|e| (e.network.to_string(), e.description.clone())).collect();
+        let descriptions: Vec<_> = list
+            .managed()
+            .map(|e| (e.network.to_string(), e.description.clone()))
+            .collect();
         assert_eq!(
             descriptions,
             [
@@ -391,11 +459,14 @@ description = "metadata"
     #[test]
     fn the_longest_prefix_decides() {
         let mut list = Allowlist::new(&config(CONFIG), vec![]);
-        list.add(net("192.0.2.128/25"), Some("narrow".into()), None).unwrap();
+        list.add(net("192.0.2.128/25"), Some("narrow".into()), None)
+            .unwrap();
         let entry = list.deciding_entry("192.0.2.200".parse().unwrap()).unwrap();
         assert_eq!(entry.description, "narrow");
         let entry = list.deciding_entry("192.0.2.1".parse().unwrap()).unwrap();
         assert_eq!(entry.origin, Origin::Config);
-        assert!(list.deciding_entry("198.51.100.1".parse().unwrap()).is_none());
+        assert!(list
+            .deciding_entry("198.51.100.1".parse().unwrap())
+            .is_none());
     }
 }

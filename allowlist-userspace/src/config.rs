@@ -100,12 +100,8 @@ pub struct Config {
 /// A config that cannot be used. Displayed as `FILE:LINE: message`.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read the config file: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{path}: cannot read the config file: {cause}")]
+    Read { path: String, cause: std::io::Error },
     #[error("{path}: {message}")]
     Syntax { path: String, message: String },
     #[error("{path}:{line}: {message}")]
@@ -151,9 +147,9 @@ struct RawAllow {
 impl Config {
     /// Reads and validates the config at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: path.display().to_string(),
-            source,
+            cause,
         })?;
         Self::parse(path, &text)
     }
@@ -201,9 +197,12 @@ impl Config {
                 let span = entry.cidr.span();
                 let line = line_of(text, span.start);
                 let given = entry.cidr.into_inner();
-                let network = parse_network(&given).map_err(|message| invalid(span.clone(), message))?;
+                let network =
+                    parse_network(&given).map_err(|message| invalid(span.clone(), message))?;
                 if network.to_string() != given.trim() && given.contains('/') {
-                    warnings.push(format!("{shown}:{line}: {given} has host bits set; using {network}"));
+                    warnings.push(format!(
+                        "{shown}:{line}: {given} has host bits set; using {network}"
+                    ));
                 }
                 entries.push(AllowEntry {
                     network,
@@ -272,9 +271,9 @@ fn default_pin_path() -> PathBuf {
 impl Locations {
     pub fn load(path: &Path) -> Result<Locations, ConfigError> {
         let shown = path.display().to_string();
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = fs::read_to_string(path).map_err(|cause| ConfigError::Read {
             path: shown.clone(),
-            source,
+            cause,
         })?;
         toml::from_str(&text).map_err(|error| syntax_error(&shown, error))
     }

@@ -80,7 +80,14 @@ pub enum Request {
 impl Request {
     /// Requests anyone allowed to read may make; everything else changes state.
     pub fn is_read_only(&self) -> bool {
-        matches!(self, Request::Status | Request::Stats | Request::List | Request::Export | Request::Check { .. })
+        matches!(
+            self,
+            Request::Status
+                | Request::Stats
+                | Request::List
+                | Request::Export
+                | Request::Check { .. }
+        )
     }
 }
 
@@ -237,18 +244,16 @@ pub struct Stats {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot reach allowlistd at {socket}: {source} (is the daemon running? is --socket right?)"
+        "cannot reach allowlistd at {socket}: {cause} (is the daemon running? is --socket right?)"
     )]
     Connect {
         socket: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("talking to allowlistd at {socket}: {source}")]
+    #[error("talking to allowlistd at {socket}: {cause}")]
     Io {
         socket: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("allowlistd at {socket} sent a reply that is not valid: {detail}")]
     BadReply { socket: String, detail: String },
@@ -257,13 +262,13 @@ pub enum ClientError {
 /// Sends one request and waits for its reply.
 pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, ClientError> {
     let shown = socket.display().to_string();
-    let io = |source| ClientError::Io {
+    let io = |cause| ClientError::Io {
         socket: shown.clone(),
-        source,
+        cause,
     };
-    let stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+    let stream = UnixStream::connect(socket).map_err(|cause| ClientError::Connect {
         socket: shown.clone(),
-        source,
+        cause,
     })?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_vec(request).map_err(|error| ClientError::BadReply {

@@ -102,7 +102,10 @@ fn csv_problem(error: &csv::Error) -> String {
 }
 
 /// Writes the header and one row per entry, quoting only where needed.
-pub fn write_rows<'a>(writer: impl Write, entries: impl IntoIterator<Item = (IpNet, &'a str)>) -> csv::Result<()> {
+pub fn write_rows<'a>(
+    writer: impl Write,
+    entries: impl IntoIterator<Item = (IpNet, &'a str)>,
+) -> csv::Result<()> {
     let mut csv = csv::Writer::from_writer(writer);
     csv.write_record(HEADER)?;
     for (network, description) in entries {
@@ -130,7 +133,8 @@ mod tests {
 
     #[test]
     fn every_bad_row_is_reported_with_its_line() {
-        let file = "ip_address,description\n10.0.0.1,ok\nnot-an-ip,x\n10.0.0.2,a,b\n10.0.0.300/8,y\n";
+        let file =
+            "ip_address,description\n10.0.0.1,ok\nnot-an-ip,x\n10.0.0.2,a,b\n10.0.0.300/8,y\n";
         let bad = read_rows(file.as_bytes()).unwrap_err();
         assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), [3, 4, 5]);
         assert!(bad[0].problem.contains("not-an-ip"), "{bad:?}");
@@ -139,7 +143,8 @@ mod tests {
 
     #[test]
     fn a_spreadsheet_byte_order_mark_and_crlf_line_ends_are_accepted() {
-        let rows = read_rows("\u{feff}ip_address,description\r\n10.0.0.1,x\r\n".as_bytes()).unwrap();
+        let rows =
+            read_rows("\u{feff}ip_address,description\r\n10.0.0.1,x\r\n".as_bytes()).unwrap();
         assert_eq!(rows[0].description, "x");
     }
 
@@ -159,7 +164,10 @@ mod tests {
         let mut out = Vec::new();
         write_rows(&mut out, entries).unwrap();
         let rows = read_rows(out.as_slice()).unwrap();
-        let back: Vec<(IpNet, &str)> = rows.iter().map(|r| (r.network, r.description.as_str())).collect();
+        let back: Vec<(IpNet, &str)> = rows
+            .iter()
+            .map(|r| (r.network, r.description.as_str()))
+            .collect();
         assert_eq!(back, entries);
     }
 
@@ -174,8 +182,12 @@ mod tests {
 
         fn network() -> impl Strategy<Value = IpNet> {
             prop_oneof![
-                (any::<u32>(), 0u8..=32).prop_map(|(bits, len)| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(bits), len).unwrap().trunc())),
-                (any::<u128>(), 0u8..=128).prop_map(|(bits, len)| IpNet::V6(Ipv6Net::new(Ipv6Addr::from(bits), len).unwrap().trunc())),
+                (any::<u32>(), 0u8..=32).prop_map(|(bits, len)| IpNet::V4(
+                    Ipv4Net::new(Ipv4Addr::from(bits), len).unwrap().trunc()
+                )),
+                (any::<u128>(), 0u8..=128).prop_map(|(bits, len)| IpNet::V6(
+                    Ipv6Net::new(Ipv6Addr::from(bits), len).unwrap().trunc()
+                )),
             ]
         }
 

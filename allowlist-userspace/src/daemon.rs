@@ -26,7 +26,10 @@ use crate::{
     allowlist::{now, Allowlist, ListError},
     compile::CompiledList,
     config::{Config, ConfigError, Mode},
-    control::{self, CheckResult, CounterValue, EntryCounts, InterfaceStatus, Reply, Request, Safety, Stats, Status},
+    control::{
+        self, CheckResult, CounterValue, EntryCounts, InterfaceStatus, Reply, Request, Safety,
+        Stats, Status,
+    },
     filter::{Filter, FilterError, Pins},
     safety::{cut_off, people_at_risk, Verdicts},
     state::{PendingConfirm, State, StateError},
@@ -86,7 +89,11 @@ impl Daemon {
         let (mode, config_mode, pending_confirm, managed) = match saved {
             Some(state) => {
                 info!(entries = state.entries.len(), mode = %state.mode, "restored the saved allowlist");
-                let mode = if state.config_mode == config.mode { state.mode } else { config.mode };
+                let mode = if state.config_mode == config.mode {
+                    state.mode
+                } else {
+                    config.mode
+                };
                 (mode, config.mode, state.pending_confirm, state.entries)
             }
             None => (config.mode, config.mode, None, Vec::new()),
@@ -134,7 +141,11 @@ impl Daemon {
             ("state_dir", &self.config.state_dir, &config.state_dir),
         ] {
             if old != new {
-                warn!("{what} changed from {} to {}; it takes effect at the next start", old.display(), new.display());
+                warn!(
+                    "{what} changed from {} to {}; it takes effect at the next start",
+                    old.display(),
+                    new.display()
+                );
             }
         }
         for warning in &config.warnings {
@@ -148,7 +159,11 @@ impl Daemon {
         };
         let mut allowlist = self.allowlist.clone();
         allowlist.set_config(&config);
-        let mode = if config.mode != self.config_mode { config.mode } else { self.mode };
+        let mode = if config.mode != self.config_mode {
+            config.mode
+        } else {
+            self.mode
+        };
         if mode == Mode::Enforce && !allowlist.has_operator_entries() {
             return Err(DaemonError::Refused(format!(
                 "{}: enforcing an empty allowlist would drop all IP traffic to this host; add entries or set mode = \"monitor\"",
@@ -156,7 +171,9 @@ impl Daemon {
             )));
         }
         let previous = std::mem::replace(&mut self.config, config);
-        let result = self.commit(allowlist, mode, self.pending_confirm).and_then(|()| self.attach_interfaces());
+        let result = self
+            .commit(allowlist, mode, self.pending_confirm)
+            .and_then(|()| self.attach_interfaces());
         if let Err(error) = result {
             self.config = previous;
             return Err(error);
@@ -174,9 +191,11 @@ impl Daemon {
 
     fn attach_interfaces(&mut self) -> Result<(), DaemonError> {
         for interface in &self.config.interfaces {
-            self.filter.attach(interface, self.config.xdp_mode, &self.config.state_dir)?;
+            self.filter
+                .attach(interface, self.config.xdp_mode, &self.config.state_dir)?;
         }
-        self.filter.detach_others(&self.config.interfaces, &self.config.state_dir)?;
+        self.filter
+            .detach_others(&self.config.interfaces, &self.config.state_dir)?;
         info!(mode = %self.mode, interfaces = ?self.config.interfaces, "enforcing");
         Ok(())
     }
@@ -200,8 +219,17 @@ impl Daemon {
 
     /// Applies a new allowlist and mode to the kernel, then makes it durable. If either
     /// step fails, the kernel and memory go back to the previous state.
-    fn commit(&mut self, allowlist: Allowlist, mode: Mode, pending: Option<PendingConfirm>) -> Result<(), DaemonError> {
-        let previous = (std::mem::replace(&mut self.allowlist, allowlist), self.mode, self.pending_confirm);
+    fn commit(
+        &mut self,
+        allowlist: Allowlist,
+        mode: Mode,
+        pending: Option<PendingConfirm>,
+    ) -> Result<(), DaemonError> {
+        let previous = (
+            std::mem::replace(&mut self.allowlist, allowlist),
+            self.mode,
+            self.pending_confirm,
+        );
         self.mode = mode;
         self.pending_confirm = pending;
         let result = self.apply_to_kernel().and_then(|()| self.persist());
@@ -217,14 +245,23 @@ impl Daemon {
     }
 
     fn persist(&self) -> Result<(), DaemonError> {
-        let mut state = State::new(self.mode, self.config_mode, self.allowlist.managed().cloned().collect());
+        let mut state = State::new(
+            self.mode,
+            self.config_mode,
+            self.allowlist.managed().cloned().collect(),
+        );
         state.pending_confirm = self.pending_confirm;
         state.store(&self.config.state_dir)?;
         Ok(())
     }
 
     /// Refuses a change that would drop someone whose traffic passes now.
-    fn check_lockout(&self, next: &Allowlist, next_mode: Mode, safety: &Safety) -> Result<(), Refusal> {
+    fn check_lockout(
+        &self,
+        next: &Allowlist,
+        next_mode: Mode,
+        safety: &Safety,
+    ) -> Result<(), Refusal> {
         if safety.force {
             return Ok(());
         }
@@ -233,8 +270,14 @@ impl Daemon {
         let loopback_protected = self.config.interfaces.iter().any(|name| name == "lo");
         let people = people_at_risk(safety.caller, loopback_protected);
         let cut = cut_off(
-            &Verdicts { list: &now_list, mode: self.mode },
-            &Verdicts { list: &next_list, mode: next_mode },
+            &Verdicts {
+                list: &now_list,
+                mode: self.mode,
+            },
+            &Verdicts {
+                list: &next_list,
+                mode: next_mode,
+            },
             &people,
         );
         if cut.is_empty() {
@@ -250,7 +293,12 @@ impl Daemon {
         ))
     }
 
-    fn refuse_empty_enforce(&self, next: &Allowlist, next_mode: Mode, what: &str) -> Result<(), Refusal> {
+    fn refuse_empty_enforce(
+        &self,
+        next: &Allowlist,
+        next_mode: Mode,
+        what: &str,
+    ) -> Result<(), Refusal> {
         if next_mode == Mode::Enforce && !next.has_operator_entries() {
             return Err(Refusal::Error(format!(
                 "{what} refused: the allowlist would be empty while enforcing, which drops all IP traffic to this host. Add an entry first, or deactivate"
@@ -268,9 +316,15 @@ impl Daemon {
                 .filter
                 .attached()
                 .iter()
-                .map(|(name, mode)| InterfaceStatus { name: name.clone(), xdp_mode: *mode })
+                .map(|(name, mode)| InterfaceStatus {
+                    name: name.clone(),
+                    xdp_mode: *mode,
+                })
                 .collect(),
-            entries: EntryCounts { ipv4: list.v4.len(), ipv6: list.v6.len() },
+            entries: EntryCounts {
+                ipv4: list.v4.len(),
+                ipv6: list.v6.len(),
+            },
             pin_path: self.config.pin_path.display().to_string(),
             config: self.config.path.display().to_string(),
         }
@@ -281,14 +335,26 @@ impl Daemon {
         Ok(Stats {
             counters: counters
                 .into_iter()
-                .map(|(name, counter)| (name.to_string(), CounterValue { packets: counter.packets, bytes: counter.bytes }))
+                .map(|(name, counter)| {
+                    (
+                        name.to_string(),
+                        CounterValue {
+                            packets: counter.packets,
+                            bytes: counter.bytes,
+                        },
+                    )
+                })
                 .collect(),
         })
     }
 
     fn check(&self, address: std::net::IpAddr) -> CheckResult {
         let list: &CompiledList = self.filter.active_list();
-        let listed = Verdicts { list, mode: Mode::Enforce }.passes(address);
+        let listed = Verdicts {
+            list,
+            mode: Mode::Enforce,
+        }
+        .passes(address);
         let (verdict, reason) = match (self.mode, listed) {
             (Mode::Off, _) => ("pass", "passed_off"),
             (_, true) => ("pass", "passed_listed"),
@@ -329,23 +395,41 @@ impl Daemon {
 
     /// When `tick` next has something to do.
     fn next_deadline(&self) -> Option<u64> {
-        [self.allowlist.next_expiry(), self.pending_confirm.map(|pending| pending.deadline)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.allowlist.next_expiry(),
+            self.pending_confirm.map(|pending| pending.deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn handle(&mut self, request: Request) -> Reply {
         let result = match request {
             Request::Status => Ok(Reply::with_status(self.status())),
             Request::Stats => self.stats().map(Reply::with_stats).map_err(Refusal::from),
-            Request::List | Request::Export => Ok(Reply::with_entries(self.allowlist.entries().into_iter().cloned().collect())),
+            Request::List | Request::Export => Ok(Reply::with_entries(
+                self.allowlist.entries().into_iter().cloned().collect(),
+            )),
             Request::Check { address } => Ok(Reply::with_check(self.check(address))),
             Request::Reload => self.reload().map(Reply::done).map_err(Refusal::from),
-            Request::Add { network, description, expires_in_secs } => self.add(network, description, expires_in_secs),
+            Request::Add {
+                network,
+                description,
+                expires_in_secs,
+            } => self.add(network, description, expires_in_secs),
             Request::Remove { network, safety } => self.remove(network, &safety),
-            Request::Import { rows, replace, dry_run, safety } => self.import(&rows, replace, dry_run, &safety),
-            Request::SetMode { mode, confirm_secs, safety } => self.set_mode(mode, confirm_secs, &safety),
+            Request::Import {
+                rows,
+                replace,
+                dry_run,
+                safety,
+            } => self.import(&rows, replace, dry_run, &safety),
+            Request::SetMode {
+                mode,
+                confirm_secs,
+                safety,
+            } => self.set_mode(mode, confirm_secs, &safety),
             Request::Confirm => self.confirm(),
         };
         match result {
@@ -366,14 +450,25 @@ impl Daemon {
         }
     }
 
-    fn add(&mut self, network: ipnet::IpNet, description: Option<String>, expires_in_secs: Option<u64>) -> Result<Reply, Refusal> {
+    fn add(
+        &mut self,
+        network: ipnet::IpNet,
+        description: Option<String>,
+        expires_in_secs: Option<u64>,
+    ) -> Result<Reply, Refusal> {
         let mut next = self.allowlist.clone();
         let expires_at = expires_in_secs.map(|secs| now() + secs);
         let new = next.add(network, description, expires_at)?;
         self.commit(next, self.mode, self.pending_confirm)?;
         let network = network.trunc();
-        let expiry = expires_at.map(|at| format!(" until {}", format_time(at))).unwrap_or_default();
-        Ok(Reply::done(if new { format!("added {network}{expiry}") } else { format!("updated {network}{expiry}") }))
+        let expiry = expires_at
+            .map(|at| format!(" until {}", format_time(at)))
+            .unwrap_or_default();
+        Ok(Reply::done(if new {
+            format!("added {network}{expiry}")
+        } else {
+            format!("updated {network}{expiry}")
+        }))
     }
 
     fn remove(&mut self, network: ipnet::IpNet, safety: &Safety) -> Result<Reply, Refusal> {
@@ -385,7 +480,13 @@ impl Daemon {
         Ok(Reply::done(format!("removed {}", removed.network)))
     }
 
-    fn import(&mut self, rows: &[crate::allowlist::ImportRow], replace: bool, dry_run: bool, safety: &Safety) -> Result<Reply, Refusal> {
+    fn import(
+        &mut self,
+        rows: &[crate::allowlist::ImportRow],
+        replace: bool,
+        dry_run: bool,
+        safety: &Safety,
+    ) -> Result<Reply, Refusal> {
         let mut next = self.allowlist.clone();
         let plan = next.import(rows, replace);
         let summary = format!(
@@ -408,7 +509,12 @@ impl Daemon {
         Ok(Reply::with_import(summary, plan))
     }
 
-    fn set_mode(&mut self, mode: Mode, confirm_secs: Option<u64>, safety: &Safety) -> Result<Reply, Refusal> {
+    fn set_mode(
+        &mut self,
+        mode: Mode,
+        confirm_secs: Option<u64>,
+        safety: &Safety,
+    ) -> Result<Reply, Refusal> {
         if mode == Mode::Enforce && !self.allowlist.has_operator_entries() {
             return Err(Refusal::Error(
                 "activation refused: the allowlist is empty, so enforcing would drop all IP traffic to this host. Add at least one entry (allowlistctl add ADDRESS) first".into(),
@@ -418,7 +524,9 @@ impl Daemon {
             self.check_lockout(&self.allowlist, mode, safety)?;
         }
         let pending = confirm_secs.map(|secs| PendingConfirm {
-            revert_to: self.pending_confirm.map_or(self.mode, |pending| pending.revert_to),
+            revert_to: self
+                .pending_confirm
+                .map_or(self.mode, |pending| pending.revert_to),
             deadline: now() + secs,
         });
         let previous = self.mode;
@@ -435,7 +543,9 @@ impl Daemon {
 
     fn confirm(&mut self) -> Result<Reply, Refusal> {
         if self.pending_confirm.is_none() {
-            return Err(Refusal::Error("nothing to confirm: no `activate --confirm` is pending".into()));
+            return Err(Refusal::Error(
+                "nothing to confirm: no `activate --confirm` is pending".into(),
+            ));
         }
         self.commit(self.allowlist.clone(), self.mode, None)?;
         Ok(Reply::done(format!("confirmed: mode {} stays", self.mode)))
@@ -445,7 +555,10 @@ impl Daemon {
     /// filter: the pinned program keeps enforcing the last applied list.
     pub async fn serve(self) -> Result<(), DaemonError> {
         let socket = self.config.socket.clone();
-        let access = Access::from_config(self.config.socket_group.as_deref(), self.config.socket_readable_by_all);
+        let access = Access::from_config(
+            self.config.socket_group.as_deref(),
+            self.config.socket_readable_by_all,
+        );
         let listener = bind_control_socket(&socket, &access)?;
         info!(socket = %socket.display(), "ready");
         let daemon = Arc::new(Mutex::new(self));
@@ -489,7 +602,9 @@ fn format_time(unix_secs: u64) -> String {
 fn lock(daemon: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
     // A panic while holding the lock cannot leave the kernel half-changed (each change
     // is atomic there), so the state is still usable.
-    daemon.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    daemon
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Wakes at the next expiry or confirm deadline, or when a change may have moved it.
@@ -499,7 +614,8 @@ async fn run_timers(daemon: Arc<Mutex<Daemon>>, changed: Arc<Notify>) {
         let wait = match deadline {
             Some(at) => {
                 let at = UNIX_EPOCH + Duration::from_secs(at);
-                at.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+                at.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
             }
             None => Duration::from_secs(3600),
         };
@@ -518,9 +634,18 @@ const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Answers one client's requests, one JSON line each. A client that sends garbage gets
 /// an error reply; one that sends too much or nothing is disconnected. Neither can stall
 /// other clients: only the handling of a parsed request takes the lock.
-async fn serve_client(stream: UnixStream, daemon: Arc<Mutex<Daemon>>, access: Access, changed: Arc<Notify>) {
+async fn serve_client(
+    stream: UnixStream,
+    daemon: Arc<Mutex<Daemon>>,
+    access: Access,
+    changed: Arc<Notify>,
+) {
     let peer = match stream.peer_cred() {
-        Ok(cred) => Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() },
+        Ok(cred) => Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+        },
         Err(error) => {
             warn!(%error, "cannot read the client's credentials; closing");
             return;
@@ -528,12 +653,22 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Mutex<Daemon>>, access: Ac
     };
     let may_change = access.may_change(&peer);
     let may_read = access.may_read(&peer);
-    let limit = if may_change { control::MAX_REQUEST_BYTES } else { control::MAX_READ_ONLY_REQUEST_BYTES };
+    let limit = if may_change {
+        control::MAX_REQUEST_BYTES
+    } else {
+        control::MAX_READ_ONLY_REQUEST_BYTES
+    };
     let (reader, mut writer) = stream.into_split();
     let mut reader = BufReader::new(reader);
     loop {
         let mut line = Vec::new();
-        let read = tokio::time::timeout(CLIENT_IDLE_TIMEOUT, (&mut reader).take(limit as u64 + 1).read_until(b'\n', &mut line)).await;
+        let read = tokio::time::timeout(
+            CLIENT_IDLE_TIMEOUT,
+            (&mut reader)
+                .take(limit as u64 + 1)
+                .read_until(b'\n', &mut line),
+        )
+        .await;
         let reply = match read {
             Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return,
             Ok(Ok(_)) if line.len() > limit => {
@@ -544,12 +679,22 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Mutex<Daemon>>, access: Ac
             Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
                 Err(error) => Reply::failed(format!("malformed request: {error}")),
                 Ok(request) if !may_read || (!request.is_read_only() && !may_change) => {
-                    warn!(uid = peer.uid, "refused a request from a client without permission");
+                    warn!(
+                        uid = peer.uid,
+                        "refused a request from a client without permission"
+                    );
                     Reply::failed(format!(
                         "permission denied: uid {} may not {}; changes need root{}",
                         peer.uid,
-                        if request.is_read_only() { "read the allowlist" } else { "change the allowlist" },
-                        access.group.map(|_| " or the socket_group").unwrap_or_default()
+                        if request.is_read_only() {
+                            "read the allowlist"
+                        } else {
+                            "change the allowlist"
+                        },
+                        access
+                            .group
+                            .map(|_| " or the socket_group")
+                            .unwrap_or_default()
                     ))
                 }
                 Ok(request) => {
@@ -568,7 +713,10 @@ async fn serve_client(stream: UnixStream, daemon: Arc<Mutex<Daemon>>, access: Ac
     }
 }
 
-async fn write_reply(writer: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> io::Result<()> {
+async fn write_reply(
+    writer: &mut tokio::net::unix::OwnedWriteHalf,
+    reply: &Reply,
+) -> io::Result<()> {
     let mut bytes = serde_json::to_vec(reply).map_err(io::Error::other)?;
     bytes.push(b'\n');
     writer.write_all(&bytes).await
@@ -576,12 +724,18 @@ async fn write_reply(writer: &mut tokio::net::unix::OwnedWriteHalf, reply: &Repl
 
 /// Binds the socket, replacing a stale file from a dead daemon but never a live one.
 fn bind_control_socket(path: &Path, access: &Access) -> Result<UnixListener, DaemonError> {
-    let fail = |message: String| DaemonError::Socket { path: path.display().to_string(), message };
+    let fail = |message: String| DaemonError::Socket {
+        path: path.display().to_string(),
+        message,
+    };
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(fail("another allowlistd is already serving on this socket; stop it first".into()));
+        return Err(fail(
+            "another allowlistd is already serving on this socket; stop it first".into(),
+        ));
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|error| fail(format!("creating {}: {error}", parent.display())))?;
+        std::fs::create_dir_all(parent)
+            .map_err(|error| fail(format!("creating {}: {error}", parent.display())))?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}

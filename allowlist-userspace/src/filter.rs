@@ -44,12 +44,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{context}: {cause}")]
+    Io { context: String, cause: io::Error },
     #[error("{context}: {message}")]
     Kernel { context: String, message: String },
 }
@@ -58,7 +54,7 @@ type Result<T, E = FilterError> = std::result::Result<T, E>;
 
 fn io_error(context: impl Into<String>) -> impl FnOnce(io::Error) -> FilterError {
     let context = context.into();
-    move |source| FilterError::Io { context, source }
+    move |cause| FilterError::Io { context, cause }
 }
 
 fn kernel_error<E: std::fmt::Display>(context: impl Into<String>) -> impl FnOnce(E) -> FilterError {
@@ -575,7 +571,7 @@ fn ensure_bpffs(pin_path: &Path) -> Result<()> {
         )
         .map_err(|errno| FilterError::Io {
             context: "mounting bpffs on /sys/fs/bpf".into(),
-            source: errno.into(),
+            cause: errno.into(),
         })?;
         info!("mounted bpffs on /sys/fs/bpf");
         return Ok(());

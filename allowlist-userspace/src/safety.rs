@@ -173,7 +173,10 @@ mod tests {
         assert_eq!(socket.state, TCP_ESTABLISHED);
         assert_eq!(socket.remote, "192.168.1.10".parse::<IpAddr>().unwrap());
         let v6 = "   1: 00000000000000000000000001000000:0016 B80D0120000000000000000001000000:C350 01 0";
-        assert_eq!(parse_proc_tcp_line(v6).unwrap().remote, "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            parse_proc_tcp_line(v6).unwrap().remote,
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -181,19 +184,46 @@ mod tests {
         let (list, _) = CompiledList::compile(["10.0.0.0/24".parse().unwrap()]);
         let empty = CompiledList::default();
         let people = [
-            AtRisk { address: "10.0.0.5".parse().unwrap(), why: "a".into() },
-            AtRisk { address: "192.0.2.1".parse().unwrap(), why: "b".into() },
+            AtRisk {
+                address: "10.0.0.5".parse().unwrap(),
+                why: "a".into(),
+            },
+            AtRisk {
+                address: "192.0.2.1".parse().unwrap(),
+                why: "b".into(),
+            },
         ];
-        let monitor = Verdicts { list: &list, mode: Mode::Monitor };
-        let enforce = Verdicts { list: &list, mode: Mode::Enforce };
+        let monitor = Verdicts {
+            list: &list,
+            mode: Mode::Monitor,
+        };
+        let enforce = Verdicts {
+            list: &list,
+            mode: Mode::Enforce,
+        };
         let cut = cut_off(&monitor, &enforce, &people);
-        assert_eq!(cut.iter().map(|p| p.address.to_string()).collect::<Vec<_>>(), ["192.0.2.1"]);
-        let enforce_empty = Verdicts { list: &empty, mode: Mode::Enforce };
-        assert_eq!(cut_off(&enforce, &enforce_empty, &people).len(), 1, "192.0.2.1 was already dropped");
+        assert_eq!(
+            cut.iter()
+                .map(|p| p.address.to_string())
+                .collect::<Vec<_>>(),
+            ["192.0.2.1"]
+        );
+        let enforce_empty = Verdicts {
+            list: &empty,
+            mode: Mode::Enforce,
+        };
+        assert_eq!(
+            cut_off(&enforce, &enforce_empty, &people).len(),
+            1,
+            "192.0.2.1 was already dropped"
+        );
     }
 
     #[test]
     fn ipv4_mapped_addresses_are_judged_as_ipv4() {
-        assert_eq!(unmap("::ffff:192.0.2.1".parse().unwrap()), "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            unmap("::ffff:192.0.2.1".parse().unwrap()),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
     }
 }

@@ -40,20 +40,12 @@ pub struct PendingConfirm {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("reading {path}: {source}")]
-    Read {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("reading {path}: {cause}")]
+    Read { path: String, cause: io::Error },
     #[error("{path} is not a valid allowlist state file ({detail}); fix it, or move it away to start from the config file alone")]
     Corrupt { path: String, detail: String },
-    #[error("writing {path}: {source}")]
-    Write {
-        path: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error("writing {path}: {cause}")]
+    Write { path: String, cause: io::Error },
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -78,7 +70,7 @@ impl State {
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StateError::Read { path: shown, source }),
+            Err(cause) => return Err(StateError::Read { path: shown, cause }),
         };
         let state: State = serde_json::from_slice(&bytes).map_err(|error| StateError::Corrupt {
             path: shown.clone(),
@@ -95,12 +87,13 @@ impl State {
 
     pub fn store(&self, state_dir: &Path) -> Result<(), StateError> {
         let path = path(state_dir);
-        let write_error = |source| StateError::Write {
+        let write_error = |cause| StateError::Write {
             path: path.display().to_string(),
-            source,
+            cause,
         };
         fs::create_dir_all(state_dir).map_err(write_error)?;
-        let bytes = serde_json::to_vec(self).map_err(|error| write_error(io::Error::other(error)))?;
+        let bytes =
+            serde_json::to_vec(self).map_err(|error| write_error(io::Error::other(error)))?;
         durable::write_atomically(&path, &bytes).map_err(write_error)
     }
 }

@@ -25,7 +25,9 @@ const EXIT_REFUSED_FOR_SAFETY: u8 = 3;
 
 /// Manage the allowlist enforced by allowlistd.
 #[derive(Parser)]
-#[command(version, after_help = "Examples:
+#[command(
+    version,
+    after_help = "Examples:
   allowlistctl add 203.0.113.0/24 --description \"office VPN\"
   allowlistctl add 198.51.100.7 --expires 2h --description \"dynamic worker\"
   allowlistctl list
@@ -34,10 +36,16 @@ const EXIT_REFUSED_FOR_SAFETY: u8 = 3;
   allowlistctl activate --confirm 60s && allowlistctl confirm
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 refused for safety (the change would cut off
-your SSH session or an established connection; --force overrides).")]
+your SSH session or an established connection; --force overrides)."
+)]
 struct Cli {
     /// The daemon's control socket.
-    #[arg(long, global = true, value_name = "PATH", default_value = "/run/allowlist/control.sock")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = "/run/allowlist/control.sock"
+    )]
     socket: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -71,13 +79,17 @@ enum Command {
         force: bool,
     },
     /// Show every entry: network, description, origin, added, expires.
-    #[command(after_help = "Examples:\n  allowlistctl list\n  allowlistctl list --json | jq '.[].network'")]
+    #[command(
+        after_help = "Examples:\n  allowlistctl list\n  allowlistctl list --json | jq '.[].network'"
+    )]
     List {
         #[arg(long)]
         json: bool,
     },
     /// The verdict the kernel gives a source now, and the entry that decides it.
-    #[command(after_help = "Examples:\n  allowlistctl check 203.0.113.9\n  allowlistctl check 2001:db8::1 --json")]
+    #[command(
+        after_help = "Examples:\n  allowlistctl check 203.0.113.9\n  allowlistctl check 2001:db8::1 --json"
+    )]
     Check {
         address: IpAddr,
         #[arg(long)]
@@ -128,7 +140,9 @@ row: nothing changes and every bad row is listed with its line number.")]
     #[command(after_help = "Example:\n  allowlistctl monitor && sleep 600 && allowlistctl stats")]
     Monitor,
     /// Keep a pending `activate --confirm`.
-    #[command(after_help = "Example:\n  allowlistctl activate --confirm 60s && allowlistctl confirm")]
+    #[command(
+        after_help = "Example:\n  allowlistctl activate --confirm 60s && allowlistctl confirm"
+    )]
     Confirm,
     /// Mode, protected interfaces (with the XDP mode attached) and entries per family.
     #[command(after_help = "Example:\n  allowlistctl status --json | jq .mode")]
@@ -143,10 +157,14 @@ row: nothing changes and every bad row is listed with its line number.")]
         json: bool,
     },
     /// Re-read the daemon's config file (like SIGHUP). A bad file is refused, state kept.
-    #[command(after_help = "Example:\n  $EDITOR /etc/allowlist/allowlist.toml && allowlistctl reload")]
+    #[command(
+        after_help = "Example:\n  $EDITOR /etc/allowlist/allowlist.toml && allowlistctl reload"
+    )]
     Reload,
     /// Print shell completions.
-    #[command(after_help = "Example:\n  allowlistctl completions bash > /etc/bash_completion.d/allowlistctl")]
+    #[command(
+        after_help = "Example:\n  allowlistctl completions bash > /etc/bash_completion.d/allowlistctl"
+    )]
     Completions { shell: clap_complete::Shell },
 }
 
@@ -158,10 +176,16 @@ struct Failure {
 
 impl Failure {
     fn error(message: impl Into<String>) -> Self {
-        Failure { code: EXIT_ERROR, message: message.into() }
+        Failure {
+            code: EXIT_ERROR,
+            message: message.into(),
+        }
     }
     fn usage(message: impl Into<String>) -> Self {
-        Failure { code: EXIT_USAGE, message: message.into() }
+        Failure {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
     }
 }
 
@@ -181,18 +205,34 @@ fn run(cli: Cli) -> Result<(), Failure> {
     let ask = |request: &Request| ask(&socket, request);
     match cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "allowlistctl", &mut io::stdout());
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "allowlistctl",
+                &mut io::stdout(),
+            );
             Ok(())
         }
-        Command::Add { network, description, expires } => {
+        Command::Add {
+            network,
+            description,
+            expires,
+        } => {
             let network = network_argument(&network)?;
-            let reply = ask(&Request::Add { network, description, expires_in_secs: expires.map(|d| d.as_secs().max(1)) })?;
+            let reply = ask(&Request::Add {
+                network,
+                description,
+                expires_in_secs: expires.map(|d| d.as_secs().max(1)),
+            })?;
             print_message(&reply);
             Ok(())
         }
         Command::Remove { network, force } => {
             let network = network_argument(&network)?;
-            print_message(&ask(&Request::Remove { network, safety: safety(force) })?);
+            print_message(&ask(&Request::Remove {
+                network,
+                safety: safety(force),
+            })?);
             Ok(())
         }
         Command::List { json } => {
@@ -207,7 +247,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Check { address, json } => {
             let reply = ask(&Request::Check { address })?;
-            let check = reply.check.ok_or_else(|| Failure::error("the daemon sent no verdict"))?;
+            let check = reply
+                .check
+                .ok_or_else(|| Failure::error("the daemon sent no verdict"))?;
             if json {
                 print_json(&check);
             } else {
@@ -215,9 +257,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Import { file, replace, dry_run, force, json } => {
+        Command::Import {
+            file,
+            replace,
+            dry_run,
+            force,
+            json,
+        } => {
             let rows = read_csv(&file)?;
-            let reply = ask(&Request::Import { rows, replace, dry_run, safety: safety(force) })?;
+            let reply = ask(&Request::Import {
+                rows,
+                replace,
+                dry_run,
+                safety: safety(force),
+            })?;
             let plan = reply.import.clone().unwrap_or_default();
             if json {
                 print_json(&plan);
@@ -236,10 +289,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .iter()
                 .filter(|entry| entry.origin != allowlist_userspace::allowlist::Origin::Always)
                 .map(|entry| (entry.network, entry.description.as_str()));
-            csv_format::write_rows(io::stdout().lock(), rows).map_err(|error| Failure::error(format!("writing CSV: {error}")))
+            csv_format::write_rows(io::stdout().lock(), rows)
+                .map_err(|error| Failure::error(format!("writing CSV: {error}")))
         }
         Command::Activate { confirm, force } => {
-            let request = Request::SetMode { mode: Mode::Enforce, confirm_secs: confirm.map(|d| d.as_secs().max(1)), safety: safety(force) };
+            let request = Request::SetMode {
+                mode: Mode::Enforce,
+                confirm_secs: confirm.map(|d| d.as_secs().max(1)),
+                safety: safety(force),
+            };
             print_message(&ask(&request)?);
             Ok(())
         }
@@ -250,7 +308,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Status { json } => {
-            let status = ask(&Request::Status)?.status.ok_or_else(|| Failure::error("the daemon sent no status"))?;
+            let status = ask(&Request::Status)?
+                .status
+                .ok_or_else(|| Failure::error("the daemon sent no status"))?;
             if json {
                 print_json(&status);
             } else {
@@ -259,7 +319,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Stats { json } => {
-            let stats = ask(&Request::Stats)?.stats.ok_or_else(|| Failure::error("the daemon sent no counters"))?;
+            let stats = ask(&Request::Stats)?
+                .stats
+                .ok_or_else(|| Failure::error("the daemon sent no counters"))?;
             if json {
                 print_json(&stats);
             } else {
@@ -275,29 +337,47 @@ fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 fn set_mode(socket: &std::path::Path, mode: Mode) -> Result<(), Failure> {
-    let reply = ask(socket, &Request::SetMode { mode, confirm_secs: None, safety: safety(false) })?;
+    let reply = ask(
+        socket,
+        &Request::SetMode {
+            mode,
+            confirm_secs: None,
+            safety: safety(false),
+        },
+    )?;
     print_message(&reply);
     Ok(())
 }
 
 /// Sends a request; a refusal becomes a Failure with the documented exit code.
 fn ask(socket: &std::path::Path, request: &Request) -> Result<Reply, Failure> {
-    let reply = control::request(socket, request, Duration::from_secs(600)).map_err(|error| Failure::error(error.to_string()))?;
+    let reply = control::request(socket, request, Duration::from_secs(600))
+        .map_err(|error| Failure::error(error.to_string()))?;
     if reply.ok {
         return Ok(reply);
     }
-    let message = reply.error.clone().unwrap_or_else(|| "the daemon refused without a reason".into());
+    let message = reply
+        .error
+        .clone()
+        .unwrap_or_else(|| "the daemon refused without a reason".into());
     Err(Failure {
-        code: if reply.refused_for_safety.is_some() { EXIT_REFUSED_FOR_SAFETY } else { EXIT_ERROR },
+        code: if reply.refused_for_safety.is_some() {
+            EXIT_REFUSED_FOR_SAFETY
+        } else {
+            EXIT_ERROR
+        },
         message,
     })
 }
 
 /// The caller's SSH client address, so the daemon can refuse to cut off this session.
 fn safety(force: bool) -> Safety {
-    let caller = std::env::var("SSH_CONNECTION")
-        .ok()
-        .and_then(|connection| connection.split_whitespace().next().and_then(|client| client.parse().ok()));
+    let caller = std::env::var("SSH_CONNECTION").ok().and_then(|connection| {
+        connection
+            .split_whitespace()
+            .next()
+            .and_then(|client| client.parse().ok())
+    });
     Safety { caller, force }
 }
 
@@ -316,15 +396,18 @@ fn read_csv(file: &PathBuf) -> Result<Vec<allowlist_userspace::allowlist::Import
     let (reader, size): (Box<dyn Read>, u64) = if shown == "-" {
         (Box::new(io::stdin().lock()), 0)
     } else {
-        let opened = File::open(file).map_err(|error| Failure::error(format!("{shown}: {error}")))?;
+        let opened =
+            File::open(file).map_err(|error| Failure::error(format!("{shown}: {error}")))?;
         let size = opened.metadata().map(|meta| meta.len()).unwrap_or(0);
         (Box::new(opened), size)
     };
     let reader: Box<dyn Read> = if io::stderr().is_terminal() && size > 0 {
         let bar = indicatif::ProgressBar::new(size).with_message(format!("reading {shown}"));
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         Box::new(bar.wrap_read(reader))
     } else {
@@ -397,16 +480,31 @@ fn print_check(check: &CheckResult) {
         Some(entry) => format!(
             "listed by {} ({}origin {})",
             entry.network,
-            if entry.description.is_empty() { String::new() } else { format!("\"{}\", ", entry.description) },
+            if entry.description.is_empty() {
+                String::new()
+            } else {
+                format!("\"{}\", ", entry.description)
+            },
             entry.origin
         ),
         None => "not listed".into(),
     };
-    println!("{}: {} — {decided}; mode {}, counted as {}", check.address, check.verdict.to_uppercase(), check.mode, check.reason);
+    println!(
+        "{}: {} — {decided}; mode {}, counted as {}",
+        check.address,
+        check.verdict.to_uppercase(),
+        check.mode,
+        check.reason
+    );
 }
 
 fn print_plan(plan: &ImportPlan) {
-    for (what, networks) in [("add", &plan.added), ("update", &plan.updated), ("remove", &plan.removed), ("keep (config file)", &plan.unchanged_config)] {
+    for (what, networks) in [
+        ("add", &plan.added),
+        ("update", &plan.updated),
+        ("remove", &plan.removed),
+        ("keep (config file)", &plan.unchanged_config),
+    ] {
         for network in networks {
             println!("  {what:<8} {network}");
         }
@@ -429,9 +527,15 @@ fn print_json(value: &impl serde::Serialize) {
 fn print_status(status: &Status) {
     println!("mode:       {}", status.mode);
     if let Some(deadline) = status.confirm_deadline {
-        println!("            reverts at {} unless `allowlistctl confirm`", format_time(deadline));
+        println!(
+            "            reverts at {} unless `allowlistctl confirm`",
+            format_time(deadline)
+        );
     }
-    println!("entries:    {} IPv4, {} IPv6 (after compiling)", status.entries.ipv4, status.entries.ipv6);
+    println!(
+        "entries:    {} IPv4, {} IPv6 (after compiling)",
+        status.entries.ipv4, status.entries.ipv6
+    );
     println!("config:     {}", status.config);
     println!("pins:       {}", status.pin_path);
     println!("interfaces:");
@@ -443,7 +547,11 @@ fn print_status(status: &Status) {
 fn print_stats(stats: &Stats) {
     let mut out = table(&["REASON", "PACKETS", "BYTES"]);
     for (reason, counter) in &stats.counters {
-        out.add_row(vec![reason.clone(), counter.packets.to_string(), counter.bytes.to_string()]);
+        out.add_row(vec![
+            reason.clone(),
+            counter.packets.to_string(),
+            counter.bytes.to_string(),
+        ]);
     }
     println!("{out}");
 }

@@ -1,0 +1,54 @@
+//! `cargo xtask lint`: formatting and clippy, for the host crates and the XDP program.
+
+use anyhow::Result;
+
+use crate::{process, setup, summary::Summary, workspace};
+
+pub fn lint() -> Result<()> {
+    let mut summary = Summary::new("cargo xtask lint");
+    summary.step("rustfmt", check_formatting);
+    // Clippy runs build scripts, and allowlist-userspace's compiles the XDP program: that
+    // needs bpf-linker and nightly's rust-src.
+    if summary.step("setup", setup::setup) {
+        summary.step("clippy (host crates)", clippy_host_crates);
+        summary.step("clippy (XDP program, nightly)", clippy_xdp_program);
+    } else {
+        summary.skip("clippy (host crates)");
+        summary.skip("clippy (XDP program, nightly)");
+    }
+    summary.finish()
+}
+
+fn check_formatting() -> Result<()> {
+    process::run(workspace::cargo().args(["fmt", "--all", "--", "--check"]))
+}
+
+fn clippy_host_crates() -> Result<()> {
+    process::run(workspace::cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "allowlist-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+// Checked for the target it runs on: much of it is cfg'd for BPF and the host build of
+// that crate is not meaningful.
+fn clippy_xdp_program() -> Result<()> {
+    process::run(workspace::nightly_cargo().args([
+        "clippy",
+        "-p",
+        "allowlist-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}

@@ -1,0 +1,93 @@
+//! `cargo xtask`: the developer commands of the allowlist firewall.
+//!
+//! This crate deliberately depends on nothing of the project (only anyhow and clap): it has
+//! to compile on a fresh machine before bpf-linker exists, because `cargo xtask setup` is
+//! what installs bpf-linker.
+
+mod demo;
+mod lint;
+mod process;
+mod run;
+mod setup;
+mod summary;
+mod sys;
+mod test_suite;
+mod workspace;
+
+use std::{ffi::OsString, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer commands for the allowlist XDP firewall"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (nightly rust-src, Debian tools, bpf-linker);
+    /// skips what is already there
+    Setup,
+    /// Set up, then build allowlistd and allowlistctl (the XDP program is built into allowlistd)
+    Build {
+        /// Build with optimisations (target/release)
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, then run allowlistd (as root) with the arguments after `--`
+    Run {
+        /// Build and run the optimised daemon (target/release)
+        #[arg(long)]
+        release: bool,
+        /// Arguments for allowlistd, e.g. `-- --config examples/allowlist.toml`
+        #[arg(last = true, value_name = "ALLOWLISTD_ARGS")]
+        args: Vec<OsString>,
+    },
+    /// Set up, build, run the unit tests, then the integration tests (as root)
+    Test {
+        /// Threads for the integration tests (each test builds its own network namespaces)
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        test_threads: usize,
+        /// Extra arguments for the test binaries of both runs, e.g. `-- reload` as a name filter
+        #[arg(last = true, value_name = "TEST_ARGS")]
+        args: Vec<String>,
+    },
+    /// Show the filter at work between network namespaces (as root; real interfaces are
+    /// never touched)
+    Demo,
+    /// Check formatting and run clippy with warnings denied, on userspace and the XDP program
+    Lint,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // A bpf-linker that setup has just installed must be found by the builds that follow.
+    setup::put_cargo_bin_on_path();
+    match perform(cli.task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn perform(task: Task) -> anyhow::Result<()> {
+    match task {
+        Task::Setup => setup::setup(),
+        Task::Build { release } => {
+            setup::setup()?;
+            workspace::build_userspace(release)
+        }
+        Task::Run { release, args } => run::run_daemon(release, &args),
+        Task::Test { test_threads, args } => test_suite::test(test_threads, &args),
+        Task::Demo => demo::demo(),
+        Task::Lint => lint::lint(),
+    }
+}

@@ -1,0 +1,64 @@
+//! Running external programs. Every error names the command that failed, so a newcomer
+//! can copy it and run it by hand.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{ensure, Context as _, Result};
+
+/// The command as one could type it into a shell (environment overrides first).
+pub fn describe(cmd: &Command) -> String {
+    let env = cmd.get_envs().filter_map(|(key, value)| {
+        value.map(|value| {
+            format!(
+                "{}={}",
+                key.to_string_lossy(),
+                shell_word(&value.to_string_lossy())
+            )
+        })
+    });
+    let words = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|word| shell_word(&word.to_string_lossy()));
+    env.chain(words).collect::<Vec<_>>().join(" ")
+}
+
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=+,@%[]".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// Runs the command with the terminal as its input and output, echoing it first so logs show
+/// what was run.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let shown = describe(cmd);
+    println!("$ {shown}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    ensure!(status.success(), "`{shown}` failed ({status})");
+    Ok(())
+}
+
+/// Runs the command silently and returns its standard output; on failure the error carries
+/// its standard error.
+pub fn capture(cmd: &mut Command) -> Result<String> {
+    let shown = describe(cmd);
+    let output = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    ensure!(
+        output.status.success(),
+        "`{shown}` failed ({}): {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

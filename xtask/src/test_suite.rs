@@ -1,0 +1,57 @@
+//! `cargo xtask test`: the whole test suite, as CI runs it.
+
+use anyhow::Result;
+
+use crate::{process, setup, summary::Summary, sys, workspace};
+
+pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
+    sys::require_root(
+        "cargo xtask test",
+        "the integration tests attach XDP programs inside network namespaces (the unit tests \
+         alone run without root: `cargo test --workspace --exclude allowlist-tests \
+         --exclude allowlist-ebpf`)",
+    )?;
+    let mut summary = Summary::new("cargo xtask test");
+    let ready = summary.step("setup", setup::setup)
+        && summary.step("build", || workspace::build_userspace(false));
+    if ready {
+        summary.step("unit tests", || run_unit_tests(test_args));
+        summary.step("integration tests", || {
+            run_integration_tests(test_threads, test_args)
+        });
+    } else {
+        summary.skip("unit tests");
+        summary.skip("integration tests");
+    }
+    summary.finish()
+}
+
+fn run_unit_tests(test_args: &[String]) -> Result<()> {
+    // allowlist-ebpf is excluded too: it is a no_std, no_main program for the BPF target and
+    // cannot be compiled as a host test binary.
+    let mut cmd = workspace::cargo();
+    cmd.args(["test", "--workspace"]).args([
+        "--exclude",
+        "allowlist-tests",
+        "--exclude",
+        "allowlist-ebpf",
+    ]);
+    if !test_args.is_empty() {
+        cmd.arg("--").args(test_args);
+    }
+    process::run(&mut cmd)
+}
+
+fn run_integration_tests(test_threads: usize, test_args: &[String]) -> Result<()> {
+    let mut cmd = workspace::cargo();
+    cmd.args(["test", "-p", "allowlist-tests", "--"])
+        .env("ALLOWLIST_BIN_DIR", workspace::bin_dir(false));
+    // libtest rejects an option given twice, so an explicit one in the extra arguments wins.
+    if !test_args
+        .iter()
+        .any(|arg| arg.starts_with("--test-threads"))
+    {
+        cmd.arg(format!("--test-threads={test_threads}"));
+    }
+    process::run(cmd.args(test_args))
+}
