@@ -96,7 +96,9 @@ pub struct Allowlist {
 }
 
 impl Allowlist {
-    pub fn new(config: &Config, managed: Vec<Entry>) -> Self {
+    /// `first_seen`: when each config-owned network was first listed (from the state
+    /// file), so a restart does not re-date them.
+    pub fn new(config: &Config, managed: Vec<Entry>, first_seen: &BTreeMap<IpNet, u64>) -> Self {
         let mut list = Allowlist {
             managed: managed
                 .into_iter()
@@ -105,7 +107,21 @@ impl Allowlist {
             ..Allowlist::default()
         };
         list.set_config(config);
+        for entry in list.config.values_mut().chain(list.always.values_mut()) {
+            if let Some(at) = first_seen.get(&entry.network) {
+                entry.added_at = *at;
+            }
+        }
         list
+    }
+
+    /// When each config-owned network was first listed, for the state file.
+    pub fn config_first_seen(&self) -> BTreeMap<IpNet, u64> {
+        self.config
+            .values()
+            .chain(self.always.values())
+            .map(|entry| (entry.network, entry.added_at))
+            .collect()
     }
 
     /// Replaces the config-owned entries (start and reload). Entries keep the time they
@@ -361,7 +377,7 @@ description = "metadata"
 
     #[test]
     fn re_adding_updates_the_description_or_clears_it() {
-        let mut list = Allowlist::new(&config(CONFIG), vec![]);
+        let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
         assert!(list
             .add(net("203.0.113.0/24"), Some("office".into()), None)
             .unwrap());
@@ -375,7 +391,7 @@ description = "metadata"
 
     #[test]
     fn config_owned_entries_cannot_be_changed_from_the_cli() {
-        let mut list = Allowlist::new(&config(CONFIG), vec![]);
+        let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
         assert!(matches!(
             list.remove(net("169.254.169.254/32")),
             Err(ListError::OwnedByConfig {
@@ -404,7 +420,7 @@ description = "metadata"
     fn always_entries_do_not_make_the_list_non_empty() {
         let only_always =
             config("interfaces = [\"lo\"]\nmode = \"off\"\n[[always]]\ncidr = \"10.0.0.1\"\n");
-        let mut list = Allowlist::new(&only_always, vec![]);
+        let mut list = Allowlist::new(&only_always, vec![], &BTreeMap::new());
         assert!(!list.has_operator_entries());
         list.add(net("10.9.9.9/32"), None, None).unwrap();
         assert!(list.has_operator_entries());
@@ -413,7 +429,7 @@ description = "metadata"
 
     #[test]
     fn import_adds_updates_and_replace_removes_the_rest() {
-        let mut list = Allowlist::new(&config(CONFIG), vec![]);
+        let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
         list.add(net("10.0.0.1/32"), Some("keep".into()), None)
             .unwrap();
         list.add(net("10.0.0.2/32"), Some("old".into()), None)
@@ -448,7 +464,7 @@ description = "metadata"
 
     #[test]
     fn expired_entries_leave_and_the_next_expiry_is_known() {
-        let mut list = Allowlist::new(&config(CONFIG), vec![]);
+        let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
         list.add(net("10.0.0.1/32"), None, Some(100)).unwrap();
         list.add(net("10.0.0.2/32"), None, Some(200)).unwrap();
         assert_eq!(list.next_expiry(), Some(100));
@@ -458,7 +474,7 @@ description = "metadata"
 
     #[test]
     fn the_longest_prefix_decides() {
-        let mut list = Allowlist::new(&config(CONFIG), vec![]);
+        let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
         list.add(net("192.0.2.128/25"), Some("narrow".into()), None)
             .unwrap();
         let entry = list.deciding_entry("192.0.2.200".parse().unwrap()).unwrap();

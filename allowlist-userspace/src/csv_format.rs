@@ -209,7 +209,7 @@ mod tests {
                 entries in proptest::collection::btree_map(network(), any::<String>(), 1..40)
             ) {
                 let config = crate::config::Config::parse(std::path::Path::new("t.toml"), "interfaces = [\"lo\"]\nmode = \"off\"\n").unwrap();
-                let mut list = Allowlist::new(&config, vec![]);
+                let mut list = Allowlist::new(&config, vec![], &Default::default());
                 for (network, description) in &entries {
                     list.add(*network, Some(description.clone()), None).unwrap();
                 }

@@ -86,7 +86,7 @@ impl Daemon {
             warn!("{warning}");
         }
         let saved = State::load(&config.state_dir)?;
-        let (mode, config_mode, pending_confirm, managed) = match saved {
+        let (mode, config_mode, pending_confirm, managed, first_seen) = match saved {
             Some(state) => {
                 info!(entries = state.entries.len(), mode = %state.mode, "restored the saved allowlist");
                 let mode = if state.config_mode == config.mode {
@@ -94,15 +94,28 @@ impl Daemon {
                 } else {
                     config.mode
                 };
-                (mode, config.mode, state.pending_confirm, state.entries)
+                (
+                    mode,
+                    config.mode,
+                    state.pending_confirm,
+                    state.entries,
+                    state.config_first_seen,
+                )
             }
-            None => (config.mode, config.mode, None, Vec::new()),
+            None => (
+                config.mode,
+                config.mode,
+                None,
+                Vec::new(),
+                Default::default(),
+            ),
         };
-        let allowlist = Allowlist::new(&config, managed);
+        let allowlist = Allowlist::new(&config, managed, &first_seen);
         if mode == Mode::Enforce && !allowlist.has_operator_entries() {
             return Err(DaemonError::Refused(format!(
-                "{}: mode = \"enforce\" with an empty allowlist would drop all IP traffic to this host; add [[allow]] entries or use mode = \"monitor\"",
-                config.path.display()
+                "{}: mode = \"enforce\" with an empty allowlist would drop all IP traffic to this host; add [[allow]] entries or use mode = \"monitor\" (the saved state in {} has no entries either)",
+                config.path.display(),
+                crate::state::path(&config.state_dir).display()
             )));
         }
 
@@ -251,6 +264,7 @@ impl Daemon {
             self.allowlist.managed().cloned().collect(),
         );
         state.pending_confirm = self.pending_confirm;
+        state.config_first_seen = self.allowlist.config_first_seen();
         state.store(&self.config.state_dir)?;
         Ok(())
     }
@@ -375,13 +389,19 @@ impl Daemon {
         let now = now();
         let mut allowlist = self.allowlist.clone();
         let expired = allowlist.expire(now);
-        let (mode, pending) = match self.pending_confirm {
+        let (mut mode, pending) = match self.pending_confirm {
             Some(pending) if pending.deadline <= now => {
                 warn!(reverted_to = %pending.revert_to, "activation was not confirmed in time; reverting");
                 (pending.revert_to, None)
             }
             other => (self.mode, other),
         };
+        if mode == Mode::Enforce && !allowlist.has_operator_entries() {
+            // Expiry is on a timer, not an operator's command, so it must not lock
+            // everyone out: monitor keeps counting what enforce would drop.
+            error!("the last entry of the allowlist expired while enforcing; switching to monitor so the host stays reachable. Add entries and `allowlistctl activate` to enforce again");
+            mode = Mode::Monitor;
+        }
         if expired.is_empty() && pending == self.pending_confirm {
             return;
         }

@@ -57,16 +57,21 @@ pub fn cut_off(before: &Verdicts, after: &Verdicts, people: &[AtRisk]) -> Vec<At
 /// The caller plus the peers of inbound TCP connections. Addresses of this host itself
 /// are left out unless `lo` is protected: their packets never cross a filtered interface.
 pub fn people_at_risk(caller: Option<IpAddr>, loopback_protected: bool) -> Vec<AtRisk> {
+    let local = local_addresses();
+    let is_this_host = |address: &IpAddr| {
+        !loopback_protected && (address.is_loopback() || local.contains(address))
+    };
     let mut people: Vec<AtRisk> = caller
+        .map(unmap)
+        .filter(|address| !is_this_host(address))
         .map(|address| AtRisk {
-            address: unmap(address),
+            address,
             why: "your SSH session".into(),
         })
         .into_iter()
         .collect();
-    let local = local_addresses();
     for (address, port) in inbound_tcp_peers() {
-        if !loopback_protected && (address.is_loopback() || local.contains(&address)) {
+        if is_this_host(&address) {
             continue;
         }
         people.push(AtRisk {

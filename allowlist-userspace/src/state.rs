@@ -6,10 +6,12 @@
 //! starting without the operator's list.
 
 use std::{
+    collections::BTreeMap,
     fs, io,
     path::{Path, PathBuf},
 };
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{allowlist::Entry, config::Mode, durable};
@@ -28,6 +30,9 @@ pub struct State {
     pub pending_confirm: Option<PendingConfirm>,
     /// Entries added with allowlistctl (origin cli or csv import).
     pub entries: Vec<Entry>,
+    /// When each network of the config file was first listed (shown by `list`).
+    #[serde(default)]
+    pub config_first_seen: BTreeMap<IpNet, u64>,
 }
 
 /// An `activate --confirm` that reverts unless confirmed by `deadline`.
@@ -60,6 +65,7 @@ impl State {
             config_mode,
             pending_confirm: None,
             entries,
+            config_first_seen: BTreeMap::new(),
         }
     }
 

@@ -86,6 +86,9 @@ pub struct ConfigBuilder {
     mode: Mode,
     xdp_mode: String,
     allow: Vec<(String, String)>,
+    always: Vec<(String, String)>,
+    socket_group: Option<String>,
+    socket_readable_by_all: bool,
 }
 
 impl ConfigBuilder {
@@ -96,6 +99,9 @@ impl ConfigBuilder {
             mode: Mode::Enforce,
             xdp_mode: "auto".into(),
             allow: Vec::new(),
+            always: Vec::new(),
+            socket_group: None,
+            socket_readable_by_all: false,
         }
     }
 
@@ -130,6 +136,24 @@ impl ConfigBuilder {
         self
     }
 
+    /// An `[[always]]` entry: always allowed, not removable from the CLI.
+    pub fn always(mut self, cidr: impl ToString, description: &str) -> Self {
+        self.always.push((cidr.to_string(), description.into()));
+        self
+    }
+
+    /// `socket_group = NAME`: members may change the list through the socket.
+    pub fn socket_group(mut self, group: &str) -> Self {
+        self.socket_group = Some(group.into());
+        self
+    }
+
+    /// `socket_readable_by_all = true|false`: everyone may run read-only commands.
+    pub fn socket_readable_by_all(mut self, readable: bool) -> Self {
+        self.socket_readable_by_all = readable;
+        self
+    }
+
     pub fn render(&self, files: &DaemonFiles) -> String {
         let interfaces: Vec<String> = self
             .interfaces
@@ -143,6 +167,14 @@ impl ConfigBuilder {
             toml_string(&self.xdp_mode),
             files.paths_toml()
         );
+        // Optional keys are written only when set, so configs of tests that do not use
+        // them stay exactly as before.
+        if let Some(group) = &self.socket_group {
+            toml.push_str(&format!("socket_group = {}\n", toml_string(group)));
+        }
+        if self.socket_readable_by_all {
+            toml.push_str("socket_readable_by_all = true\n");
+        }
         for (cidr, description) in &self.allow {
             toml.push_str(&format!(
                 "\n[[allow]]\ncidr = {}\ndescription = {}\n",
@@ -150,8 +182,31 @@ impl ConfigBuilder {
                 toml_string(description)
             ));
         }
+        for (cidr, description) in &self.always {
+            toml.push_str(&format!(
+                "\n[[always]]\ncidr = {}\ndescription = {}\n",
+                toml_string(cidr),
+                toml_string(description)
+            ));
+        }
         toml
     }
+}
+
+/// A command prefix running what follows as `uid`/`gid` with no other groups (or with
+/// `groups`): `setpriv --reuid=UID --regid=GID --clear-groups|--groups=G,...`.
+pub fn as_user(uid: u32, gid: u32, groups: &[u32]) -> Command {
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"));
+    if groups.is_empty() {
+        command.arg("--clear-groups");
+    } else {
+        let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+        command.arg(format!("--groups={}", groups.join(",")));
+    }
+    command
 }
 
 /// A TOML basic string.
@@ -385,6 +440,51 @@ impl Stats {
     }
 }
 
+/// One entry of `allowlistctl list --json`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedEntry {
+    pub network: String,
+    pub description: String,
+    /// `config`, `always`, `cli` or `csv import`.
+    pub origin: String,
+    /// RFC 3339.
+    pub added_at: String,
+    /// RFC 3339, for temporary entries.
+    pub expires_at: Option<String>,
+}
+
+impl ListedEntry {
+    pub fn from_json(json: &Value) -> Result<Self> {
+        let field = |name: &str| {
+            json[name]
+                .as_str()
+                .map(str::to_owned)
+                .with_context(|| format!("no string {name:?} in list entry {json}"))
+        };
+        let expires_at = match &json["expires_at"] {
+            Value::Null => None,
+            Value::String(at) => Some(at.clone()),
+            other => bail!("expires_at is neither null nor a string: {other} in {json}"),
+        };
+        Ok(Self {
+            network: field("network")?,
+            description: field("description")?,
+            origin: field("origin")?,
+            added_at: field("added_at")?,
+            expires_at,
+        })
+    }
+
+    /// (network, description, origin): what an operator manages.
+    pub fn managed_fields(&self) -> (String, String, String) {
+        (
+            self.network.clone(),
+            self.description.clone(),
+            self.origin.clone(),
+        )
+    }
+}
+
 /// A running `allowlistd` in the host namespace of a topology.
 ///
 /// On drop (also when the test panics) it kills the daemon, runs
@@ -485,10 +585,58 @@ impl<'netns> Daemon<'netns> {
         }
     }
 
-    fn ctl_command(&self, args: &[&str]) -> Command {
+    /// `allowlistctl --socket SOCKET ARGS...` as a command to adjust and run.
+    ///
+    /// `SSH_CONNECTION` is removed from its environment: allowlistctl reports it to the
+    /// daemon as the caller's address for the lockout checks, and tests must not judge
+    /// differently when the suite happens to run in an SSH session. Tests that play an
+    /// SSH caller set it with [`Daemon::ctl_env`].
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.binaries.ctl);
-        command.arg("--socket").arg(&self.files.socket).args(args);
         command
+            .env_remove("SSH_CONNECTION")
+            .arg("--socket")
+            .arg(&self.files.socket)
+            .args(args);
+        command
+    }
+
+    /// As [`Daemon::ctl`], with extra environment variables (e.g. `SSH_CONNECTION`).
+    pub fn ctl_env(&self, env: &[(&str, &str)], args: &[&str]) -> Output {
+        let mut command = self.ctl_command(args);
+        command.envs(env.iter().copied());
+        output_with_timeout(&mut command, COMMAND_TIMEOUT).unwrap_or_else(|error| {
+            panic!(
+                "allowlistctl {args:?} with {env:?}: {error:#}\nlog:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// As [`Daemon::ctl`], run as another user: `setpriv --reuid=UID --regid=GID
+    /// --clear-groups`, or with `groups` as its supplementary groups when not empty.
+    /// Call [`Daemon::open_socket_dir`] first, or the user cannot even reach the socket.
+    pub fn ctl_as(&self, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
+        let ctl = self.ctl_command(args);
+        let mut command = as_user(uid, gid, groups);
+        command
+            .arg(ctl.get_program())
+            .args(ctl.get_args())
+            .env_remove("SSH_CONNECTION");
+        output_with_timeout(&mut command, COMMAND_TIMEOUT).unwrap_or_else(|error| {
+            panic!(
+                "allowlistctl {args:?} as uid {uid}: {error:#}\nlog:\n{}",
+                self.log()
+            )
+        })
+    }
+
+    /// Lets every user traverse (not list) the per-daemon temp dir, so that the socket's
+    /// own owner and mode alone decide who may connect, as they do in /run/allowlist.
+    pub fn open_socket_dir(&self) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(self.files.dir(), fs::Permissions::from_mode(0o711))
+            .expect("chmod the daemon's temp dir");
     }
 
     /// `allowlistctl --socket SOCKET ARGS...`, whatever its exit status. The control
@@ -521,6 +669,25 @@ impl<'netns> Daemon<'netns> {
         serde_json::from_str(&stdout).unwrap_or_else(|error| {
             panic!("allowlistctl {args:?} printed no JSON ({error}): {stdout}")
         })
+    }
+
+    /// `allowlistctl list --json`, entry by entry.
+    pub fn list(&self) -> Vec<ListedEntry> {
+        let json = self.ctl_json(&["list"]);
+        json.as_array()
+            .unwrap_or_else(|| panic!("`list --json` is not an array: {json}"))
+            .iter()
+            .map(|entry| ListedEntry::from_json(entry).unwrap_or_else(|error| panic!("{error:#}")))
+            .collect()
+    }
+
+    /// The entries `list` shows for exactly `network` (as the daemon prints it, e.g.
+    /// `10.0.0.1/32`): none, one, or one per origin.
+    pub fn listed(&self, network: &str) -> Vec<ListedEntry> {
+        self.list()
+            .into_iter()
+            .filter(|entry| entry.network == network)
+            .collect()
     }
 
     pub fn status(&self) -> Value {

@@ -13,13 +13,18 @@
 
 pub mod daemon;
 pub mod netns;
+pub mod probe;
 pub mod process;
 pub mod raw;
 pub mod topology;
 pub mod traffic;
 
-pub use daemon::{Binaries, ConfigBuilder, Counter, Daemon, DaemonFiles, Mode, Stats};
+pub use daemon::{
+    as_user, Binaries, ConfigBuilder, Counter, Daemon, DaemonFiles, ListedEntry, Mode, Stats,
+};
 pub use netns::{in_netns, Netns};
+pub use probe::{Client, Probe, Verdict};
+pub use process::{assert_exit_code, wait_until};
 pub use raw::{send_frames, FrameTap, UdpFrame, VlanTag};
 pub use topology::{Link, Topology, VlanLink, ALLOWED_LINK, BLOCKED_LINK, VLAN_LINK};
 pub use traffic::{

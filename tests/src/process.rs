@@ -96,3 +96,17 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>
         bytes
     })
 }
+
+/// Asserts that `output` exited with `code` (showing both streams if not); returns its
+/// stdout and stderr as text.
+pub fn assert_exit_code(output: &Output, code: i32, what: &str) -> (String, String) {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{what}: expected exit code {code}, got {}\nstdout: {stdout}\nstderr: {stderr}",
+        output.status
+    );
+    (stdout, stderr)
+}

@@ -190,6 +190,11 @@ impl Failure {
 }
 
 fn main() -> ExitCode {
+    // `allowlistctl list | head` must end quietly, like other Unix tools, not panic.
+    // SAFETY: restoring the default disposition of a signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -251,7 +256,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .check
                 .ok_or_else(|| Failure::error("the daemon sent no verdict"))?;
             if json {
-                print_json(&check);
+                print_json(&CheckView::from(&check));
             } else {
                 print_check(&check);
             }
@@ -444,6 +449,28 @@ impl<'a> From<&'a Entry> for EntryView<'a> {
             origin: entry.origin.to_string(),
             added_at: format_time(entry.added_at),
             expires_at: entry.expires_at.map(format_time),
+        }
+    }
+}
+
+/// `check --json`: the verdict, with its entry shown as `list --json` shows entries.
+#[derive(serde::Serialize)]
+struct CheckView<'a> {
+    address: IpAddr,
+    mode: Mode,
+    verdict: &'a str,
+    reason: &'a str,
+    entry: Option<EntryView<'a>>,
+}
+
+impl<'a> From<&'a CheckResult> for CheckView<'a> {
+    fn from(check: &'a CheckResult) -> Self {
+        CheckView {
+            address: check.address,
+            mode: check.mode,
+            verdict: &check.verdict,
+            reason: &check.reason,
+            entry: check.entry.as_ref().map(EntryView::from),
         }
     }
 }

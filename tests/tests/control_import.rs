@@ -1,0 +1,273 @@
+//! `allowlistctl import`: a CSV file (`ip_address,description`, RFC 4180 quoting) applied
+//! as one transaction. Good files change the list and the traffic; a file with any bad
+//! row changes nothing; `--dry-run` only tells; `--replace` makes the file the list.
+
+use std::path::PathBuf;
+
+use allowlist_tests::{
+    assert_exit_code, Client, ConfigBuilder, Daemon, ListedEntry, Mode, Probe, Topology, Verdict,
+    ALLOWED_LINK,
+};
+
+const PROBE_PORT: u16 = 7102;
+
+fn enforcing_allowed_client(topology: &Topology) -> ConfigBuilder {
+    ConfigBuilder::for_topology(topology)
+        .mode(Mode::Enforce)
+        .allow(
+            format!("{}/32", ALLOWED_LINK.client_v4),
+            "allowed client v4",
+        )
+        .allow(
+            format!("{}/128", ALLOWED_LINK.client_v6),
+            "allowed client v6",
+        )
+}
+
+fn write_csv(daemon: &Daemon, name: &str, text: &str) -> PathBuf {
+    let path = daemon.files().dir().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn only(daemon: &Daemon, network: &str) -> ListedEntry {
+    let listed = daemon.listed(network);
+    assert_eq!(listed.len(), 1, "{network}: {listed:?}");
+    listed.into_iter().next().unwrap()
+}
+
+/// A spreadsheet's export: byte-order mark, CRLF line ends, quoted descriptions with
+/// commas, doubled quotes, a line break and non-ASCII text, an IPv6 row, and the same
+/// network twice (the later row wins).
+const GOOD_CSV: &str = "\u{feff}ip_address,description\r\n\
+    fd10:2::2/128,\"blocked client v6, \"\"trusted\"\" now — Zürich ☃\"\r\n\
+    10.30.0.0/16,first\r\n\
+    10.30.0.0/16,\"second, wins\"\r\n\
+    2001:db8:30::/48,\"two\r\nlines\"\r\n\
+    10.31.0.1,\r\n";
+
+#[test]
+fn import_adds_quoted_descriptions_ipv6_and_duplicates_and_the_listed_sources_pass() {
+    let topology = Topology::new().unwrap();
+    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    assert_eq!(probe.verdict(Client::Blocked, true), Verdict::Drop);
+
+    let file = write_csv(&daemon, "good.csv", GOOD_CSV);
+    let out = daemon.ctl_ok(&["import", file.to_str().unwrap()]);
+    assert!(out.contains("4 added"), "{out}");
+
+    let v6 = only(&daemon, "fd10:2::2/128");
+    assert_eq!(
+        v6.description,
+        "blocked client v6, \"trusted\" now — Zürich ☃"
+    );
+    assert_eq!(v6.origin, "csv import");
+    assert_eq!(only(&daemon, "10.30.0.0/16").description, "second, wins");
+    assert_eq!(
+        only(&daemon, "2001:db8:30::/48").description,
+        "two\r\nlines"
+    );
+    assert_eq!(only(&daemon, "10.31.0.1/32").description, "");
+    assert_eq!(
+        probe.verdict(Client::Blocked, true),
+        Verdict::Pass,
+        "imported IPv6 source"
+    );
+    assert_eq!(
+        probe.verdict(Client::Blocked, false),
+        Verdict::Drop,
+        "not in the file"
+    );
+
+    // Importing a row whose network is listed updates its description, keeps its origin.
+    daemon.ctl_ok(&["add", "10.10.2.2", "-d", "from the CLI"]);
+    let file = write_csv(
+        &daemon,
+        "update.csv",
+        "ip_address,description\n10.10.2.2,renamed by import\n10.30.0.0/16,\n",
+    );
+    let out = daemon.ctl_ok(&["import", file.to_str().unwrap()]);
+    assert!(out.contains("0 added, 2 updated, 0 removed"), "{out}");
+    let updated = only(&daemon, "10.10.2.2/32");
+    assert_eq!(updated.description, "renamed by import");
+    assert_eq!(updated.origin, "cli");
+    assert_eq!(
+        only(&daemon, "10.30.0.0/16").description,
+        "",
+        "an empty description clears"
+    );
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+}
+
+#[test]
+fn import_with_bad_rows_lists_every_bad_row_and_changes_nothing() {
+    let topology = Topology::new().unwrap();
+    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    daemon.ctl_ok(&["add", "10.10.2.2", "-d", "blocked client v4"]);
+    let list_before = daemon.list();
+    let traffic_before = probe.all();
+
+    // Good rows that would change the traffic (the blocked client's IPv6 address) mixed
+    // with bad ones; with --replace it would also drop 10.10.2.2.
+    let file = write_csv(
+        &daemon,
+        "bad.csv",
+        "ip_address,description\n\
+         fd10:2::2,would let the blocked client in\n\
+         not-an-ip,x\n\
+         10.40.0.2,a,b\n\
+         10.40.0.300/8,y\n\
+         fd10:2::/129,z\n\
+         10.40.0.1,fine\n",
+    );
+    for replace in [false, true] {
+        let mut args = vec!["import", file.to_str().unwrap()];
+        if replace {
+            args.push("--replace");
+        }
+        let (_, stderr) = assert_exit_code(&daemon.ctl(&args), 1, "import of a bad file");
+        for (line, detail) in [
+            (3, "not-an-ip"),
+            (4, "found 3"),
+            (5, "10.40.0.300/8"),
+            (6, "fd10:2::/129"),
+        ] {
+            let reported = stderr
+                .lines()
+                .find(|reported| reported.contains(&format!("line {line}:")))
+                .unwrap_or_else(|| panic!("line {line} not reported:\n{stderr}"));
+            assert!(
+                reported.contains(detail),
+                "line {line} should mention {detail}: {reported}"
+            );
+        }
+        for good in [2, 7] {
+            assert!(
+                !stderr.contains(&format!("line {good}:")),
+                "good line {good} reported:\n{stderr}"
+            );
+        }
+        assert!(stderr.contains("nothing was imported"), "{stderr}");
+        assert_eq!(
+            daemon.list(),
+            list_before,
+            "a refused import changed the list"
+        );
+        assert_eq!(
+            probe.all(),
+            traffic_before,
+            "a refused import changed the traffic"
+        );
+    }
+}
+
+#[test]
+fn import_dry_run_prints_the_plan_and_replace_makes_the_file_the_whole_list() {
+    let topology = Topology::new().unwrap();
+    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    daemon.ctl_ok(&["add", "10.10.2.2", "-d", "blocked client, added by hand"]);
+    let seed = write_csv(
+        &daemon,
+        "seed.csv",
+        "ip_address,description\nfd10:2::2,blocked client v6\n10.50.0.0/16,old\n",
+    );
+    daemon.ctl_ok(&["import", seed.to_str().unwrap()]);
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+    assert_eq!(probe.verdict(Client::Blocked, true), Verdict::Pass);
+
+    // The new file: keeps fd10:2::2 as is, updates 10.50.0.0/16, adds 10.51.0.1, names a
+    // config entry (left to the config), and leaves out the hand-added 10.10.2.2.
+    let file = write_csv(
+        &daemon,
+        "new.csv",
+        "ip_address,description\n\
+         fd10:2::2,blocked client v6\n\
+         10.50.0.0/16,new\n\
+         10.51.0.1,added\n\
+         10.10.1.2,the config owns this\n",
+    );
+    let list_before = daemon.list();
+    let traffic_before = probe.all();
+    let out = daemon.ctl_ok(&["import", file.to_str().unwrap(), "--replace", "--dry-run"]);
+    let planned: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|line| line.starts_with("  "))
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    for expected in [
+        vec!["add", "10.51.0.1/32"],
+        vec!["update", "10.50.0.0/16"],
+        vec!["remove", "10.10.2.2/32"],
+    ] {
+        assert!(
+            planned.contains(&expected),
+            "dry run does not show {expected:?}:\n{out}"
+        );
+    }
+    assert!(
+        !out.contains("fd10:2::2"),
+        "an unchanged row is neither added nor updated:\n{out}"
+    );
+    assert!(out.contains("would import"), "{out}");
+    assert_eq!(daemon.list(), list_before, "--dry-run changed the list");
+    assert_eq!(probe.all(), traffic_before, "--dry-run changed the traffic");
+
+    let out = daemon.ctl_ok(&["import", file.to_str().unwrap(), "--replace"]);
+    assert!(
+        out.contains("1 added, 1 updated, 1 removed, 1 left to the config file"),
+        "{out}"
+    );
+    let mut managed: Vec<(String, String, String)> = daemon
+        .list()
+        .iter()
+        .filter(|entry| entry.origin != "config")
+        .map(ListedEntry::managed_fields)
+        .collect();
+    managed.sort();
+    let expected = [
+        ("10.50.0.0/16", "new", "csv import"),
+        ("10.51.0.1/32", "added", "csv import"),
+        ("fd10:2::2/128", "blocked client v6", "csv import"),
+    ]
+    .map(|(n, d, o)| (n.to_string(), d.to_string(), o.to_string()));
+    assert_eq!(managed, expected, "--replace must leave exactly the file");
+    let config_entry = only(&daemon, "10.10.1.2/32");
+    assert_eq!(config_entry.origin, "config");
+    assert_eq!(config_entry.description, "allowed client v4");
+
+    assert_eq!(
+        probe.verdict(Client::Blocked, false),
+        Verdict::Drop,
+        "the hand-added source left out of the file must be dropped"
+    );
+    assert_eq!(probe.verdict(Client::Blocked, true), Verdict::Pass);
+    assert_eq!(probe.verdict(Client::Allowed, false), Verdict::Pass);
+}
+
+#[test]
+fn a_large_import_is_one_request_and_works() {
+    // ~5000 rows make a request of a few hundred KiB: over the read-only clients' limit,
+    // well within a writer's.
+    let topology = Topology::new().unwrap();
+    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    let mut csv = String::from("ip_address,description\n");
+    for i in 0..5000u32 {
+        csv.push_str(&format!(
+            "10.{}.{}.{}/32,\"bulk row {i}, padded to make the request larger than 64 KiB\"\n",
+            200 + i / 65536,
+            i / 256 % 256,
+            i % 256
+        ));
+    }
+    csv.push_str("10.10.2.2,blocked client\n");
+    let file = write_csv(&daemon, "bulk.csv", &csv);
+    let out = daemon.ctl_ok(&["import", file.to_str().unwrap()]);
+    assert!(out.contains("5001 added"), "{out}");
+    let status = daemon.status();
+    assert_eq!(status["entries"]["ipv4"], 5002, "{status}");
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+}
