@@ -30,6 +30,40 @@ pub const MAP_ALLOW_V6: [&str; SLOTS] = ["ALLOW_V6_0", "ALLOW_V6_1"];
 pub const MAP_CONTROL: &str = "CONTROL";
 /// Per-CPU array of [`Counter`], indexed by [`Reason`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
+/// LRU hash of flows the host opened: [`FlowKey`] → [`FlowState`]. Written by the TC
+/// egress program (and seeded by the daemon), read by XDP to pass replies.
+pub const MAP_FLOWS: &str = "FLOWS";
+/// Per-slot arrays of [`PortSet`], indexed by [`AllowRule::port_set`]; index
+/// [`PUBLIC_PORT_SET`] holds the ports open to every source.
+pub const MAP_PORT_SETS: [&str; SLOTS] = ["PORT_SETS_0", "PORT_SETS_1"];
+/// LRU hash of IP fragment trains whose first fragment passed: [`FragmentKey`] → [`FlowState`].
+/// Later fragments carry no ports, so they pass if their train's first fragment did.
+pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
+
+/// Capacity of [`MAP_FLOWS`]. When full, the least recently used flow is evicted.
+pub const MAX_FLOWS: u32 = 65_536;
+/// Capacity of [`MAP_FRAGMENTS`].
+pub const MAX_FRAGMENT_TRAINS: u32 = 4_096;
+/// Capacity of each [`MAP_PORT_SETS`] array.
+pub const MAX_PORT_SETS: u32 = 4_096;
+/// Port ranges one [`PortSet`] can hold (after merging adjacent ranges).
+pub const MAX_PORT_RANGES: usize = 16;
+/// [`MAP_PORT_SETS`] index of the public ports (`public_ports` in the config).
+pub const PUBLIC_PORT_SET: u32 = 0;
+
+/// Idle time after which a tracked flow no longer admits replies, by protocol; every
+/// packet the host sends on the flow starts it again. Close to conntrack's defaults for
+/// established TCP (shortened: the table is small), UDP streams and ICMP.
+pub const TCP_IDLE_NS: u64 = 2 * 3600 * 1_000_000_000;
+pub const UDP_IDLE_NS: u64 = 180 * 1_000_000_000;
+pub const ICMP_IDLE_NS: u64 = 30 * 1_000_000_000;
+/// How long a fragment train admits further fragments after its first one.
+pub const FRAGMENT_IDLE_NS: u64 = 30 * 1_000_000_000;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 /// Capacity of each LPM trie. Tries are not preallocated: memory follows the entries
 /// actually stored, so a high cap costs nothing until it is used.
@@ -45,21 +79,105 @@ pub const LPM_KEY_V4_SIZE: usize = size_of::<u32>() + size_of::<Ipv4Octets>();
 /// Size of an IPv6 LPM key as the kernel sees it: prefix length + address.
 pub const LPM_KEY_V6_SIZE: usize = size_of::<u32>() + size_of::<Ipv6Octets>();
 
-/// What a listed network may do. Layout: `flags: u32` (4 bytes).
+/// What a listed network may do. Layout: `flags: u32` at 0, `port_set: u32` at 4 (8 bytes).
+///
+/// The compile step folds overlapping entries into each prefix's rule (a port-scoped /32
+/// inside an allow-all /24 allows all), so the longest match alone decides.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AllowRule {
     /// Bit set of `RULE_*` flags.
     pub flags: u32,
+    /// With [`RULE_PORTS`]: index into the slot's [`MAP_PORT_SETS`] array.
+    pub port_set: u32,
 }
 
-/// The entry allows all traffic from its network (every entry today).
+/// The entry allows all traffic from its network.
 pub const RULE_ALLOW_ALL: u32 = 1;
+/// The entry allows only the destination ports of its port set.
+pub const RULE_PORTS: u32 = 2;
 
 impl AllowRule {
     pub const ALLOW_ALL: Self = Self {
         flags: RULE_ALLOW_ALL,
+        port_set: 0,
     };
+}
+
+/// A range of destination ports of one protocol, inclusive.
+/// Layout: `protocol: u8` at 0, padding to 4, `first: u16` at 4, `last: u16` at 6.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortRange {
+    /// An `IPPROTO_*` value (TCP, UDP).
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+    pub first: u16,
+    pub last: u16,
+}
+
+/// The ports a rule allows. Layout: `len: u32` at 0, `_pad` at 4, `ranges` at 8
+/// (8 + 16 × 8 = 136 bytes). Only the first `len` ranges count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortSet {
+    pub len: u32,
+    pub _pad: u32,
+    pub ranges: [PortRange; MAX_PORT_RANGES],
+}
+
+impl PortSet {
+    /// Whether `protocol`/`port` is in the set. A bounded loop the verifier accepts.
+    #[inline(always)]
+    pub fn allows(&self, protocol: u8, port: u16) -> bool {
+        let mut i = 0;
+        while i < MAX_PORT_RANGES {
+            if i as u32 >= self.len {
+                return false;
+            }
+            let range = &self.ranges[i];
+            if range.protocol == protocol && range.first <= port && port <= range.last {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// A flow as the replies see it. IPv4 addresses are stored IPv4-mapped (::ffff:a.b.c.d).
+/// For ICMP echo, `local_port` is the echo identifier and `remote_port` is 0.
+/// Layout: `remote` at 0, `local` at 16, `remote_port` at 32, `local_port` at 34 (host
+/// order), `protocol` at 36, padding to 40.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub remote: Ipv6Octets,
+    pub local: Ipv6Octets,
+    pub remote_port: u16,
+    pub local_port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// When a flow (or fragment train) last saw a packet the host sent, in
+/// `bpf_ktime_get_boot_ns` nanoseconds. Layout: `last_seen_ns: u64` (8 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowState {
+    pub last_seen_ns: u64,
+}
+
+/// A train of fragments of one datagram. Layout: `source` at 0, `destination` at 16,
+/// `id: u32` at 32 (IPv4's 16-bit id widened), `protocol` at 36, padding to 40.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragmentKey {
+    pub source: Ipv6Octets,
+    pub destination: Ipv6Octets,
+    pub id: u32,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
 }
 
 /// What the program does with packets that are not exempt.
@@ -89,15 +207,24 @@ impl Mode {
 }
 
 /// The record the program reads once per packet.
-/// Layout: `mode: u32` at 0, `active_slot: u32` at 4 (8 bytes).
+/// Layout: `mode: u32` at 0, `active_slot: u32` at 4, `features: u32` at 8, padding to 16.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Control {
     /// A [`Mode`] as `u32`.
     pub mode: u32,
-    /// Which slot of [`MAP_ALLOW_V4`] / [`MAP_ALLOW_V6`] judges packets: 0 or 1.
+    /// Which slot of [`MAP_ALLOW_V4`] / [`MAP_ALLOW_V6`] / [`MAP_PORT_SETS`] judges
+    /// packets: 0 or 1.
     pub active_slot: u32,
+    /// Bit set of `FEATURE_*`.
+    pub features: u32,
+    pub _pad: u32,
 }
+
+/// Replies to flows the host opened pass (`return_traffic = true`).
+pub const FEATURE_RETURN_TRAFFIC: u32 = 1;
+/// DHCP client replies (UDP 67→68, DHCPv6 547→546) pass.
+pub const FEATURE_DHCP_CLIENT: u32 = 2;
 
 /// Packets and bytes counted for one [`Reason`] on one CPU.
 /// Layout: `packets: u64` at 0, `bytes: u64` at 8 (16 bytes). Bytes are whole frames
@@ -131,6 +258,16 @@ pub enum Reason {
     MonitorNotListed = 6,
     /// Monitor: enforce would have dropped this malformed packet; passed.
     MonitorMalformed = 7,
+    /// A reply to a flow the host opened (or a later fragment of an admitted datagram).
+    PassedReturnTraffic = 8,
+    /// To a port in `public_ports`, from any source.
+    PassedPublicPort = 9,
+    /// A later fragment of a datagram whose first fragment passed (it carries no ports).
+    PassedFragment = 12,
+    /// Enforce: the source is listed, but only for other ports.
+    DroppedPortNotAllowed = 10,
+    /// Monitor: enforce would have dropped this packet (port not allowed); passed.
+    MonitorPortNotAllowed = 11,
 }
 
 /// Number of slots in [`MAP_COUNTERS`]; room is left for reasons added later so the
@@ -138,7 +275,7 @@ pub enum Reason {
 pub const COUNTER_SLOTS: u32 = 32;
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 13] = [
         Reason::PassedListed,
         Reason::PassedNonIp,
         Reason::PassedExempt,
@@ -147,12 +284,20 @@ impl Reason {
         Reason::DroppedMalformed,
         Reason::MonitorNotListed,
         Reason::MonitorMalformed,
+        Reason::PassedReturnTraffic,
+        Reason::PassedPublicPort,
+        Reason::PassedFragment,
+        Reason::DroppedPortNotAllowed,
+        Reason::MonitorPortNotAllowed,
     ];
 
     /// Whether the program drops packets counted under this reason.
     #[inline(always)]
     pub const fn drops(self) -> bool {
-        matches!(self, Reason::DroppedNotListed | Reason::DroppedMalformed)
+        matches!(
+            self,
+            Reason::DroppedNotListed | Reason::DroppedMalformed | Reason::DroppedPortNotAllowed
+        )
     }
 
     /// Stable name used in `allowlistctl stats` and its JSON.
@@ -166,12 +311,22 @@ impl Reason {
             Reason::DroppedMalformed => "dropped_malformed",
             Reason::MonitorNotListed => "monitor_would_drop",
             Reason::MonitorMalformed => "monitor_malformed",
+            Reason::PassedReturnTraffic => "passed_return_traffic",
+            Reason::PassedPublicPort => "passed_public_port",
+            Reason::PassedFragment => "passed_fragment",
+            Reason::DroppedPortNotAllowed => "dropped_port_not_allowed",
+            Reason::MonitorPortNotAllowed => "monitor_port_not_allowed",
         }
     }
 }
 
-const _: () = assert!(size_of::<AllowRule>() == 4);
-const _: () = assert!(size_of::<Control>() == 8);
+const _: () = assert!(size_of::<AllowRule>() == 8);
+const _: () = assert!(size_of::<Control>() == 16);
+const _: () = assert!(size_of::<PortRange>() == 8);
+const _: () = assert!(size_of::<PortSet>() == 8 + 8 * MAX_PORT_RANGES);
+const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<FlowState>() == 8);
+const _: () = assert!(size_of::<FragmentKey>() == 40);
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(LPM_KEY_V4_SIZE == 8);
 const _: () = assert!(LPM_KEY_V6_SIZE == 20);
@@ -183,4 +338,8 @@ mod pod {
     unsafe impl aya::Pod for super::AllowRule {}
     unsafe impl aya::Pod for super::Control {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::PortSet {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::FragmentKey {}
 }

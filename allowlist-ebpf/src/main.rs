@@ -1,24 +1,30 @@
 //! The XDP allowlist: every packet's IP source is looked up in the active allowlist and
 //! the packet passes or drops according to the mode, counted under exactly one reason.
+//! A TC egress program (at the end) remembers the flows the host opens, so their
+//! replies pass without their senders being listed.
 //!
-//! Read top to bottom: entry point → judge (mode, parse, lookup) → count.
+//! Read top to bottom: entry point → judge (mode, parse, lookup, ports, replies) → count.
 #![no_std]
 #![no_main]
 
-use core::mem::size_of;
+mod parse;
 
 use allowlist_common::{
-    AllowRule, Control, Counter, Ipv4Octets, Ipv6Octets, Mode, Reason, COUNTER_SLOTS,
-    MAX_ENTRIES_PER_FAMILY,
+    AllowRule, Control, Counter, FlowKey, FlowState, FragmentKey, Ipv4Octets, Ipv6Octets, Mode,
+    PortSet, Reason, COUNTER_SLOTS, FEATURE_DHCP_CLIENT, FEATURE_RETURN_TRAFFIC, FRAGMENT_IDLE_NS,
+    ICMP_IDLE_NS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_ENTRIES_PER_FAMILY,
+    MAX_FLOWS, MAX_FRAGMENT_TRAINS, MAX_PORT_SETS, PUBLIC_PORT_SET, RULE_ALLOW_ALL, RULE_PORTS,
+    TCP_IDLE_NS, UDP_IDLE_NS,
 };
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, LpmTrie, PerCpuArray},
-    programs::XdpContext,
+    bindings::{xdp_action, TC_ACT_OK},
+    helpers::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    macros::{classifier, map, xdp},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
+    programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
+use parse::{Frame, IpHeader, Network, Transport, FIRST_FRAGMENT, LATER_FRAGMENT};
 
 // Map names must match allowlist_common::MAP_* (the symbol name is the map name).
 // All are pinned by name so a restarted daemon finds the state the program is using.
@@ -31,24 +37,69 @@ static ALLOW_V6_0: LpmTrie<Ipv6Octets, AllowRule> = LpmTrie::pinned(MAX_ENTRIES_
 #[map]
 static ALLOW_V6_1: LpmTrie<Ipv6Octets, AllowRule> = LpmTrie::pinned(MAX_ENTRIES_PER_FAMILY, 0);
 #[map]
+static PORT_SETS_0: Array<PortSet> = Array::pinned(MAX_PORT_SETS, 0);
+#[map]
+static PORT_SETS_1: Array<PortSet> = Array::pinned(MAX_PORT_SETS, 0);
+#[map]
 static CONTROL: Array<Control> = Array::pinned(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+#[map]
+static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(MAX_FLOWS, 0);
+#[map]
+static FRAGMENTS: LruHashMap<FragmentKey, FlowState> = LruHashMap::pinned(MAX_FRAGMENT_TRAINS, 0);
 
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
-/// VLAN tags we look through: a customer tag, optionally inside a service tag (QinQ).
-const MAX_VLAN_TAGS: usize = 2;
-const VLAN_TAG_LEN: usize = 4;
+const DHCP_SERVER_PORT: u16 = 67;
+const DHCP_CLIENT_PORT: u16 = 68;
+const DHCPV6_SERVER_PORT: u16 = 547;
+const DHCPV6_CLIENT_PORT: u16 = 546;
 
-const IPPROTO_ICMPV6: u8 = 58;
-const ICMPV6_ROUTER_SOLICITATION: u8 = 133;
-const ICMPV6_REDIRECT: u8 = 137;
-/// RFC 4861 requires hosts to discard neighbour discovery not sent with hop limit 255,
-/// so only on-link ND is exempt; anything else with those types is judged normally.
-const ND_HOP_LIMIT: u8 = 255;
+impl Frame for XdpContext {
+    fn start(&self) -> usize {
+        self.data()
+    }
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let mut buffer = [0u8; N];
+        // SAFETY: the helper writes at most N bytes into `buffer`.
+        let result = unsafe {
+            bpf_xdp_load_bytes(
+                self.ctx,
+                offset as u32,
+                buffer.as_mut_ptr().cast(),
+                N as u32,
+            )
+        };
+        (result == 0).then_some(buffer)
+    }
+}
+
+impl Frame for TcContext {
+    fn start(&self) -> usize {
+        self.data()
+    }
+    fn end(&self) -> usize {
+        self.data_end()
+    }
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let mut buffer = [0u8; N];
+        // SAFETY: the helper writes at most N bytes into `buffer`. (aya's load_bytes
+        // clamps the length at run time, which the verifier cannot prove non-zero.)
+        let result = unsafe {
+            bpf_skb_load_bytes(
+                self.skb.skb as *const _,
+                offset as u32,
+                buffer.as_mut_ptr().cast(),
+                N as u32,
+            )
+        };
+        (result == 0).then_some(buffer)
+    }
+}
 
 #[xdp]
 pub fn allowlist(ctx: XdpContext) -> u32 {
@@ -61,142 +112,203 @@ pub fn allowlist(ctx: XdpContext) -> u32 {
     }
 }
 
-/// Where the packet's IP source could be found, if anywhere.
-enum Source {
-    NonIp,
-    NeighbourDiscovery,
-    Malformed,
-    V4(Ipv4Octets),
-    V6(Ipv6Octets),
-}
-
 fn judge(ctx: &XdpContext) -> Reason {
     // A missing control record cannot happen (array maps always hold their slots); if
     // it did, enforcing is the safe reading.
     let control = CONTROL.get(0).copied().unwrap_or(Control {
         mode: Mode::Enforce as u32,
         active_slot: 0,
+        features: 0,
+        _pad: 0,
     });
     let mode = Mode::from_raw(control.mode);
     if mode == Mode::Off {
         return Reason::PassedOff;
     }
 
-    let listed = match source_of(ctx) {
-        Source::NonIp => return Reason::PassedNonIp,
-        Source::NeighbourDiscovery => return Reason::PassedExempt,
-        Source::Malformed => {
+    let ip = match parse::network(ctx) {
+        Network::NonIp => return Reason::PassedNonIp,
+        Network::NeighbourDiscovery => return Reason::PassedExempt,
+        Network::Malformed => {
             debug!(ctx, "malformed IP header");
-            return match mode {
-                Mode::Enforce => Reason::DroppedMalformed,
-                _ => Reason::MonitorMalformed,
-            };
+            return by_mode(mode, Reason::DroppedMalformed, Reason::MonitorMalformed);
         }
-        Source::V4(addr) => is_listed_v4(control.active_slot, addr),
-        Source::V6(addr) => is_listed_v6(control.active_slot, addr),
+        Network::Ip(ip) => ip,
     };
 
-    match (listed, mode) {
-        (true, _) => Reason::PassedListed,
-        (false, Mode::Enforce) => Reason::DroppedNotListed,
-        (false, _) => Reason::MonitorNotListed,
+    // The common case stops here: a source listed for everything.
+    let rule = lookup(control.active_slot, &ip);
+    if rule.flags & RULE_ALLOW_ALL != 0 {
+        return Reason::PassedListed;
     }
-}
 
-fn source_of(ctx: &XdpContext) -> Source {
-    let Some(mut ether_type) = read_be16(ctx, 2 * 6) else {
-        // Shorter than an Ethernet header: nothing IP about it.
-        return Source::NonIp;
-    };
-    let mut offset = EthHdr::LEN;
-    for _ in 0..MAX_VLAN_TAGS {
-        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
-            break;
+    // Everything else depends on the transport header.
+    let transport = parse::transport(ctx, &ip);
+    if let Some(reason) = admit_by_ports(&control, &ip, &transport, rule) {
+        if transport.fragment == FIRST_FRAGMENT {
+            remember_fragment_train(&ip, &transport);
         }
-        // The tag's own ether type follows its 2-byte TCI.
-        let Some(inner) = read_be16(ctx, offset + 2) else {
-            return Source::Malformed;
-        };
-        ether_type = inner;
-        offset += VLAN_TAG_LEN;
+        return reason;
     }
-
-    match ether_type {
-        ETH_P_IPV4 => ipv4_source(ctx, offset),
-        ETH_P_IPV6 => ipv6_source(ctx, offset),
-        _ => Source::NonIp,
+    if transport.fragment == LATER_FRAGMENT && fragment_train_admitted(&ip, &transport) {
+        return Reason::PassedFragment;
     }
-}
-
-fn ipv4_source(ctx: &XdpContext, offset: usize) -> Source {
-    let Some(header) = ptr_at::<Ipv4Hdr>(ctx, offset) else {
-        return Source::Malformed;
-    };
-    // SAFETY: `header` is bounds-checked for the whole fixed header; only plain byte
-    // fields are read (never the enum-typed `proto`, which packet bytes may not fit).
-    let (version_ihl, total_len, src) = unsafe {
-        (
-            *(header as *const u8),
-            u16::from_be_bytes((*header).tot_len),
-            (*header).src_addr,
+    if rule.flags & RULE_PORTS != 0 {
+        by_mode(
+            mode,
+            Reason::DroppedPortNotAllowed,
+            Reason::MonitorPortNotAllowed,
         )
-    };
-    let header_len = usize::from(version_ihl & 0x0f) * 4;
-    if version_ihl >> 4 != 4
-        || header_len < Ipv4Hdr::LEN
-        || usize::from(total_len) < header_len
-        || offset + header_len > ctx.data_end() - ctx.data()
+    } else {
+        by_mode(mode, Reason::DroppedNotListed, Reason::MonitorNotListed)
+    }
+}
+
+/// The ways a packet passes without an allow-all entry for its source: a port its
+/// (port-scoped) entry allows, a reply to a flow the host opened, a DHCP reply to the
+/// host's client, a public port.
+fn admit_by_ports(
+    control: &Control,
+    ip: &IpHeader,
+    transport: &Transport,
+    rule: AllowRule,
+) -> Option<Reason> {
+    if !transport.has_ports {
+        return None;
+    }
+    let (source_port, destination_port) = (transport.source_port, transport.destination_port);
+    if rule.flags & RULE_PORTS != 0
+        && port_set_allows(
+            control.active_slot,
+            rule.port_set,
+            transport.protocol,
+            destination_port,
+        )
     {
-        return Source::Malformed;
+        return Some(Reason::PassedListed);
     }
-    Source::V4(src)
-}
-
-fn ipv6_source(ctx: &XdpContext, offset: usize) -> Source {
-    let Some(header) = ptr_at::<Ipv6Hdr>(ctx, offset) else {
-        return Source::Malformed;
-    };
-    // SAFETY: bounds-checked above; only byte fields are read.
-    let (version, hop_limit, src) = unsafe {
-        (
-            *(header as *const u8) >> 4,
-            (*header).hop_limit,
-            (*header).src_addr,
+    if control.features & FEATURE_RETURN_TRAFFIC != 0
+        && is_reply(ip, transport, source_port, destination_port)
+    {
+        return Some(Reason::PassedReturnTraffic);
+    }
+    if control.features & FEATURE_DHCP_CLIENT != 0
+        && transport.protocol == IPPROTO_UDP
+        && matches!(
+            (source_port, destination_port),
+            (DHCP_SERVER_PORT, DHCP_CLIENT_PORT) | (DHCPV6_SERVER_PORT, DHCPV6_CLIENT_PORT)
         )
-    };
-    if version != 6 {
-        return Source::Malformed;
+    {
+        return Some(Reason::PassedExempt);
     }
-    // SAFETY: next_hdr is read as the byte it is, not as network_types' IpProto enum.
-    let next_header = unsafe { *((header as *const u8).add(6)) };
-    if next_header == IPPROTO_ICMPV6 && hop_limit == ND_HOP_LIMIT {
-        if let Some(icmp_type) = ptr_at::<u8>(ctx, offset + Ipv6Hdr::LEN) {
-            // SAFETY: bounds-checked by ptr_at.
-            let icmp_type = unsafe { *icmp_type };
-            if (ICMPV6_ROUTER_SOLICITATION..=ICMPV6_REDIRECT).contains(&icmp_type) {
-                return Source::NeighbourDiscovery;
-            }
+    if port_set_allows(
+        control.active_slot,
+        PUBLIC_PORT_SET,
+        transport.protocol,
+        destination_port,
+    ) {
+        return Some(Reason::PassedPublicPort);
+    }
+    None
+}
+
+#[inline(always)]
+fn by_mode(mode: Mode, enforced: Reason, monitored: Reason) -> Reason {
+    match mode {
+        Mode::Enforce => enforced,
+        _ => monitored,
+    }
+}
+
+/// The rule of the longest listed prefix containing the source; flags 0 if none.
+/// (A plain value, not an Option: the verifier rejects LLVM's spills of the undefined
+/// payload of a None.)
+#[inline(always)]
+fn lookup(slot: u32, ip: &IpHeader) -> AllowRule {
+    let found = if ip.is_v6 {
+        let key = Key::new(128, ip.source);
+        match slot {
+            0 => ALLOW_V6_0.get(&key),
+            _ => ALLOW_V6_1.get(&key),
         }
-    }
-    Source::V6(src)
+    } else {
+        let key = Key::new(32, ip.source_v4());
+        match slot {
+            0 => ALLOW_V4_0.get(&key),
+            _ => ALLOW_V4_1.get(&key),
+        }
+    };
+    found.copied().unwrap_or_default()
 }
 
 #[inline(always)]
-fn is_listed_v4(slot: u32, addr: Ipv4Octets) -> bool {
-    let key = Key::new(32, addr);
-    match slot {
-        0 => ALLOW_V4_0.get(&key).is_some(),
-        _ => ALLOW_V4_1.get(&key).is_some(),
+fn port_set_allows(slot: u32, set: u32, protocol: u8, port: u16) -> bool {
+    let sets = match slot {
+        0 => &PORT_SETS_0,
+        _ => &PORT_SETS_1,
+    };
+    sets.get(set).is_some_and(|set| set.allows(protocol, port))
+}
+
+/// Whether the packet answers a flow the host opened and used recently.
+fn is_reply(ip: &IpHeader, transport: &Transport, source_port: u16, destination_port: u16) -> bool {
+    let protocol = transport.protocol;
+    let (remote_port, local_port) = match protocol {
+        IPPROTO_TCP | IPPROTO_UDP => (source_port, destination_port),
+        IPPROTO_ICMP if transport.icmp_type == parse::ICMP_ECHO_REPLY => (0, destination_port),
+        IPPROTO_ICMPV6 if transport.icmp_type == parse::ICMPV6_ECHO_REPLY => (0, destination_port),
+        _ => return false,
+    };
+    let key = FlowKey {
+        remote: ip.source,
+        local: ip.destination,
+        remote_port,
+        local_port,
+        protocol,
+        _pad: [0; 3],
+    };
+    // SAFETY: the value is plain data; a concurrent refresh can only make it newer.
+    let Some(state) = (unsafe { FLOWS.get(&key) }) else {
+        return false;
+    };
+    let idle = match protocol {
+        IPPROTO_TCP => TCP_IDLE_NS,
+        IPPROTO_UDP => UDP_IDLE_NS,
+        _ => ICMP_IDLE_NS,
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    now.saturating_sub(state.last_seen_ns) <= idle
+}
+
+fn fragment_key(ip: &IpHeader, transport: &Transport) -> FragmentKey {
+    FragmentKey {
+        source: ip.source,
+        destination: ip.destination,
+        id: transport.fragment_id,
+        protocol: transport.protocol,
+        _pad: [0; 3],
     }
 }
 
-#[inline(always)]
-fn is_listed_v6(slot: u32, addr: Ipv6Octets) -> bool {
-    let key = Key::new(128, addr);
-    match slot {
-        0 => ALLOW_V6_0.get(&key).is_some(),
-        _ => ALLOW_V6_1.get(&key).is_some(),
-    }
+fn remember_fragment_train(ip: &IpHeader, transport: &Transport) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let _ = FRAGMENTS.insert(
+        &fragment_key(ip, transport),
+        &FlowState { last_seen_ns: now },
+        0,
+    );
+}
+
+fn fragment_train_admitted(ip: &IpHeader, transport: &Transport) -> bool {
+    // SAFETY: plain data, as above.
+    let Some(state) = (unsafe { FRAGMENTS.get(&fragment_key(ip, transport)) }) else {
+        return false;
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    now.saturating_sub(state.last_seen_ns) <= FRAGMENT_IDLE_NS
 }
 
 #[inline(always)]
@@ -210,19 +322,63 @@ fn count(reason: Reason, frame_len: usize) {
     }
 }
 
-#[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    if start + offset + size_of::<T>() > ctx.data_end() {
-        return None;
+/// TC egress: remembers the flows the host opens, so their replies pass at XDP. Never
+/// changes or drops what the host sends.
+#[classifier]
+pub fn track_flows(ctx: TcContext) -> i32 {
+    let tracking = CONTROL
+        .get(0)
+        .is_some_and(|control| control.features & FEATURE_RETURN_TRAFFIC != 0);
+    if tracking {
+        track(&ctx);
     }
-    Some((start + offset) as *const T)
+    TC_ACT_OK
 }
 
-#[inline(always)]
-fn read_be16(ctx: &XdpContext, offset: usize) -> Option<u16> {
-    // SAFETY: bounds-checked by ptr_at; unaligned because headers sit at any offset.
-    ptr_at::<[u8; 2]>(ctx, offset).map(|p| u16::from_be_bytes(unsafe { p.read_unaligned() }))
+fn track(ctx: &TcContext) {
+    let Network::Ip(ip) = parse::network(ctx) else {
+        return;
+    };
+    let transport = parse::transport(ctx, &ip);
+    if !transport.has_ports {
+        return;
+    }
+    let (source_port, destination_port) = (transport.source_port, transport.destination_port);
+    let protocol = transport.protocol;
+    // Only these open a flow; any other packet the host sends on a known flow keeps it
+    // alive. A TCP flow opens with the host's SYN, so serving an inbound connection
+    // never makes its client a "reply" source.
+    let (remote_port, local_port, opens) = match protocol {
+        IPPROTO_TCP => (
+            destination_port,
+            source_port,
+            transport.tcp_flags & (parse::TCP_SYN | parse::TCP_ACK) == parse::TCP_SYN,
+        ),
+        IPPROTO_UDP => (destination_port, source_port, true),
+        IPPROTO_ICMP if transport.icmp_type == parse::ICMP_ECHO_REQUEST => {
+            (0, destination_port, true)
+        }
+        IPPROTO_ICMPV6 if transport.icmp_type == parse::ICMPV6_ECHO_REQUEST => {
+            (0, destination_port, true)
+        }
+        _ => return,
+    };
+    let key = FlowKey {
+        remote: ip.destination,
+        local: ip.source,
+        remote_port,
+        local_port,
+        protocol,
+        _pad: [0; 3],
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(state) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a valid map value pointer; a racing writer stores a similar time.
+        unsafe { (*state).last_seen_ns = now };
+    } else if opens {
+        let _ = FLOWS.insert(&key, &FlowState { last_seen_ns: now }, 0);
+    }
 }
 
 #[cfg(not(test))]

@@ -18,7 +18,11 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{compile::CompiledList, config::Config};
+use crate::{
+    compile::{CompiledList, Reach, TooManyPortRanges},
+    config::{AllowEntry, Config},
+    ports::PortSpec,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -51,6 +55,9 @@ pub struct Entry {
     /// Seconds since the Unix epoch; the entry leaves the kernel then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
+    /// Destination ports the network may reach; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
 }
 
 pub fn now() -> u64 {
@@ -93,6 +100,7 @@ pub struct Allowlist {
     config: BTreeMap<IpNet, Entry>,
     always: BTreeMap<IpNet, Entry>,
     managed: BTreeMap<IpNet, Entry>,
+    public_ports: Vec<PortSpec>,
 }
 
 impl Allowlist {
@@ -128,44 +136,28 @@ impl Allowlist {
     /// were first seen so `list` does not show every reload as a new addition.
     pub fn set_config(&mut self, config: &Config) {
         let now = now();
-        let carry =
-            |old: &BTreeMap<IpNet, Entry>, network: IpNet, description: &str, origin| Entry {
-                network,
-                description: description.to_string(),
+        let carry = |old: &BTreeMap<IpNet, Entry>, entry: &AllowEntry, origin| {
+            let merged = Entry {
+                network: entry.network,
+                description: entry.description.clone(),
                 origin,
-                added_at: old.get(&network).map_or(now, |entry| entry.added_at),
+                added_at: old.get(&entry.network).map_or(now, |old| old.added_at),
                 expires_at: None,
+                ports: entry.ports.clone(),
             };
+            (entry.network, merged)
+        };
         self.config = config
             .allow
             .iter()
-            .map(|entry| {
-                (
-                    entry.network,
-                    carry(
-                        &self.config,
-                        entry.network,
-                        &entry.description,
-                        Origin::Config,
-                    ),
-                )
-            })
+            .map(|entry| carry(&self.config, entry, Origin::Config))
             .collect();
         self.always = config
             .always
             .iter()
-            .map(|entry| {
-                (
-                    entry.network,
-                    carry(
-                        &self.always,
-                        entry.network,
-                        &entry.description,
-                        Origin::Always,
-                    ),
-                )
-            })
+            .map(|entry| carry(&self.always, entry, Origin::Always))
             .collect();
+        self.public_ports.clone_from(&config.public_ports);
     }
 
     pub fn managed(&self) -> impl Iterator<Item = &Entry> {
@@ -192,8 +184,12 @@ impl Allowlist {
     }
 
     /// The prefixes the kernel should hold now.
-    pub fn compile(&self) -> CompiledList {
-        CompiledList::compile(self.entries().into_iter().map(|entry| entry.network)).0
+    pub fn compile(&self) -> Result<CompiledList, TooManyPortRanges> {
+        let entries = self
+            .entries()
+            .into_iter()
+            .map(|entry| (entry.network, Reach::from_ports(&entry.ports)));
+        Ok(CompiledList::compile_with_ports(entries, &self.public_ports)?.0)
     }
 
     fn owner_in_config(&self, network: &IpNet) -> Option<Origin> {
@@ -213,6 +209,7 @@ impl Allowlist {
         network: IpNet,
         description: Option<String>,
         expires_at: Option<u64>,
+        ports: Vec<PortSpec>,
     ) -> Result<bool, ListError> {
         let network = network.trunc();
         if let Some(origin) = self.owner_in_config(&network) {
@@ -223,6 +220,7 @@ impl Allowlist {
             Some(entry) => {
                 entry.description = description;
                 entry.expires_at = expires_at;
+                entry.ports = ports;
                 Ok(false)
             }
             None => {
@@ -234,6 +232,7 @@ impl Allowlist {
                         origin: Origin::Cli,
                         added_at: now(),
                         expires_at,
+                        ports,
                     },
                 );
                 Ok(true)
@@ -306,6 +305,7 @@ impl Allowlist {
                     origin: Origin::CsvImport,
                     added_at: now,
                     expires_at: None,
+                    ports: Vec::new(),
                 });
         }
         plan
@@ -385,7 +385,7 @@ description = "metadata"
             .add(net("203.0.113.9/24"), Some("new office".into()), None)
             .unwrap());
         assert_eq!(list.managed().next().unwrap().description, "new office");
-        assert!(!list.add(net("203.0.113.0/24"), None, None).unwrap());
+        assert!(!list.add(net("203.0.113.0/24"), None, None, vec![]).unwrap());
         assert_eq!(list.managed().next().unwrap().description, "");
     }
 
@@ -407,7 +407,7 @@ description = "metadata"
             })
         ));
         assert!(matches!(
-            list.add(net("192.0.2.0/24"), None, None),
+            list.add(net("192.0.2.0/24"), None, None, vec![]),
             Err(ListError::OwnedByConfig { .. })
         ));
         assert_eq!(
@@ -422,19 +422,19 @@ description = "metadata"
             config("interfaces = [\"lo\"]\nmode = \"off\"\n[[always]]\ncidr = \"10.0.0.1\"\n");
         let mut list = Allowlist::new(&only_always, vec![], &BTreeMap::new());
         assert!(!list.has_operator_entries());
-        list.add(net("10.9.9.9/32"), None, None).unwrap();
+        list.add(net("10.9.9.9/32"), None, None, vec![]).unwrap();
         assert!(list.has_operator_entries());
-        assert_eq!(list.compile().v4.len(), 2);
+        assert_eq!(list.compile().unwrap().v4.len(), 2);
     }
 
     #[test]
     fn import_adds_updates_and_replace_removes_the_rest() {
         let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
-        list.add(net("10.0.0.1/32"), Some("keep".into()), None)
+        list.add(net("10.0.0.1/32"), Some("keep".into()), None, vec![])
             .unwrap();
-        list.add(net("10.0.0.2/32"), Some("old".into()), None)
+        list.add(net("10.0.0.2/32"), Some("old".into()), None, vec![])
             .unwrap();
-        list.add(net("10.0.0.3/32"), None, None).unwrap();
+        list.add(net("10.0.0.3/32"), None, None, vec![]).unwrap();
         let rows = [
             row(2, "10.0.0.1", "keep"),
             row(3, "10.0.0.2", "first"),
@@ -465,8 +465,10 @@ description = "metadata"
     #[test]
     fn expired_entries_leave_and_the_next_expiry_is_known() {
         let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
-        list.add(net("10.0.0.1/32"), None, Some(100)).unwrap();
-        list.add(net("10.0.0.2/32"), None, Some(200)).unwrap();
+        list.add(net("10.0.0.1/32"), None, Some(100), vec![])
+            .unwrap();
+        list.add(net("10.0.0.2/32"), None, Some(200), vec![])
+            .unwrap();
         assert_eq!(list.next_expiry(), Some(100));
         assert_eq!(list.expire(150).len(), 1);
         assert_eq!(list.next_expiry(), Some(200));
@@ -475,7 +477,7 @@ description = "metadata"
     #[test]
     fn the_longest_prefix_decides() {
         let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
-        list.add(net("192.0.2.128/25"), Some("narrow".into()), None)
+        list.add(net("192.0.2.128/25"), Some("narrow".into()), None, vec![])
             .unwrap();
         let entry = list.deciding_entry("192.0.2.200".parse().unwrap()).unwrap();
         assert_eq!(entry.description, "narrow");

@@ -1,18 +1,59 @@
-//! Turns the allowlist's entries into the smallest set of prefixes the kernel needs.
+//! Turns the allowlist's entries into the smallest set of prefixes the kernel needs, each
+//! with the access its longest match must grant.
 //!
-//! The kernel answers "is this source covered by any listed prefix?", so a duplicate or
-//! a prefix inside a shorter listed one changes no verdict: both are dropped here, once,
-//! instead of costing trie memory and lookup depth for every packet.
+//! The kernel looks up only the longest listed prefix containing a source, so every
+//! prefix here already carries the union of what all entries containing it allow — a
+//! port-scoped /32 inside an allow-all /24 allows all. Folding that here, once, keeps
+//! the per-packet path to one lookup. A prefix that adds nothing to what a shorter one
+//! containing it grants (a duplicate, or covered) is left out.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-/// The prefixes to load into the kernel, per family, sorted and pairwise disjoint.
+use crate::ports::{self, PortSpec};
+
+/// What a listed network may reach.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Reach {
+    All,
+    /// Destination ports, merged and sorted ([`ports::union`]).
+    Ports(Vec<PortSpec>),
+}
+
+impl Reach {
+    pub fn from_ports(ports: &[PortSpec]) -> Reach {
+        if ports.is_empty() {
+            Reach::All
+        } else {
+            Reach::Ports(ports::union(ports.iter().copied()))
+        }
+    }
+
+    fn union(&self, other: &Reach) -> Reach {
+        match (self, other) {
+            (Reach::Ports(a), Reach::Ports(b)) => {
+                Reach::Ports(ports::union(a.iter().chain(b).copied()))
+            }
+            _ => Reach::All,
+        }
+    }
+
+    pub fn allows(&self, protocol: u8, port: u16) -> bool {
+        match self {
+            Reach::All => true,
+            Reach::Ports(ranges) => ranges.iter().any(|range| range.contains(protocol, port)),
+        }
+    }
+}
+
+/// The prefixes to load into the kernel, per family, sorted by (address, length).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CompiledList {
-    pub v4: Vec<Ipv4Net>,
-    pub v6: Vec<Ipv6Net>,
+    pub v4: Vec<(Ipv4Net, Reach)>,
+    pub v6: Vec<(Ipv6Net, Reach)>,
+    /// Ports any source may reach (`public_ports`), merged.
+    pub public_ports: Vec<PortSpec>,
 }
 
 /// What compiling did, for the log.
@@ -25,20 +66,48 @@ pub struct CompileReport {
     pub v6: usize,
 }
 
+/// A folded port set larger than the kernel's fixed-size one.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{network}: the entries covering it allow {ranges} separate port ranges; the kernel holds at most {max} per source. Merge ranges or list the network without ports")]
+pub struct TooManyPortRanges {
+    pub network: String,
+    pub ranges: usize,
+    pub max: usize,
+}
+
 impl CompiledList {
-    /// Compiles any list of networks (host bits already cleared or not).
+    /// Compiles allow-all networks (host bits cleared or not).
     pub fn compile(networks: impl IntoIterator<Item = IpNet>) -> (CompiledList, CompileReport) {
+        Self::compile_with_ports(
+            networks.into_iter().map(|network| (network, Reach::All)),
+            &[],
+        )
+        .expect("allow-all entries have no port sets")
+    }
+
+    pub fn compile_with_ports(
+        entries: impl IntoIterator<Item = (IpNet, Reach)>,
+        public_ports: &[PortSpec],
+    ) -> Result<(CompiledList, CompileReport), TooManyPortRanges> {
         let mut v4 = Vec::new();
         let mut v6 = Vec::new();
-        for network in networks {
+        for (network, access) in entries {
             match network.trunc() {
-                IpNet::V4(net) => v4.push(net),
-                IpNet::V6(net) => v6.push(net),
+                IpNet::V4(net) => v4.push((net, access)),
+                IpNet::V6(net) => v6.push((net, access)),
             }
         }
         let entries = v4.len() + v6.len();
-        let (v4, v4_duplicates, v4_covered) = minimise(v4, |n| n.network(), |a, b| a.contains(b));
-        let (v6, v6_duplicates, v6_covered) = minimise(v6, |n| n.network(), |a, b| a.contains(b));
+        let (v4, v4_duplicates, v4_covered) = fold(v4, |a, b| a.contains(b))?;
+        let (v6, v6_duplicates, v6_covered) = fold(v6, |a, b| a.contains(b))?;
+        let public_ports = ports::union(public_ports.iter().copied());
+        if !ports::fits_kernel(&public_ports) {
+            return Err(TooManyPortRanges {
+                network: "public_ports".into(),
+                ranges: public_ports.len(),
+                max: allowlist_common::MAX_PORT_RANGES,
+            });
+        }
         let report = CompileReport {
             entries,
             duplicates: v4_duplicates + v6_duplicates,
@@ -46,53 +115,107 @@ impl CompiledList {
             v4: v4.len(),
             v6: v6.len(),
         };
-        (CompiledList { v4, v6 }, report)
+        Ok((
+            CompiledList {
+                v4,
+                v6,
+                public_ports,
+            },
+            report,
+        ))
     }
 
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()
     }
 
-    /// Longest-prefix semantics reduced to membership: is `addr` covered by any prefix?
+    /// The access of the longest listed prefix containing `addr`, as the kernel finds it.
+    pub fn access_of(&self, addr: IpAddr) -> Option<&Reach> {
+        match addr {
+            IpAddr::V4(v4) => longest_match(&self.v4, 32, |len| {
+                Ipv4Net::new(v4, len).map(|n| n.trunc()).ok()
+            }),
+            IpAddr::V6(v6) => longest_match(&self.v6, 128, |len| {
+                Ipv6Net::new(v6, len).map(|n| n.trunc()).ok()
+            }),
+        }
+    }
+
+    /// Whether any listed prefix contains `addr` (whatever ports it allows).
     pub fn covers_v4(&self, addr: Ipv4Addr) -> bool {
-        covering(&self.v4, |n| n.network() <= addr, |n| n.contains(&addr))
+        self.access_of(IpAddr::V4(addr)).is_some()
     }
 
     pub fn covers_v6(&self, addr: Ipv6Addr) -> bool {
-        covering(&self.v6, |n| n.network() <= addr, |n| n.contains(&addr))
+        self.access_of(IpAddr::V6(addr)).is_some()
     }
 }
 
-/// Sorts by (network address, prefix length) so a covering prefix comes before what it
-/// covers; then every kept prefix is disjoint from the ones before it, and a later prefix
-/// can only be covered by the last one kept.
-fn minimise<N: Ord + Copy, A: Ord>(
-    mut networks: Vec<N>,
-    address: impl Fn(&N) -> A,
+/// Tries each prefix length from the longest: at most 33 or 129 binary searches.
+fn longest_match<N: Ord>(
+    sorted: &[(N, Reach)],
+    max_len: u8,
+    prefix: impl Fn(u8) -> Option<N>,
+) -> Option<&Reach> {
+    (0..=max_len).rev().find_map(|len| {
+        let candidate = prefix(len)?;
+        sorted
+            .binary_search_by(|(net, _)| net.cmp(&candidate))
+            .ok()
+            .map(|index| &sorted[index].1)
+    })
+}
+
+/// Sorted by (address, length), a prefix comes after every prefix containing it, so a
+/// stack of the kept prefixes containing the current one gives what it inherits.
+fn fold<N: Ord + Copy + std::fmt::Display>(
+    mut entries: Vec<(N, Reach)>,
     contains: impl Fn(&N, &N) -> bool,
-) -> (Vec<N>, usize, usize) {
-    networks.sort_unstable_by(|a, b| address(a).cmp(&address(b)).then(a.cmp(b)));
-    let mut kept: Vec<N> = Vec::with_capacity(networks.len());
-    let (mut duplicates, mut covered) = (0, 0);
-    for network in networks {
-        match kept.last() {
-            Some(last) if *last == network => duplicates += 1,
-            Some(last) if contains(last, &network) => covered += 1,
-            _ => kept.push(network),
+) -> Result<(Vec<(N, Reach)>, usize, usize), TooManyPortRanges> {
+    entries.sort();
+    let mut duplicates = 0;
+    let mut merged: Vec<(N, Reach)> = Vec::with_capacity(entries.len());
+    for (net, access) in entries {
+        match merged.last_mut() {
+            Some((last, last_access)) if *last == net => {
+                duplicates += 1;
+                *last_access = last_access.union(&access);
+            }
+            _ => merged.push((net, access)),
         }
     }
-    (kept, duplicates, covered)
-}
-
-/// Binary search in a sorted disjoint list: only the last prefix starting at or before
-/// the address can contain it.
-fn covering<N>(
-    sorted: &[N],
-    starts_at_or_before: impl Fn(&N) -> bool,
-    contains: impl Fn(&N) -> bool,
-) -> bool {
-    let candidates = sorted.partition_point(starts_at_or_before);
-    candidates > 0 && contains(&sorted[candidates - 1])
+    let mut covered = 0;
+    let mut kept: Vec<(N, Reach)> = Vec::with_capacity(merged.len());
+    let mut ancestors: Vec<usize> = Vec::new();
+    for (net, own) in merged {
+        while let Some(&top) = ancestors.last() {
+            if contains(&kept[top].0, &net) {
+                break;
+            }
+            ancestors.pop();
+        }
+        let inherited = ancestors.last().map(|&top| &kept[top].1);
+        let effective = match inherited {
+            Some(inherited) => inherited.union(&own),
+            None => own,
+        };
+        if inherited == Some(&effective) {
+            covered += 1;
+            continue;
+        }
+        if let Reach::Ports(ranges) = &effective {
+            if !ports::fits_kernel(ranges) {
+                return Err(TooManyPortRanges {
+                    network: net.to_string(),
+                    ranges: ranges.len(),
+                    max: allowlist_common::MAX_PORT_RANGES,
+                });
+            }
+        }
+        ancestors.push(kept.len());
+        kept.push((net, effective));
+    }
+    Ok((kept, duplicates, covered))
 }
 
 #[cfg(test)]
@@ -101,6 +224,17 @@ mod tests {
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
         list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn ports(list: &str) -> Reach {
+        Reach::from_ports(&ports::parse_list(list).unwrap())
+    }
+
+    fn v4(list: &CompiledList) -> Vec<String> {
+        list.v4
+            .iter()
+            .map(|(net, access)| format!("{net} {access:?}"))
+            .collect()
     }
 
     #[test]
@@ -115,20 +249,8 @@ mod tests {
             "2001:db8:1::/48",
             "2001:db9::1/128",
         ]));
-        assert_eq!(
-            list.v4,
-            [
-                "10.0.0.0/8".parse().unwrap(),
-                "192.0.2.0/24".parse().unwrap()
-            ]
-        );
-        assert_eq!(
-            list.v6,
-            [
-                "2001:db8::/32".parse::<Ipv6Net>().unwrap(),
-                "2001:db9::1/128".parse().unwrap()
-            ]
-        );
+        assert_eq!(v4(&list), ["10.0.0.0/8 All", "192.0.2.0/24 All"]);
+        assert_eq!(list.v6.len(), 2);
         assert_eq!(
             report,
             CompileReport {
@@ -144,8 +266,46 @@ mod tests {
     #[test]
     fn host_bits_are_cleared_before_comparing() {
         let (list, report) = CompiledList::compile(nets(&["192.0.2.77/24", "192.0.2.0/24"]));
-        assert_eq!(list.v4, ["192.0.2.0/24".parse().unwrap()]);
+        assert_eq!(v4(&list), ["192.0.2.0/24 All"]);
         assert_eq!(report.duplicates, 1);
+    }
+
+    #[test]
+    fn a_port_scoped_prefix_inside_an_allow_all_one_does_not_narrow_it() {
+        let entries = vec![
+            ("10.0.0.0/24".parse().unwrap(), Reach::All),
+            ("10.0.0.7/32".parse().unwrap(), ports("22/tcp")),
+        ];
+        let (list, report) = CompiledList::compile_with_ports(entries, &[]).unwrap();
+        assert_eq!(v4(&list), ["10.0.0.0/24 All"]);
+        assert_eq!(report.covered, 1);
+        assert_eq!(
+            list.access_of("10.0.0.7".parse().unwrap()),
+            Some(&Reach::All)
+        );
+    }
+
+    #[test]
+    fn nested_port_scopes_combine_and_the_longest_match_carries_the_union() {
+        let entries = vec![
+            ("10.0.0.0/24".parse().unwrap(), ports("443/tcp")),
+            ("10.0.0.7/32".parse().unwrap(), ports("22/tcp")),
+            ("10.0.0.8/32".parse().unwrap(), ports("443/tcp")),
+            ("10.0.0.9/32".parse().unwrap(), ports("22/tcp")),
+            ("10.0.0.9/32".parse().unwrap(), ports("5985-5986/tcp")),
+        ];
+        let (list, report) = CompiledList::compile_with_ports(entries, &[]).unwrap();
+        let seven = list.access_of("10.0.0.7".parse().unwrap()).unwrap();
+        assert!(seven.allows(6, 22) && seven.allows(6, 443) && !seven.allows(6, 80));
+        let nine = list.access_of("10.0.0.9".parse().unwrap()).unwrap();
+        assert!(nine.allows(6, 5986) && nine.allows(6, 443) && !nine.allows(17, 22));
+        assert_eq!(
+            list.access_of("10.0.0.8".parse().unwrap()),
+            Some(&ports("443/tcp")),
+            "the /24 decides"
+        );
+        assert_eq!((report.duplicates, report.covered), (1, 1));
+        assert!(list.access_of("10.0.1.1".parse().unwrap()).is_none());
     }
 
     #[test]
@@ -155,5 +315,13 @@ mod tests {
         assert!(list.covers_v4("10.200.0.1".parse().unwrap()));
         assert!(list.covers_v4("10.0.0.1".parse().unwrap()));
         assert!(!list.covers_v4("11.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn too_many_port_ranges_for_one_source_is_an_error_naming_it() {
+        let scattered: Vec<String> = (1..=17).map(|i| format!("{}/tcp", i * 10)).collect();
+        let entries = vec![("10.0.0.7/32".parse().unwrap(), ports(&scattered.join(",")))];
+        let error = CompiledList::compile_with_ports(entries, &[]).unwrap_err();
+        assert_eq!(error.network, "10.0.0.7/32");
     }
 }

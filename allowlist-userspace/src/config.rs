@@ -15,6 +15,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::ports::PortSpec;
+
 pub const DEFAULT_SOCKET: &str = "/run/allowlist/control.sock";
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/allowlist";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/allowlist";
@@ -72,6 +74,8 @@ pub struct AllowEntry {
     /// The network, host bits cleared.
     pub network: IpNet,
     pub description: String,
+    /// Destination ports the network may reach; empty means all.
+    pub ports: Vec<PortSpec>,
     /// Line of the entry's `cidr` in the config file, for messages.
     pub line: usize,
 }
@@ -93,6 +97,12 @@ pub struct Config {
     pub socket_group: Option<String>,
     /// Whether everyone may use read-only commands (status, stats, list, check, export).
     pub socket_readable_by_all: bool,
+    /// Replies to flows the host opened pass without listing the remote.
+    pub return_traffic: bool,
+    /// DHCP (and DHCPv6) replies to the host's client pass.
+    pub dhcp_client: bool,
+    /// Destination ports every source may reach.
+    pub public_ports: Vec<PortSpec>,
     /// Notes worth logging that do not stop the config from loading (e.g. host bits).
     pub warnings: Vec<String>,
 }
@@ -131,6 +141,12 @@ struct RawConfig {
     #[serde(default)]
     socket_readable_by_all: bool,
     #[serde(default)]
+    return_traffic: Option<bool>,
+    #[serde(default)]
+    dhcp_client: Option<bool>,
+    #[serde(default)]
+    public_ports: Vec<Spanned<String>>,
+    #[serde(default)]
     allow: Vec<RawAllow>,
     #[serde(default)]
     always: Vec<RawAllow>,
@@ -142,6 +158,8 @@ struct RawAllow {
     cidr: Spanned<String>,
     #[serde(default)]
     description: String,
+    #[serde(default)]
+    ports: Vec<Spanned<String>>,
 }
 
 impl Config {
@@ -204,9 +222,12 @@ impl Config {
                         "{shown}:{line}: {given} has host bits set; using {network}"
                     ));
                 }
+                let ports =
+                    parse_ports(entry.ports).map_err(|(span, message)| invalid(span, message))?;
                 entries.push(AllowEntry {
                     network,
                     description: entry.description,
+                    ports,
                     line,
                 });
             }
@@ -214,6 +235,8 @@ impl Config {
         };
         let allow = entries(raw.allow)?;
         let always = entries(raw.always)?;
+        let public_ports =
+            parse_ports(raw.public_ports).map_err(|(span, message)| invalid(span, message))?;
 
         let socket_group = match raw.socket_group {
             None => None,
@@ -245,6 +268,9 @@ impl Config {
             always,
             socket_group,
             socket_readable_by_all: raw.socket_readable_by_all,
+            return_traffic: raw.return_traffic.unwrap_or(true),
+            dhcp_client: raw.dhcp_client.unwrap_or(true),
+            public_ports,
             warnings,
         })
     }
@@ -292,6 +318,18 @@ pub fn parse_network(given: &str) -> Result<IpNet, String> {
             "invalid cidr {given:?}: expected an IPv4/IPv6 address (203.0.113.7, 2001:db8::7) or network (203.0.113.0/24, 2001:db8::/48)"
         )
     })
+}
+
+fn parse_ports(raw: Vec<Spanned<String>>) -> Result<Vec<PortSpec>, (Range<usize>, String)> {
+    raw.into_iter()
+        .map(|given| {
+            let span = given.span();
+            given
+                .into_inner()
+                .parse::<PortSpec>()
+                .map_err(|message| (span, message))
+        })
+        .collect()
 }
 
 fn syntax_error(path: &str, error: toml::de::Error) -> ConfigError {
@@ -343,6 +381,25 @@ cidr = "2001:db8::1"
         assert_eq!(config.allow[0].line, 6);
         assert_eq!(config.allow[1].network.to_string(), "2001:db8::1/128");
         assert_eq!(config.warnings.len(), 1, "host bits are reported");
+    }
+
+    #[test]
+    fn ports_public_ports_and_return_traffic_are_read() {
+        let config = parse(
+            "interfaces = [\"lo\"]\nreturn_traffic = false\npublic_ports = [\"443/tcp\"]\n[[allow]]\ncidr = \"10.0.0.1\"\nports = [\"22/tcp\", \"5985-5986/tcp\"]\n",
+        )
+        .unwrap();
+        assert!(!config.return_traffic && config.dhcp_client);
+        assert_eq!(config.public_ports[0].to_string(), "443/tcp");
+        assert_eq!(config.allow[0].ports.len(), 2);
+        let error =
+            parse("interfaces = [\"lo\"]\n[[allow]]\ncidr = \"10.0.0.1\"\nports = [\"22\"]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            error.starts_with("/etc/allowlist.toml:4: ") && error.contains("\"22\""),
+            "{error}"
+        );
     }
 
     #[test]

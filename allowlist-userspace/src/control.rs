@@ -24,6 +24,7 @@ use crate::{
     allowlist::{Entry, ImportPlan, ImportRow},
     config::Mode,
     filter::AttachedMode,
+    ports::PortSpec,
     safety::AtRisk,
 };
 
@@ -42,6 +43,9 @@ pub enum Request {
     Export,
     Check {
         address: IpAddr,
+        /// A destination port to judge, e.g. 22/tcp.
+        #[serde(default)]
+        port: Option<PortSpec>,
     },
     /// Re-read the config file; the reply comes once the kernel judges by it.
     Reload,
@@ -51,6 +55,9 @@ pub enum Request {
         description: Option<String>,
         #[serde(default)]
         expires_in_secs: Option<u64>,
+        /// Destination ports the network may reach; empty means all.
+        #[serde(default)]
+        ports: Vec<PortSpec>,
     },
     Remove {
         network: IpNet,
@@ -106,6 +113,8 @@ pub struct Safety {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckResult {
     pub address: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<PortSpec>,
     pub mode: Mode,
     /// "pass" or "drop".
     pub verdict: String,
@@ -113,6 +122,9 @@ pub struct CheckResult {
     pub reason: String,
     /// The longest listed prefix containing the address.
     pub entry: Option<Entry>,
+    /// When the address's longest match is port-scoped: the ports it may reach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_ports: Option<Vec<PortSpec>>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

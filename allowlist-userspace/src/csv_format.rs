@@ -211,7 +211,7 @@ mod tests {
                 let config = crate::config::Config::parse(std::path::Path::new("t.toml"), "interfaces = [\"lo\"]\nmode = \"off\"\n").unwrap();
                 let mut list = Allowlist::new(&config, vec![], &Default::default());
                 for (network, description) in &entries {
-                    list.add(*network, Some(description.clone()), None).unwrap();
+                    list.add(*network, Some(description.clone()), None, vec![]).unwrap();
                 }
                 let mut file = Vec::new();
                 write_rows(&mut file, list.managed().map(|e| (e.network, e.description.as_str()))).unwrap();

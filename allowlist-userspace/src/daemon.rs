@@ -24,13 +24,14 @@ use tracing::{error, info, warn};
 use crate::{
     access::{Access, Peer},
     allowlist::{now, Allowlist, ListError},
-    compile::CompiledList,
+    compile::{CompiledList, Reach},
     config::{Config, ConfigError, Mode},
     control::{
         self, CheckResult, CounterValue, EntryCounts, InterfaceStatus, Reply, Request, Safety,
         Stats, Status,
     },
     filter::{Filter, FilterError, Pins},
+    ports::PortSpec,
     safety::{cut_off, people_at_risk, Verdicts},
     state::{PendingConfirm, State, StateError},
 };
@@ -123,12 +124,8 @@ impl Daemon {
         let taking_over = Filter::is_pinned(&pins)?;
         let filter = Filter::open(pins, ebpf_debug_log)?;
         if taking_over {
-            info!(
-                mode = %filter.mode(),
-                ipv4 = filter.active_list().v4.len(),
-                ipv6 = filter.active_list().v6.len(),
-                "found a pinned filter still enforcing; taking it over"
-            );
+            let (ipv4, ipv6) = filter.entry_counts();
+            info!(mode = %filter.mode(), ipv4, ipv6, "found a pinned filter still enforcing; taking it over");
         }
         let mut daemon = Daemon {
             config,
@@ -193,12 +190,11 @@ impl Daemon {
         }
         self.config_mode = self.config.mode;
         self.persist()?;
+        let (ipv4, ipv6) = self.filter.entry_counts();
         Ok(format!(
-            "reloaded {}: mode {}, {} IPv4 and {} IPv6 prefixes",
+            "reloaded {}: mode {}, {ipv4} IPv4 and {ipv6} IPv6 prefixes",
             self.config.path.display(),
             self.mode,
-            self.filter.active_list().v4.len(),
-            self.filter.active_list().v6.len()
         ))
     }
 
@@ -209,14 +205,15 @@ impl Daemon {
         }
         self.filter
             .detach_others(&self.config.interfaces, &self.config.state_dir)?;
-        info!(mode = %self.mode, interfaces = ?self.config.interfaces, "enforcing");
+        let seeded = self.filter.seed_flows(&crate::flows::outbound())?;
+        info!(mode = %self.mode, interfaces = ?self.config.interfaces, return_traffic = self.config.return_traffic, seeded_flows = seeded, "enforcing");
         Ok(())
     }
 
     /// Makes the kernel judge by the current allowlist and mode: list first, so a
     /// stricter mode never meets a stale list.
     fn apply_to_kernel(&mut self) -> Result<(), DaemonError> {
-        let list = self.allowlist.compile();
+        let list = self.compiled()?;
         let applied = self.filter.apply(&list)?;
         info!(
             ipv4 = list.v4.len(),
@@ -226,8 +223,26 @@ impl Daemon {
             took = ?applied.took,
             "the kernel judges by the new list"
         );
+        self.filter.set_features(self.features())?;
         self.filter.set_mode(self.mode)?;
         Ok(())
+    }
+
+    fn features(&self) -> u32 {
+        let mut features = 0;
+        if self.config.return_traffic {
+            features |= allowlist_common::FEATURE_RETURN_TRAFFIC;
+        }
+        if self.config.dhcp_client {
+            features |= allowlist_common::FEATURE_DHCP_CLIENT;
+        }
+        features
+    }
+
+    fn compiled(&self) -> Result<CompiledList, DaemonError> {
+        self.allowlist
+            .compile()
+            .map_err(|error| DaemonError::Refused(error.to_string()))
     }
 
     /// Applies a new allowlist and mode to the kernel, then makes it durable. If either
@@ -279,8 +294,10 @@ impl Daemon {
         if safety.force {
             return Ok(());
         }
-        let now_list = self.allowlist.compile();
-        let next_list = next.compile();
+        let now_list = self.compiled()?;
+        let next_list = next
+            .compile()
+            .map_err(|error| Refusal::Error(error.to_string()))?;
         let loopback_protected = self.config.interfaces.iter().any(|name| name == "lo");
         let people = people_at_risk(safety.caller, loopback_protected);
         let cut = cut_off(
@@ -322,7 +339,7 @@ impl Daemon {
     }
 
     pub fn status(&self) -> Status {
-        let list = self.filter.active_list();
+        let (ipv4, ipv6) = self.filter.entry_counts();
         Status {
             mode: self.filter.mode(),
             confirm_deadline: self.pending_confirm.map(|pending| pending.deadline),
@@ -335,10 +352,7 @@ impl Daemon {
                     xdp_mode: *mode,
                 })
                 .collect(),
-            entries: EntryCounts {
-                ipv4: list.v4.len(),
-                ipv6: list.v6.len(),
-            },
+            entries: EntryCounts { ipv4, ipv6 },
             pin_path: self.config.pin_path.display().to_string(),
             config: self.config.path.display().to_string(),
         }
@@ -362,26 +376,45 @@ impl Daemon {
         })
     }
 
-    fn check(&self, address: std::net::IpAddr) -> CheckResult {
-        let list: &CompiledList = self.filter.active_list();
-        let listed = Verdicts {
-            list,
-            mode: Mode::Enforce,
-        }
-        .passes(address);
-        let (verdict, reason) = match (self.mode, listed) {
-            (Mode::Off, _) => ("pass", "passed_off"),
-            (_, true) => ("pass", "passed_listed"),
-            (Mode::Monitor, false) => ("pass", "monitor_would_drop"),
-            (Mode::Enforce, false) => ("drop", "dropped_not_listed"),
+    fn check(
+        &self,
+        address: std::net::IpAddr,
+        port: Option<PortSpec>,
+    ) -> Result<CheckResult, Refusal> {
+        let list = self.compiled()?;
+        let access = list.access_of(address);
+        let public = port.is_some_and(|port| {
+            list.public_ports
+                .iter()
+                .any(|range| range.contains(port.protocol, port.first))
+        });
+        // Without a port, a port-scoped entry decides nothing on its own.
+        let listed_for_port = match (access, port) {
+            (Some(access), Some(port)) => access.allows(port.protocol, port.first),
+            (Some(access), None) => *access == Reach::All,
+            (None, _) => false,
         };
-        CheckResult {
+        let (verdict, reason) = match (self.mode, listed_for_port, public, access.is_some()) {
+            (Mode::Off, ..) => ("pass", "passed_off"),
+            (_, true, _, _) => ("pass", "passed_listed"),
+            (_, false, true, _) => ("pass", "passed_public_port"),
+            (Mode::Monitor, false, false, true) => ("pass", "monitor_port_not_allowed"),
+            (Mode::Monitor, false, false, false) => ("pass", "monitor_would_drop"),
+            (Mode::Enforce, false, false, true) => ("drop", "dropped_port_not_allowed"),
+            (Mode::Enforce, false, false, false) => ("drop", "dropped_not_listed"),
+        };
+        Ok(CheckResult {
             address,
+            port,
             mode: self.mode,
             verdict: verdict.into(),
             reason: reason.into(),
+            allowed_ports: match access {
+                Some(Reach::Ports(ranges)) => Some(ranges.clone()),
+                _ => None,
+            },
             entry: self.allowlist.deciding_entry(address).cloned(),
-        }
+        })
     }
 
     /// Expires entries and reverts an unconfirmed activation whose time is up.
@@ -431,13 +464,14 @@ impl Daemon {
             Request::List | Request::Export => Ok(Reply::with_entries(
                 self.allowlist.entries().into_iter().cloned().collect(),
             )),
-            Request::Check { address } => Ok(Reply::with_check(self.check(address))),
+            Request::Check { address, port } => self.check(address, port).map(Reply::with_check),
             Request::Reload => self.reload().map(Reply::done).map_err(Refusal::from),
             Request::Add {
                 network,
                 description,
                 expires_in_secs,
-            } => self.add(network, description, expires_in_secs),
+                ports,
+            } => self.add(network, description, expires_in_secs, ports),
             Request::Remove { network, safety } => self.remove(network, &safety),
             Request::Import {
                 rows,
@@ -475,10 +509,13 @@ impl Daemon {
         network: ipnet::IpNet,
         description: Option<String>,
         expires_in_secs: Option<u64>,
+        ports: Vec<PortSpec>,
     ) -> Result<Reply, Refusal> {
         let mut next = self.allowlist.clone();
         let expires_at = expires_in_secs.map(|secs| now() + secs);
-        let new = next.add(network, description, expires_at)?;
+        let new = next.add(network, description, expires_at, ports)?;
+        next.compile()
+            .map_err(|error| Refusal::Error(error.to_string()))?;
         self.commit(next, self.mode, self.pending_confirm)?;
         let network = network.trunc();
         let expiry = expires_at

@@ -9,6 +9,7 @@
 //!   program          the XDP program
 //!   maps/NAME        every map of allowlist_common::MAP_*
 //!   links/IFNAME     one XDP link per protected interface
+//!   egress/IFNAME    one TC egress (TCX) link per protected interface: flow tracking
 //! ```
 
 use std::{
@@ -20,12 +21,16 @@ use std::{
 };
 
 use allowlist_common::{
-    AllowRule, Control, Counter, Ipv4Octets, Ipv6Octets, Reason, MAP_ALLOW_V4, MAP_ALLOW_V6,
-    MAP_CONTROL, MAP_COUNTERS, PROGRAM_NAME, SLOTS,
+    AllowRule, Control, Counter, FlowKey, FlowState, Ipv4Octets, Ipv6Octets, PortSet, Reason,
+    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONTROL, MAP_COUNTERS, MAP_FLOWS, MAP_PORT_SETS, MAX_PORT_SETS,
+    PROGRAM_NAME, PUBLIC_PORT_SET, RULE_PORTS, SLOTS,
 };
 use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, MapData, PerCpuArray},
-    programs::{links::FdLink, links::PinnedLink, xdp::XdpMode as KernelXdpMode, Xdp},
+    maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray},
+    programs::{
+        links::FdLink, links::PinnedLink, tc::SchedClassifierLink, tc::TcAttachOptions,
+        xdp::XdpMode as KernelXdpMode, LinkOrder, SchedClassifier, TcAttachType, Xdp,
+    },
     Ebpf, EbpfLoader,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -33,9 +38,13 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::{
-    compile::CompiledList,
+    compile::{CompiledList, Reach},
     config::{Mode, XdpMode},
+    ports::PortSpec,
 };
+
+/// Name of the TC egress program that records the flows the host opens.
+const EGRESS_PROGRAM_NAME: &str = "track_flows";
 
 /// The compiled XDP program, embedded so the installed daemon is self-contained.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/allowlist"));
@@ -91,6 +100,9 @@ impl Pins {
     fn link(&self, interface: &str) -> PathBuf {
         self.links().join(interface)
     }
+    fn egress_link(&self, interface: &str) -> PathBuf {
+        self.root.join("egress").join(interface)
+    }
     /// Interfaces that have a pinned link, i.e. that this filter protects now.
     fn pinned_interfaces(&self) -> Result<Vec<String>> {
         let dir = self.links();
@@ -123,16 +135,77 @@ pub struct Filter {
     pins: Pins,
     maps: Maps,
     control: Control,
-    /// What each slot of the tries holds now, read back from the kernel at start.
-    slots: [CompiledList; SLOTS],
+    /// What each slot holds now, read back from the kernel at start.
+    slots: [KernelSlot; SLOTS],
     attached: BTreeMap<String, AttachedMode>,
 }
 
 struct Maps {
     allow_v4: Vec<LpmTrie<MapData, Ipv4Octets, AllowRule>>,
     allow_v6: Vec<LpmTrie<MapData, Ipv6Octets, AllowRule>>,
+    port_sets: Vec<Array<MapData, PortSet>>,
     control: Array<MapData, Control>,
     counters: PerCpuArray<MapData, Counter>,
+    flows: BpfHashMap<MapData, FlowKey, FlowState>,
+}
+
+/// A compiled list in the kernel's terms: prefixes with rules, and the port sets the
+/// rules point at (index 0: the public ports).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct KernelSlot {
+    v4: Vec<(Ipv4Net, AllowRule)>,
+    v6: Vec<(Ipv6Net, AllowRule)>,
+    port_sets: Vec<PortSet>,
+}
+
+impl KernelSlot {
+    fn from_list(list: &CompiledList) -> Result<KernelSlot> {
+        let mut port_sets = vec![port_set(&list.public_ports)];
+        debug_assert_eq!(PUBLIC_PORT_SET, 0);
+        let mut ids: BTreeMap<Vec<PortSpec>, u32> = BTreeMap::new();
+        let mut rule = |access: &Reach| -> Result<AllowRule> {
+            match access {
+                Reach::All => Ok(AllowRule::ALLOW_ALL),
+                Reach::Ports(ranges) => {
+                    let next = port_sets.len() as u32;
+                    let id = *ids.entry(ranges.clone()).or_insert(next);
+                    if id == next {
+                        if next >= MAX_PORT_SETS {
+                            return Err(FilterError::Kernel {
+                                context: "compiling port scopes".into(),
+                                message: format!("more than {MAX_PORT_SETS} distinct port sets"),
+                            });
+                        }
+                        port_sets.push(port_set(ranges));
+                    }
+                    Ok(AllowRule {
+                        flags: RULE_PORTS,
+                        port_set: id,
+                    })
+                }
+            }
+        };
+        let v4 = list
+            .v4
+            .iter()
+            .map(|(net, access)| Ok((*net, rule(access)?)))
+            .collect::<Result<_>>()?;
+        let v6 = list
+            .v6
+            .iter()
+            .map(|(net, access)| Ok((*net, rule(access)?)))
+            .collect::<Result<_>>()?;
+        Ok(KernelSlot { v4, v6, port_sets })
+    }
+}
+
+fn port_set(ranges: &[PortSpec]) -> PortSet {
+    let mut set = PortSet::default();
+    for (slot, range) in set.ranges.iter_mut().zip(ranges) {
+        *slot = range.to_kernel();
+    }
+    set.len = ranges.len().min(set.ranges.len()) as u32;
+    set
 }
 
 /// Counters summed over CPUs, by reason.
@@ -151,7 +224,12 @@ impl Filter {
     /// time). Nothing is attached and no verdict changes yet.
     pub fn open(pins: Pins, ebpf_debug_log: bool) -> Result<Filter> {
         ensure_bpffs(pins.root())?;
-        for dir in [pins.root().to_path_buf(), pins.maps(), pins.links()] {
+        for dir in [
+            pins.root().to_path_buf(),
+            pins.maps(),
+            pins.links(),
+            pins.root().join("egress"),
+        ] {
             fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
         }
         // aya-log's level filter: 0 silences every log statement in the program.
@@ -166,6 +244,9 @@ impl Filter {
         program
             .load()
             .map_err(kernel_error("loading the XDP program into the kernel"))?;
+        egress_program_of(&mut ebpf)?.load().map_err(kernel_error(
+            "loading the TC egress program into the kernel",
+        ))?;
 
         if ebpf_debug_log {
             forward_program_log(&mut ebpf)?;
@@ -199,9 +280,34 @@ impl Filter {
         }
     }
 
-    /// The list the kernel judges by now.
-    pub fn active_list(&self) -> &CompiledList {
-        &self.slots[self.control.active_slot as usize % SLOTS]
+    /// Prefixes per family (IPv4, IPv6) in the list the kernel judges by now.
+    pub fn entry_counts(&self) -> (usize, usize) {
+        let slot = &self.slots[self.control.active_slot as usize % SLOTS];
+        (slot.v4.len(), slot.v6.len())
+    }
+
+    /// Turns features (`FEATURE_*`) on or off for the next packet.
+    pub fn set_features(&mut self, features: u32) -> Result<()> {
+        if self.control.features != features {
+            self.write_control(Control {
+                features,
+                ..self.control
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Records flows the host opened before tracking began (e.g. a download running when
+    /// the daemon starts), so their replies pass too.
+    pub fn seed_flows(&mut self, flows: &[FlowKey]) -> Result<usize> {
+        let now = boot_time_ns();
+        for flow in flows {
+            self.maps
+                .flows
+                .insert(flow, FlowState { last_seen_ns: now }, 0)
+                .map_err(kernel_error("seeding the flow table"))?;
+        }
+        Ok(flows.len())
     }
 
     pub fn attached(&self) -> &BTreeMap<String, AttachedMode> {
@@ -213,6 +319,8 @@ impl Filter {
     /// finished with the old slot is that one brought up to date too.
     pub fn apply(&mut self, list: &CompiledList) -> Result<ApplyReport> {
         let started = Instant::now();
+        let list = KernelSlot::from_list(list)?;
+        let list = &list;
         let active = self.control.active_slot as usize % SLOTS;
         let standby = 1 - active;
         self.write_slot(standby, list)?;
@@ -295,9 +403,50 @@ impl Filter {
             info!(interface, mode = ?mode, "attached the XDP program");
             mode
         };
+        self.attach_egress(interface)?;
         self.attached.insert(interface.to_string(), attached);
         AttachmentRecord(self.attached.clone()).store(state_dir);
         Ok(attached)
+    }
+
+    /// Attaches the flow tracker to the interface's egress (TCX, pinned), or swaps this
+    /// program into the link a previous daemon pinned.
+    fn attach_egress(&mut self, interface: &str) -> Result<()> {
+        let pin = self.pins.egress_link(interface);
+        let program = egress_program_of(&mut self.ebpf)?;
+        if pin.exists() {
+            let pinned = PinnedLink::from_pin(&pin).map_err(kernel_error(format!(
+                "opening the pinned link {}",
+                pin.display()
+            )))?;
+            let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+                .map_err(kernel_error(format!("{} is not a TC link", pin.display())))?;
+            let id = program.attach_to_link(link).map_err(kernel_error(format!(
+                "replacing the egress program on {interface}"
+            )))?;
+            let _ = program.take_link(id);
+            return Ok(());
+        }
+        let id = program
+            .attach_with_options(
+                interface,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(kernel_error(format!(
+                "attaching the TC egress flow tracker to {interface} (needs Linux 6.6+ for TCX)"
+            )))?;
+        let link = program.take_link(id).map_err(kernel_error(format!(
+            "taking the egress link on {interface}"
+        )))?;
+        let fd_link = FdLink::try_from(link).map_err(kernel_error(format!(
+            "the egress link on {interface} cannot be pinned"
+        )))?;
+        fd_link.pin(&pin).map_err(kernel_error(format!(
+            "pinning the egress link at {}",
+            pin.display()
+        )))?;
+        Ok(())
     }
 
     /// Detaches from pinned interfaces that are no longer configured.
@@ -306,6 +455,7 @@ impl Filter {
             if !keep.contains(&interface) {
                 let pin = self.pins.link(&interface);
                 fs::remove_file(&pin).map_err(io_error(format!("removing {}", pin.display())))?;
+                let _ = fs::remove_file(self.pins.egress_link(&interface));
                 self.attached.remove(&interface);
                 info!(interface, "detached: no longer in the config");
             }
@@ -361,19 +511,29 @@ impl Filter {
         Ok(())
     }
 
-    fn write_slot(&mut self, slot: usize, list: &CompiledList) -> Result<ApplyReport> {
+    fn write_slot(&mut self, slot: usize, list: &KernelSlot) -> Result<ApplyReport> {
+        // Port sets first: rules written below may point at them.
+        let sets = &mut self.maps.port_sets[slot];
+        for (index, set) in list.port_sets.iter().enumerate() {
+            if self.slots[slot].port_sets.get(index) != Some(set) {
+                sets.set(index as u32, set, 0)
+                    .map_err(kernel_error(format!(
+                        "writing port set {index} of slot {slot}"
+                    )))?;
+            }
+        }
         let current = &self.slots[slot];
-        let (v4_add, v4_remove) = diff(&current.v4, &list.v4);
-        let (v6_add, v6_remove) = diff(&current.v6, &list.v6);
+        let (v4_upsert, v4_remove) = diff(&current.v4, &list.v4);
+        let (v6_upsert, v6_remove) = diff(&current.v6, &list.v6);
         let trie_v4 = &mut self.maps.allow_v4[slot];
         for net in &v4_remove {
             trie_v4
                 .remove(&key_v4(net))
                 .map_err(kernel_error(format!("removing {net} from slot {slot}")))?;
         }
-        for net in &v4_add {
+        for (net, rule) in &v4_upsert {
             trie_v4
-                .insert(&key_v4(net), AllowRule::ALLOW_ALL, 0)
+                .insert(&key_v4(net), rule, 0)
                 .map_err(kernel_error(format!("adding {net} to slot {slot}")))?;
         }
         let trie_v6 = &mut self.maps.allow_v6[slot];
@@ -382,14 +542,14 @@ impl Filter {
                 .remove(&key_v6(net))
                 .map_err(kernel_error(format!("removing {net} from slot {slot}")))?;
         }
-        for net in &v6_add {
+        for (net, rule) in &v6_upsert {
             trie_v6
-                .insert(&key_v6(net), AllowRule::ALLOW_ALL, 0)
+                .insert(&key_v6(net), rule, 0)
                 .map_err(kernel_error(format!("adding {net} to slot {slot}")))?;
         }
         self.slots[slot] = list.clone();
         Ok(ApplyReport {
-            added: v4_add.len() + v6_add.len(),
+            added: v4_upsert.len() + v6_upsert.len(),
             removed: v4_remove.len() + v6_remove.len(),
             took: Duration::ZERO,
         })
@@ -416,48 +576,66 @@ impl Maps {
                     .map_err(kernel_error(MAP_ALLOW_V6[slot]))?,
             );
         }
+        let mut port_sets = Vec::with_capacity(SLOTS);
+        for name in MAP_PORT_SETS {
+            port_sets.push(Array::try_from(take(name)?).map_err(kernel_error(name))?);
+        }
         Ok(Maps {
             allow_v4,
             allow_v6,
+            port_sets,
+            flows: BpfHashMap::try_from(take(MAP_FLOWS)?).map_err(kernel_error(MAP_FLOWS))?,
             control: Array::try_from(take(MAP_CONTROL)?).map_err(kernel_error(MAP_CONTROL))?,
             counters: PerCpuArray::try_from(take(MAP_COUNTERS)?)
                 .map_err(kernel_error(MAP_COUNTERS))?,
         })
     }
 
-    fn read_slot(&self, slot: usize) -> Result<CompiledList> {
-        let mut list = CompiledList::default();
-        for key in self.allow_v4[slot].keys() {
-            let key = key.map_err(kernel_error(format!("reading {}", MAP_ALLOW_V4[slot])))?;
+    fn read_slot(&self, slot: usize) -> Result<KernelSlot> {
+        let mut list = KernelSlot::default();
+        for entry in self.allow_v4[slot].iter() {
+            let (key, rule) =
+                entry.map_err(kernel_error(format!("reading {}", MAP_ALLOW_V4[slot])))?;
             let net = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
                 .map_err(kernel_error(format!("reading {}", MAP_ALLOW_V4[slot])))?;
-            list.v4.push(net);
+            list.v4.push((net, rule));
         }
-        for key in self.allow_v6[slot].keys() {
-            let key = key.map_err(kernel_error(format!("reading {}", MAP_ALLOW_V6[slot])))?;
+        for entry in self.allow_v6[slot].iter() {
+            let (key, rule) =
+                entry.map_err(kernel_error(format!("reading {}", MAP_ALLOW_V6[slot])))?;
             let net = Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8)
                 .map_err(kernel_error(format!("reading {}", MAP_ALLOW_V6[slot])))?;
-            list.v6.push(net);
+            list.v6.push((net, rule));
         }
-        list.v4.sort_unstable();
-        list.v6.sort_unstable();
+        list.v4.sort_unstable_by_key(|(net, _)| *net);
+        list.v6.sort_unstable_by_key(|(net, _)| *net);
+        // Port sets are rewritten whole on the next apply; nothing to read back.
         Ok(list)
     }
 }
 
-/// The prefixes to add to and remove from `current` to make it `wanted` (both sorted).
-fn diff<N: Ord + Copy>(current: &[N], wanted: &[N]) -> (Vec<N>, Vec<N>) {
-    let add = wanted
+/// The prefixes to write (new, or with a new rule) and to remove to turn `current` into
+/// `wanted`; both sorted by prefix.
+fn diff<N: Ord + Copy>(
+    current: &[(N, AllowRule)],
+    wanted: &[(N, AllowRule)],
+) -> (Vec<(N, AllowRule)>, Vec<N>) {
+    let find = |list: &[(N, AllowRule)], net: &N| {
+        list.binary_search_by(|(n, _)| n.cmp(net))
+            .ok()
+            .map(|i| list[i].1)
+    };
+    let upsert = wanted
         .iter()
-        .filter(|n| current.binary_search(n).is_err())
+        .filter(|(net, rule)| find(current, net) != Some(*rule))
         .copied()
         .collect();
     let remove = current
         .iter()
-        .filter(|n| wanted.binary_search(n).is_err())
-        .copied()
+        .filter(|(net, _)| find(wanted, net).is_none())
+        .map(|(net, _)| *net)
         .collect();
-    (add, remove)
+    (upsert, remove)
 }
 
 fn key_v4(net: &Ipv4Net) -> Key<Ipv4Octets> {
@@ -466,6 +644,23 @@ fn key_v4(net: &Ipv4Net) -> Key<Ipv4Octets> {
 
 fn key_v6(net: &Ipv6Net) -> Key<Ipv6Octets> {
     Key::new(u32::from(net.prefix_len()), net.network().octets())
+}
+
+fn egress_program_of(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    ebpf.program_mut(EGRESS_PROGRAM_NAME)
+        .ok_or_else(|| FilterError::Kernel {
+            context: "loading the TC egress program".into(),
+            message: format!("the object has no program {EGRESS_PROGRAM_NAME}"),
+        })?
+        .try_into()
+        .map_err(kernel_error("loading the TC egress program"))
+}
+
+/// CLOCK_BOOTTIME in nanoseconds: the clock of bpf_ktime_get_boot_ns.
+fn boot_time_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|time| time.tv_sec() as u64 * 1_000_000_000 + time.tv_nsec() as u64)
+        .unwrap_or(0)
 }
 
 fn program_of(ebpf: &mut Ebpf) -> Result<&mut Xdp> {

@@ -13,5 +13,7 @@ pub mod csv_format;
 pub mod daemon;
 pub mod durable;
 pub mod filter;
+pub mod flows;
+pub mod ports;
 pub mod safety;
 pub mod state;

@@ -107,25 +107,29 @@ pub fn inbound_tcp_peers() -> Vec<(IpAddr, u16)> {
         .collect()
 }
 
-const TCP_ESTABLISHED: u8 = 0x01;
-const TCP_LISTEN: u8 = 0x0A;
+pub(crate) const TCP_ESTABLISHED: u8 = 0x01;
+pub(crate) const TCP_LISTEN: u8 = 0x0A;
 
-struct ProcTcpSocket {
-    local_port: u16,
-    remote: IpAddr,
-    state: u8,
+pub(crate) struct ProcTcpSocket {
+    pub local: IpAddr,
+    pub local_port: u16,
+    pub remote: IpAddr,
+    pub remote_port: u16,
+    pub state: u8,
 }
 
 /// Parses `sl local_address rem_address st …` where addresses are the kernel's raw
 /// 32-bit words in hex (so byte-swapped on little-endian hosts) and ports are hex.
-fn parse_proc_tcp_line(line: &str) -> Option<ProcTcpSocket> {
+pub(crate) fn parse_proc_tcp_line(line: &str) -> Option<ProcTcpSocket> {
     let mut fields = line.split_whitespace().skip(1);
-    let (_, local_port) = fields.next()?.split_once(':')?;
-    let (remote, _) = fields.next()?.split_once(':')?;
+    let (local, local_port) = fields.next()?.split_once(':')?;
+    let (remote, remote_port) = fields.next()?.split_once(':')?;
     let state = u8::from_str_radix(fields.next()?, 16).ok()?;
     Some(ProcTcpSocket {
+        local: parse_proc_address(local)?,
         local_port: u16::from_str_radix(local_port, 16).ok()?,
         remote: parse_proc_address(remote)?,
+        remote_port: u16::from_str_radix(remote_port, 16).ok()?,
         state,
     })
 }
@@ -143,7 +147,7 @@ fn parse_proc_address(hex: &str) -> Option<IpAddr> {
 }
 
 /// IPv4 clients of IPv6 sockets appear as ::ffff:a.b.c.d; the filter sees them as IPv4.
-fn unmap(address: IpAddr) -> IpAddr {
+pub(crate) fn unmap(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(address, IpAddr::V4),
         v4 => v4,

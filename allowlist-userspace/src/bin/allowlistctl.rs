@@ -14,6 +14,7 @@ use allowlist_userspace::{
     config::{parse_network, Mode},
     control::{self, CheckResult, Reply, Request, Safety, Stats, Status},
     csv_format,
+    ports::PortSpec,
 };
 use clap::{CommandFactory, Parser, Subcommand};
 use ipnet::IpNet;
@@ -58,7 +59,8 @@ enum Command {
     #[command(after_help = "Examples:
   allowlistctl add 203.0.113.0/24 --description \"office VPN\"
   allowlistctl add 2001:db8:1234::/48
-  allowlistctl add 198.51.100.7 --expires 2h   # leaves the kernel in two hours")]
+  allowlistctl add 198.51.100.7 --expires 2h   # leaves the kernel in two hours
+  allowlistctl add 192.0.2.10 --ports 22/tcp,5985-5986/tcp -d \"deploy host: SSH, WinRM\"")]
     Add {
         /// IPv4/IPv6 address or CIDR network.
         network: String,
@@ -67,6 +69,9 @@ enum Command {
         /// Make the entry temporary: 30s, 15m, 2h, 7d, …
         #[arg(long, value_parser = parse_duration)]
         expires: Option<Duration>,
+        /// Limit the entry to destination ports: 22/tcp,5985-5986/tcp (default: all).
+        #[arg(long, value_delimiter = ',')]
+        ports: Vec<PortSpec>,
     },
     /// Remove an address or network added with allowlistctl.
     #[command(after_help = "Examples:
@@ -88,10 +93,13 @@ enum Command {
     },
     /// The verdict the kernel gives a source now, and the entry that decides it.
     #[command(
-        after_help = "Examples:\n  allowlistctl check 203.0.113.9\n  allowlistctl check 2001:db8::1 --json"
+        after_help = "Examples:\n  allowlistctl check 203.0.113.9\n  allowlistctl check 192.0.2.10 --port 22/tcp\n  allowlistctl check 2001:db8::1 --json"
     )]
     Check {
         address: IpAddr,
+        /// Judge a packet to this destination port, e.g. 22/tcp.
+        #[arg(long)]
+        port: Option<PortSpec>,
         #[arg(long)]
         json: bool,
     },
@@ -222,12 +230,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             network,
             description,
             expires,
+            ports,
         } => {
             let network = network_argument(&network)?;
             let reply = ask(&Request::Add {
                 network,
                 description,
                 expires_in_secs: expires.map(|d| d.as_secs().max(1)),
+                ports,
             })?;
             print_message(&reply);
             Ok(())
@@ -250,8 +260,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Check { address, json } => {
-            let reply = ask(&Request::Check { address })?;
+        Command::Check {
+            address,
+            port,
+            json,
+        } => {
+            let reply = ask(&Request::Check { address, port })?;
             let check = reply
                 .check
                 .ok_or_else(|| Failure::error("the daemon sent no verdict"))?;
@@ -436,6 +450,8 @@ fn read_csv(file: &PathBuf) -> Result<Vec<allowlist_userspace::allowlist::Import
 struct EntryView<'a> {
     network: IpNet,
     description: &'a str,
+    /// Destination ports; empty means all.
+    ports: Vec<String>,
     origin: String,
     added_at: String,
     expires_at: Option<String>,
@@ -446,6 +462,7 @@ impl<'a> From<&'a Entry> for EntryView<'a> {
         EntryView {
             network: entry.network,
             description: &entry.description,
+            ports: entry.ports.iter().map(ToString::to_string).collect(),
             origin: entry.origin.to_string(),
             added_at: format_time(entry.added_at),
             expires_at: entry.expires_at.map(format_time),
@@ -487,11 +504,23 @@ fn table(header: &[&str]) -> comfy_table::Table {
 }
 
 fn print_entries(entries: &[Entry]) {
-    let mut out = table(&["NETWORK", "DESCRIPTION", "ORIGIN", "ADDED", "EXPIRES"]);
+    let mut out = table(&[
+        "NETWORK",
+        "PORTS",
+        "DESCRIPTION",
+        "ORIGIN",
+        "ADDED",
+        "EXPIRES",
+    ]);
     for entry in entries {
         let view = EntryView::from(entry);
         out.add_row(vec![
             view.network.to_string(),
+            if view.ports.is_empty() {
+                "all".to_string()
+            } else {
+                view.ports.join(",")
+            },
             view.description.replace('\n', " "),
             view.origin,
             view.added_at,
@@ -516,9 +545,23 @@ fn print_check(check: &CheckResult) {
         ),
         None => "not listed".into(),
     };
+    let target = match check.port {
+        Some(port) => format!("{} to {port}", check.address),
+        None => check.address.to_string(),
+    };
+    let ports = match &check.allowed_ports {
+        Some(ports) => format!(
+            "; it may reach only {}",
+            ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        None => String::new(),
+    };
     println!(
-        "{}: {} — {decided}; mode {}, counted as {}",
-        check.address,
+        "{target}: {} — {decided}{ports}; mode {}, counted as {}",
         check.verdict.to_uppercase(),
         check.mode,
         check.reason
