@@ -379,10 +379,10 @@ description = "metadata"
     fn re_adding_updates_the_description_or_clears_it() {
         let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
         assert!(list
-            .add(net("203.0.113.0/24"), Some("office".into()), None)
+            .add(net("203.0.113.0/24"), Some("office".into()), None, vec![])
             .unwrap());
         assert!(!list
-            .add(net("203.0.113.9/24"), Some("new office".into()), None)
+            .add(net("203.0.113.9/24"), Some("new office".into()), None, vec![])
             .unwrap());
         assert_eq!(list.managed().next().unwrap().description, "new office");
         assert!(!list.add(net("203.0.113.0/24"), None, None, vec![]).unwrap());
