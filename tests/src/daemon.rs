@@ -89,6 +89,10 @@ pub struct ConfigBuilder {
     always: Vec<(String, String)>,
     socket_group: Option<String>,
     socket_readable_by_all: bool,
+    /// Port scopes of `allow` entries, by their index.
+    allow_ports: Vec<(usize, Vec<String>)>,
+    return_traffic: Option<bool>,
+    public_ports: Vec<String>,
 }
 
 impl ConfigBuilder {
@@ -102,6 +106,9 @@ impl ConfigBuilder {
             always: Vec::new(),
             socket_group: None,
             socket_readable_by_all: false,
+            allow_ports: Vec::new(),
+            return_traffic: None,
+            public_ports: Vec::new(),
         }
     }
 
@@ -148,6 +155,28 @@ impl ConfigBuilder {
         self
     }
 
+    /// An `[[allow]]` entry limited to destination ports (`ports = ["22/tcp", …]`).
+    pub fn allow_ports(mut self, cidr: impl ToString, description: &str, ports: &[&str]) -> Self {
+        self.allow_ports.push((
+            self.allow.len(),
+            ports.iter().map(|port| port.to_string()).collect(),
+        ));
+        self.allow.push((cidr.to_string(), description.into()));
+        self
+    }
+
+    /// `return_traffic = true|false` (the daemon's default is true).
+    pub fn return_traffic(mut self, enabled: bool) -> Self {
+        self.return_traffic = Some(enabled);
+        self
+    }
+
+    /// `public_ports = [...]`: reachable from every source.
+    pub fn public_ports(mut self, ports: &[&str]) -> Self {
+        self.public_ports = ports.iter().map(|port| port.to_string()).collect();
+        self
+    }
+
     /// `socket_readable_by_all = true|false`: everyone may run read-only commands.
     pub fn socket_readable_by_all(mut self, readable: bool) -> Self {
         self.socket_readable_by_all = readable;
@@ -175,12 +204,24 @@ impl ConfigBuilder {
         if self.socket_readable_by_all {
             toml.push_str("socket_readable_by_all = true\n");
         }
-        for (cidr, description) in &self.allow {
+        if let Some(enabled) = self.return_traffic {
+            toml.push_str(&format!("return_traffic = {enabled}\n"));
+        }
+        if !self.public_ports.is_empty() {
+            toml.push_str(&format!(
+                "public_ports = {}\n",
+                toml_list(&self.public_ports)
+            ));
+        }
+        for (index, (cidr, description)) in self.allow.iter().enumerate() {
             toml.push_str(&format!(
                 "\n[[allow]]\ncidr = {}\ndescription = {}\n",
                 toml_string(cidr),
                 toml_string(description)
             ));
+            if let Some((_, ports)) = self.allow_ports.iter().find(|(at, _)| *at == index) {
+                toml.push_str(&format!("ports = {}\n", toml_list(ports)));
+            }
         }
         for (cidr, description) in &self.always {
             toml.push_str(&format!(
@@ -191,6 +232,11 @@ impl ConfigBuilder {
         }
         toml
     }
+}
+
+fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|item| toml_string(item)).collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 /// A command prefix running what follows as `uid`/`gid` with no other groups (or with
