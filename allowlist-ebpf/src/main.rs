@@ -268,7 +268,7 @@ fn is_reply(ip: &IpHeader, transport: &Transport, source_port: u16, destination_
         _pad: [0; 3],
     };
     // SAFETY: the value is plain data; a concurrent refresh can only make it newer.
-    let Some(state) = (unsafe { FLOWS.get(&key) }) else {
+    let Some(state) = (unsafe { FLOWS.get(key) }) else {
         return false;
     };
     let idle = match protocol {
@@ -295,15 +295,15 @@ fn remember_fragment_train(ip: &IpHeader, transport: &Transport) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     let _ = FRAGMENTS.insert(
-        &fragment_key(ip, transport),
-        &FlowState { last_seen_ns: now },
+        fragment_key(ip, transport),
+        FlowState { last_seen_ns: now },
         0,
     );
 }
 
 fn fragment_train_admitted(ip: &IpHeader, transport: &Transport) -> bool {
     // SAFETY: plain data, as above.
-    let Some(state) = (unsafe { FRAGMENTS.get(&fragment_key(ip, transport)) }) else {
+    let Some(state) = (unsafe { FRAGMENTS.get(fragment_key(ip, transport)) }) else {
         return false;
     };
     // SAFETY: helper without arguments.
@@ -373,11 +373,11 @@ fn track(ctx: &TcContext) {
     };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    if let Some(state) = FLOWS.get_ptr_mut(&key) {
+    if let Some(state) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a valid map value pointer; a racing writer stores a similar time.
         unsafe { (*state).last_seen_ns = now };
     } else if opens {
-        let _ = FLOWS.insert(&key, &FlowState { last_seen_ns: now }, 0);
+        let _ = FLOWS.insert(key, FlowState { last_seen_ns: now }, 0);
     }
 }
 

@@ -382,7 +382,12 @@ description = "metadata"
             .add(net("203.0.113.0/24"), Some("office".into()), None, vec![])
             .unwrap());
         assert!(!list
-            .add(net("203.0.113.9/24"), Some("new office".into()), None, vec![])
+            .add(
+                net("203.0.113.9/24"),
+                Some("new office".into()),
+                None,
+                vec![]
+            )
             .unwrap());
         assert_eq!(list.managed().next().unwrap().description, "new office");
         assert!(!list.add(net("203.0.113.0/24"), None, None, vec![]).unwrap());

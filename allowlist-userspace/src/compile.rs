@@ -166,12 +166,15 @@ fn longest_match<N: Ord>(
     })
 }
 
+/// The kept prefixes with their reach, and how many were duplicates and covered.
+type Folded<N> = (Vec<(N, Reach)>, usize, usize);
+
 /// Sorted by (address, length), a prefix comes after every prefix containing it, so a
 /// stack of the kept prefixes containing the current one gives what it inherits.
 fn fold<N: Ord + Copy + std::fmt::Display>(
     mut entries: Vec<(N, Reach)>,
     contains: impl Fn(&N, &N) -> bool,
-) -> Result<(Vec<(N, Reach)>, usize, usize), TooManyPortRanges> {
+) -> Result<Folded<N>, TooManyPortRanges> {
     entries.sort();
     let mut duplicates = 0;
     let mut merged: Vec<(N, Reach)> = Vec::with_capacity(entries.len());

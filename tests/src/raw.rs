@@ -222,6 +222,39 @@ pub fn send_frames(netns: &Netns, dev: &str, frame: &UdpFrame, count: u64) -> Re
     Ok(count)
 }
 
+/// Writes already-built frames (any protocol) onto `dev` in `netns`, in order, paced
+/// like [`send_frames`]. For frames [`UdpFrame`] cannot describe (IPv6, fragments,
+/// extension headers).
+pub fn send_raw_frames(
+    netns: &Netns,
+    dev: &str,
+    dst_mac: [u8; 6],
+    frames: &[Vec<u8>],
+) -> Result<()> {
+    let (socket, index) = bound_packet_socket(netns, dev, 0)?;
+    let mut address = link_address(index, 0);
+    address.sll_addr[..6].copy_from_slice(&dst_mac);
+    for (number, bytes) in frames.iter().enumerate() {
+        // SAFETY: sendto with a live buffer and a live sockaddr_ll of exact size.
+        let sent = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                0,
+                (&address as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if sent != bytes.len() as isize {
+            return Err(io::Error::last_os_error())
+                .with_context(|| format!("sending raw frame {number} on {dev}"));
+        }
+        thread::sleep(UDP_PACING);
+    }
+    Ok(())
+}
+
 /// Records IPv4/UDP frames received on one interface, per source address, after XDP:
 /// a frame the program dropped never reaches it.
 pub struct FrameTap {
