@@ -35,7 +35,7 @@ use aya::{
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     compile::{CompiledList, Reach},
@@ -403,7 +403,11 @@ impl Filter {
             info!(interface, mode = ?mode, "attached the XDP program");
             mode
         };
-        self.attach_egress(interface)?;
+        if let Err(error) = self.attach_egress(interface) {
+            // Without the tracker, replies to the host's own connections from unlisted
+            // peers are dropped; that is still safer than no filter at all.
+            error!(interface, %error, "cannot attach the egress flow tracker: replies to connections this host opens will pass only from listed sources");
+        }
         self.attached.insert(interface.to_string(), attached);
         AttachmentRecord(self.attached.clone()).store(state_dir);
         Ok(attached)
