@@ -48,6 +48,10 @@ const EGRESS_PROGRAM_NAME: &str = "track_flows";
 
 /// The compiled XDP program, embedded so the installed daemon is self-contained.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/allowlist"));
+/// Helper programs for `cargo xtask bench` (no-op, drop-all, traffic generator); never
+/// loaded by the daemon.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/allowlist-bench"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 

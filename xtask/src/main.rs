@@ -4,6 +4,7 @@
 //! to compile on a fresh machine before bpf-linker exists, because `cargo xtask setup` is
 //! what installs bpf-linker.
 
+mod bench;
 mod demo;
 mod lint;
 mod process;
@@ -61,6 +62,13 @@ enum Task {
     /// Show the filter at work between network namespaces (as root; real interfaces are
     /// never touched)
     Demo,
+    /// Measure the filter against nftables and iptables + ipset (as root), print the tables
+    /// and write BENCHMARKS.md; about 10 minutes
+    Bench {
+        /// Fewer runs and shorter samples: a few minutes
+        #[arg(long)]
+        quick: bool,
+    },
     /// Check formatting and run clippy with warnings denied, on userspace and the XDP program
     Lint,
 }
@@ -88,6 +96,7 @@ fn perform(task: Task) -> anyhow::Result<()> {
         Task::Run { release, args } => run::run_daemon(release, &args),
         Task::Test { test_threads, args } => test_suite::test(test_threads, &args),
         Task::Demo => demo::demo(),
+        Task::Bench { quick } => bench::bench(quick),
         Task::Lint => lint::lint(),
     }
 }

@@ -1,0 +1,221 @@
+//! The allowlists the benchmarks load, and sources inside and outside them.
+//!
+//! Every list is generated from a fixed seed, so every run (and every tool compared in one
+//! run) sees the same prefixes. Lists are already minimal (no duplicates, nothing covered
+//! by a shorter prefix): the N of a figure is the number of prefixes the kernel holds.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use allowlist_userspace::compile::CompiledList;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+/// splitmix64: small, fast, and good enough to scatter addresses.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..bound` (bound > 0; the modulo bias is irrelevant here).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound
+    }
+}
+
+/// Which shape of list a figure uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// IPv4 host addresses, consecutive from 16.0.0.0: the "dense /32 keys" of the
+    /// published LPM trie figures.
+    V4Dense,
+    /// IPv4 networks of mixed prefix lengths (mostly /24, some /32 and shorter),
+    /// scattered over 1.0.0.0–223.255.255.255.
+    V4Mixed,
+    /// IPv6 networks of mixed prefix lengths (/32–/64 and /128), scattered over 2000::/3.
+    V6Mixed,
+}
+
+impl Shape {
+    pub const ALL: [Shape; 3] = [Shape::V4Dense, Shape::V4Mixed, Shape::V6Mixed];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Shape::V4Dense => "v4_dense32",
+            Shape::V4Mixed => "v4_mixed",
+            Shape::V6Mixed => "v6_mixed",
+        }
+    }
+}
+
+/// A list and two sources to judge against it.
+pub struct BenchList {
+    pub list: CompiledList,
+    /// Inside a listed network.
+    pub listed: IpAddr,
+    /// Covered by no listed network.
+    pub unlisted: IpAddr,
+}
+
+pub fn build(shape: Shape, entries: usize, seed: u64) -> BenchList {
+    let mut rng = Rng::new(seed ^ entries as u64);
+    match shape {
+        Shape::V4Dense => {
+            let base = u32::from(Ipv4Addr::new(16, 0, 0, 0));
+            let hosts = (0..entries as u32)
+                .map(|i| IpNet::V4(Ipv4Net::new(Ipv4Addr::from(base + i), 32).expect("valid /32")));
+            BenchList {
+                list: CompiledList::compile(hosts).0,
+                listed: Ipv4Addr::from(base + entries as u32 / 2).into(),
+                // Right after the last key: it shares the longest prefix with the list.
+                unlisted: Ipv4Addr::from(base + entries as u32).into(),
+            }
+        }
+        Shape::V4Mixed => {
+            let list = mixed_v4(entries, &mut rng);
+            let listed = listed_v4(&list, &mut rng).into();
+            let unlisted = unlisted_v4(&list, &mut rng).into();
+            BenchList {
+                list,
+                listed,
+                unlisted,
+            }
+        }
+        Shape::V6Mixed => {
+            let list = exactly(entries, &mut rng, |rng| IpNet::V6(random_v6_net(rng)));
+            let (net, _) = list.v6[rng.below(list.v6.len() as u64) as usize];
+            let host_bits = 128 - u32::from(net.prefix_len());
+            let offset = if host_bits == 0 {
+                0
+            } else {
+                u128::from(rng.next_u64()) & (u128::MAX >> (128 - host_bits.min(64)))
+            };
+            let listed = Ipv6Addr::from(u128::from(net.network()) | offset);
+            let unlisted = loop {
+                let candidate = random_v6(&mut rng);
+                if !list.covers_v6(candidate) {
+                    break candidate;
+                }
+            };
+            BenchList {
+                list,
+                listed: listed.into(),
+                unlisted: unlisted.into(),
+            }
+        }
+    }
+}
+
+/// IPv4 networks of mixed lengths, roughly as in routing tables and real allowlists.
+pub fn mixed_v4(entries: usize, rng: &mut Rng) -> CompiledList {
+    exactly(entries, rng, |rng| IpNet::V4(random_v4_net(rng)))
+}
+
+/// An address inside a randomly chosen listed IPv4 network.
+pub fn listed_v4(list: &CompiledList, rng: &mut Rng) -> Ipv4Addr {
+    let (net, _) = list.v4[rng.below(list.v4.len() as u64) as usize];
+    let size = 1u64 << (32 - u32::from(net.prefix_len()));
+    Ipv4Addr::from(u32::from(net.network()) + rng.below(size) as u32)
+}
+
+/// A random IPv4 address (1.0.0.0–223.255.255.255) that no listed network covers.
+pub fn unlisted_v4(list: &CompiledList, rng: &mut Rng) -> Ipv4Addr {
+    loop {
+        let candidate = random_v4(rng);
+        if !list.covers_v4(candidate) {
+            return candidate;
+        }
+    }
+}
+
+/// A random address in 1.0.0.0–223.255.255.255 (no multicast or reserved), outside
+/// [`KEPT_OUT`].
+fn random_v4(rng: &mut Rng) -> Ipv4Addr {
+    const FIRST: u32 = 0x0100_0000; // 1.0.0.0
+    const END: u32 = 0xe000_0000; // 224.0.0.0
+    loop {
+        let address = Ipv4Addr::from(FIRST + rng.below(u64::from(END - FIRST)) as u32);
+        if !KEPT_OUT.contains(&address) {
+            return address;
+        }
+    }
+}
+
+/// TEST-NET-3, kept out of every generated list and source, so the benchmarks can add
+/// an address from it as a new entry.
+pub const KEPT_OUT: Ipv4Net = Ipv4Net::new_assert(Ipv4Addr::new(203, 0, 113, 0), 24);
+
+fn random_v4_net(rng: &mut Rng) -> Ipv4Net {
+    loop {
+        let net = draw_v4_net(rng);
+        if !net.contains(&KEPT_OUT) && !KEPT_OUT.contains(&net) {
+            return net;
+        }
+    }
+}
+
+fn draw_v4_net(rng: &mut Rng) -> Ipv4Net {
+    // Percent of entries per prefix length.
+    let prefix_len = match rng.below(100) {
+        0..=49 => 24,
+        50..=64 => 32,
+        65..=74 => 23,
+        75..=82 => 22,
+        83..=89 => 20 + rng.below(2) as u8,
+        90 => 16 + rng.below(4) as u8,
+        _ => 25 + rng.below(6) as u8,
+    };
+    Ipv4Net::new(random_v4(rng), prefix_len)
+        .expect("valid prefix length")
+        .trunc()
+}
+
+fn random_v6(rng: &mut Rng) -> Ipv6Addr {
+    // 2000::/3: the global unicast space.
+    let high = (rng.next_u64() >> 3) | (1 << 61);
+    Ipv6Addr::from((u128::from(high) << 64) | u128::from(rng.next_u64()))
+}
+
+fn random_v6_net(rng: &mut Rng) -> Ipv6Net {
+    let prefix_len = match rng.below(100) {
+        0..=29 => 48,
+        30..=54 => 56,
+        55..=74 => 64,
+        75..=89 => 128,
+        _ => 32 + rng.below(16) as u8,
+    };
+    Ipv6Net::new(random_v6(rng), prefix_len)
+        .expect("valid prefix length")
+        .trunc()
+}
+
+/// Draws networks until the compiled list holds exactly `entries` of them, dropping
+/// surplus ones at random (not the highest, so the list stays spread over the space).
+fn exactly(entries: usize, rng: &mut Rng, mut draw: impl FnMut(&mut Rng) -> IpNet) -> CompiledList {
+    let mut networks: Vec<IpNet> = Vec::with_capacity(entries);
+    let mut list = CompiledList::default();
+    while list.v4.len() + list.v6.len() < entries {
+        let missing = entries - (list.v4.len() + list.v6.len());
+        networks.extend((0..missing + missing / 8 + 1).map(|_| draw(rng)));
+        list = CompiledList::compile(networks.iter().copied()).0;
+        networks = list
+            .v4
+            .iter()
+            .map(|(n, _)| IpNet::V4(*n))
+            .chain(list.v6.iter().map(|(n, _)| IpNet::V6(*n)))
+            .collect();
+    }
+    while networks.len() > entries {
+        let victim = rng.below(networks.len() as u64) as usize;
+        networks.swap_remove(victim);
+    }
+    CompiledList::compile(networks).0
+}

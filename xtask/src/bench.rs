@@ -1,0 +1,176 @@
+//! `cargo xtask bench [--quick]`: measures the filter side by side with nftables and
+//! iptables + ipset, prints the tables and writes BENCHMARKS.md.
+//!
+//! The measuring is done by `tests/examples/bench` (it links the daemon's library, which
+//! xtask must not: xtask builds before bpf-linker exists). xtask sets up, builds it and
+//! the release daemon, runs it, and turns the figures it records into the report.
+
+mod report;
+mod results;
+
+use std::{fs, process::Command};
+
+use anyhow::{Context as _, Result};
+
+use crate::{process, setup, sys, workspace};
+
+use results::Results;
+
+/// Facts about the machine and the run that the report states.
+pub struct Machine {
+    pub date: String,
+    pub kernel: String,
+    pub cpu: String,
+    pub cpus: usize,
+    pub memory: String,
+    pub virtualization: String,
+    pub commit: String,
+    pub tools: Vec<(&'static str, String)>,
+}
+
+pub fn bench(quick: bool) -> Result<()> {
+    sys::require_root(
+        "cargo xtask bench",
+        "it loads XDP programs, creates network namespaces and runs nft, ipset and iptables",
+    )?;
+    sys::catch_interrupts();
+    setup::setup()?;
+    workspace::build_userspace(true)?;
+    let mut build = workspace::cargo();
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "allowlist-tests",
+        "--example",
+        "bench",
+    ]);
+    process::run(&mut build)?;
+
+    let out_dir = workspace::target_dir().join("bench");
+    fs::create_dir_all(&out_dir)?;
+    let raw = out_dir.join(if quick {
+        "results-quick.tsv"
+    } else {
+        "results.tsv"
+    });
+    let bin_dir = workspace::bin_dir(true);
+    let mut runner = Command::new(bin_dir.join("examples").join("bench"));
+    runner.arg("--out").arg(&raw).arg("--bin-dir").arg(&bin_dir);
+    if quick {
+        runner.arg("--quick");
+    }
+    // Gathered first: the date is when the run started.
+    let machine = machine()?;
+    let ran = process::run(&mut runner);
+    if sys::interrupted() {
+        anyhow::bail!("interrupted; BENCHMARKS.md is unchanged");
+    }
+    ran.context("the benchmark run failed; BENCHMARKS.md is unchanged")?;
+
+    let results = Results::read(&raw)?;
+    let report = report::Report::new(&results, &machine, quick);
+    println!("\n{}", report.console());
+    let path = workspace::root().join("BENCHMARKS.md");
+    fs::write(&path, report.markdown()).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {} (raw figures: {})", path.display(), raw.display());
+    Ok(())
+}
+
+fn machine() -> Result<Machine> {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name")?.split_once(':'))
+        .map(|(_, name)| name.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let cpus = cpuinfo
+        .lines()
+        .filter(|line| line.starts_with("processor"))
+        .count();
+    let memory = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|meminfo| {
+            let kib: f64 = meminfo
+                .lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            Some(format!("{:.1} GiB", kib / (1024.0 * 1024.0)))
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let mut commit = first_line(Command::new("git").args(["rev-parse", "--short", "HEAD"]));
+    let dirty = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .current_dir(workspace::root())
+        .output()
+        .is_ok_and(|output| !output.stdout.is_empty());
+    if dirty {
+        commit.push_str(" (with uncommitted changes)");
+    }
+    let tools = [
+        ("nft", &["nft", "--version"][..]),
+        ("ipset", &["ipset", "--version"][..]),
+        ("iptables-nft", &["iptables-nft", "--version"][..]),
+        ("iptables-legacy", &["iptables-legacy", "--version"][..]),
+        ("rustc", &["rustc", "--version"][..]),
+    ]
+    .into_iter()
+    .map(|(name, command)| {
+        (
+            name,
+            first_line(Command::new(command[0]).args(&command[1..])),
+        )
+    })
+    .collect();
+    Ok(Machine {
+        date: first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+        kernel: first_line(Command::new("uname").arg("-r")),
+        cpu,
+        cpus,
+        memory,
+        virtualization: virtualization(),
+        commit,
+        tools,
+    })
+}
+
+/// What `systemd-detect-virt` says (it names a container before a VM), and whether the
+/// CPU reports a hypervisor.
+fn virtualization() -> String {
+    let mut facts = Vec::new();
+    let detected = first_line(&mut Command::new("systemd-detect-virt"));
+    if detected != "unknown" && detected != "none" {
+        facts.push(format!("systemd-detect-virt: {detected}"));
+    }
+    let hypervisor =
+        fs::read_to_string("/proc/cpuinfo").is_ok_and(|cpuinfo| cpuinfo.contains(" hypervisor"));
+    if hypervisor {
+        facts.push("the CPU reports a hypervisor (a virtual machine)".into());
+    }
+    if facts.is_empty() {
+        "none detected".into()
+    } else {
+        facts.join("; ")
+    }
+}
+
+/// The first line a command prints, or "unknown".
+fn first_line(command: &mut Command) -> String {
+    command
+        .current_dir(workspace::root())
+        .output()
+        .ok()
+        .filter(|output| output.status.success())
+        .and_then(|output| {
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .next()
+                .map(|line| line.trim().to_string())
+        })
+        .filter(|line| !line.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,891 @@
+//! The tables of `cargo xtask bench` and BENCHMARKS.md, from the figures of one run.
+//!
+//! Everything here is generated: the method text, the figures, whether each target is met,
+//! and for a missed target by how much, why and what would close it. The "why" rests on
+//! figures of the same run where one exists (e.g. the kernel layer's share of an apply);
+//! the rest is what the code does, as the text says.
+
+use std::fmt::Write as _;
+
+use super::{results::Results, Machine};
+
+const SHAPES: [(&str, &str); 3] = [
+    ("v4_dense32", "IPv4, all /32 (dense)"),
+    ("v4_mixed", "IPv4, mixed prefix lengths"),
+    ("v6_mixed", "IPv6, mixed prefix lengths"),
+];
+
+/// Published per-packet cost of the plain kernel LPM trie, dense /32 keys.
+const PUBLISHED_LPM_NS: [(usize, f64); 3] = [(100, 62.0), (100_000, 263.0), (1_000_000, 665.0)];
+
+/// Receivers of the drop-rate benchmark, in table order.
+const RECEIVERS: [(&str, &str); 7] = [
+    ("allowlist", "**this filter** (XDP, default features)"),
+    (
+        "allowlist_no_return_traffic",
+        "this filter, `return_traffic` and `dhcp_client` off",
+    ),
+    ("nft_set", "nftables: netdev ingress, interval set"),
+    (
+        "iptables_legacy_ipset",
+        "iptables-legacy raw PREROUTING + ipset hash:net",
+    ),
+    (
+        "iptables_nft_ipset",
+        "iptables-nft raw PREROUTING + ipset hash:net",
+    ),
+    ("xdp_drop_all", "floor: XDP drop-all"),
+    ("nft_drop_all", "floor: nftables netdev ingress drop-all"),
+];
+
+enum Goal {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+/// Which explanation a missed target gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Topic {
+    DropRate,
+    PerPacketGrowth,
+    ApplyWhole,
+    ApplyIncremental,
+    Memory,
+}
+
+struct Target {
+    what: String,
+    key: String,
+    goal: Goal,
+    show: fn(f64) -> String,
+    topic: Topic,
+}
+
+pub struct Report<'a> {
+    results: &'a Results,
+    machine: &'a Machine,
+    quick: bool,
+}
+
+impl<'a> Report<'a> {
+    pub fn new(results: &'a Results, machine: &'a Machine, quick: bool) -> Self {
+        Report {
+            results,
+            machine,
+            quick,
+        }
+    }
+
+    /// What `cargo xtask bench` prints: the targets and every table.
+    pub fn console(&self) -> String {
+        let mut out = String::new();
+        out.push_str("== targets\n\n");
+        out.push_str(&self.targets_table());
+        out.push_str("\n== 1. per-packet cost (ns, BPF_PROG_TEST_RUN)\n\n");
+        out.push_str(&self.per_packet_table());
+        out.push_str("\n== 2. drop rate on veth\n\n");
+        out.push_str(&self.drop_rate_table());
+        out.push_str("\n== 3. apply time\n\n");
+        out.push_str(&self.apply_table());
+        out.push_str("\n== 4. memory\n\n");
+        out.push_str(&self.memory_table());
+        out
+    }
+
+    pub fn markdown(&self) -> String {
+        let r = self.results;
+        let m = self.machine;
+        let runs = r.note("runs").unwrap_or("?");
+        let mode = if self.quick {
+            "`cargo xtask bench --quick`"
+        } else {
+            "`cargo xtask bench`"
+        };
+        let mut doc = String::new();
+        let _ = write!(
+            doc,
+            "# Benchmarks\n\n\
+             Written by {mode} on {date}; every figure below comes from that run. Each figure is \
+             the median of {runs} runs (fewer where a table says so), and every ratio is taken \
+             within one run (figure A of run *i* over figure B of run *i*) before the median. \
+             Run `cargo xtask bench` (about 10 minutes on this machine) or \
+             `cargo xtask bench --quick` (about 4 minutes: fewer runs, shorter samples, no \
+             `nft` at 1M) to measure again; it rewrites this file. \
+             The raw figures, with the minimum and maximum of each, are in \
+             `target/bench/results*.tsv`.\n\n",
+            date = m.date,
+        );
+
+        doc.push_str("## Machine\n\n| | |\n|---|---|\n");
+        let _ = writeln!(doc, "| kernel | {} |", m.kernel);
+        let _ = writeln!(doc, "| CPU | {} × {} |", m.cpus, m.cpu);
+        let _ = writeln!(doc, "| memory | {} |", m.memory);
+        let _ = writeln!(doc, "| virtualization | {} |", m.virtualization);
+        let _ = writeln!(doc, "| commit | {} |", m.commit);
+        for (tool, version) in &m.tools {
+            let _ = writeln!(doc, "| {tool} | {version} |");
+        }
+        let loads: Vec<String> = ["per-packet", "drop-rate", "apply", "end"]
+            .iter()
+            .filter_map(|section| {
+                r.note(&format!("load.{section}"))
+                    .map(|load| format!("{section} {load}"))
+            })
+            .collect();
+        let _ = writeln!(
+            doc,
+            "| load average (1 min) as each section started | {} |",
+            loads.join(", ")
+        );
+        doc.push_str(
+            "\nThe load average is there because this machine may be shared: anything else \
+             running during the run (a compiler, a test suite) shows up in it and in the spread \
+             of the raw figures.\n\n",
+        );
+
+        doc.push_str("## Targets\n\n");
+        doc.push_str(&self.targets_table());
+        doc.push_str(
+            "\nWhy each missed target is missed, and what would close it, is under \
+             [Missed targets](#missed-targets-why-and-what-would-close-them).\n\n",
+        );
+
+        doc.push_str("## 1. Per-packet cost\n\n");
+        let repeat = r.note("per_packet.repeat").unwrap_or("1000000");
+        let _ = write!(
+            doc,
+            "**Method.** The real XDP program, loaded and filled as the daemon does (both slots \
+             written, enforce mode, `return_traffic` and `dhcp_client` on as by default), runs \
+             under `BPF_PROG_TEST_RUN` with repeat {repeat} on one 60-byte UDP frame (66 for \
+             IPv6); the kernel reports the mean time per run. One source inside a listed network \
+             (it passes) and one covered by none (it is dropped, after the lookup for a reply to \
+             a flow the host opened). Lists: IPv4 host addresses counting up from 16.0.0.0 \
+             (the \"dense /32 keys\" of the published LPM trie figures); IPv4 networks of mixed \
+             lengths (half /24, 15% /32, the rest /16–/30) scattered over 1.0.0.0–223.255.255.255; \
+             IPv6 networks (/32–/64 and /128) scattered over 2000::/3. N counts prefixes after \
+             the daemon's compile step (no duplicates, nothing covered). The floor is a no-op \
+             XDP program (`allowlist-ebpf/src/bench.rs`) on the same frame.\n\n\
+             One frame repeated keeps the trie path in cache, so these figures are the cost of \
+             the path's length, not of cache misses; the published LPM figures (random keys) \
+             include misses. Section 2 is the cache-cold counterpart.\n\n",
+        );
+        doc.push_str(&self.per_packet_table());
+
+        doc.push_str("\n## 2. Drop rate on veth\n\n");
+        let listed = r.note("drop_rate.listed_share").unwrap_or("1/1024");
+        let _ = write!(
+            doc,
+            "**Method.** Two ends of a veth pair in a network namespace of the benchmark's own. \
+             The generator is an XDP program run with `BPF_PROG_TEST_RUN` and \
+             `BPF_F_TEST_XDP_LIVE_FRAMES` (batches of 256) on one end: it writes the next IPv4 \
+             source from a table of 65,536 into a 60-byte UDP frame, fixes the checksum and returns \
+             `XDP_TX`, which transmits the frame to the other end, `vrx`. {listed} of the sources \
+             lie in a listed network, the rest are random addresses no listed network covers. \
+             The generator runs pinned to CPU 0. `vrx` has GRO on (so veth runs NAPI even with no \
+             XDP program there) and threaded NAPI, its thread pinned to CPU 1 at real-time priority \
+             (as softirq context would pre-empt tasks): the receiver under test has a core of its \
+             own and does all its work there. It is one of: this filter attached to `vrx` in \
+             native XDP mode; an nftables netdev-family ingress chain on `vrx` (`ip saddr @allow \
+             counter accept; meta protocol ip counter drop`, the set holding the same prefixes as \
+             intervals); iptables raw PREROUTING (`-i vrx -m set --match-set ... src -j ACCEPT`, \
+             `-i vrx -j DROP`) with an ipset hash:net of the same prefixes, through each iptables \
+             front end present ({iptables}); and two floors: an XDP program that counts and drops \
+             everything, and an nftables ingress chain `counter drop`. Each counts what it judged, \
+             and a figure is frames judged per second of wall-clock time. All receivers take turns \
+             within each run.\n\n\
+             The generator offers more than any filtering receiver takes, so veth's 256-frame \
+             ring overflows and the receiver runs saturated: the figure is its capacity on one \
+             core. Where a receiver lost under 1% at the ring it kept up with the generator, and \
+             its figure is only a lower bound (marked ≥). Every receiver here also pays for \
+             returning each frame's page to the generator's page pool on the other core (in \
+             `perf`, taken while this benchmark was written, `page_pool_put_unrefed_netmem` and \
+             its spinlock took a large share of the receiver's core); a NIC driver recycles its \
+             pages locally, so absolute rates are lower \
+             than on hardware, and ratios are closer to 1 than they would be there.\n\n",
+            iptables = r.note("drop_rate.iptables").unwrap_or("?"),
+        );
+        doc.push_str(&self.drop_rate_table());
+
+        doc.push_str("\n## 3. Apply time\n\n");
+        doc.push_str(
+            "**Method.** The release `allowlistd` runs as in production, in a network namespace \
+             of its own guarding a veth, with its socket, state and pins in private places, and \
+             a list of N IPv4 networks (mixed lengths) imported. A whole new list is another N \
+             networks, none shared: `allowlistctl import FILE --replace`. \"Until the kernel \
+             judges by it\" is observed from outside: a thread reads the pinned CONTROL record \
+             every 200 µs and notes when the active slot flips, measured from the start of \
+             `allowlistctl`; the command itself returns later (the daemon syncs the old slot and \
+             writes its state file first). The kernel layer alone (`Filter::apply` called in the \
+             benchmark process, no CLI, socket, checks or state) shows how much of it is map \
+             writes. Against: `nft -f` of a file that flushes an interval set holding the old \
+             list and adds the new one (one transaction); `ipset restore` of a new hash:net set, \
+             `swap` with the live one and `destroy` of the old, in one restore. One incremental \
+             add: `allowlistctl add`, `nft add element`, `ipset add` of one address into the \
+             list of N. Times include starting the command-line tool.\n\n",
+        );
+        doc.push_str(&self.apply_table());
+
+        doc.push_str("\n## 4. Memory\n\n");
+        doc.push_str(
+            "**Method.** After the imports of section 3: the daemon's `VmRSS` and peak `VmHWM` \
+             from `/proc/PID/status`, and the kernel's own accounting of the daemon's maps \
+             (`memlock` in each pinned map's fdinfo: both slots of both families' tries, and all \
+             maps including the flow table). The kernel counts one trie node per entry; the \
+             trie's intermediate nodes come on top. ipset's \"Size in memory\" of a hash:net of \
+             the same prefixes is there for comparison.\n\n",
+        );
+        doc.push_str(&self.memory_table());
+
+        doc.push_str("\n## Missed targets: why, and what would close them\n\n");
+        doc.push_str(&self.missed_targets());
+        doc
+    }
+
+    // ---- targets -------------------------------------------------------------------
+
+    fn targets(&self) -> Vec<Target> {
+        let mut targets = vec![Target {
+            what: "drop rate ≥ 3× nftables (interval set) at 100k prefixes".into(),
+            key: "drop_rate.100000.ratio.allowlist_vs_nft_set".into(),
+            goal: Goal::AtLeast(3.0),
+            show: times,
+            topic: Topic::DropRate,
+        }];
+        for (key, name) in [
+            ("iptables_legacy_ipset", "iptables-legacy"),
+            ("iptables_nft_ipset", "iptables-nft"),
+        ] {
+            targets.push(Target {
+                what: format!("drop rate ≥ 3× ipset ({name} raw + hash:net) at 100k prefixes"),
+                key: format!("drop_rate.100000.ratio.allowlist_vs_{key}"),
+                goal: Goal::AtLeast(3.0),
+                show: times,
+                topic: Topic::DropRate,
+            });
+        }
+        targets.push(Target {
+            what: "drop rate ≥ 80% of the XDP drop-all floor at 100k prefixes".into(),
+            key: "drop_rate.100000.ratio.allowlist_vs_xdp_drop_all".into(),
+            goal: Goal::AtLeast(0.8),
+            show: percent,
+            topic: Topic::DropRate,
+        });
+        for (shape, name) in SHAPES {
+            for which in ["listed", "unlisted"] {
+                targets.push(Target {
+                    what: format!("per-packet cost at 1M ≤ 2× at 100 entries: {name}, {which}"),
+                    key: format!("per_packet.{shape}.ratio_1000000_vs_100.{which}"),
+                    goal: Goal::AtMost(2.0),
+                    show: times,
+                    topic: Topic::PerPacketGrowth,
+                });
+            }
+        }
+        targets.extend([
+            Target {
+                what: "apply a whole new list of 100k ≤ 0.4 s (until the kernel judges by it)"
+                    .into(),
+                key: "apply.100000.allowlist.replace_judged".into(),
+                goal: Goal::AtMost(0.4),
+                show: seconds,
+                topic: Topic::ApplyWhole,
+            },
+            Target {
+                what: "apply a whole new list of 1M ≤ 4 s (until the kernel judges by it)".into(),
+                key: "apply.1000000.allowlist.replace_judged".into(),
+                goal: Goal::AtMost(4.0),
+                show: seconds,
+                topic: Topic::ApplyWhole,
+            },
+            Target {
+                what: "one incremental add at 1M ≤ 5 ms (until the kernel judges by it)".into(),
+                key: "apply.1000000.allowlist.add_judged".into(),
+                goal: Goal::AtMost(0.005),
+                show: seconds,
+                topic: Topic::ApplyIncremental,
+            },
+            Target {
+                what: "daemon RSS ≤ 64 MiB at 1M entries".into(),
+                key: "memory.1000000.allowlistd.rss".into(),
+                goal: Goal::AtMost(64.0),
+                show: mib,
+                topic: Topic::Memory,
+            },
+        ]);
+        targets
+    }
+
+    /// (met, text) for a target, or None when the run did not measure it.
+    fn verdict(&self, target: &Target) -> Option<(bool, String)> {
+        let value = self.results.median(&target.key)?;
+        Some(match target.goal {
+            Goal::AtLeast(goal) if value >= goal => (true, "met".into()),
+            Goal::AtLeast(goal) => (
+                false,
+                format!(
+                    "**missed**: {:.0}% of the target ({} short)",
+                    value / goal * 100.0,
+                    (target.show)(goal - value)
+                ),
+            ),
+            Goal::AtMost(goal) if value <= goal => (true, "met".into()),
+            Goal::AtMost(goal) => {
+                let over = value / goal;
+                let over = if over < 10.0 {
+                    format!("{over:.2}")
+                } else {
+                    format!("{over:.0}")
+                };
+                (false, format!("**missed**: {over}× the target"))
+            }
+        })
+    }
+
+    fn targets_table(&self) -> String {
+        let mut table = String::from(
+            "| target | measured (median) | range over runs | verdict |\n|---|---:|---:|---|\n",
+        );
+        for target in self.targets() {
+            let (measured, range, verdict) =
+                match (self.results.figure(&target.key), self.verdict(&target)) {
+                    (Some(figure), Some((_, verdict))) => (
+                        (target.show)(figure.median),
+                        if figure.runs > 1 {
+                            format!(
+                                "{} – {}",
+                                (target.show)(figure.min),
+                                (target.show)(figure.max)
+                            )
+                        } else {
+                            "1 run".into()
+                        },
+                        verdict,
+                    ),
+                    _ => ("—".into(), "".into(), "not measured in this run".into()),
+                };
+            let _ = writeln!(
+                table,
+                "| {} | {measured} | {range} | {verdict} |",
+                target.what
+            );
+        }
+        table
+    }
+
+    // ---- tables ----------------------------------------------------------------------
+
+    fn per_packet_sizes(&self) -> Vec<usize> {
+        let mut sizes: Vec<usize> = self
+            .results
+            .keys_with_prefix("per_packet.v4_dense32.")
+            .filter_map(|key| key.split('.').nth(2)?.parse().ok())
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    }
+
+    fn per_packet_table(&self) -> String {
+        let r = self.results;
+        let mut table = String::from(
+            "| list | prefixes | listed source | unlisted source | published: plain LPM trie, dense /32 |\n\
+             |---|---:|---:|---:|---:|\n",
+        );
+        for (shape, name) in SHAPES {
+            for size in self.per_packet_sizes() {
+                let cell = |which: &str| {
+                    r.median(&format!("per_packet.{shape}.{size}.{which}"))
+                        .map(nanos)
+                        .unwrap_or_else(|| "—".into())
+                };
+                let published = PUBLISHED_LPM_NS
+                    .iter()
+                    .find(|(n, _)| shape == "v4_dense32" && *n == size)
+                    .map(|(_, ns)| format!("~{ns:.0} ns"))
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    table,
+                    "| {name} | {} | {} | {} | {published} |",
+                    count(size),
+                    cell("listed"),
+                    cell("unlisted")
+                );
+            }
+        }
+        if let Some(noop) = r.median("per_packet.noop") {
+            let _ = writeln!(
+                table,
+                "| floor: no-op XDP program | — | {} | {} | |",
+                nanos(noop),
+                nanos(noop)
+            );
+        }
+        table.push_str(
+            "\nUnlisted source at 1M with `return_traffic` and `dhcp_client` off (no flow \
+             lookup):\n\n| list | unlisted, default | unlisted, features off |\n|---|---:|---:|\n",
+        );
+        for (shape, name) in SHAPES {
+            if let (Some(on), Some(off)) = (
+                r.median(&format!("per_packet.{shape}.1000000.unlisted")),
+                r.median(&format!(
+                    "per_packet.{shape}.1000000.unlisted_no_return_traffic"
+                )),
+            ) {
+                let _ = writeln!(table, "| {name} | {} | {} |", nanos(on), nanos(off));
+            }
+        }
+        table.push_str(
+            "\nGrowth, 1M against 100 prefixes (target ≤ 2×):\n\n\
+             | list | listed | unlisted |\n|---|---:|---:|\n",
+        );
+        for (shape, name) in SHAPES {
+            let cell = |which: &str| {
+                r.median(&format!("per_packet.{shape}.ratio_1000000_vs_100.{which}"))
+                    .map(times)
+                    .unwrap_or_else(|| "—".into())
+            };
+            let _ = writeln!(
+                table,
+                "| {name} | {} | {} |",
+                cell("listed"),
+                cell("unlisted")
+            );
+        }
+        table
+    }
+
+    fn drop_rate_sizes(&self) -> Vec<usize> {
+        let mut sizes: Vec<usize> = self
+            .results
+            .keys_with_prefix("drop_rate.")
+            .filter_map(|key| key.split('.').nth(1)?.parse().ok())
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        sizes
+    }
+
+    fn drop_rate_table(&self) -> String {
+        let r = self.results;
+        let sizes = self.drop_rate_sizes();
+        let mut table = String::from("| receiver |");
+        for size in &sizes {
+            let _ = write!(table, " {} prefixes: Mpps (ns/packet) |", count(*size));
+        }
+        table.push_str("\n|---|");
+        table.push_str(&"---:|".repeat(sizes.len()));
+        table.push('\n');
+        for (key, name) in RECEIVERS {
+            if r.median(&format!(
+                "drop_rate.{}.{key}.mpps",
+                sizes.first().copied().unwrap_or(0)
+            ))
+            .is_none()
+            {
+                continue;
+            }
+            let _ = write!(table, "| {name} |");
+            for size in &sizes {
+                let figure = |what: &str| r.median(&format!("drop_rate.{size}.{key}.{what}"));
+                match (figure("mpps"), figure("ns"), figure("lost_at_ring")) {
+                    (Some(mpps), Some(ns), Some(lost)) => {
+                        let bound = if lost < 1.0 { "≥ " } else { "" };
+                        let _ = write!(table, " {bound}{mpps:.2} ({ns:.0} ns) |");
+                    }
+                    _ => table.push_str(" — |"),
+                }
+            }
+            table.push('\n');
+        }
+        table.push_str("\nThis filter against each, within each run:\n\n| against |");
+        for size in &sizes {
+            let _ = write!(table, " {} |", count(*size));
+        }
+        table.push_str("\n|---|");
+        table.push_str(&"---:|".repeat(sizes.len()));
+        table.push('\n');
+        for (key, name) in RECEIVERS.iter().skip(2) {
+            let _ = write!(table, "| {name} |");
+            for size in &sizes {
+                let cell = r
+                    .median(&format!("drop_rate.{size}.ratio.allowlist_vs_{key}"))
+                    .map(times)
+                    .unwrap_or_else(|| "—".into());
+                let _ = write!(table, " {cell} |");
+            }
+            table.push('\n');
+        }
+        table.push_str(
+            "\nShare of the offered frames veth dropped at the receiver's full ring (the \
+             receiver was saturated):\n\n| receiver |",
+        );
+        for size in &sizes {
+            let _ = write!(table, " {} |", count(*size));
+        }
+        table.push_str("\n|---|");
+        table.push_str(&"---:|".repeat(sizes.len()));
+        table.push('\n');
+        for (key, name) in RECEIVERS {
+            let _ = write!(table, "| {name} |");
+            for size in &sizes {
+                let cell = r
+                    .median(&format!("drop_rate.{size}.{key}.lost_at_ring"))
+                    .map(|lost| format!("{lost:.0}%"))
+                    .unwrap_or_else(|| "—".into());
+                let _ = write!(table, " {cell} |");
+            }
+            table.push('\n');
+        }
+        table
+    }
+
+    fn apply_table(&self) -> String {
+        let r = self.results;
+        let sizes = [100_000usize, 1_000_000];
+        let rows: [(&str, &str, &str); 10] = [
+            (
+                "allowlistctl import --replace: until the kernel judges by it",
+                "allowlist.replace_judged",
+                "",
+            ),
+            (
+                "allowlistctl import --replace: until the command returns",
+                "allowlist.replace_returned",
+                "",
+            ),
+            (
+                "kernel layer alone (`Filter::apply`): until the flip",
+                "filter_apply.replace_judged",
+                "",
+            ),
+            (
+                "kernel layer alone (`Filter::apply`): until it returns",
+                "filter_apply.replace_returned",
+                "",
+            ),
+            (
+                "`nft -f` (flush set + add element, one transaction)",
+                "nft.replace",
+                "≈ 4 s at 100k",
+            ),
+            ("`ipset restore` + `swap` + `destroy`", "ipset.replace", ""),
+            (
+                "one add: `allowlistctl add`, until the kernel judges by it",
+                "allowlist.add_judged",
+                "",
+            ),
+            (
+                "one add: `allowlistctl add`, until the command returns",
+                "allowlist.add_returned",
+                "",
+            ),
+            ("one add: `nft add element`", "nft.add", ""),
+            ("one add: `ipset add`", "ipset.add", ""),
+        ];
+        let mut table = String::from("| | 100k | 1M | published |\n|---|---:|---:|---:|\n");
+        for (name, key, published) in rows {
+            let _ = write!(table, "| {name} |");
+            for size in sizes {
+                let key = format!("apply.{size}.{key}");
+                let cell = match r.figure(&key) {
+                    Some(figure) if figure.runs > 1 => seconds(figure.median),
+                    Some(figure) => format!("{} (1 run)", seconds(figure.median)),
+                    None if key.contains(".nft.") => r
+                        .note(&format!("apply.{size}.nft"))
+                        .map(|_| "skipped (--quick)".to_string())
+                        .unwrap_or_else(|| "—".into()),
+                    None => "—".into(),
+                };
+                let _ = write!(table, " {cell} |");
+            }
+            let _ = writeln!(table, " {published} |");
+        }
+        if let Some(figure) = r.figure("apply.1000000.allowlist.replace_judged") {
+            let _ = writeln!(
+                table,
+                "\nRuns per figure at 1M: {} (at 100k: as stated at the top).",
+                figure.runs
+            );
+        }
+        table
+    }
+
+    fn memory_table(&self) -> String {
+        let r = self.results;
+        let rows = [
+            ("allowlistd resident set (VmRSS)", "allowlistd.rss"),
+            (
+                "allowlistd peak resident set (VmHWM)",
+                "allowlistd.rss_peak",
+            ),
+            (
+                "kernel: the four LPM tries (2 slots × 2 families)",
+                "kernel.tries",
+            ),
+            ("kernel: all of the daemon's maps", "kernel.all_maps"),
+            (
+                "for comparison: ipset hash:net of the same prefixes",
+                "ipset",
+            ),
+        ];
+        let mut table = String::from("| | 100k | 1M |\n|---|---:|---:|\n");
+        for (name, key) in rows {
+            let _ = write!(table, "| {name} |");
+            for size in [100_000, 1_000_000] {
+                let cell = r
+                    .median(&format!("memory.{size}.{key}"))
+                    .map(mib)
+                    .unwrap_or_else(|| "—".into());
+                let _ = write!(table, " {cell} |");
+            }
+            table.push('\n');
+        }
+        table
+    }
+
+    // ---- explanations ------------------------------------------------------------------
+
+    fn missed_targets(&self) -> String {
+        let targets = self.targets();
+        let mut out = String::new();
+        let mut explained = Vec::new();
+        for target in &targets {
+            let Some((false, _)) = self.verdict(target) else {
+                continue;
+            };
+            if explained.contains(&target.topic) {
+                continue;
+            }
+            explained.push(target.topic);
+            let missed: Vec<String> = targets
+                .iter()
+                .filter(|t| t.topic == target.topic)
+                .filter_map(|t| match self.verdict(t) {
+                    Some((false, verdict)) => Some(format!(
+                        "{}: {} — {}",
+                        t.what,
+                        (t.show)(self.results.median(&t.key)?),
+                        verdict.replace("**", "")
+                    )),
+                    _ => None,
+                })
+                .collect();
+            let _ = write!(out, "### {}\n\n", topic_title(target.topic));
+            for line in missed {
+                let _ = writeln!(out, "- {line}");
+            }
+            out.push('\n');
+            out.push_str(&self.explain(target.topic));
+            out.push_str("\n\n");
+        }
+        if out.is_empty() {
+            out.push_str("None: every target measured in this run is met.\n");
+        }
+        out
+    }
+
+    fn explain(&self, topic: Topic) -> String {
+        let r = self.results;
+        let fig = |key: &str, show: fn(f64) -> String| {
+            r.median(key).map(show).unwrap_or_else(|| "—".into())
+        };
+        match topic {
+            Topic::DropRate => format!(
+                "**Why.** At 100k prefixes the filter judged {ours} on its core, the XDP drop-all \
+                 floor {floor}, nftables {nft}, iptables-legacy + ipset {ipset}. \
+                 Per unlisted packet the filter reads the control record, parses the headers, \
+                 walks the LPM trie, then (the packet not being allowed) parses UDP/TCP, looks up \
+                 the flow table for a reply to a connection the host opened, and checks the public \
+                 ports. With 65,536 random sources the trie walk misses the cache at most of its \
+                 ~17 levels: `perf record -C 1` on the receiver core (taken while this benchmark \
+                 was being written, not by `cargo xtask bench`) shows `trie_lookup_elem` as the \
+                 largest symbol, then the flow table's hash lookup (`lookup_nulls_elem_raw`). \
+                 Without the \
+                 flow lookup (`return_traffic` off) the filter judged {plain}. Section 1 shows \
+                 the same program at {warm} per unlisted packet when the trie path is in cache. \
+                 The netfilter receivers pay for an skb, GRO and the hook on every packet, the \
+                 filter does not; but in this harness every receiver also pays for veth's ring \
+                 and for returning each page to the generator's page pool on the other core, a \
+                 cost per frame the same for all, which pulls ratios towards 1 (and makes a floor \
+                 that does nothing else the hardest target).\n\n\
+                 **What would close it.** Take the trie out of the unlisted fast path: a bitmap \
+                 with one bit per /24 that holds any listed prefix (2 MiB, an `Array` map; \
+                 prefixes shorter than /24 set all their /24s) rejects almost every unlisted \
+                 source with one cache-friendly load, leaving the trie for sources next to listed \
+                 ones. Skip the flow lookup for packets that cannot be replies: a TCP SYN \
+                 without ACK, and UDP to a port outside the host's ephemeral range \
+                 (`net.ipv4.ip_local_port_range`). For the per-packet cost of listed sources, a \
+                 DIR-24-8 table (at most two loads for any IPv4 source) instead of the trie. On a \
+                 NIC with native XDP, where pages are recycled in the driver, the measured \
+                 floor and ratios would also move apart.",
+                ours = fig("drop_rate.100000.allowlist.mpps", mpps),
+                floor = fig("drop_rate.100000.xdp_drop_all.mpps", mpps),
+                nft = fig("drop_rate.100000.nft_set.mpps", mpps),
+                ipset = fig("drop_rate.100000.iptables_legacy_ipset.mpps", mpps),
+                plain = fig("drop_rate.100000.allowlist_no_return_traffic.mpps", mpps),
+                warm = fig("per_packet.v4_mixed.100000.unlisted", nanos),
+            ),
+            Topic::PerPacketGrowth => format!(
+                "**Why.** The kernel's LPM trie is a binary trie: a lookup visits one node per \
+                 level, a dependent load and a prefix comparison each, and the depth grows with \
+                 log2 of the entries (about 7 levels at 100, about 20 at 1M). A listed source \
+                 walks down to its entry; an unlisted one stops where its path leaves the trie, \
+                 which is why unlisted sources grow less. With one frame repeated every node is in \
+                 cache, so this is path length alone: the dense /32 listed source costs {d100} at \
+                 100 and {d1m} at 1M, against the published {p100} and {p1m} for random keys, \
+                 where cache misses come on top. Fixed costs (parsing, control record, counters, \
+                 the no-op floor of {noop}) make the ratio smaller than the trie's own growth.\n\n\
+                 **What would close it.** A lookup of bounded depth: DIR-24-8 (one array load for \
+                 prefixes up to /24, a second for longer ones; 64 MiB for the first level at 4 \
+                 bytes per /24), a multibit trie or poptrie (4–5 loads for IPv4, ~8 for IPv6), or \
+                 for IPv6 a hash per prefix length in use (few lengths in real lists). Each makes \
+                 the cost at 1M equal to the cost at 100.",
+                d100 = fig("per_packet.v4_dense32.100.listed", nanos),
+                d1m = fig("per_packet.v4_dense32.1000000.listed", nanos),
+                p100 = "62 ns",
+                p1m = "665 ns",
+                noop = fig("per_packet.noop", nanos),
+            ),
+            Topic::ApplyWhole => format!(
+                "**Why.** A whole new list of 1M reached the kernel after {judged1m} ({judged100} \
+                 at 100k); the kernel layer alone flips after {lib1m} ({lib100}). That layer \
+                 writes the standby slot by difference: for a list sharing nothing with the old \
+                 one that is one `BPF_MAP_DELETE_ELEM` per old prefix and one \
+                 `BPF_MAP_UPDATE_ELEM` per new one, each a syscall and a trie insert or delete, \
+                 before the flip; after it, the same again for the old slot. The rest of the \
+                 daemon's time before the flip is its own: `allowlistctl` parses the CSV and sends \
+                 it as one JSON request, the daemon clones its allowlist, imports the rows, \
+                 compiles the current and the new list for the lockout check and compiles again \
+                 to apply. After the flip it syncs the old slot and writes and fsyncs its state \
+                 file, so the command returns after {ret1m}.\n\n\
+                 **What would close it.** Write a whole new list into a fresh, empty map and swap \
+                 the map the program reads (an array-of-maps slot), which needs no deletes and \
+                 no second pass over the old slot. Compile once per change, and reuse the result \
+                 for the lockout check and the kernel. Below that floor of one syscall per prefix \
+                 (~{per_entry} each here), a structure userspace can fill with memory writes — \
+                 DIR-24-8 in a `BPF_F_MMAPABLE` array, written through `mmap` — applies 1M \
+                 prefixes in well under a second.",
+                judged1m = fig("apply.1000000.allowlist.replace_judged", seconds),
+                judged100 = fig("apply.100000.allowlist.replace_judged", seconds),
+                lib1m = fig("apply.1000000.filter_apply.replace_judged", seconds),
+                lib100 = fig("apply.100000.filter_apply.replace_judged", seconds),
+                ret1m = fig("apply.1000000.allowlist.replace_returned", seconds),
+                per_entry = r
+                    .median("apply.1000000.filter_apply.replace_judged")
+                    .map(|s| format!("{:.1} µs", s / 2e6 * 1e6))
+                    .unwrap_or_else(|| "—".into()),
+            ),
+            Topic::ApplyIncremental => format!(
+                "**Why.** Adding one entry to a list of 1M reached the kernel after {judged} and \
+                 the command returned after {returned}; the kernel's part is one map update per \
+                 slot. The daemon treats every change as a new whole list: it clones the 1M \
+                 entries, compiles all of them (sort and fold), has the filter diff each slot's \
+                 1M prefixes against the result, and after the flip serialises every entry into \
+                 its state file and fsyncs it (and `add` compiles the whole list twice: once to \
+                 validate the change, once to apply it). nftables pays a price that grows with \
+                 the set too (`nft add element` took {nft100} at 100k{nft1m}: `nft` fetches an \
+                 interval set's elements before adding to it); ipset does not ({ipset}).\n\n\
+                 **What would close it.** Apply a single add or remove as a delta: insert the \
+                 prefix into the sorted compiled list and fold only its neighbours, write just \
+                 that key to each slot, and record the change in an append-only journal (compacted \
+                 now and then) instead of rewriting the whole state file.",
+                judged = fig("apply.1000000.allowlist.add_judged", seconds),
+                returned = fig("apply.1000000.allowlist.add_returned", seconds),
+                nft100 = fig("apply.100000.nft.add", seconds),
+                nft1m = r
+                    .median("apply.1000000.nft.add")
+                    .map(|s| format!(" and {} at 1M", seconds(s)))
+                    .unwrap_or_default(),
+                ipset = fig("apply.1000000.ipset.add", seconds),
+            ),
+            Topic::Memory => format!(
+                "**Why.** With 1M entries the daemon's resident set is {rss} (peak {peak}), \
+                 against {tries} in the kernel for all four tries. The daemon holds the list \
+                 several times over: each entry with its description, origin and times; the \
+                 filter's copy of what each of its two slots holds; and during a change the clone \
+                 of the allowlist and the compiled lists of the lockout check and the apply. An import also \
+                 arrives as one JSON request of every row (the socket allows writers 256 MiB), \
+                 and memory the allocator got for a peak is not returned to the system, so the \
+                 resident set stays near the peak.\n\n\
+                 **What would close it.** Keep one copy of the slots' contents (they are identical \
+                 after every apply) in a compact form (an IPv4 prefix and its rule fit in 8 \
+                 bytes), keep descriptions in one arena, stream \
+                 an import row by row instead of one request, and apply changes as deltas so no \
+                 second copy of the list is made; `malloc_trim` after a large change returns what \
+                 a peak took.",
+                rss = fig("memory.1000000.allowlistd.rss", mib),
+                peak = fig("memory.1000000.allowlistd.rss_peak", mib),
+                tries = fig("memory.1000000.kernel.tries", mib),
+            ),
+        }
+    }
+}
+
+fn topic_title(topic: Topic) -> &'static str {
+    match topic {
+        Topic::DropRate => "Drop rate",
+        Topic::PerPacketGrowth => "Per-packet cost at 1M against 100 entries",
+        Topic::ApplyWhole => "Applying a whole new list",
+        Topic::ApplyIncremental => "One incremental add",
+        Topic::Memory => "Daemon memory",
+    }
+}
+
+// ---- formatting ---------------------------------------------------------------------
+
+fn nanos(value: f64) -> String {
+    format!("{value:.0} ns")
+}
+
+fn mpps(value: f64) -> String {
+    format!("{value:.2} Mpps")
+}
+
+fn times(value: f64) -> String {
+    format!("{value:.2}×")
+}
+
+fn percent(value: f64) -> String {
+    format!("{:.0}%", value * 100.0)
+}
+
+fn mib(value: f64) -> String {
+    if value >= 100.0 {
+        format!("{value:.0} MiB")
+    } else {
+        format!("{value:.1} MiB")
+    }
+}
+
+fn seconds(value: f64) -> String {
+    if value < 0.01 {
+        format!("{:.1} ms", value * 1e3)
+    } else if value < 1.0 {
+        format!("{:.0} ms", value * 1e3)
+    } else {
+        format!("{value:.2} s")
+    }
+}
+
+fn count(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
+        n if n >= 1_000 && n % 1_000 == 0 => format!("{}k", n / 1_000),
+        n => n.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_units() {
+        assert_eq!(seconds(0.0042), "4.2 ms");
+        assert_eq!(seconds(0.665), "665 ms");
+        assert_eq!(seconds(7.135), "7.13 s");
+        assert_eq!(count(100_000), "100k");
+        assert_eq!(count(1_000_000), "1M");
+        assert_eq!(percent(0.064), "6%");
+    }
+}
