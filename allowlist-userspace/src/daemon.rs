@@ -77,6 +77,9 @@ pub struct Daemon {
     config_mode: Mode,
     pending_confirm: Option<PendingConfirm>,
     filter: Filter,
+    /// `allowlist` compiled, as the kernel judges by it; kept so that requests and
+    /// lockout checks read it instead of compiling the whole list again.
+    compiled: CompiledList,
 }
 
 impl Daemon {
@@ -134,6 +137,7 @@ impl Daemon {
             config_mode,
             pending_confirm,
             filter,
+            compiled: CompiledList::default(),
         };
         daemon.apply_to_kernel()?;
         daemon.attach_interfaces()?;
@@ -213,7 +217,10 @@ impl Daemon {
     /// Makes the kernel judge by the current allowlist and mode: list first, so a
     /// stricter mode never meets a stale list.
     fn apply_to_kernel(&mut self) -> Result<(), DaemonError> {
-        let list = self.compiled()?;
+        let list = self
+            .allowlist
+            .compile()
+            .map_err(|error| DaemonError::Refused(error.to_string()))?;
         let applied = self.filter.apply(&list)?;
         info!(
             ipv4 = list.v4.len(),
@@ -223,6 +230,7 @@ impl Daemon {
             took = ?applied.took,
             "the kernel judges by the new list"
         );
+        self.compiled = list;
         self.filter.set_features(self.features())?;
         self.filter.set_mode(self.mode)?;
         Ok(())
@@ -237,12 +245,6 @@ impl Daemon {
             features |= allowlist_common::FEATURE_DHCP_CLIENT;
         }
         features
-    }
-
-    fn compiled(&self) -> Result<CompiledList, DaemonError> {
-        self.allowlist
-            .compile()
-            .map_err(|error| DaemonError::Refused(error.to_string()))
     }
 
     /// Applies a new allowlist and mode to the kernel, then makes it durable. If either
@@ -294,7 +296,7 @@ impl Daemon {
         if safety.force {
             return Ok(());
         }
-        let now_list = self.compiled()?;
+        let now_list = &self.compiled;
         let next_list = next
             .compile()
             .map_err(|error| Refusal::Error(error.to_string()))?;
@@ -302,7 +304,7 @@ impl Daemon {
         let people = people_at_risk(safety.caller, loopback_protected);
         let cut = cut_off(
             &Verdicts {
-                list: &now_list,
+                list: now_list,
                 mode: self.mode,
             },
             &Verdicts {
@@ -381,7 +383,7 @@ impl Daemon {
         address: std::net::IpAddr,
         port: Option<PortSpec>,
     ) -> Result<CheckResult, Refusal> {
-        let list = self.compiled()?;
+        let list = &self.compiled;
         let access = list.access_of(address);
         let public = port.is_some_and(|port| {
             list.public_ports

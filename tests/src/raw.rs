@@ -196,29 +196,8 @@ pub fn send_frames(netns: &Netns, dev: &str, frame: &UdpFrame, count: u64) -> Re
         frame.payload_len >= MIN_UDP_PAYLOAD,
         "payload must hold a sequence number"
     );
-    // Protocol 0: this socket only sends, it must not queue up received frames.
-    let (socket, index) = bound_packet_socket(netns, dev, 0)?;
-    let mut address = link_address(index, 0);
-    address.sll_addr[..6].copy_from_slice(&frame.dst_mac);
-    for sequence in 0..count {
-        let bytes = frame.build(sequence);
-        // SAFETY: sendto with a live buffer and a live sockaddr_ll of exact size.
-        let sent = unsafe {
-            libc::sendto(
-                socket.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                0,
-                (&address as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if sent != bytes.len() as isize {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("sending frame {sequence} on {dev}"));
-        }
-        thread::sleep(UDP_PACING);
-    }
+    let frames: Vec<Vec<u8>> = (0..count).map(|sequence| frame.build(sequence)).collect();
+    send_raw_frames(netns, dev, frame.dst_mac, &frames)?;
     Ok(count)
 }
 
@@ -231,6 +210,7 @@ pub fn send_raw_frames(
     dst_mac: [u8; 6],
     frames: &[Vec<u8>],
 ) -> Result<()> {
+    // Protocol 0: this socket only sends, it must not queue up received frames.
     let (socket, index) = bound_packet_socket(netns, dev, 0)?;
     let mut address = link_address(index, 0);
     address.sll_addr[..6].copy_from_slice(&dst_mac);
