@@ -16,9 +16,15 @@ pub const PROGRAM_NAME: &str = "allowlist";
 /// packet by the slot [`Control::active_slot`] names; the daemon rewrites the other
 /// slot, flips the index, waits for packets in flight to finish, then brings the old
 /// slot up to date. So a packet sees the whole old list or the whole new list.
+///
+/// Within a slot a source is judged in three steps, each exact: the screen bitmap
+/// ([`MAP_SCREEN_V4`]) rules out sources no listed prefix overlaps; the exact-host hash
+/// ([`MAP_EXACT_V4`]) answers for listed hosts; the LPM trie ([`MAP_ALLOW_V4`]) answers
+/// for everything else.
 pub const SLOTS: usize = 2;
 
-/// LPM trie maps of IPv4 sources, one per slot.
+/// LPM trie maps of IPv4 sources, one per slot: every listed prefix that is not in
+/// [`MAP_EXACT_V4`] (hosts are there, up to its capacity).
 /// Key: `{ prefix_len: u32 (host order), addr: [u8; 4] (network order) }` (8 bytes),
 /// which is `aya::maps::lpm_trie::Key<Ipv4Octets>` / `aya_ebpf::maps::lpm_trie::Key`.
 /// Value: [`AllowRule`].
@@ -39,6 +45,53 @@ pub const MAP_PORT_SETS: [&str; SLOTS] = ["PORT_SETS_0", "PORT_SETS_1"];
 /// LRU hash of IP fragment trains whose first fragment passed: [`FragmentKey`] → [`FlowState`].
 /// Later fragments carry no ports, so they pass if their train's first fragment did.
 pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
+
+/// Hash maps of the listed IPv4 hosts (/32), one per slot, in front of the trie: a hit
+/// is the longest possible match, so it decides without walking the trie.
+/// Key: `[u8; 4]` (network order). Value: [`AllowRule`].
+pub const MAP_EXACT_V4: [&str; SLOTS] = ["EXACT_V4_0", "EXACT_V4_1"];
+/// Hash maps of the listed IPv6 hosts (/128), one per slot. Key: `[u8; 16]`. Value:
+/// [`AllowRule`].
+pub const MAP_EXACT_V6: [&str; SLOTS] = ["EXACT_V6_0", "EXACT_V6_1"];
+/// Per-slot bitmaps screening IPv4 sources before any lookup: bit
+/// [`screen_bit_v4`]`(source)` is set iff some listed prefix overlaps the source's /24.
+/// A clear bit means "listed nowhere", decided with one read of a cache-friendly array.
+/// Array of `u64` words ([`SCREEN_WORDS`]), bit `b` in word `b / 64` at `1 << (b % 64)`;
+/// mmapable, so the daemon writes it as memory.
+pub const MAP_SCREEN_V4: [&str; SLOTS] = ["SCREEN_V4_0", "SCREEN_V4_1"];
+/// The IPv6 counterpart: bit [`screen_bit_v6`] of the source's first 32 bits (a hash:
+/// IPv6 allocations are /32 or longer, so their first 32 bits tell them apart).
+pub const MAP_SCREEN_V6: [&str; SLOTS] = ["SCREEN_V6_0", "SCREEN_V6_1"];
+
+/// Bits in each screen bitmap: one per IPv4 /24 (2 MiB per bitmap).
+pub const SCREEN_BITS: u32 = 1 << 24;
+/// `u64` words in each screen bitmap.
+pub const SCREEN_WORDS: u32 = SCREEN_BITS / 64;
+
+/// Screen bit of an IPv4 source (network order): its /24.
+#[inline(always)]
+pub const fn screen_bit_v4(addr: [u8; 4]) -> u32 {
+    u32::from_be_bytes(addr) >> 8
+}
+
+/// Screen bit of an IPv6 source, from its first 32 bits (network order): a
+/// multiplicative hash onto [`SCREEN_BITS`], so neighbouring allocations spread out.
+#[inline(always)]
+pub const fn screen_bit_v6(first_32_bits: [u8; 4]) -> u32 {
+    u32::from_be_bytes(first_32_bits).wrapping_mul(0x9E37_79B1) >> 8
+}
+
+/// Capacity of each [`MAP_EXACT_V4`] map. Hosts beyond it go to the trie, which keeps
+/// the verdict exact and only costs them the trie walk. A hash map's bucket array is
+/// sized by its capacity up front (16 bytes per bucket), so this is a memory trade-off.
+pub const MAX_EXACT_V4: u32 = 1 << 20;
+/// Capacity of each [`MAP_EXACT_V6`] map.
+pub const MAX_EXACT_V6: u32 = 1 << 18;
+
+/// `BPF_F_NO_PREALLOC`: hash map entries are allocated as they are added.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+/// `BPF_F_MMAPABLE`: an array map userspace can mmap.
+pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Capacity of [`MAP_FLOWS`]. When full, the least recently used flow is evicted.
 pub const MAX_FLOWS: u32 = 65_536;
@@ -213,7 +266,7 @@ impl Mode {
 pub struct Control {
     /// A [`Mode`] as `u32`.
     pub mode: u32,
-    /// Which slot of [`MAP_ALLOW_V4`] / [`MAP_ALLOW_V6`] / [`MAP_PORT_SETS`] judges
+    /// Which slot of the per-slot maps (screens, exact hashes, tries, port sets) judges
     /// packets: 0 or 1.
     pub active_slot: u32,
     /// Bit set of `FEATURE_*`.
@@ -329,6 +382,7 @@ const _: () = assert!(size_of::<FlowState>() == 8);
 const _: () = assert!(size_of::<FragmentKey>() == 40);
 const _: () = assert!(size_of::<Counter>() == 16);
 const _: () = assert!(LPM_KEY_V4_SIZE == 8);
+const _: () = assert!(SCREEN_BITS.is_multiple_of(64));
 const _: () = assert!(LPM_KEY_V6_SIZE == 20);
 const _: () = assert!((Reason::ALL.len() as u32) <= COUNTER_SLOTS);
 

@@ -10,17 +10,18 @@
 mod parse;
 
 use allowlist_common::{
-    AllowRule, Control, Counter, FlowKey, FlowState, FragmentKey, Ipv4Octets, Ipv6Octets, Mode,
-    PortSet, Reason, COUNTER_SLOTS, FEATURE_DHCP_CLIENT, FEATURE_RETURN_TRAFFIC, FRAGMENT_IDLE_NS,
-    ICMP_IDLE_NS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_ENTRIES_PER_FAMILY,
-    MAX_FLOWS, MAX_FRAGMENT_TRAINS, MAX_PORT_SETS, PUBLIC_PORT_SET, RULE_ALLOW_ALL, RULE_PORTS,
-    TCP_IDLE_NS, UDP_IDLE_NS,
+    screen_bit_v4, screen_bit_v6, AllowRule, Control, Counter, FlowKey, FlowState, FragmentKey,
+    Ipv4Octets, Ipv6Octets, Mode, PortSet, Reason, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC,
+    COUNTER_SLOTS, FEATURE_DHCP_CLIENT, FEATURE_RETURN_TRAFFIC, FRAGMENT_IDLE_NS, ICMP_IDLE_NS,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_ENTRIES_PER_FAMILY, MAX_EXACT_V4,
+    MAX_EXACT_V6, MAX_FLOWS, MAX_FRAGMENT_TRAINS, MAX_PORT_SETS, PUBLIC_PORT_SET, RULE_ALLOW_ALL,
+    RULE_PORTS, SCREEN_WORDS, TCP_IDLE_NS, UDP_IDLE_NS,
 };
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
     helpers::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
-    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
@@ -28,6 +29,26 @@ use parse::{Frame, IpHeader, Network, Transport, FIRST_FRAGMENT, LATER_FRAGMENT}
 
 // Map names must match allowlist_common::MAP_* (the symbol name is the map name).
 // All are pinned by name so a restarted daemon finds the state the program is using.
+#[map]
+static SCREEN_V4_0: Array<u64> = Array::pinned(SCREEN_WORDS, BPF_F_MMAPABLE);
+#[map]
+static SCREEN_V4_1: Array<u64> = Array::pinned(SCREEN_WORDS, BPF_F_MMAPABLE);
+#[map]
+static SCREEN_V6_0: Array<u64> = Array::pinned(SCREEN_WORDS, BPF_F_MMAPABLE);
+#[map]
+static SCREEN_V6_1: Array<u64> = Array::pinned(SCREEN_WORDS, BPF_F_MMAPABLE);
+#[map]
+static EXACT_V4_0: HashMap<Ipv4Octets, AllowRule> =
+    HashMap::pinned(MAX_EXACT_V4, BPF_F_NO_PREALLOC);
+#[map]
+static EXACT_V4_1: HashMap<Ipv4Octets, AllowRule> =
+    HashMap::pinned(MAX_EXACT_V4, BPF_F_NO_PREALLOC);
+#[map]
+static EXACT_V6_0: HashMap<Ipv6Octets, AllowRule> =
+    HashMap::pinned(MAX_EXACT_V6, BPF_F_NO_PREALLOC);
+#[map]
+static EXACT_V6_1: HashMap<Ipv6Octets, AllowRule> =
+    HashMap::pinned(MAX_EXACT_V6, BPF_F_NO_PREALLOC);
 #[map]
 static ALLOW_V4_0: LpmTrie<Ipv4Octets, AllowRule> = LpmTrie::pinned(MAX_ENTRIES_PER_FAMILY, 0);
 #[map]
@@ -221,24 +242,50 @@ fn by_mode(mode: Mode, enforced: Reason, monitored: Reason) -> Reason {
 }
 
 /// The rule of the longest listed prefix containing the source; flags 0 if none.
-/// (A plain value, not an Option: the verifier rejects LLVM's spills of the undefined
-/// payload of a None.)
+/// Screen, then exact hosts, then the trie (see `allowlist_common::SLOTS`): most
+/// unlisted sources stop at the screen and listed hosts at the hash, so neither pays
+/// the trie's depth. (A plain value, not an Option: the verifier rejects LLVM's spills
+/// of the undefined payload of a None.)
 #[inline(always)]
 fn lookup(slot: u32, ip: &IpHeader) -> AllowRule {
     let found = if ip.is_v6 {
-        let key = Key::new(128, ip.source);
-        match slot {
-            0 => ALLOW_V6_0.get(&key),
-            _ => ALLOW_V6_1.get(&key),
+        let first_32_bits = [ip.source[0], ip.source[1], ip.source[2], ip.source[3]];
+        let (screen, exact, trie) = match slot {
+            0 => (&SCREEN_V6_0, &EXACT_V6_0, &ALLOW_V6_0),
+            _ => (&SCREEN_V6_1, &EXACT_V6_1, &ALLOW_V6_1),
+        };
+        if !screened_in(screen, screen_bit_v6(first_32_bits)) {
+            return AllowRule::default();
+        }
+        // SAFETY: plain data, replaced only after packets in flight are done with it.
+        match unsafe { exact.get(ip.source) } {
+            Some(rule) => Some(rule),
+            None => trie.get(Key::new(128, ip.source)),
         }
     } else {
-        let key = Key::new(32, ip.source_v4());
-        match slot {
-            0 => ALLOW_V4_0.get(&key),
-            _ => ALLOW_V4_1.get(&key),
+        let source = ip.source_v4();
+        let (screen, exact, trie) = match slot {
+            0 => (&SCREEN_V4_0, &EXACT_V4_0, &ALLOW_V4_0),
+            _ => (&SCREEN_V4_1, &EXACT_V4_1, &ALLOW_V4_1),
+        };
+        if !screened_in(screen, screen_bit_v4(source)) {
+            return AllowRule::default();
+        }
+        // SAFETY: as above.
+        match unsafe { exact.get(source) } {
+            Some(rule) => Some(rule),
+            None => trie.get(Key::new(32, source)),
         }
     };
     found.copied().unwrap_or_default()
+}
+
+/// Whether the screen bitmap's `bit` is set: some listed prefix may contain the source.
+#[inline(always)]
+fn screened_in(screen: &Array<u64>, bit: u32) -> bool {
+    screen
+        .get(bit / 64)
+        .is_some_and(|word| word & (1u64 << (bit % 64)) != 0)
 }
 
 #[inline(always)]

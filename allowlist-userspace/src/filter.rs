@@ -13,7 +13,7 @@
 //! ```
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fs, io,
     net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
@@ -22,11 +22,12 @@ use std::{
 
 use allowlist_common::{
     AllowRule, Control, Counter, FlowKey, FlowState, Ipv4Octets, Ipv6Octets, PortSet, Reason,
-    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONTROL, MAP_COUNTERS, MAP_FLOWS, MAP_PORT_SETS, MAX_PORT_SETS,
+    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONTROL, MAP_COUNTERS, MAP_EXACT_V4, MAP_EXACT_V6, MAP_FLOWS,
+    MAP_PORT_SETS, MAP_SCREEN_V4, MAP_SCREEN_V6, MAX_EXACT_V4, MAX_EXACT_V6, MAX_PORT_SETS,
     PROGRAM_NAME, PUBLIC_PORT_SET, RULE_PORTS, SLOTS,
 };
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, PerCpuArray},
     programs::{
         links::FdLink, links::PinnedLink, tc::SchedClassifierLink, tc::TcAttachOptions,
         xdp::XdpMode as KernelXdpMode, LinkOrder, SchedClassifier, TcAttachType, Xdp,
@@ -41,6 +42,7 @@ use crate::{
     compile::{CompiledList, Reach},
     config::{Mode, XdpMode},
     ports::PortSpec,
+    screen::{MappedScreen, ScreenBits},
 };
 
 /// Name of the TC egress program that records the flows the host opens.
@@ -141,16 +143,84 @@ pub struct Filter {
     control: Control,
     /// What each slot holds now, read back from the kernel at start.
     slots: [KernelSlot; SLOTS],
+    /// Per slot: the hosts that did not fit their exact-host hash and live in the trie.
+    overflow: [Overflow; SLOTS],
     attached: BTreeMap<String, AttachedMode>,
 }
 
 struct Maps {
-    allow_v4: Vec<LpmTrie<MapData, Ipv4Octets, AllowRule>>,
-    allow_v6: Vec<LpmTrie<MapData, Ipv6Octets, AllowRule>>,
+    v4: Vec<FamilyMaps<Ipv4Octets>>,
+    v6: Vec<FamilyMaps<Ipv6Octets>>,
     port_sets: Vec<Array<MapData, PortSet>>,
     control: Array<MapData, Control>,
     counters: PerCpuArray<MapData, Counter>,
     flows: BpfHashMap<MapData, FlowKey, FlowState>,
+}
+
+/// One address family's lookup maps in one slot, in the order the program consults them.
+struct FamilyMaps<K: aya::Pod> {
+    screen: MappedScreen,
+    exact: BpfHashMap<MapData, K, AllowRule>,
+    trie: LpmTrie<MapData, K, AllowRule>,
+}
+
+#[derive(Default)]
+struct Overflow {
+    v4: BTreeSet<Ipv4Net>,
+    v6: BTreeSet<Ipv6Net>,
+}
+
+/// What the daemon needs to know about a prefix to place it in a family's maps.
+trait Prefix: Ord + Copy + std::fmt::Display {
+    type Octets: aya::Pod;
+    /// Capacity of the family's exact-host hash.
+    const EXACT_CAPACITY: u32;
+    fn is_host(&self) -> bool;
+    fn octets(&self) -> Self::Octets;
+    fn key(&self) -> Key<Self::Octets>;
+}
+
+impl Prefix for Ipv4Net {
+    type Octets = Ipv4Octets;
+    const EXACT_CAPACITY: u32 = MAX_EXACT_V4;
+    fn is_host(&self) -> bool {
+        self.prefix_len() == 32
+    }
+    fn octets(&self) -> Ipv4Octets {
+        self.network().octets()
+    }
+    fn key(&self) -> Key<Ipv4Octets> {
+        key_v4(self)
+    }
+}
+
+impl Prefix for Ipv6Net {
+    type Octets = Ipv6Octets;
+    const EXACT_CAPACITY: u32 = MAX_EXACT_V6;
+    fn is_host(&self) -> bool {
+        self.prefix_len() == 128
+    }
+    fn octets(&self) -> Ipv6Octets {
+        self.network().octets()
+    }
+    fn key(&self) -> Key<Ipv6Octets> {
+        key_v6(self)
+    }
+}
+
+/// The screen bits of a list, computed once per apply for both slots.
+struct Screens {
+    v4: ScreenBits,
+    v6: ScreenBits,
+}
+
+impl Screens {
+    fn of(list: &KernelSlot) -> Screens {
+        Screens {
+            v4: ScreenBits::of_v4(list.v4.iter().map(|(net, _)| net)),
+            v6: ScreenBits::of_v6(list.v6.iter().map(|(net, _)| net)),
+        }
+    }
 }
 
 /// A compiled list in the kernel's terms: prefixes with rules, and the port sets the
@@ -260,13 +330,15 @@ impl Filter {
             .control
             .get(&0, 0)
             .map_err(kernel_error("reading the control record"))?;
-        let slots = [maps.read_slot(0)?, maps.read_slot(1)?];
+        let (slot_0, overflow_0) = maps.read_slot(0)?;
+        let (slot_1, overflow_1) = maps.read_slot(1)?;
         Ok(Filter {
             ebpf,
             pins,
             maps,
             control,
-            slots,
+            slots: [slot_0, slot_1],
+            overflow: [overflow_0, overflow_1],
             attached: BTreeMap::new(),
         })
     }
@@ -325,9 +397,10 @@ impl Filter {
         let started = Instant::now();
         let list = KernelSlot::from_list(list)?;
         let list = &list;
+        let screens = Screens::of(list);
         let active = self.control.active_slot as usize % SLOTS;
         let standby = 1 - active;
-        self.write_slot(standby, list)?;
+        self.write_slot(standby, list, &screens)?;
         self.write_control(Control {
             active_slot: standby as u32,
             ..self.control
@@ -335,7 +408,7 @@ impl Filter {
         wait_for_packets_in_flight();
         // The old slot is idle now; keep it identical so the next change is a small diff.
         // Its diff is exactly what changed from the previous list.
-        let mut report = self.write_slot(active, list)?;
+        let mut report = self.write_slot(active, list, &screens)?;
         report.took = started.elapsed();
         Ok(report)
     }
@@ -519,7 +592,12 @@ impl Filter {
         Ok(())
     }
 
-    fn write_slot(&mut self, slot: usize, list: &KernelSlot) -> Result<ApplyReport> {
+    fn write_slot(
+        &mut self,
+        slot: usize,
+        list: &KernelSlot,
+        screens: &Screens,
+    ) -> Result<ApplyReport> {
         // Port sets first: rules written below may point at them.
         let sets = &mut self.maps.port_sets[slot];
         for (index, set) in list.port_sets.iter().enumerate() {
@@ -531,37 +609,83 @@ impl Filter {
             }
         }
         let current = &self.slots[slot];
-        let (v4_upsert, v4_remove) = diff(&current.v4, &list.v4);
-        let (v6_upsert, v6_remove) = diff(&current.v6, &list.v6);
-        let trie_v4 = &mut self.maps.allow_v4[slot];
-        for net in &v4_remove {
-            trie_v4
-                .remove(&key_v4(net))
-                .map_err(kernel_error(format!("removing {net} from slot {slot}")))?;
-        }
-        for (net, rule) in &v4_upsert {
-            trie_v4
-                .insert(&key_v4(net), rule, 0)
-                .map_err(kernel_error(format!("adding {net} to slot {slot}")))?;
-        }
-        let trie_v6 = &mut self.maps.allow_v6[slot];
-        for net in &v6_remove {
-            trie_v6
-                .remove(&key_v6(net))
-                .map_err(kernel_error(format!("removing {net} from slot {slot}")))?;
-        }
-        for (net, rule) in &v6_upsert {
-            trie_v6
-                .insert(&key_v6(net), rule, 0)
-                .map_err(kernel_error(format!("adding {net} to slot {slot}")))?;
-        }
+        let overflow = &mut self.overflow[slot];
+        let v4 = write_family(
+            &mut self.maps.v4[slot],
+            &mut overflow.v4,
+            &current.v4,
+            &list.v4,
+            &screens.v4,
+            slot,
+        )?;
+        let v6 = write_family(
+            &mut self.maps.v6[slot],
+            &mut overflow.v6,
+            &current.v6,
+            &list.v6,
+            &screens.v6,
+            slot,
+        )?;
         self.slots[slot] = list.clone();
         Ok(ApplyReport {
-            added: v4_upsert.len() + v6_upsert.len(),
-            removed: v4_remove.len() + v6_remove.len(),
+            added: v4.added + v6.added,
+            removed: v4.removed + v6.removed,
             took: Duration::ZERO,
         })
     }
+}
+
+/// Brings one family's maps of an idle slot from `current` to `wanted`: only changed
+/// prefixes are written. Hosts go to the exact-host hash while it has room, the rest to
+/// the trie; a host keeps its place for as long as it is listed.
+fn write_family<P: Prefix>(
+    maps: &mut FamilyMaps<P::Octets>,
+    overflow: &mut BTreeSet<P>,
+    current: &[(P, AllowRule)],
+    wanted: &[(P, AllowRule)],
+    screen: &ScreenBits,
+    slot: usize,
+) -> Result<ApplyReport> {
+    let (upsert, remove) = diff(current, wanted);
+    let hosts = current.iter().filter(|(net, _)| net.is_host()).count();
+    let mut exact_len = hosts - overflow.len();
+    for net in &remove {
+        let removed = if net.is_host() && !overflow.remove(net) {
+            exact_len -= 1;
+            maps.exact.remove(&net.octets())
+        } else {
+            maps.trie.remove(&net.key())
+        };
+        removed.map_err(kernel_error(format!("removing {net} from slot {slot}")))?;
+    }
+    for (net, rule) in &upsert {
+        let listed = current.binary_search_by(|(n, _)| n.cmp(net)).is_ok();
+        let in_exact = if !net.is_host() || overflow.contains(net) {
+            false
+        } else if listed {
+            true
+        } else if exact_len < P::EXACT_CAPACITY as usize {
+            exact_len += 1;
+            true
+        } else {
+            overflow.insert(*net);
+            false
+        };
+        let written = if in_exact {
+            maps.exact.insert(net.octets(), rule, 0)
+        } else {
+            maps.trie.insert(&net.key(), rule, 0)
+        };
+        written.map_err(kernel_error(format!("adding {net} to slot {slot}")))?;
+    }
+    // Last, so a bit is never clear while its prefix is in the maps (the slot is idle
+    // anyway; this keeps it true even for a reader that raced the flip).
+    maps.screen.write(screen);
+    Ok(ApplyReport {
+        added: upsert.len(),
+        removed: remove.len(),
+        took: Duration::ZERO,
+    })
 }
 
 impl Maps {
@@ -572,25 +696,31 @@ impl Maps {
                 message: format!("the program has no map {name}"),
             })
         };
-        let mut allow_v4 = Vec::with_capacity(SLOTS);
-        let mut allow_v6 = Vec::with_capacity(SLOTS);
+        let mut v4 = Vec::with_capacity(SLOTS);
+        let mut v6 = Vec::with_capacity(SLOTS);
         for slot in 0..SLOTS {
-            allow_v4.push(
-                LpmTrie::try_from(take(MAP_ALLOW_V4[slot])?)
+            v4.push(FamilyMaps {
+                screen: mapped_screen(take(MAP_SCREEN_V4[slot])?, MAP_SCREEN_V4[slot])?,
+                exact: BpfHashMap::try_from(take(MAP_EXACT_V4[slot])?)
+                    .map_err(kernel_error(MAP_EXACT_V4[slot]))?,
+                trie: LpmTrie::try_from(take(MAP_ALLOW_V4[slot])?)
                     .map_err(kernel_error(MAP_ALLOW_V4[slot]))?,
-            );
-            allow_v6.push(
-                LpmTrie::try_from(take(MAP_ALLOW_V6[slot])?)
+            });
+            v6.push(FamilyMaps {
+                screen: mapped_screen(take(MAP_SCREEN_V6[slot])?, MAP_SCREEN_V6[slot])?,
+                exact: BpfHashMap::try_from(take(MAP_EXACT_V6[slot])?)
+                    .map_err(kernel_error(MAP_EXACT_V6[slot]))?,
+                trie: LpmTrie::try_from(take(MAP_ALLOW_V6[slot])?)
                     .map_err(kernel_error(MAP_ALLOW_V6[slot]))?,
-            );
+            });
         }
         let mut port_sets = Vec::with_capacity(SLOTS);
         for name in MAP_PORT_SETS {
             port_sets.push(Array::try_from(take(name)?).map_err(kernel_error(name))?);
         }
         Ok(Maps {
-            allow_v4,
-            allow_v6,
+            v4,
+            v6,
             port_sets,
             flows: BpfHashMap::try_from(take(MAP_FLOWS)?).map_err(kernel_error(MAP_FLOWS))?,
             control: Array::try_from(take(MAP_CONTROL)?).map_err(kernel_error(MAP_CONTROL))?,
@@ -599,27 +729,53 @@ impl Maps {
         })
     }
 
-    fn read_slot(&self, slot: usize) -> Result<KernelSlot> {
+    /// What a slot holds, and which of its hosts overflowed into the trie.
+    fn read_slot(&self, slot: usize) -> Result<(KernelSlot, Overflow)> {
         let mut list = KernelSlot::default();
-        for entry in self.allow_v4[slot].iter() {
-            let (key, rule) =
-                entry.map_err(kernel_error(format!("reading {}", MAP_ALLOW_V4[slot])))?;
+        let mut overflow = Overflow::default();
+        let (v4, v6) = (&self.v4[slot], &self.v6[slot]);
+        let context = |name: &str| format!("reading {name}");
+        for entry in v4.trie.iter() {
+            let (key, rule) = entry.map_err(kernel_error(context(MAP_ALLOW_V4[slot])))?;
             let net = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
-                .map_err(kernel_error(format!("reading {}", MAP_ALLOW_V4[slot])))?;
+                .map_err(kernel_error(context(MAP_ALLOW_V4[slot])))?;
+            if net.is_host() {
+                overflow.v4.insert(net);
+            }
             list.v4.push((net, rule));
         }
-        for entry in self.allow_v6[slot].iter() {
-            let (key, rule) =
-                entry.map_err(kernel_error(format!("reading {}", MAP_ALLOW_V6[slot])))?;
+        for entry in v4.exact.iter() {
+            let (octets, rule) = entry.map_err(kernel_error(context(MAP_EXACT_V4[slot])))?;
+            list.v4.push((Ipv4Net::from(Ipv4Addr::from(octets)), rule));
+        }
+        for entry in v6.trie.iter() {
+            let (key, rule) = entry.map_err(kernel_error(context(MAP_ALLOW_V6[slot])))?;
             let net = Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8)
-                .map_err(kernel_error(format!("reading {}", MAP_ALLOW_V6[slot])))?;
+                .map_err(kernel_error(context(MAP_ALLOW_V6[slot])))?;
+            if net.is_host() {
+                overflow.v6.insert(net);
+            }
             list.v6.push((net, rule));
+        }
+        for entry in v6.exact.iter() {
+            let (octets, rule) = entry.map_err(kernel_error(context(MAP_EXACT_V6[slot])))?;
+            list.v6.push((Ipv6Net::from(Ipv6Addr::from(octets)), rule));
         }
         list.v4.sort_unstable_by_key(|(net, _)| *net);
         list.v6.sort_unstable_by_key(|(net, _)| *net);
-        // Port sets are rewritten whole on the next apply; nothing to read back.
-        Ok(list)
+        // Port sets are rewritten whole on the next apply, and screens with every write.
+        Ok((list, overflow))
     }
+}
+
+fn mapped_screen(map: Map, name: &str) -> Result<MappedScreen> {
+    let Map::Array(data) = map else {
+        return Err(FilterError::Kernel {
+            context: format!("opening {name}"),
+            message: "not an array map".into(),
+        });
+    };
+    MappedScreen::map(data).map_err(io_error(format!("mapping {name} into memory")))
 }
 
 /// The prefixes to write (new, or with a new rule) and to remove to turn `current` into

@@ -1,7 +1,7 @@
 //! allowlist's userspace, in layers, each a module with one job:
 //! config (read and validate) → allowlist (entries and the rules for changing them; state
 //! keeps them durable) → compile (minimal prefix sets) → filter (the kernel maps, program
-//! and links) → control (the socket protocol; access and safety guard it) → daemon.
+//! and links; screen maps its bitmaps) → control (the socket protocol; access and safety guard it) → daemon.
 //! The binaries `allowlistd` and `allowlistctl` are thin shells over these.
 
 pub mod access;
@@ -16,4 +16,5 @@ pub mod filter;
 pub mod flows;
 pub mod ports;
 pub mod safety;
+pub mod screen;
 pub mod state;

@@ -16,6 +16,8 @@ pub mod netns;
 pub mod probe;
 pub mod process;
 pub mod raw;
+pub mod rng;
+pub mod test_filter;
 pub mod topology;
 pub mod traffic;
 

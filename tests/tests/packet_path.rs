@@ -8,41 +8,18 @@
 //!
 //! Needs root (BPF, bpffs).
 
-use std::{
-    net::{Ipv4Addr, Ipv6Addr},
-    path::PathBuf,
-    sync::atomic::{AtomicUsize, Ordering},
-};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use allowlist_common::{
-    AllowRule, Control, Counter, Ipv4Octets, Ipv6Octets, Reason, MAP_ALLOW_V4, MAP_ALLOW_V6,
-    MAP_CONTROL,
+    screen_bit_v4, screen_bit_v6, AllowRule, Control, Counter, Ipv4Octets, Ipv6Octets, Reason,
+    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONTROL, MAP_EXACT_V4, MAP_EXACT_V6, MAP_SCREEN_V4,
+    MAP_SCREEN_V6,
 };
-use allowlist_userspace::{
-    compile::CompiledList,
-    config::Mode,
-    filter::{self, Counters, Filter, Pins},
-};
-use aya::{
-    maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData},
-    programs::{TestRun, TestRunOptions},
-};
-use ipnet::IpNet;
+use allowlist_tests::test_filter::{delta, TestFilter, Verdict};
+use allowlist_userspace::config::Mode;
+use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData};
 
 use Verdict::{Drop, Pass};
-
-// ---------------------------------------------------------------------------------------
-// The filter under test
-// ---------------------------------------------------------------------------------------
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Verdict {
-    Pass,
-    Drop,
-}
 
 /// The list most tests enforce: one host and one network per family.
 const LIST: &[&str] = &[
@@ -61,172 +38,12 @@ const LISTED_V6_IN_NET: &str = "2001:db8:aaaa:1234::99";
 const UNLISTED_V6: &str = "2001:db8::11";
 const UNLISTED_V6_NEXT_TO_NET: &str = "2001:db8:aaab::1";
 
-/// The real program with private pinned maps; unpins everything on drop.
-struct TestFilter {
-    filter: Option<Filter>,
-    pins: Pins,
-}
-
-impl TestFilter {
-    /// A freshly loaded program: empty lists, mode off (the control record's zero).
-    fn open() -> TestFilter {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let root = PathBuf::from(format!(
-            "/sys/fs/bpf/alpkt-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        ));
-        let pins = Pins::new(root);
-        // The guard exists before anything is pinned, so a failed open is cleaned up too.
-        let mut guard = TestFilter {
-            filter: None,
-            pins: pins.clone(),
-        };
-        let opened = Filter::open(pins, false)
-            .unwrap_or_else(|error| panic!("loading the XDP program: {error}"));
-        guard.filter = Some(opened);
-        guard
-    }
-
-    /// `LIST` applied, in `mode`.
-    fn with_list(mode: Mode) -> TestFilter {
-        let mut filter = TestFilter::open();
-        filter.apply(LIST);
-        filter.set_mode(mode);
-        filter
-    }
-
-    fn filter(&mut self) -> &mut Filter {
-        self.filter.as_mut().expect("filter is open")
-    }
-
-    fn apply(&mut self, networks: &[&str]) {
-        let networks = networks.iter().map(|n| {
-            n.parse::<IpNet>()
-                .unwrap_or_else(|error| panic!("{n}: {error}"))
-        });
-        let (list, _) = CompiledList::compile(networks);
-        self.filter()
-            .apply(&list)
-            .unwrap_or_else(|error| panic!("applying {list:?}: {error}"));
-    }
-
-    fn set_mode(&mut self, mode: Mode) {
-        self.filter()
-            .set_mode(mode)
-            .unwrap_or_else(|error| panic!("setting mode {mode}: {error}"));
-    }
-
-    fn counters(&mut self) -> Counters {
-        self.filter()
-            .counters()
-            .unwrap_or_else(|error| panic!("reading counters: {error}"))
-    }
-
-    /// One of the filter's maps, opened through its pin as another process would.
-    fn pinned_map(&self, name: &str) -> Map {
-        let path = self.pins.root().join("maps").join(name);
-        let data = MapData::from_pin(&path)
-            .unwrap_or_else(|error| panic!("opening {}: {error}", path.display()));
-        Map::from_map_data(data).unwrap_or_else(|error| panic!("{name}: {error}"))
-    }
-
-    /// Runs the program once on `frame` and returns its verdict.
-    ///
-    /// `BPF_PROG_TEST_RUN` refuses input shorter than an Ethernet header (Linux 6.18
-    /// checks `data_size_in - metadata >= ETH_HLEN`), so a shorter frame is handed in
-    /// padded to 14 bytes with `xdp_md.data_end = frame.len()`: the kernel keeps only
-    /// `frame` in the linear part (`data..data_end`, all the program reads and counts)
-    /// and puts the padding in a fragment the program never sees.
-    fn run(&mut self, frame: &[u8]) -> Verdict {
-        let mut data = frame.to_vec();
-        let mut ctx = Vec::new();
-        let options = if frame.len() < 14 {
-            data.resize(14, 0xee);
-            // struct xdp_md { data, data_end, data_meta, ingress_ifindex,
-            //                 rx_queue_index, egress_ifindex }
-            for field in [0, frame.len() as u32, 0, 0, 0, 0] {
-                ctx.extend_from_slice(&field.to_ne_bytes());
-            }
-            TestRunOptions {
-                data_in: Some(&data),
-                ctx_in: Some(&ctx),
-                ..Default::default()
-            }
-        } else {
-            TestRunOptions {
-                data_in: Some(frame),
-                ..Default::default()
-            }
-        };
-        let result = self
-            .filter()
-            .program()
-            .unwrap_or_else(|error| panic!("the loaded program: {error}"))
-            .test_run(options)
-            .unwrap_or_else(|error| {
-                panic!(
-                    "BPF_PROG_TEST_RUN on a {}-byte frame: {error:?}",
-                    frame.len()
-                )
-            });
-        match result.return_value {
-            XDP_PASS => Pass,
-            XDP_DROP => Drop,
-            other => panic!("the program returned {other}, neither XDP_PASS nor XDP_DROP"),
-        }
-    }
-
-    /// Runs the program once on `frame`: its verdict and the reason it was counted under.
-    /// Fails unless exactly one reason counted it, as one packet of `frame.len()` bytes.
-    fn judge(&mut self, frame: &[u8]) -> (Verdict, Reason) {
-        let before = self.counters();
-        let verdict = self.run(frame);
-        let after = self.counters();
-        let changed: Vec<(Reason, Counter)> = Reason::ALL
-            .into_iter()
-            .filter_map(|reason| {
-                let delta = delta(&before, &after, reason);
-                (delta != Counter::default()).then_some((reason, delta))
-            })
-            .collect();
-        let expected = Counter {
-            packets: 1,
-            bytes: frame.len() as u64,
-        };
-        match changed.as_slice() {
-            [(reason, delta)] if *delta == expected => (verdict, *reason),
-            _ => panic!(
-                "a {}-byte frame must be counted once under exactly one reason as {expected:?}; \
-                 counters changed: {changed:?} (verdict {verdict:?}, frame {frame:02x?})",
-                frame.len()
-            ),
-        }
-    }
-}
-
-impl std::ops::Drop for TestFilter {
-    fn drop(&mut self) {
-        // Close our handles first, then remove every pin (and so the maps).
-        self.filter.take();
-        if let Err(error) = filter::uninstall(&self.pins) {
-            eprintln!("removing {}: {error}", self.pins.root().display());
-        }
-    }
-}
-
-fn delta(before: &Counters, after: &Counters, reason: Reason) -> Counter {
-    let get = |counters: &Counters| {
-        counters
-            .get(reason.name())
-            .copied()
-            .unwrap_or_else(|| panic!("counters() has no {}", reason.name()))
-    };
-    let (before, after) = (get(before), get(after));
-    Counter {
-        packets: after.packets - before.packets,
-        bytes: after.bytes - before.bytes,
-    }
+/// A filter with `LIST` applied, in `mode`.
+fn with_list(mode: Mode) -> TestFilter {
+    let mut filter = TestFilter::open();
+    filter.apply(LIST);
+    filter.set_mode(mode);
+    filter
 }
 
 // ---------------------------------------------------------------------------------------
@@ -390,7 +207,7 @@ fn with_total_len(mut frame: Vec<u8>, total_len: u16) -> Vec<u8> {
 
 #[test]
 fn enforce_passes_ipv4_source_listed_as_a_host_and_drops_its_unlisted_neighbour() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     assert_eq!(
         filter.judge(&udp4(LISTED_V4_HOST)),
         (Pass, Reason::PassedListed)
@@ -407,7 +224,7 @@ fn enforce_passes_ipv4_source_listed_as_a_host_and_drops_its_unlisted_neighbour(
 
 #[test]
 fn enforce_passes_ipv4_sources_inside_a_listed_slash_24_and_drops_those_just_outside() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     for src in ["198.51.100.0", LISTED_V4_IN_NET, "198.51.100.255"] {
         assert_eq!(
             filter.judge(&udp4(src)),
@@ -426,7 +243,7 @@ fn enforce_passes_ipv4_sources_inside_a_listed_slash_24_and_drops_those_just_out
 
 #[test]
 fn enforce_passes_ipv6_source_listed_as_a_host_and_drops_its_unlisted_neighbour() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     assert_eq!(
         filter.judge(&udp6(LISTED_V6_HOST)),
         (Pass, Reason::PassedListed)
@@ -439,7 +256,7 @@ fn enforce_passes_ipv6_source_listed_as_a_host_and_drops_its_unlisted_neighbour(
 
 #[test]
 fn enforce_passes_ipv6_sources_inside_a_listed_slash_48_and_drops_those_just_outside() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     for src in [
         "2001:db8:aaaa::",
         LISTED_V6_IN_NET,
@@ -482,7 +299,7 @@ fn enforce_judges_by_the_source_address_not_the_destination() {
 
 #[test]
 fn enforce_does_not_let_an_ipv4_entry_cover_its_ipv4_mapped_ipv6_address() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     assert_eq!(
         filter.judge(&udp6("::ffff:192.0.2.10")),
         (Drop, Reason::DroppedNotListed)
@@ -495,7 +312,7 @@ fn enforce_does_not_let_an_ipv4_entry_cover_its_ipv4_mapped_ipv6_address() {
 
 #[test]
 fn one_8021q_tag_is_looked_through_to_the_ip_source() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     let tags = [ETH_P_8021Q];
     assert_eq!(
         filter.judge(&tagged_udp4(&tags, LISTED_V4_HOST)),
@@ -517,7 +334,7 @@ fn one_8021q_tag_is_looked_through_to_the_ip_source() {
 
 #[test]
 fn qinq_8021ad_outer_and_8021q_inner_tags_are_looked_through_to_the_ip_source() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     let tags = [ETH_P_8021AD, ETH_P_8021Q];
     assert_eq!(
         filter.judge(&tagged_udp4(&tags, LISTED_V4_IN_NET)),
@@ -539,7 +356,7 @@ fn qinq_8021ad_outer_and_8021q_inner_tags_are_looked_through_to_the_ip_source() 
 
 #[test]
 fn two_8021q_tags_and_a_lone_8021ad_tag_are_looked_through_too() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     for tags in [&[ETH_P_8021Q, ETH_P_8021Q][..], &[ETH_P_8021AD][..]] {
         assert_eq!(
             filter.judge(&tagged_udp4(tags, LISTED_V4_HOST)),
@@ -560,7 +377,7 @@ fn two_8021q_tags_and_a_lone_8021ad_tag_are_looked_through_too() {
 /// three deep.)
 #[test]
 fn three_vlan_tags_are_beyond_the_parse_depth_and_pass_as_non_ip() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     for tags in [
         [ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q],
         [ETH_P_8021Q, ETH_P_8021Q, ETH_P_8021Q],
@@ -581,7 +398,7 @@ fn three_vlan_tags_are_beyond_the_parse_depth_and_pass_as_non_ip() {
 
 #[test]
 fn vlan_tag_cut_off_before_its_ether_type_is_malformed() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     // Ethernet header with TPID 0x8100, then only the 2-byte TCI.
     let frame = ethernet(&[], ETH_P_8021Q, &[0x00, 0x64]);
     assert_eq!(frame.len(), 16);
@@ -594,7 +411,7 @@ fn vlan_tag_cut_off_before_its_ether_type_is_malformed() {
 
 #[test]
 fn headers_behind_vlan_tags_are_bounds_checked_from_the_end_of_the_tags() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     for tags in [&[ETH_P_8021Q][..], &[ETH_P_8021AD, ETH_P_8021Q][..]] {
         let tags_len = 4 * tags.len();
         let full = tagged_udp4(tags, LISTED_V4_HOST);
@@ -634,7 +451,7 @@ fn with_tagged_total_len(frame: &[u8], tags_len: usize) -> Vec<u8> {
 
 #[test]
 fn ipv4_with_options_ihl_6_to_15_is_judged_by_its_source() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     for ihl in 6u8..=15 {
         // NOP options filling the header to IHL words.
         let options = vec![0x01; (usize::from(ihl) - 5) * 4];
@@ -664,7 +481,7 @@ fn ipv4_with_options_ihl_6_to_15_is_judged_by_its_source() {
 
 #[test]
 fn ipv4_ihl_below_5_is_malformed_even_from_a_listed_source() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     for ihl in 0u8..5 {
         let frame = with_version_ihl(udp4(LISTED_V4_HOST), 4, ihl);
         assert_eq!(
@@ -677,7 +494,7 @@ fn ipv4_ihl_below_5_is_malformed_even_from_a_listed_source() {
 
 #[test]
 fn ipv4_ihl_claiming_more_bytes_than_the_frame_has_is_malformed() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     // IHL 15 (60 bytes) with a 20-byte header and 17 bytes of UDP behind it.
     let frame = with_version_ihl(udp4(LISTED_V4_HOST), 4, 15);
     assert!(frame.len() - ETH_LEN < 60);
@@ -701,7 +518,7 @@ fn ipv4_ihl_claiming_more_bytes_than_the_frame_has_is_malformed() {
 
 #[test]
 fn ipv4_total_length_smaller_than_the_header_is_malformed() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     for total_len in [0u16, 1, 19] {
         let frame = with_total_len(udp4(LISTED_V4_HOST), total_len);
         assert_eq!(
@@ -739,7 +556,7 @@ fn ipv4_total_length_smaller_than_the_header_is_malformed() {
 /// source is trustworthy either way.
 #[test]
 fn ipv4_total_length_beyond_the_frame_is_still_judged_by_its_source() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     assert_eq!(
         filter.judge(&with_total_len(udp4(LISTED_V4_HOST), 1500)),
         (Pass, Reason::PassedListed)
@@ -752,7 +569,7 @@ fn ipv4_total_length_beyond_the_frame_is_still_judged_by_its_source() {
 
 #[test]
 fn ipv4_ether_type_with_a_version_other_than_4_is_malformed() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     for version in [0u8, 5, 6, 15] {
         let frame = with_version_ihl(udp4(LISTED_V4_HOST), version, 5);
         assert_eq!(
@@ -769,7 +586,7 @@ fn ipv4_ether_type_with_a_version_other_than_4_is_malformed() {
 
 #[test]
 fn ipv6_ether_type_with_a_version_other_than_6_is_malformed() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     for version in [0u8, 4, 7, 15] {
         let mut frame = udp6(LISTED_V6_HOST);
         frame[ETH_LEN] = version << 4;
@@ -787,7 +604,7 @@ fn ipv6_ether_type_with_a_version_other_than_6_is_malformed() {
 
 #[test]
 fn ethernet_header_alone_with_an_ip_ether_type_is_malformed() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     for ether_type in [ETH_P_IPV4, ETH_P_IPV6] {
         let frame = ethernet(&[], ether_type, &[]);
         assert_eq!(frame.len(), ETH_LEN);
@@ -801,7 +618,7 @@ fn ethernet_header_alone_with_an_ip_ether_type_is_malformed() {
 
 #[test]
 fn truncated_ipv4_header_is_malformed() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     let full = udp4(LISTED_V4_HOST);
     for ip_bytes in [1, 10, IPV4_LEN - 1] {
         assert_eq!(
@@ -817,7 +634,7 @@ fn truncated_ipv4_header_is_malformed() {
 
 #[test]
 fn truncated_ipv6_header_is_malformed() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     let full = udp6(LISTED_V6_HOST);
     for ip_bytes in [1, 30, IPV6_LEN - 1] {
         assert_eq!(
@@ -843,7 +660,7 @@ fn truncated_ipv6_header_is_malformed() {
 
 #[test]
 fn frame_shorter_than_an_ethernet_header_passes_as_non_ip() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     let ipv4_frame = udp4(UNLISTED_V4);
     for len in [0, 1, 12, 13] {
         assert_eq!(
@@ -860,7 +677,7 @@ fn frame_shorter_than_an_ethernet_header_passes_as_non_ip() {
 
 #[test]
 fn arp_and_lldp_pass_as_non_ip_in_enforce() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     assert_eq!(filter.judge(&arp()), (Pass, Reason::PassedNonIp));
     assert_eq!(filter.judge(&lldp()), (Pass, Reason::PassedNonIp));
     // ARP inside a VLAN tag, and an unknown ether type carrying IPv4-looking bytes.
@@ -892,7 +709,7 @@ fn arp_passes_as_non_ip_with_an_empty_list_too() {
 
 #[test]
 fn neighbour_discovery_with_hop_limit_255_from_an_unlisted_source_passes_as_exempt() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     for icmp_type in [
         ND_ROUTER_SOLICIT,
         ND_ROUTER_ADVERT,
@@ -912,7 +729,7 @@ fn neighbour_discovery_with_hop_limit_255_from_an_unlisted_source_passes_as_exem
 
 #[test]
 fn neighbour_discovery_types_with_hop_limit_below_255_are_judged_as_normal_traffic() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     for icmp_type in [ND_ROUTER_SOLICIT, ND_NEIGHBOUR_SOLICIT, ND_NEIGHBOUR_ADVERT] {
         for hop_limit in [64u8, 254, 1] {
             assert_eq!(
@@ -931,7 +748,7 @@ fn neighbour_discovery_types_with_hop_limit_below_255_are_judged_as_normal_traff
 
 #[test]
 fn icmpv6_outside_neighbour_discovery_from_an_unlisted_source_is_dropped_even_at_hop_limit_255() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     for icmp_type in [ICMPV6_ECHO_REQUEST, 132, 138] {
         for hop_limit in [64u8, 255] {
             assert_eq!(
@@ -949,7 +766,7 @@ fn icmpv6_outside_neighbour_discovery_from_an_unlisted_source_is_dropped_even_at
 
 #[test]
 fn neighbour_discovery_type_in_a_non_icmpv6_payload_is_not_exempt() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     // UDP whose first payload byte happens to be 135, hop limit 255.
     let frame = ethernet(
         &[],
@@ -977,7 +794,7 @@ fn neighbour_discovery_type_in_a_non_icmpv6_payload_is_not_exempt() {
 
 #[test]
 fn monitor_passes_unlisted_sources_and_counts_them_as_monitor_would_drop() {
-    let mut filter = TestFilter::with_list(Mode::Monitor);
+    let mut filter = with_list(Mode::Monitor);
     assert_eq!(
         filter.judge(&udp4(UNLISTED_V4)),
         (Pass, Reason::MonitorNotListed)
@@ -1005,7 +822,7 @@ fn monitor_passes_unlisted_sources_and_counts_them_as_monitor_would_drop() {
 
 #[test]
 fn monitor_passes_malformed_packets_and_counts_them_as_monitor_malformed() {
-    let mut filter = TestFilter::with_list(Mode::Monitor);
+    let mut filter = with_list(Mode::Monitor);
     let malformed = [
         with_version_ihl(udp4(UNLISTED_V4), 4, 3),
         with_total_len(udp4(UNLISTED_V4), 10),
@@ -1024,7 +841,7 @@ fn monitor_passes_malformed_packets_and_counts_them_as_monitor_malformed() {
 
 #[test]
 fn off_passes_everything_and_counts_it_as_passed_off() {
-    let mut filter = TestFilter::with_list(Mode::Off);
+    let mut filter = with_list(Mode::Off);
     let frames = [
         udp4(LISTED_V4_HOST),
         udp4(UNLISTED_V4),
@@ -1060,7 +877,7 @@ fn a_freshly_loaded_program_is_off_until_a_mode_is_set() {
 /// must not open the host: anything but off (0) and monitor (1) enforces.
 #[test]
 fn an_unknown_mode_value_in_the_control_record_enforces() {
-    let mut filter = TestFilter::with_list(Mode::Monitor);
+    let mut filter = with_list(Mode::Monitor);
     let mut control: Array<MapData, Control> = filter.pinned_map(MAP_CONTROL).try_into().unwrap();
     let record = control.get(&0, 0).unwrap();
     for raw_mode in [3u32, 99, u32::MAX] {
@@ -1094,7 +911,7 @@ fn an_unknown_mode_value_in_the_control_record_enforces() {
 
 #[test]
 fn mode_changes_take_effect_on_the_next_packet() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     let frame = udp4(UNLISTED_V4);
     assert_eq!(filter.judge(&frame), (Drop, Reason::DroppedNotListed));
     filter.set_mode(Mode::Monitor);
@@ -1111,7 +928,7 @@ fn mode_changes_take_effect_on_the_next_packet() {
 
 #[test]
 fn counters_add_up_to_exactly_the_packets_and_bytes_sent() {
-    let mut filter = TestFilter::with_list(Mode::Enforce);
+    let mut filter = with_list(Mode::Enforce);
     let before = filter.counters();
 
     // (frame, reason it must be counted under), sent with plain test runs.
@@ -1244,21 +1061,36 @@ fn program_judges_by_the_slot_the_control_record_names_and_ignores_the_other() {
         filter.pinned_map(MAP_ALLOW_V4[standby]).try_into().unwrap();
     let mut trie_v6: LpmTrie<MapData, Ipv6Octets, AllowRule> =
         filter.pinned_map(MAP_ALLOW_V6[standby]).try_into().unwrap();
-    // Standby slot := list B only.
-    trie_v4.remove(&Key::new(24, [192, 0, 2, 0])).unwrap();
-    trie_v4
-        .insert(&Key::new(32, [198, 51, 100, 7]), AllowRule::ALLOW_ALL, 0)
+    let mut hosts_v4: HashMap<MapData, Ipv4Octets, AllowRule> =
+        filter.pinned_map(MAP_EXACT_V4[standby]).try_into().unwrap();
+    let mut hosts_v6: HashMap<MapData, Ipv6Octets, AllowRule> =
+        filter.pinned_map(MAP_EXACT_V6[standby]).try_into().unwrap();
+    let mut screen_v4: Array<MapData, u64> = filter
+        .pinned_map(MAP_SCREEN_V4[standby])
+        .try_into()
         .unwrap();
+    let mut screen_v6: Array<MapData, u64> = filter
+        .pinned_map(MAP_SCREEN_V6[standby])
+        .try_into()
+        .unwrap();
+    let screen_in = |screen: &mut Array<MapData, u64>, bit: u32| {
+        let word = screen.get(&(bit / 64), 0).unwrap();
+        screen.set(bit / 64, word | 1 << (bit % 64), 0).unwrap();
+    };
+    // Standby slot := list B only: its prefixes in the trie, its hosts in the exact-host
+    // hash, and their screen bits set.
+    trie_v4.remove(&Key::new(24, [192, 0, 2, 0])).unwrap();
+    hosts_v4
+        .insert([198, 51, 100, 7], AllowRule::ALLOW_ALL, 0)
+        .unwrap();
+    screen_in(&mut screen_v4, screen_bit_v4([198, 51, 100, 7]));
     trie_v6
         .remove(&Key::new(48, v6("2001:db8:a::").octets()))
         .unwrap();
-    trie_v6
-        .insert(
-            &Key::new(128, v6("2001:db8:b::1").octets()),
-            AllowRule::ALLOW_ALL,
-            0,
-        )
+    hosts_v6
+        .insert(v6("2001:db8:b::1").octets(), AllowRule::ALLOW_ALL, 0)
         .unwrap();
+    screen_in(&mut screen_v6, screen_bit_v6([0x20, 0x01, 0x0d, 0xb8]));
     assert_list_in_force(
         &mut filter,
         &from_a,

@@ -1,0 +1,397 @@
+//! The compiled lookup (screen bitmap → exact-host hash → LPM trie, per slot) gives
+//! exactly the verdict a plain reference gives, for random lists and random sources.
+//!
+//! The reference is brute force over the entries as the operator wrote them: a source
+//! may reach a port if any entry containing it allows that port (or all ports). The
+//! kernel's answer comes from the real program under `BPF_PROG_TEST_RUN`, after the
+//! daemon's own compile and apply. A second reference, the longest prefix of the compiled
+//! list found by scanning every prefix, pins down that the kernel's maps together are a
+//! longest-prefix match over exactly that list.
+//!
+//! Lists are applied one after another to the same filter, so every apply after the first
+//! is a diff of both slots, as in the daemon. Seeds are fixed: a failure names the seed,
+//! the list and the source, and reproduces. Needs root (BPF, bpffs).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use allowlist_common::{IPPROTO_TCP, IPPROTO_UDP, MAX_EXACT_V6};
+use allowlist_tests::{
+    rng::Rng,
+    test_filter::{TestFilter, Verdict},
+};
+use allowlist_userspace::{
+    compile::{CompiledList, Reach},
+    config::Mode,
+    ports::PortSpec,
+};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+/// An entry as an operator lists it: a network, and the ports it may reach (all if none).
+#[derive(Clone, Debug)]
+struct Entry {
+    network: IpNet,
+    ports: Vec<PortSpec>,
+}
+
+/// What the reference says a source may reach: every entry containing it counts.
+fn reference_allows(entries: &[Entry], source: IpAddr, protocol: u8, port: u16) -> bool {
+    entries.iter().any(|entry| {
+        entry.network.contains(&source)
+            && (entry.ports.is_empty() || entry.ports.iter().any(|p| p.contains(protocol, port)))
+    })
+}
+
+/// The longest compiled prefix containing `source`, found by scanning them all.
+fn longest_compiled_prefix(list: &CompiledList, source: IpAddr) -> Option<&Reach> {
+    match source {
+        IpAddr::V4(addr) => list
+            .v4
+            .iter()
+            .filter(|(net, _)| net.contains(&addr))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map(|(_, reach)| reach),
+        IpAddr::V6(addr) => list
+            .v6
+            .iter()
+            .filter(|(net, _)| net.contains(&addr))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map(|(_, reach)| reach),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Random lists and sources: clustered, so that prefixes nest and overlap and many
+// sources fall near the edges of listed networks.
+// ---------------------------------------------------------------------------------------
+
+/// Ports come from a narrow range so that scopes overlap and probes hit their edges.
+const PORTS: std::ops::RangeInclusive<u16> = 20..=40;
+
+struct Generator {
+    rng: Rng,
+    clusters_v4: Vec<u32>,
+    clusters_v6: Vec<u128>,
+}
+
+impl Generator {
+    fn new(seed: u64) -> Generator {
+        let mut rng = Rng::new(seed);
+        let clusters_v4 = (0..4)
+            .map(|_| rng.next_u64() as u32 & 0xffff_0000)
+            .collect();
+        let clusters_v6 = (0..4)
+            .map(|_| (0x2000u128 << 112 | (rng.next_u64() as u128) << 64) & !((1u128 << 80) - 1))
+            .collect();
+        Generator {
+            rng,
+            clusters_v4,
+            clusters_v6,
+        }
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.rng.below(100) < percent
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.rng.below(items.len() as u64) as usize]
+    }
+
+    /// An address in a cluster most of the time, anywhere otherwise.
+    fn address_v4(&mut self) -> u32 {
+        let random = self.rng.next_u64() as u32;
+        if self.chance(85) {
+            self.pick(&self.clusters_v4.clone()) | (random & 0xffff)
+        } else {
+            random
+        }
+    }
+
+    fn address_v6(&mut self) -> u128 {
+        let random = (self.rng.next_u64() as u128) << 64 | self.rng.next_u64() as u128;
+        if self.chance(85) {
+            self.pick(&self.clusters_v6.clone()) | (random & ((1u128 << 80) - 1))
+        } else {
+            random
+        }
+    }
+
+    /// Hosts, networks around /24 (/64 in IPv6), wider ones, and now and then a very
+    /// wide one (which sets whole stretches of the screen).
+    fn prefix_len(&mut self, host: u8) -> u8 {
+        let roll = self.rng.below(100);
+        let (low, high) = match (host, roll) {
+            (_, 0..=34) => (host, host),
+            (32, 35..=69) => (24, 31),
+            (32, 70..=93) => (16, 23),
+            (32, _) => (0, 15),
+            (_, 35..=69) => (48, 127),
+            (_, 70..=93) => (20, 47),
+            (_, _) => (0, 19),
+        };
+        low + self.rng.below(u64::from(high - low) + 1) as u8
+    }
+
+    fn ports(&mut self) -> Vec<PortSpec> {
+        if self.chance(60) {
+            return Vec::new();
+        }
+        (0..1 + self.rng.below(3))
+            .map(|_| {
+                let first = self.port();
+                let last = (first + self.rng.below(4) as u16).min(*PORTS.end());
+                PortSpec {
+                    protocol: self.pick(&[IPPROTO_TCP, IPPROTO_UDP]),
+                    first,
+                    last,
+                }
+            })
+            .collect()
+    }
+
+    fn port(&mut self) -> u16 {
+        PORTS.start() + self.rng.below(u64::from(PORTS.end() - PORTS.start()) + 1) as u16
+    }
+
+    fn list(&mut self, entries: usize) -> Vec<Entry> {
+        (0..entries)
+            .map(|_| {
+                let network = if self.chance(60) {
+                    let len = self.prefix_len(32);
+                    IpNet::V4(Ipv4Net::new(Ipv4Addr::from(self.address_v4()), len).unwrap())
+                } else {
+                    let len = self.prefix_len(128);
+                    IpNet::V6(Ipv6Net::new(Ipv6Addr::from(self.address_v6()), len).unwrap())
+                };
+                let ports = self.ports();
+                Entry { network, ports }
+            })
+            .collect()
+    }
+
+    /// Inside a listed network, just outside one, or anywhere (mostly in a cluster).
+    fn source(&mut self, entries: &[Entry]) -> IpAddr {
+        let entry = &entries[self.rng.below(entries.len() as u64) as usize];
+        match (self.rng.below(10), entry.network) {
+            (0..=3, IpNet::V4(net)) => {
+                let host_bits = u32::MAX
+                    .checked_shr(u32::from(net.prefix_len()))
+                    .unwrap_or(0);
+                let base = u32::from(net.network());
+                IpAddr::V4(Ipv4Addr::from(
+                    base | (self.rng.next_u64() as u32 & host_bits),
+                ))
+            }
+            (0..=3, IpNet::V6(net)) => {
+                let host_bits = u128::MAX
+                    .checked_shr(u32::from(net.prefix_len()))
+                    .unwrap_or(0);
+                let base = u128::from(net.network());
+                let random = (self.rng.next_u64() as u128) << 64 | self.rng.next_u64() as u128;
+                IpAddr::V6(Ipv6Addr::from(base | (random & host_bits)))
+            }
+            (4, IpNet::V4(net)) => {
+                IpAddr::V4(Ipv4Addr::from(u32::from(net.broadcast()).wrapping_add(1)))
+            }
+            (5, IpNet::V4(net)) => {
+                IpAddr::V4(Ipv4Addr::from(u32::from(net.network()).wrapping_sub(1)))
+            }
+            (4, IpNet::V6(net)) => {
+                IpAddr::V6(Ipv6Addr::from(u128::from(net.broadcast()).wrapping_add(1)))
+            }
+            (5, IpNet::V6(net)) => {
+                IpAddr::V6(Ipv6Addr::from(u128::from(net.network()).wrapping_sub(1)))
+            }
+            (6..=7, _) => IpAddr::V4(Ipv4Addr::from(self.address_v4())),
+            _ => IpAddr::V6(Ipv6Addr::from(self.address_v6())),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Frames
+// ---------------------------------------------------------------------------------------
+
+/// An Ethernet frame carrying a TCP or UDP header from `source` to `port`. Checksums are
+/// left zero: the program never looks at them.
+fn frame(source: IpAddr, protocol: u8, port: u16) -> Vec<u8> {
+    let mut transport = Vec::new();
+    transport.extend_from_slice(&40000u16.to_be_bytes());
+    transport.extend_from_slice(&port.to_be_bytes());
+    if protocol == IPPROTO_TCP {
+        // Sequence, acknowledgement, data offset 5 words, flags SYN, window, checksum, urgent.
+        transport.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff]);
+        transport.extend_from_slice(&[0, 0, 0, 0]);
+    } else {
+        transport.extend_from_slice(&8u16.to_be_bytes());
+        transport.extend_from_slice(&[0, 0]);
+    }
+    let mut frame = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+    match source {
+        IpAddr::V4(source) => {
+            frame.extend_from_slice(&0x0800u16.to_be_bytes());
+            let total_len = (20 + transport.len()) as u16;
+            frame.extend_from_slice(&[0x45, 0]);
+            frame.extend_from_slice(&total_len.to_be_bytes());
+            frame.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, protocol, 0, 0]);
+            frame.extend_from_slice(&source.octets());
+            frame.extend_from_slice(&[10, 99, 99, 99]);
+        }
+        IpAddr::V6(source) => {
+            frame.extend_from_slice(&0x86ddu16.to_be_bytes());
+            frame.extend_from_slice(&[0x60, 0, 0, 0]);
+            frame.extend_from_slice(&(transport.len() as u16).to_be_bytes());
+            frame.extend_from_slice(&[protocol, 64]);
+            frame.extend_from_slice(&source.octets());
+            frame.extend_from_slice(&"2001:db8:ffff::1".parse::<Ipv6Addr>().unwrap().octets());
+        }
+    }
+    frame.extend_from_slice(&transport);
+    frame
+}
+
+// ---------------------------------------------------------------------------------------
+// The specification
+// ---------------------------------------------------------------------------------------
+
+/// An enforcing filter with nothing else open: no public ports, no return traffic, no
+/// DHCP, so the list alone decides.
+fn enforcing_filter() -> TestFilter {
+    let mut filter = TestFilter::open();
+    filter
+        .filter()
+        .set_mode(Mode::Enforce)
+        .expect("setting enforce");
+    filter
+}
+
+fn apply(filter: &mut TestFilter, entries: &[Entry]) -> CompiledList {
+    let (list, _) = CompiledList::compile_with_ports(
+        entries
+            .iter()
+            .map(|entry| (entry.network, Reach::from_ports(&entry.ports))),
+        &[],
+    )
+    .expect("random port scopes stay within the kernel's port-set size");
+    filter.filter().apply(&list).expect("applying the list");
+    list
+}
+
+/// Probes `probes` sources (each with a random protocol and port) and fails on the first
+/// verdict that differs from either reference.
+fn assert_kernel_agrees(
+    filter: &mut TestFilter,
+    generator: &mut Generator,
+    entries: &[Entry],
+    list: &CompiledList,
+    probes: usize,
+    what: &str,
+) -> (usize, usize) {
+    let (mut passed, mut dropped) = (0, 0);
+    for _ in 0..probes {
+        let source = generator.source(entries);
+        let protocol = generator.pick(&[IPPROTO_TCP, IPPROTO_UDP]);
+        let port = generator.port();
+        let expected = reference_allows(entries, source, protocol, port);
+        let by_longest_prefix =
+            longest_compiled_prefix(list, source).is_some_and(|reach| reach.allows(protocol, port));
+        assert_eq!(
+            by_longest_prefix, expected,
+            "{what}: the compiled list's longest prefix disagrees with the entries for \
+             {source} port {port}/{protocol}"
+        );
+        let verdict = filter.run(&frame(source, protocol, port));
+        let containing: Vec<&Entry> = entries
+            .iter()
+            .filter(|entry| entry.network.contains(&source))
+            .collect();
+        assert_eq!(
+            verdict == Verdict::Pass,
+            expected,
+            "{what}: the kernel said {verdict:?} for {source} port {port}/{protocol}; \
+             entries containing it: {containing:?}"
+        );
+        if expected {
+            passed += 1;
+        } else {
+            dropped += 1;
+        }
+    }
+    (passed, dropped)
+}
+
+#[test]
+fn the_kernel_judges_every_source_as_the_reference_does_over_random_lists() {
+    let mut filter = enforcing_filter();
+    let (mut passed, mut dropped) = (0, 0);
+    for seed in 1..=24u64 {
+        let mut generator = Generator::new(seed);
+        let size = match seed % 4 {
+            0 => 1 + generator.rng.below(10) as usize,
+            1 | 2 => 50 + generator.rng.below(400) as usize,
+            _ => 2_000 + generator.rng.below(3_000) as usize,
+        };
+        let entries = generator.list(size);
+        let list = apply(&mut filter, &entries);
+        let what = format!("seed {seed}, {size} entries");
+        let (p, d) =
+            assert_kernel_agrees(&mut filter, &mut generator, &entries, &list, 1_500, &what);
+        passed += p;
+        dropped += d;
+    }
+    // The probes must exercise both verdicts, or agreeing would prove nothing.
+    assert!(
+        passed > 5_000 && dropped > 5_000,
+        "probes passed {passed} and dropped {dropped}; both should be common"
+    );
+}
+
+#[test]
+fn hosts_beyond_the_exact_host_capacity_are_judged_exactly_too() {
+    let mut filter = enforcing_filter();
+    // More IPv6 hosts (every other address from `base`) than the exact-host hash holds:
+    // the rest go to the trie.
+    let base: u128 = 0x2001_0db8_0000_0000_0000_0000_0000_0000;
+    let host = |i: u128| Entry {
+        network: IpNet::V6(Ipv6Net::new(Ipv6Addr::from(base + 2 * i), 128).unwrap()),
+        ports: Vec::new(),
+    };
+    let hosts = MAX_EXACT_V6 as u128 + 1_000;
+    let mut entries: Vec<Entry> = (0..hosts).map(host).collect();
+    apply(&mut filter, &entries);
+    let first_and_last = [0, hosts / 2, hosts - 1_000, hosts - 1];
+    assert_listed_and_neighbour_unlisted(&mut filter, base, &first_and_last, "first apply");
+
+    // Remove early hosts (freeing room in the hash) and add later ones: every host is
+    // still judged right wherever the diff put it, and removed ones are gone.
+    entries.drain(0..500);
+    entries.extend((hosts..hosts + 800).map(host));
+    apply(&mut filter, &entries);
+    assert_listed_and_neighbour_unlisted(
+        &mut filter,
+        base,
+        &[500, hosts / 2, hosts - 1, hosts, hosts + 799],
+        "after the diff",
+    );
+    for removed in [0, 499] {
+        let source = IpAddr::V6(Ipv6Addr::from(base + 2 * removed));
+        let verdict = filter.run(&frame(source, IPPROTO_UDP, 30));
+        assert_eq!(verdict, Verdict::Drop, "after the diff: removed {source}");
+    }
+}
+
+/// Host number `i` (address `base + 2i`) passes and the address after it drops.
+fn assert_listed_and_neighbour_unlisted(
+    filter: &mut TestFilter,
+    base: u128,
+    hosts: &[u128],
+    what: &str,
+) {
+    for &i in hosts {
+        for (offset, wanted) in [(0, Verdict::Pass), (1, Verdict::Drop)] {
+            let source = IpAddr::V6(Ipv6Addr::from(base + 2 * i + offset));
+            let verdict = filter.run(&frame(source, IPPROTO_UDP, 30));
+            assert_eq!(verdict, wanted, "{what}: {source} (host {i})");
+        }
+    }
+}
