@@ -192,6 +192,46 @@ impl Allowlist {
         Ok(CompiledList::compile_with_ports(entries, &self.public_ports)?.0)
     }
 
+    /// Every entry inside `region` or containing it, as the compile step sees them: all
+    /// that the compiled prefixes inside `region` depend on.
+    pub fn entries_around(&self, region: IpNet) -> Vec<(IpNet, Reach)> {
+        let region = region.trunc();
+        let last = IpNet::new(region.broadcast(), region.max_prefix_len())
+            .expect("a full-length prefix is valid");
+        let mut around = Vec::new();
+        for entries in [&self.always, &self.config, &self.managed] {
+            for (network, entry) in entries.range(region..=last) {
+                if region.contains(network) {
+                    around.push((*network, Reach::from_ports(&entry.ports)));
+                }
+            }
+            for len in 0..region.prefix_len() {
+                let wider = IpNet::new(region.network(), len)
+                    .expect("shorter than a valid prefix")
+                    .trunc();
+                if let Some(entry) = entries.get(&wider) {
+                    around.push((wider, Reach::from_ports(&entry.ports)));
+                }
+            }
+        }
+        around
+    }
+
+    /// The managed entry for `network`, if any (to undo a change that failed later).
+    pub fn managed_entry(&self, network: IpNet) -> Option<&Entry> {
+        self.managed.get(&network.trunc())
+    }
+
+    /// Puts a managed entry back as it was (or removes it, for `None`): the undo of a
+    /// change the kernel or the disk did not take.
+    pub fn restore_managed(&mut self, network: IpNet, entry: Option<Entry>) {
+        let network = network.trunc();
+        match entry {
+            Some(entry) => self.managed.insert(network, entry),
+            None => self.managed.remove(&network),
+        };
+    }
+
     fn owner_in_config(&self, network: &IpNet) -> Option<Origin> {
         if self.always.contains_key(network) {
             Some(Origin::Always)

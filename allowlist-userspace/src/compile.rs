@@ -125,6 +125,44 @@ impl CompiledList {
         ))
     }
 
+    /// Recompiles only the prefixes inside `region`, after entries inside it (or `region`
+    /// itself) changed. `around` must hold every entry inside or containing `region`
+    /// ([`crate::allowlist::Allowlist::entries_around`]). A prefix's compiled reach
+    /// depends only on the entries containing it, so nothing outside `region` changes,
+    /// and one change to a list of millions costs what the region holds. On error the
+    /// list is unchanged.
+    pub fn recompile_region(
+        &mut self,
+        region: IpNet,
+        around: Vec<(IpNet, Reach)>,
+    ) -> Result<(), TooManyPortRanges> {
+        match region.trunc() {
+            IpNet::V4(region) => {
+                let entries = around
+                    .into_iter()
+                    .filter_map(|(net, reach)| match net.trunc() {
+                        IpNet::V4(net) => Some((net, reach)),
+                        IpNet::V6(_) => None,
+                    })
+                    .collect();
+                let (kept, _, _) = fold(entries, |a, b| a.contains(b))?;
+                splice_region(&mut self.v4, kept, region, |net| region.contains(net));
+            }
+            IpNet::V6(region) => {
+                let entries = around
+                    .into_iter()
+                    .filter_map(|(net, reach)| match net.trunc() {
+                        IpNet::V6(net) => Some((net, reach)),
+                        IpNet::V4(_) => None,
+                    })
+                    .collect();
+                let (kept, _, _) = fold(entries, |a, b| a.contains(b))?;
+                splice_region(&mut self.v6, kept, region, |net| region.contains(net));
+            }
+        }
+        Ok(())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()
     }
@@ -149,6 +187,32 @@ impl CompiledList {
     pub fn covers_v6(&self, addr: Ipv6Addr) -> bool {
         self.access_of(IpAddr::V6(addr)).is_some()
     }
+}
+
+/// The range of `sorted` (by address, then length) holding the prefixes inside `region`:
+/// they start at `region` itself and run while inside it.
+pub fn region_range<N: Ord, T>(
+    sorted: &[(N, T)],
+    region: &N,
+    inside: impl Fn(&N) -> bool,
+) -> std::ops::Range<usize> {
+    let start = sorted.partition_point(|(net, _)| net < region);
+    let len = sorted[start..]
+        .iter()
+        .take_while(|(net, _)| inside(net))
+        .count();
+    start..start + len
+}
+
+/// Replaces the prefixes of `sorted` inside `region` with those of `folded` inside it.
+fn splice_region<N: Ord + Copy>(
+    sorted: &mut Vec<(N, Reach)>,
+    folded: Vec<(N, Reach)>,
+    region: N,
+    inside: impl Fn(&N) -> bool,
+) {
+    let range = region_range(sorted, &region, &inside);
+    sorted.splice(range, folded.into_iter().filter(|(net, _)| inside(net)));
 }
 
 /// Tries each prefix length from the longest: at most 33 or 129 binary searches.

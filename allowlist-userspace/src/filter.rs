@@ -34,12 +34,12 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use ipnet::{Ipv4Net, Ipv6Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::{
-    compile::{CompiledList, Reach},
+    compile::{region_range, CompiledList, Reach},
     config::{Mode, XdpMode},
     ports::PortSpec,
     screen::{MappedScreen, ScreenBits},
@@ -143,8 +143,8 @@ pub struct Filter {
     control: Control,
     /// What each slot holds now, read back from the kernel at start.
     slots: [KernelSlot; SLOTS],
-    /// Per slot: the hosts that did not fit their exact-host hash and live in the trie.
-    overflow: [Overflow; SLOTS],
+    /// Per slot: which hosts live in the exact-host hash and which in the trie.
+    placement: [Placement; SLOTS],
     attached: BTreeMap<String, AttachedMode>,
 }
 
@@ -164,10 +164,28 @@ struct FamilyMaps<K: aya::Pod> {
     trie: LpmTrie<MapData, K, AllowRule>,
 }
 
+/// Per slot: where hosts live. Hosts go to the exact-host hash while it has room; the
+/// rest ("overflow") to the trie, and a host keeps its place for as long as it is listed.
 #[derive(Default)]
-struct Overflow {
-    v4: BTreeSet<Ipv4Net>,
-    v6: BTreeSet<Ipv6Net>,
+struct Placement {
+    v4: FamilyPlacement<Ipv4Net>,
+    v6: FamilyPlacement<Ipv6Net>,
+}
+
+struct FamilyPlacement<P> {
+    /// Hosts in the exact-host hash.
+    exact: usize,
+    /// Hosts in the trie.
+    overflow: BTreeSet<P>,
+}
+
+impl<P> Default for FamilyPlacement<P> {
+    fn default() -> Self {
+        FamilyPlacement {
+            exact: 0,
+            overflow: BTreeSet::new(),
+        }
+    }
 }
 
 /// What the daemon needs to know about a prefix to place it in a family's maps.
@@ -176,8 +194,11 @@ trait Prefix: Ord + Copy + std::fmt::Display {
     /// Capacity of the family's exact-host hash.
     const EXACT_CAPACITY: u32;
     fn is_host(&self) -> bool;
+    fn len(&self) -> u8;
     fn octets(&self) -> Self::Octets;
     fn key(&self) -> Key<Self::Octets>;
+    /// Sets this prefix's bits in `screen`, leaving the others.
+    fn screen_in(&self, screen: &MappedScreen);
 }
 
 impl Prefix for Ipv4Net {
@@ -186,11 +207,17 @@ impl Prefix for Ipv4Net {
     fn is_host(&self) -> bool {
         self.prefix_len() == 32
     }
+    fn len(&self) -> u8 {
+        self.prefix_len()
+    }
     fn octets(&self) -> Ipv4Octets {
         self.network().octets()
     }
     fn key(&self) -> Key<Ipv4Octets> {
         key_v4(self)
+    }
+    fn screen_in(&self, screen: &MappedScreen) {
+        screen.set_v4(self);
     }
 }
 
@@ -200,11 +227,17 @@ impl Prefix for Ipv6Net {
     fn is_host(&self) -> bool {
         self.prefix_len() == 128
     }
+    fn len(&self) -> u8 {
+        self.prefix_len()
+    }
     fn octets(&self) -> Ipv6Octets {
         self.network().octets()
     }
     fn key(&self) -> Key<Ipv6Octets> {
         key_v6(self)
+    }
+    fn screen_in(&self, screen: &MappedScreen) {
+        screen.set_v6(self);
     }
 }
 
@@ -330,15 +363,15 @@ impl Filter {
             .control
             .get(&0, 0)
             .map_err(kernel_error("reading the control record"))?;
-        let (slot_0, overflow_0) = maps.read_slot(0)?;
-        let (slot_1, overflow_1) = maps.read_slot(1)?;
+        let (slot_0, placement_0) = maps.read_slot(0)?;
+        let (slot_1, placement_1) = maps.read_slot(1)?;
         Ok(Filter {
             ebpf,
             pins,
             maps,
             control,
             slots: [slot_0, slot_1],
-            overflow: [overflow_0, overflow_1],
+            placement: [placement_0, placement_1],
             attached: BTreeMap::new(),
         })
     }
@@ -411,6 +444,106 @@ impl Filter {
         let mut report = self.write_slot(active, list, &screens)?;
         report.took = started.elapsed();
         Ok(report)
+    }
+
+    /// Applies a change confined to `region` (one entry added, updated or removed) to
+    /// both slots in place, without the flip and its wait: `list` is the whole new list,
+    /// equal to the one in force outside `region`. This is what keeps one change to a
+    /// list of millions in the milliseconds.
+    ///
+    /// Each key is replaced atomically, screen bits are set before the prefixes that
+    /// need them (and left set after a removal: a set bit only means "look further",
+    /// until the next whole apply clears it), and prefixes are written longest first,
+    /// so a packet meets its source's old verdict or its new one.
+    pub fn apply_region(&mut self, list: &CompiledList, region: IpNet) -> Result<ApplyReport> {
+        if self.slots[0].port_sets != self.slots[1].port_sets {
+            // Only after a start that found slots from another version: rewrite whole.
+            return self.apply(list);
+        }
+        let started = Instant::now();
+        let mut report = ApplyReport::default();
+        match region.trunc() {
+            IpNet::V4(region) => {
+                let inside = |net: &Ipv4Net| region.contains(net);
+                let range = region_range(&list.v4, &region, inside);
+                let wanted = self.rules_for(&list.v4[range])?;
+                for slot in 0..SLOTS {
+                    let written = write_region(
+                        &mut self.maps.v4[slot],
+                        &mut self.placement[slot].v4,
+                        &mut self.slots[slot].v4,
+                        &wanted,
+                        &region,
+                        inside,
+                        slot,
+                    )?;
+                    report = written;
+                }
+            }
+            IpNet::V6(region) => {
+                let inside = |net: &Ipv6Net| region.contains(net);
+                let range = region_range(&list.v6, &region, inside);
+                let wanted = self.rules_for(&list.v6[range])?;
+                for slot in 0..SLOTS {
+                    let written = write_region(
+                        &mut self.maps.v6[slot],
+                        &mut self.placement[slot].v6,
+                        &mut self.slots[slot].v6,
+                        &wanted,
+                        &region,
+                        inside,
+                        slot,
+                    )?;
+                    report = written;
+                }
+            }
+        }
+        report.took = started.elapsed();
+        Ok(report)
+    }
+
+    /// Kernel rules for compiled prefixes; a port set neither slot has yet is added to
+    /// both before any rule points at it.
+    fn rules_for<P: Copy>(&mut self, prefixes: &[(P, Reach)]) -> Result<Vec<(P, AllowRule)>> {
+        let mut rules = Vec::with_capacity(prefixes.len());
+        for (net, reach) in prefixes {
+            let rule = match reach {
+                Reach::All => AllowRule::ALLOW_ALL,
+                Reach::Ports(ranges) => {
+                    let set = port_set(ranges);
+                    let known = &self.slots[0].port_sets;
+                    let id = match known.iter().skip(1).position(|known| *known == set) {
+                        Some(index) => index + 1,
+                        None => self.add_port_set(set)?,
+                    };
+                    AllowRule {
+                        flags: RULE_PORTS,
+                        port_set: id as u32,
+                    }
+                }
+            };
+            rules.push((*net, rule));
+        }
+        Ok(rules)
+    }
+
+    fn add_port_set(&mut self, set: PortSet) -> Result<usize> {
+        let id = self.slots[0].port_sets.len();
+        if id >= MAX_PORT_SETS as usize {
+            return Err(FilterError::Kernel {
+                context: "adding a port scope".into(),
+                message: format!("more than {MAX_PORT_SETS} distinct port sets"),
+            });
+        }
+        for slot in 0..SLOTS {
+            self.maps.port_sets[slot]
+                .set(id as u32, set, 0)
+                .map_err(kernel_error(format!(
+                    "writing port set {id} of slot {slot}"
+                )))?;
+            self.slots[slot].port_sets.push(set);
+        }
+        Ok(id)
     }
 
     pub fn set_mode(&mut self, mode: Mode) -> Result<()> {
@@ -609,83 +742,122 @@ impl Filter {
             }
         }
         let current = &self.slots[slot];
-        let overflow = &mut self.overflow[slot];
-        let v4 = write_family(
-            &mut self.maps.v4[slot],
-            &mut overflow.v4,
+        let placement = &mut self.placement[slot];
+        let (v4_upsert, v4_remove) = diff(&current.v4, &list.v4);
+        let (v6_upsert, v6_remove) = diff(&current.v6, &list.v6);
+        let v4 = &mut self.maps.v4[slot];
+        write_prefixes(
+            v4,
+            &mut placement.v4,
             &current.v4,
-            &list.v4,
-            &screens.v4,
+            &v4_upsert,
+            &v4_remove,
             slot,
         )?;
-        let v6 = write_family(
-            &mut self.maps.v6[slot],
-            &mut overflow.v6,
+        v4.screen.write(&screens.v4);
+        let v6 = &mut self.maps.v6[slot];
+        write_prefixes(
+            v6,
+            &mut placement.v6,
             &current.v6,
-            &list.v6,
-            &screens.v6,
+            &v6_upsert,
+            &v6_remove,
             slot,
         )?;
+        v6.screen.write(&screens.v6);
         self.slots[slot] = list.clone();
         Ok(ApplyReport {
-            added: v4.added + v6.added,
-            removed: v4.removed + v6.removed,
+            added: v4_upsert.len() + v6_upsert.len(),
+            removed: v4_remove.len() + v6_remove.len(),
             took: Duration::ZERO,
         })
     }
 }
 
-/// Brings one family's maps of an idle slot from `current` to `wanted`: only changed
-/// prefixes are written. Hosts go to the exact-host hash while it has room, the rest to
-/// the trie; a host keeps its place for as long as it is listed.
-fn write_family<P: Prefix>(
+/// Writes changed prefixes into one family's maps of one slot: `upsert` (new prefixes,
+/// or new rules) first, then `remove`, each longest prefix first.
+///
+/// On an idle slot any order would do. The order matters for [`Filter::apply_region`],
+/// which writes the slot packets are judged by: a source's longest match then moves
+/// from its old prefix and rule to its new one without passing through a shorter prefix
+/// that is about to be replaced or has already gone.
+fn write_prefixes<P: Prefix>(
     maps: &mut FamilyMaps<P::Octets>,
-    overflow: &mut BTreeSet<P>,
+    placement: &mut FamilyPlacement<P>,
     current: &[(P, AllowRule)],
-    wanted: &[(P, AllowRule)],
-    screen: &ScreenBits,
+    upsert: &[(P, AllowRule)],
+    remove: &[P],
     slot: usize,
-) -> Result<ApplyReport> {
-    let (upsert, remove) = diff(current, wanted);
-    let hosts = current.iter().filter(|(net, _)| net.is_host()).count();
-    let mut exact_len = hosts - overflow.len();
+) -> Result<()> {
+    let mut upsert = upsert.to_vec();
+    upsert.sort_by_key(|(net, _)| std::cmp::Reverse(net.len()));
+    let mut remove = remove.to_vec();
+    remove.sort_by_key(|net| std::cmp::Reverse(net.len()));
+    for (net, rule) in &upsert {
+        let listed = current.binary_search_by(|(n, _)| n.cmp(net)).is_ok();
+        let written = match place(placement, net, listed) {
+            Place::Exact => maps.exact.insert(net.octets(), rule, 0),
+            Place::Trie => maps.trie.insert(&net.key(), rule, 0),
+        };
+        written.map_err(kernel_error(format!("adding {net} to slot {slot}")))?;
+    }
     for net in &remove {
-        let removed = if net.is_host() && !overflow.remove(net) {
-            exact_len -= 1;
+        let removed = if net.is_host() && !placement.overflow.remove(net) {
+            placement.exact -= 1;
             maps.exact.remove(&net.octets())
         } else {
             maps.trie.remove(&net.key())
         };
         removed.map_err(kernel_error(format!("removing {net} from slot {slot}")))?;
     }
-    for (net, rule) in &upsert {
-        let listed = current.binary_search_by(|(n, _)| n.cmp(net)).is_ok();
-        let in_exact = if !net.is_host() || overflow.contains(net) {
-            false
-        } else if listed {
-            true
-        } else if exact_len < P::EXACT_CAPACITY as usize {
-            exact_len += 1;
-            true
-        } else {
-            overflow.insert(*net);
-            false
-        };
-        let written = if in_exact {
-            maps.exact.insert(net.octets(), rule, 0)
-        } else {
-            maps.trie.insert(&net.key(), rule, 0)
-        };
-        written.map_err(kernel_error(format!("adding {net} to slot {slot}")))?;
+    Ok(())
+}
+
+/// Brings the prefixes inside `region` of one family and slot to `wanted`, in place.
+fn write_region<P: Prefix>(
+    maps: &mut FamilyMaps<P::Octets>,
+    placement: &mut FamilyPlacement<P>,
+    current: &mut Vec<(P, AllowRule)>,
+    wanted: &[(P, AllowRule)],
+    region: &P,
+    inside: impl Fn(&P) -> bool,
+    slot: usize,
+) -> Result<ApplyReport> {
+    let range = region_range(current, region, inside);
+    let (upsert, remove) = diff(&current[range.clone()], wanted);
+    for (net, _) in &upsert {
+        net.screen_in(&maps.screen);
     }
-    // Last, so a bit is never clear while its prefix is in the maps (the slot is idle
-    // anyway; this keeps it true even for a reader that raced the flip).
-    maps.screen.write(screen);
+    write_prefixes(maps, placement, current, &upsert, &remove, slot)?;
+    current.splice(range, wanted.iter().copied());
     Ok(ApplyReport {
         added: upsert.len(),
         removed: remove.len(),
         took: Duration::ZERO,
     })
+}
+
+enum Place {
+    Exact,
+    Trie,
+}
+
+/// Where `net` goes (or already is, if `listed` in the slot): hosts to the exact-host
+/// hash while it has room.
+fn place<P: Prefix>(placement: &mut FamilyPlacement<P>, net: &P, listed: bool) -> Place {
+    if !net.is_host() || placement.overflow.contains(net) {
+        return Place::Trie;
+    }
+    if listed {
+        return Place::Exact;
+    }
+    if placement.exact < P::EXACT_CAPACITY as usize {
+        placement.exact += 1;
+        Place::Exact
+    } else {
+        placement.overflow.insert(*net);
+        Place::Trie
+    }
 }
 
 impl Maps {
@@ -730,9 +902,9 @@ impl Maps {
     }
 
     /// What a slot holds, and which of its hosts overflowed into the trie.
-    fn read_slot(&self, slot: usize) -> Result<(KernelSlot, Overflow)> {
+    fn read_slot(&self, slot: usize) -> Result<(KernelSlot, Placement)> {
         let mut list = KernelSlot::default();
-        let mut overflow = Overflow::default();
+        let mut placement = Placement::default();
         let (v4, v6) = (&self.v4[slot], &self.v6[slot]);
         let context = |name: &str| format!("reading {name}");
         for entry in v4.trie.iter() {
@@ -740,31 +912,33 @@ impl Maps {
             let net = Ipv4Net::new(Ipv4Addr::from(key.data()), key.prefix_len() as u8)
                 .map_err(kernel_error(context(MAP_ALLOW_V4[slot])))?;
             if net.is_host() {
-                overflow.v4.insert(net);
+                placement.v4.overflow.insert(net);
             }
             list.v4.push((net, rule));
         }
         for entry in v4.exact.iter() {
             let (octets, rule) = entry.map_err(kernel_error(context(MAP_EXACT_V4[slot])))?;
             list.v4.push((Ipv4Net::from(Ipv4Addr::from(octets)), rule));
+            placement.v4.exact += 1;
         }
         for entry in v6.trie.iter() {
             let (key, rule) = entry.map_err(kernel_error(context(MAP_ALLOW_V6[slot])))?;
             let net = Ipv6Net::new(Ipv6Addr::from(key.data()), key.prefix_len() as u8)
                 .map_err(kernel_error(context(MAP_ALLOW_V6[slot])))?;
             if net.is_host() {
-                overflow.v6.insert(net);
+                placement.v6.overflow.insert(net);
             }
             list.v6.push((net, rule));
         }
         for entry in v6.exact.iter() {
             let (octets, rule) = entry.map_err(kernel_error(context(MAP_EXACT_V6[slot])))?;
             list.v6.push((Ipv6Net::from(Ipv6Addr::from(octets)), rule));
+            placement.v6.exact += 1;
         }
         list.v4.sort_unstable_by_key(|(net, _)| *net);
         list.v6.sort_unstable_by_key(|(net, _)| *net);
         // Port sets are rewritten whole on the next apply, and screens with every write.
-        Ok((list, overflow))
+        Ok((list, placement))
     }
 }
 

@@ -46,19 +46,23 @@ impl ScreenBits {
     }
 
     fn set(&mut self, bits: Range<u32>) {
-        let mut bit = bits.start;
-        while bit < bits.end {
-            let word = (bit / 64) as usize;
-            let offset = bit % 64;
-            let run = (64 - offset).min(bits.end - bit);
-            let mask = if run == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << run) - 1) << offset
-            };
-            self.0[word] |= mask;
-            bit += run;
-        }
+        for_each_word(bits, |word, mask| self.0[word] |= mask);
+    }
+}
+
+/// Calls `set(word, mask)` for each word a range of bits touches.
+fn for_each_word(bits: Range<u32>, mut set: impl FnMut(usize, u64)) {
+    let mut bit = bits.start;
+    while bit < bits.end {
+        let offset = bit % 64;
+        let run = (64 - offset).min(bits.end - bit);
+        let mask = if run == 64 {
+            u64::MAX
+        } else {
+            ((1u64 << run) - 1) << offset
+        };
+        set((bit / 64) as usize, mask);
+        bit += run;
     }
 }
 
@@ -123,6 +127,23 @@ impl MappedScreen {
     fn words(&self) -> &[AtomicU64] {
         // SAFETY: the mapping is SCREEN_BYTES long, page aligned, and lives as long as self.
         unsafe { std::slice::from_raw_parts(self.words.as_ptr(), SCREEN_WORDS as usize) }
+    }
+
+    /// Sets the bits of an IPv4 prefix, leaving the others as they are.
+    pub fn set_v4(&self, net: &Ipv4Net) {
+        self.set(v4_bits(net));
+    }
+
+    /// Sets the bits of an IPv6 prefix, leaving the others as they are.
+    pub fn set_v6(&self, net: &Ipv6Net) {
+        for_each_v6_bit(net, |bits| self.set(bits));
+    }
+
+    fn set(&self, bits: Range<u32>) {
+        let words = self.words();
+        for_each_word(bits, |word, mask| {
+            words[word].fetch_or(mask, Ordering::Relaxed);
+        });
     }
 
     /// Makes the kernel's bitmap equal to `bits`, touching only words that differ; returns
