@@ -23,7 +23,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     access::{Access, Peer},
-    allowlist::{now, Allowlist, ListError},
+    allowlist::{now, Allowlist, Entry, ListError},
     compile::{CompiledList, Reach},
     config::{Config, ConfigError, Mode},
     control::{
@@ -33,7 +33,7 @@ use crate::{
     filter::{Filter, FilterError, Pins},
     ports::PortSpec,
     safety::{cut_off, people_at_risk, Verdicts},
-    state::{PendingConfirm, State, StateError},
+    state::{self, Change, PendingConfirm, State, StateError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,13 @@ pub struct Daemon {
     /// `allowlist` compiled, as the kernel judges by it; kept so that requests and
     /// lockout checks read it instead of compiling the whole list again.
     compiled: CompiledList,
+    /// Changes in the journal since the state file was last written whole.
+    journaled: usize,
 }
+
+/// Journaled changes after which the state file is written whole again (so a restart
+/// never replays more than this).
+const JOURNAL_COMPACT_AT: usize = 4_096;
 
 impl Daemon {
     /// Restores the saved state on top of `config` and applies it to the kernel: loads
@@ -138,6 +144,7 @@ impl Daemon {
             pending_confirm,
             filter,
             compiled: CompiledList::default(),
+            journaled: 0,
         };
         daemon.apply_to_kernel()?;
         daemon.attach_interfaces()?;
@@ -274,7 +281,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn persist(&self) -> Result<(), DaemonError> {
+    fn persist(&mut self) -> Result<(), DaemonError> {
         let mut state = State::new(
             self.mode,
             self.config_mode,
@@ -283,6 +290,56 @@ impl Daemon {
         state.pending_confirm = self.pending_confirm;
         state.config_first_seen = self.allowlist.config_first_seen();
         state.store(&self.config.state_dir)?;
+        self.journaled = 0;
+        Ok(())
+    }
+
+    /// Applies a change to one network, already made to `self.allowlist`: recompiles
+    /// that network's region, writes it into the kernel in place and journals it. If a
+    /// step fails, the network's entry goes back to `previous`, in memory and in the
+    /// kernel.
+    fn commit_change(
+        &mut self,
+        network: ipnet::IpNet,
+        previous: Option<Entry>,
+        change: Change,
+    ) -> Result<(), DaemonError> {
+        let around = self.allowlist.entries_around(network);
+        if let Err(error) = self.compiled.recompile_region(network, around) {
+            self.allowlist.restore_managed(network, previous);
+            return Err(DaemonError::Refused(error.to_string()));
+        }
+        let result = self
+            .filter
+            .apply_region(&self.compiled, network)
+            .map_err(DaemonError::from)
+            .and_then(|applied| {
+                info!(%network, added = applied.added, removed = applied.removed, took = ?applied.took, "the kernel judges by the changed entry");
+                self.journal(&change)
+            });
+        if let Err(error) = result {
+            error!(%error, %network, "the change failed; restoring the previous entry");
+            self.allowlist.restore_managed(network, previous);
+            let around = self.allowlist.entries_around(network);
+            let restored = self
+                .compiled
+                .recompile_region(network, around)
+                .map_err(|error| DaemonError::Refused(error.to_string()))
+                .and_then(|()| Ok(self.filter.apply_region(&self.compiled, network)?));
+            if let Err(restore) = restored {
+                error!(error = %restore, "restoring the previous entry failed too; the kernel keeps whichever list it last applied");
+            }
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    fn journal(&mut self, change: &Change) -> Result<(), DaemonError> {
+        if self.journaled >= JOURNAL_COMPACT_AT {
+            return self.persist();
+        }
+        state::journal(&self.config.state_dir, change)?;
+        self.journaled += 1;
         Ok(())
     }
 
@@ -293,15 +350,33 @@ impl Daemon {
         next_mode: Mode,
         safety: &Safety,
     ) -> Result<(), Refusal> {
+        self.check_lockout_with(
+            || {
+                next.compile()
+                    .map_err(|error| Refusal::Error(error.to_string()))
+            },
+            next_mode,
+            safety,
+        )
+    }
+
+    /// As `check_lockout`, with the next list built only if someone could be cut off.
+    fn check_lockout_with(
+        &self,
+        next_list: impl FnOnce() -> Result<CompiledList, Refusal>,
+        next_mode: Mode,
+        safety: &Safety,
+    ) -> Result<(), Refusal> {
         if safety.force {
             return Ok(());
         }
-        let now_list = &self.compiled;
-        let next_list = next
-            .compile()
-            .map_err(|error| Refusal::Error(error.to_string()))?;
         let loopback_protected = self.config.interfaces.iter().any(|name| name == "lo");
         let people = people_at_risk(safety.caller, loopback_protected);
+        if people.is_empty() {
+            return Ok(());
+        }
+        let now_list = &self.compiled;
+        let next_list = next_list()?;
         let cut = cut_off(
             &Verdicts {
                 list: now_list,
@@ -513,12 +588,15 @@ impl Daemon {
         expires_in_secs: Option<u64>,
         ports: Vec<PortSpec>,
     ) -> Result<Reply, Refusal> {
-        let mut next = self.allowlist.clone();
+        let network = network.trunc();
         let expires_at = expires_in_secs.map(|secs| now() + secs);
-        let new = next.add(network, description, expires_at, ports)?;
-        next.compile()
-            .map_err(|error| Refusal::Error(error.to_string()))?;
-        self.commit(next, self.mode, self.pending_confirm)?;
+        let previous = self.allowlist.managed_entry(network).cloned();
+        let new = self
+            .allowlist
+            .add(network, description, expires_at, ports)?;
+        let added = self.allowlist.managed_entry(network).cloned();
+        let added = added.ok_or_else(|| Refusal::Error(format!("{network} vanished")))?;
+        self.commit_change(network, previous, Change::Add(added))?;
         let network = network.trunc();
         let expiry = expires_at
             .map(|at| format!(" until {}", format_time(at)))
@@ -531,12 +609,28 @@ impl Daemon {
     }
 
     fn remove(&mut self, network: ipnet::IpNet, safety: &Safety) -> Result<Reply, Refusal> {
-        let mut next = self.allowlist.clone();
-        let removed = next.remove(network)?;
-        self.check_lockout(&next, self.mode, safety)?;
-        self.refuse_empty_enforce(&next, self.mode, &format!("removing {}", removed.network))?;
-        self.commit(next, self.mode, self.pending_confirm)?;
-        Ok(Reply::done(format!("removed {}", removed.network)))
+        let network = network.trunc();
+        let removed = self.allowlist.remove(network)?;
+        let checked = self
+            .refuse_empty_enforce(&self.allowlist, self.mode, &format!("removing {network}"))
+            .and_then(|()| {
+                self.check_lockout_with(
+                    || {
+                        let mut next = self.compiled.clone();
+                        next.recompile_region(network, self.allowlist.entries_around(network))
+                            .map_err(|error| Refusal::Error(error.to_string()))?;
+                        Ok(next)
+                    },
+                    self.mode,
+                    safety,
+                )
+            });
+        if let Err(refusal) = checked {
+            self.allowlist.restore_managed(network, Some(removed));
+            return Err(refusal);
+        }
+        self.commit_change(network, Some(removed), Change::Remove(network))?;
+        Ok(Reply::done(format!("removed {network}")))
     }
 
     fn import(

@@ -4,10 +4,15 @@
 //! Written atomically before a change is reported done, so a crash at any point leaves
 //! the old or the new state. A state file that cannot be read stops the daemon instead of
 //! starting without the operator's list.
+//!
+//! Single adds and removes are appended to `state_dir/journal.ndjson` (one fsynced line
+//! each) instead of rewriting a state file that may hold a million entries; loading
+//! replays the journal over the state file, and every whole write empties it.
 
 use std::{
     collections::BTreeMap,
-    fs, io,
+    fs,
+    io::{self, Write},
     path::{Path, PathBuf},
 };
 
@@ -17,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::{allowlist::Entry, config::Mode, durable};
 
 const FILE: &str = "state.json";
+const JOURNAL: &str = "journal.ndjson";
 const VERSION: u32 = 1;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,6 +63,76 @@ pub fn path(state_dir: &Path) -> PathBuf {
     state_dir.join(FILE)
 }
 
+pub fn journal_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(JOURNAL)
+}
+
+/// One change to the managed entries, as journaled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    /// Added, or replaced an entry for the same network.
+    Add(Entry),
+    Remove(IpNet),
+}
+
+/// Appends `change` to the journal and makes it durable before returning.
+pub fn journal(state_dir: &Path, change: &Change) -> Result<(), StateError> {
+    let path = journal_path(state_dir);
+    let write_error = |cause| StateError::Write {
+        path: path.display().to_string(),
+        cause,
+    };
+    let mut line =
+        serde_json::to_vec(change).map_err(|error| write_error(io::Error::other(error)))?;
+    line.push(b'\n');
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(write_error)?;
+    file.write_all(&line).map_err(write_error)?;
+    file.sync_data().map_err(write_error)
+}
+
+/// Replays the journal over `entries`. A last line cut short (a crash while it was
+/// written, so never reported done) is ignored; any other bad line is corruption.
+fn replay(state_dir: &Path, entries: &mut Vec<Entry>) -> Result<usize, StateError> {
+    let path = journal_path(state_dir);
+    let shown = path.display().to_string();
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(cause) => return Err(StateError::Read { path: shown, cause }),
+    };
+    let mut by_network: BTreeMap<IpNet, Entry> = entries
+        .drain(..)
+        .map(|entry| (entry.network, entry))
+        .collect();
+    let complete = text.ends_with('\n');
+    let lines: Vec<&str> = text.lines().collect();
+    let mut replayed = 0;
+    for (number, line) in lines.iter().enumerate() {
+        let change = match serde_json::from_str::<Change>(line) {
+            Ok(change) => change,
+            Err(_) if number + 1 == lines.len() && !complete => break,
+            Err(error) => {
+                return Err(StateError::Corrupt {
+                    path: format!("{shown}:{}", number + 1),
+                    detail: error.to_string(),
+                })
+            }
+        };
+        match change {
+            Change::Add(entry) => by_network.insert(entry.network, entry),
+            Change::Remove(network) => by_network.remove(&network),
+        };
+        replayed += 1;
+    }
+    entries.extend(by_network.into_values());
+    Ok(replayed)
+}
+
 impl State {
     pub fn new(mode: Mode, config_mode: Mode, entries: Vec<Entry>) -> Self {
         State {
@@ -88,6 +164,8 @@ impl State {
                 detail: format!("version {} is not {VERSION}", state.version),
             });
         }
+        let mut state = state;
+        replay(state_dir, &mut state.entries)?;
         Ok(Some(state))
     }
 
@@ -100,6 +178,89 @@ impl State {
         fs::create_dir_all(state_dir).map_err(write_error)?;
         let bytes =
             serde_json::to_vec(self).map_err(|error| write_error(io::Error::other(error)))?;
-        durable::write_atomically(&path, &bytes).map_err(write_error)
+        durable::write_atomically(&path, &bytes).map_err(write_error)?;
+        // The state file now holds everything the journal did.
+        match fs::remove_file(journal_path(state_dir)) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(write_error(error)),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allowlist::Origin;
+
+    fn entry(network: &str, description: &str) -> Entry {
+        Entry {
+            network: network.parse().unwrap(),
+            description: description.into(),
+            origin: Origin::Cli,
+            added_at: 1,
+            expires_at: None,
+            ports: Vec::new(),
+        }
+    }
+
+    fn state_dir(name: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("allowlist-state-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn journaled_changes_are_replayed_over_the_state_file_and_a_whole_write_empties_the_journal() {
+        let dir = state_dir("replay");
+        let stored = State::new(
+            Mode::Enforce,
+            Mode::Enforce,
+            vec![
+                entry("192.0.2.0/24", "office"),
+                entry("198.51.100.7/32", "vpn"),
+            ],
+        );
+        stored.store(&dir).unwrap();
+        journal(&dir, &Change::Add(entry("203.0.113.9/32", "new"))).unwrap();
+        journal(&dir, &Change::Add(entry("192.0.2.0/24", "renamed"))).unwrap();
+        journal(&dir, &Change::Remove("198.51.100.7/32".parse().unwrap())).unwrap();
+
+        let loaded = State::load(&dir).unwrap().unwrap();
+        assert_eq!(
+            loaded.entries,
+            vec![
+                entry("192.0.2.0/24", "renamed"),
+                entry("203.0.113.9/32", "new")
+            ]
+        );
+
+        loaded.store(&dir).unwrap();
+        assert!(!journal_path(&dir).exists());
+        assert_eq!(State::load(&dir).unwrap().unwrap().entries, loaded.entries);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_journal_line_cut_short_by_a_crash_is_ignored_but_a_bad_line_before_the_end_is_corruption()
+    {
+        let dir = state_dir("torn");
+        State::new(Mode::Monitor, Mode::Monitor, Vec::new())
+            .store(&dir)
+            .unwrap();
+        journal(&dir, &Change::Add(entry("203.0.113.9/32", "kept"))).unwrap();
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(journal_path(&dir))
+            .unwrap();
+        file.write_all(br#"{"add":{"network":"198.51"#).unwrap();
+        let loaded = State::load(&dir).unwrap().unwrap();
+        assert_eq!(loaded.entries, vec![entry("203.0.113.9/32", "kept")]);
+
+        file.write_all(b"\n").unwrap();
+        let error = State::load(&dir).unwrap_err().to_string();
+        assert!(error.contains("journal.ndjson:2"), "{error}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
