@@ -9,7 +9,7 @@
 //!   durable in `state_dir/state.json`.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     net::IpAddr,
     time::{SystemTime, UNIX_EPOCH},
@@ -99,8 +99,59 @@ pub struct ImportPlan {
 pub struct Allowlist {
     config: BTreeMap<IpNet, Entry>,
     always: BTreeMap<IpNet, Entry>,
-    managed: BTreeMap<IpNet, Entry>,
+    managed: Managed,
     public_ports: Vec<PortSpec>,
+}
+
+/// The daemon-owned entries, with an index of their expiry times so that finding the
+/// next one does not scan a list of millions after every change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Managed {
+    entries: BTreeMap<IpNet, Entry>,
+    expiring: BTreeSet<(u64, IpNet)>,
+}
+
+impl Managed {
+    fn insert(&mut self, entry: Entry) -> Option<Entry> {
+        if let Some(at) = entry.expires_at {
+            self.expiring.insert((at, entry.network));
+        }
+        let old = self.entries.insert(entry.network, entry);
+        self.unindex(old.as_ref());
+        old
+    }
+
+    fn remove(&mut self, network: &IpNet) -> Option<Entry> {
+        let old = self.entries.remove(network);
+        self.unindex(old.as_ref());
+        old
+    }
+
+    fn unindex(&mut self, old: Option<&Entry>) {
+        if let Some(Entry {
+            network,
+            expires_at: Some(at),
+            ..
+        }) = old
+        {
+            if self.entries.get(network).and_then(|e| e.expires_at) != Some(*at) {
+                self.expiring.remove(&(*at, *network));
+            }
+        }
+    }
+
+    fn next_expiry(&self) -> Option<u64> {
+        self.expiring.first().map(|(at, _)| *at)
+    }
+
+    /// Networks whose time is up at `now`.
+    fn expired(&self, now: u64) -> Vec<IpNet> {
+        self.expiring
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .map(|(_, network)| *network)
+            .collect()
+    }
 }
 
 impl Allowlist {
@@ -108,12 +159,11 @@ impl Allowlist {
     /// file), so a restart does not re-date them.
     pub fn new(config: &Config, managed: Vec<Entry>, first_seen: &BTreeMap<IpNet, u64>) -> Self {
         let mut list = Allowlist {
-            managed: managed
-                .into_iter()
-                .map(|entry| (entry.network, entry))
-                .collect(),
             ..Allowlist::default()
         };
+        for entry in managed {
+            list.managed.insert(entry);
+        }
         list.set_config(config);
         for entry in list.config.values_mut().chain(list.always.values_mut()) {
             if let Some(at) = first_seen.get(&entry.network) {
@@ -161,7 +211,7 @@ impl Allowlist {
     }
 
     pub fn managed(&self) -> impl Iterator<Item = &Entry> {
-        self.managed.values()
+        self.managed.entries.values()
     }
 
     /// Every entry, sorted by network then origin.
@@ -170,7 +220,7 @@ impl Allowlist {
             .always
             .values()
             .chain(self.config.values())
-            .chain(self.managed.values())
+            .chain(self.managed.entries.values())
             .collect();
         all.sort_by(|a, b| a.network.cmp(&b.network).then(a.origin.cmp(&b.origin)));
         all
@@ -180,7 +230,7 @@ impl Allowlist {
     /// own. Always-allowed infrastructure does not count, so activating still needs a
     /// deliberate entry.
     pub fn has_operator_entries(&self) -> bool {
-        !self.config.is_empty() || !self.managed.is_empty()
+        !self.config.is_empty() || !self.managed.entries.is_empty()
     }
 
     /// The prefixes the kernel should hold now.
@@ -199,7 +249,7 @@ impl Allowlist {
         let last = IpNet::new(region.broadcast(), region.max_prefix_len())
             .expect("a full-length prefix is valid");
         let mut around = Vec::new();
-        for entries in [&self.always, &self.config, &self.managed] {
+        for entries in [&self.always, &self.config, &self.managed.entries] {
             for (network, entry) in entries.range(region..=last) {
                 if region.contains(network) {
                     around.push((*network, Reach::from_ports(&entry.ports)));
@@ -219,7 +269,7 @@ impl Allowlist {
 
     /// The managed entry for `network`, if any (to undo a change that failed later).
     pub fn managed_entry(&self, network: IpNet) -> Option<&Entry> {
-        self.managed.get(&network.trunc())
+        self.managed.entries.get(&network.trunc())
     }
 
     /// Puts a managed entry back as it was (or removes it, for `None`): the undo of a
@@ -227,7 +277,7 @@ impl Allowlist {
     pub fn restore_managed(&mut self, network: IpNet, entry: Option<Entry>) {
         let network = network.trunc();
         match entry {
-            Some(entry) => self.managed.insert(network, entry),
+            Some(entry) => self.managed.insert(entry),
             None => self.managed.remove(&network),
         };
     }
@@ -256,28 +306,26 @@ impl Allowlist {
             return Err(ListError::OwnedByConfig { network, origin });
         }
         let description = description.unwrap_or_default();
-        match self.managed.get_mut(&network) {
-            Some(entry) => {
-                entry.description = description;
-                entry.expires_at = expires_at;
-                entry.ports = ports;
-                Ok(false)
-            }
-            None => {
-                self.managed.insert(
-                    network,
-                    Entry {
-                        network,
-                        description,
-                        origin: Origin::Cli,
-                        added_at: now(),
-                        expires_at,
-                        ports,
-                    },
-                );
-                Ok(true)
-            }
-        }
+        let listed = self.managed.entries.get(&network).cloned();
+        let new = listed.is_none();
+        let entry = match listed {
+            Some(entry) => Entry {
+                description,
+                expires_at,
+                ports,
+                ..entry
+            },
+            None => Entry {
+                network,
+                description,
+                origin: Origin::Cli,
+                added_at: now(),
+                expires_at,
+                ports,
+            },
+        };
+        self.managed.insert(entry);
+        Ok(new)
     }
 
     pub fn remove(&mut self, network: IpNet) -> Result<Entry, ListError> {
@@ -308,7 +356,7 @@ impl Allowlist {
             final_rows.insert(network, &row.description);
         }
         for (network, description) in &final_rows {
-            match self.managed.get(network) {
+            match self.managed.entries.get(network) {
                 None => plan.added.push(*network),
                 Some(entry) if entry.description != *description => plan.updated.push(*network),
                 Some(_) => {}
@@ -317,6 +365,7 @@ impl Allowlist {
         if replace {
             plan.removed = self
                 .managed
+                .entries
                 .keys()
                 .filter(|network| !final_rows.contains_key(network))
                 .copied()
@@ -336,7 +385,10 @@ impl Allowlist {
             if self.owner_in_config(&network).is_some() {
                 continue;
             }
+            // Only the description changes for a listed network, so the expiry index
+            // stays valid.
             self.managed
+                .entries
                 .entry(network)
                 .and_modify(|entry| entry.description.clone_from(&row.description))
                 .or_insert_with(|| Entry {
@@ -353,23 +405,15 @@ impl Allowlist {
 
     /// Removes entries whose time is up; returns them.
     pub fn expire(&mut self, now: u64) -> Vec<Entry> {
-        let expired: Vec<IpNet> = self
-            .managed
-            .values()
-            .filter(|entry| entry.expires_at.is_some_and(|at| at <= now))
-            .map(|entry| entry.network)
-            .collect();
-        expired
+        self.managed
+            .expired(now)
             .iter()
             .filter_map(|network| self.managed.remove(network))
             .collect()
     }
 
     pub fn next_expiry(&self) -> Option<u64> {
-        self.managed
-            .values()
-            .filter_map(|entry| entry.expires_at)
-            .min()
+        self.managed.next_expiry()
     }
 
     /// The entry that decides a verdict for `addr`: the longest listed prefix containing
@@ -517,6 +561,13 @@ description = "metadata"
         assert_eq!(list.next_expiry(), Some(100));
         assert_eq!(list.expire(150).len(), 1);
         assert_eq!(list.next_expiry(), Some(200));
+        // Updating an entry moves or clears its expiry.
+        list.add(net("10.0.0.2/32"), None, Some(300), vec![])
+            .unwrap();
+        assert_eq!(list.next_expiry(), Some(300));
+        list.add(net("10.0.0.2/32"), None, None, vec![]).unwrap();
+        assert_eq!(list.next_expiry(), None);
+        assert!(list.expire(u64::MAX).is_empty());
     }
 
     #[test]

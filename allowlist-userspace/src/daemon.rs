@@ -270,6 +270,7 @@ impl Daemon {
         self.mode = mode;
         self.pending_confirm = pending;
         let result = self.apply_to_kernel().and_then(|()| self.persist());
+        return_freed_memory();
         if let Err(error) = result {
             error!(%error, "the change failed; restoring the previous list and mode");
             (self.allowlist, self.mode, self.pending_confirm) = previous;
@@ -745,6 +746,28 @@ impl Daemon {
         let _ = std::fs::remove_file(&socket);
         info!("stopping; the filter stays attached and keeps enforcing the last applied list");
         Ok(())
+    }
+}
+
+/// Hands memory freed by a whole-list change back to the system: the old list, its
+/// compiled form and the request that carried the new one can be hundreds of MiB at a
+/// million entries, and the allocator would otherwise keep them as the daemon's RSS.
+fn return_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator's own heaps.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Keeps the allocator to few arenas: each tokio worker would otherwise get one, and
+/// memory freed in one arena is not reused by another, so RSS grows with every large
+/// request a different thread happened to serve.
+pub fn limit_allocator_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }
 

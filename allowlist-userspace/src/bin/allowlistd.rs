@@ -86,6 +86,7 @@ fn check(config: &Config) -> anyhow::Result<()> {
 }
 
 fn run_daemon(config: Config, ebpf_log: bool) -> anyhow::Result<()> {
+    allowlist_userspace::daemon::limit_allocator_arenas();
     let daemon = Daemon::start(config, ebpf_log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

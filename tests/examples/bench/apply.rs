@@ -8,7 +8,9 @@
 //! judges by it" is seen from outside: a watcher thread reads the pinned CONTROL record
 //! every 200 µs and notes when `active_slot` flips, which is the moment the new list takes
 //! over (the daemon then goes on syncing the old slot and writing its state file before
-//! `allowlistctl` returns; that is the second figure).
+//! `allowlistctl` returns; that is the second figure). One added entry is written in
+//! place, without a flip: for it the watcher notes when the host appears in the active
+//! slot's exact-host map.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -17,7 +19,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use allowlist_common::{Control, MAP_CONTROL};
+use allowlist_common::{AllowRule, Control, Ipv4Octets, MAP_CONTROL, MAP_EXACT_V4};
 use allowlist_tests::{ConfigBuilder, Daemon, Netns};
 use allowlist_userspace::compile::CompiledList;
 use anyhow::{bail, ensure, Context, Result};
@@ -126,7 +128,8 @@ fn daemon(
 
     let (mut flip, mut done) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (to_flip, to_return) = timed_until_flip(daemon.pin_path(), || {
+        let added = Until::HostListed(ADDED.parse()?);
+        let (to_flip, to_return) = timed_until(daemon.pin_path(), added, || {
             ctl(&["add", ADDED, "--description", "bench"])
         })?;
         flip.push(to_flip);
@@ -335,37 +338,71 @@ fn ipset(
 /// `pin_root` flips to the other slot. Returns (seconds until the flip, seconds until
 /// `change` returned).
 fn timed_until_flip(pin_root: &Path, change: impl FnOnce() -> Result<()>) -> Result<(f64, f64)> {
+    timed_until(pin_root, Until::Flip, change)
+}
+
+/// The moment a change takes effect in the kernel.
+#[derive(Clone, Copy)]
+enum Until {
+    /// The active slot flips (a whole list applied).
+    Flip,
+    /// The host is in the active slot's exact-host map (one entry written in place).
+    HostListed(std::net::Ipv4Addr),
+}
+
+/// Runs `change`, timing it, while a watcher polls the pinned maps under `pin_root` for
+/// `until`. Returns (seconds until then, seconds until `change` returned).
+fn timed_until(
+    pin_root: &Path,
+    until: Until,
+    change: impl FnOnce() -> Result<()>,
+) -> Result<(f64, f64)> {
     crate::check_interrupted()?;
-    let watcher = FlipWatcher::start(pin_root)?;
+    let watcher = Watcher::start(pin_root, until)?;
     let started = Instant::now();
     let outcome = change();
     let returned = started.elapsed().as_secs_f64();
-    let flipped = watcher.finish();
+    let seen = watcher.finish();
     outcome?;
-    let flipped = flipped?.context("the change returned, but the active slot never flipped")?;
-    Ok((flipped.duration_since(started).as_secs_f64(), returned))
+    let seen = seen?.context("the change returned, but the kernel never showed it")?;
+    Ok((seen.duration_since(started).as_secs_f64(), returned))
 }
 
-struct FlipWatcher {
+struct Watcher {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<Result<Option<Instant>>>,
 }
 
-impl FlipWatcher {
-    fn start(pin_root: &Path) -> Result<Self> {
-        let path = pin_root.join("maps").join(MAP_CONTROL);
-        let map =
-            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-        let control: Array<MapData, Control> = Array::try_from(aya::maps::Map::Array(map))?;
+impl Watcher {
+    fn start(pin_root: &Path, until: Until) -> Result<Self> {
+        let pinned = |name: &str| -> Result<aya::maps::MapData> {
+            let path = pin_root.join("maps").join(name);
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
+        };
+        let control: Array<MapData, Control> =
+            Array::try_from(aya::maps::Map::Array(pinned(MAP_CONTROL)?))?;
+        let mut hosts = Vec::new();
+        for name in MAP_EXACT_V4 {
+            let map: aya::maps::HashMap<MapData, Ipv4Octets, AllowRule> =
+                aya::maps::HashMap::try_from(aya::maps::Map::HashMap(pinned(name)?))?;
+            hosts.push(map);
+        }
         let initial = control.get(&0, 0)?.active_slot;
         let stop = Arc::new(AtomicBool::new(false));
         let thread = thread::spawn({
             let stop = stop.clone();
             move || -> Result<Option<Instant>> {
                 loop {
-                    // Checked before reading, so a flip just before the stop is seen.
+                    // Checked before reading, so a change just before the stop is seen.
                     let stopping = stop.load(Ordering::SeqCst);
-                    if control.get(&0, 0)?.active_slot != initial {
+                    let active = control.get(&0, 0)?.active_slot;
+                    let seen = match until {
+                        Until::Flip => active != initial,
+                        Until::HostListed(host) => hosts[active as usize % hosts.len()]
+                            .get(&host.octets(), 0)
+                            .is_ok(),
+                    };
+                    if seen {
                         return Ok(Some(Instant::now()));
                     }
                     if stopping {
@@ -375,14 +412,14 @@ impl FlipWatcher {
                 }
             }
         });
-        Ok(FlipWatcher { stop, thread })
+        Ok(Watcher { stop, thread })
     }
 
     fn finish(self) -> Result<Option<Instant>> {
         self.stop.store(true, Ordering::SeqCst);
         match self.thread.join() {
             Ok(result) => result,
-            Err(_) => bail!("the flip watcher panicked"),
+            Err(_) => bail!("the watcher panicked"),
         }
     }
 }
@@ -442,7 +479,7 @@ fn status_kib(status: &str, field: &str) -> Result<u64> {
 }
 
 /// The kernel's own accounting of the pinned maps under `maps_dir` (`memlock` in each
-/// map's fdinfo): (the allowlist tries, every map).
+/// map's fdinfo): (the lookup maps: screens, exact-host hashes and tries; every map).
 fn map_memory(maps_dir: &Path) -> Result<(u64, u64)> {
     use std::os::fd::{AsFd, AsRawFd};
     let (mut tries, mut all) = (0, 0);
@@ -458,7 +495,11 @@ fn map_memory(maps_dir: &Path) -> Result<(u64, u64)> {
             .trim()
             .parse()?;
         all += bytes;
-        if entry.file_name().to_string_lossy().starts_with("ALLOW_") {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if ["ALLOW_", "EXACT_", "SCREEN_"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
             tries += bytes;
         }
     }
