@@ -165,9 +165,11 @@ impl<'a> Report<'a> {
              IPv6 networks (/32–/64 and /128) scattered over 2000::/3. N counts prefixes after \
              the daemon's compile step (no duplicates, nothing covered). The floor is a no-op \
              XDP program (`allowlist-ebpf/src/bench.rs`) on the same frame.\n\n\
-             One frame repeated keeps the trie path in cache, so these figures are the cost of \
-             the path's length, not of cache misses; the published LPM figures (random keys) \
-             include misses. Section 2 is the cache-cold counterpart.\n\n",
+             One frame repeated keeps the lookup path in cache, so these figures are the cost \
+             of the path's length, not of cache misses; the published LPM figures (random keys) \
+             include misses. Section 2 is the cache-cold counterpart. Lookups go screen bitmap, \
+             then the hash of listed hosts, then the LPM trie (README, \"Lookup\"): a listed \
+             host stops at the hash, an unlisted source mostly at the screen.\n\n",
         );
         doc.push_str(&self.per_packet_table());
 
@@ -215,7 +217,9 @@ impl<'a> Report<'a> {
              judges by it\" is observed from outside: a thread reads the pinned CONTROL record \
              every 200 µs and notes when the active slot flips, measured from the start of \
              `allowlistctl`; the command itself returns later (the daemon syncs the old slot and \
-             writes its state file first). The kernel layer alone (`Filter::apply` called in the \
+             writes its state file first). One added entry is written into both slots in place, \
+             without a flip: for it the thread notes when the host appears in the active slot's \
+             hash of listed hosts. The kernel layer alone (`Filter::apply` called in the \
              benchmark process, no CLI, socket, checks or state) shows how much of it is map \
              writes. Against: `nft -f` of a file that flushes an interval set holding the old \
              list and adds the new one (one transaction); `ipset restore` of a new hash:net set, \
@@ -229,9 +233,11 @@ impl<'a> Report<'a> {
         doc.push_str(
             "**Method.** After the imports of section 3: the daemon's `VmRSS` and peak `VmHWM` \
              from `/proc/PID/status`, and the kernel's own accounting of the daemon's maps \
-             (`memlock` in each pinned map's fdinfo: both slots of both families' tries, and all \
-             maps including the flow table). The kernel counts one trie node per entry; the \
-             trie's intermediate nodes come on top. ipset's \"Size in memory\" of a hash:net of \
+             (`memlock` in each pinned map's fdinfo: the lookup maps — both slots of both \
+             families' screens, host hashes and tries — and all maps including the flow \
+             table). Screens (8 MiB) and the host hashes' bucket arrays (40 MiB) are sized by \
+             capacity, so they are there at any list size; the kernel counts one trie node or \
+             hash element per entry, and the trie's intermediate nodes come on top. ipset's \"Size in memory\" of a hash:net of \
              the same prefixes is there for comparison.\n\n",
         );
         doc.push_str(&self.memory_table());
@@ -619,7 +625,7 @@ impl<'a> Report<'a> {
                 "allowlistd.rss_peak",
             ),
             (
-                "kernel: the four LPM tries (2 slots × 2 families)",
+                "kernel: lookup maps (screens, host hashes, tries; 2 slots × 2 families)",
                 "kernel.tries",
             ),
             ("kernel: all of the daemon's maps", "kernel.all_maps"),
@@ -693,31 +699,27 @@ impl<'a> Report<'a> {
             Topic::DropRate => format!(
                 "**Why.** At 100k prefixes the filter judged {ours} on its core, the XDP drop-all \
                  floor {floor}, nftables {nft}, iptables-legacy + ipset {ipset}. \
-                 Per unlisted packet the filter reads the control record, parses the headers, \
-                 walks the LPM trie, then (the packet not being allowed) parses UDP/TCP, looks up \
-                 the flow table for a reply to a connection the host opened, and checks the public \
-                 ports. With 65,536 random sources the trie walk misses the cache at most of its \
-                 ~17 levels: `perf record -C 1` on the receiver core (taken while this benchmark \
-                 was being written, not by `cargo xtask bench`) shows `trie_lookup_elem` as the \
-                 largest symbol, then the flow table's hash lookup (`lookup_nulls_elem_raw`). \
-                 Without the \
-                 flow lookup (`return_traffic` off) the filter judged {plain}. Section 1 shows \
-                 the same program at {warm} per unlisted packet when the trie path is in cache. \
-                 The netfilter receivers pay for an skb, GRO and the hook on every packet, the \
-                 filter does not; but in this harness every receiver also pays for veth's ring \
-                 and for returning each page to the generator's page pool on the other core, a \
-                 cost per frame the same for all, which pulls ratios towards 1 (and makes a floor \
-                 that does nothing else the hardest target).\n\n\
-                 **What would close it.** Take the trie out of the unlisted fast path: a bitmap \
-                 with one bit per /24 that holds any listed prefix (2 MiB, an `Array` map; \
-                 prefixes shorter than /24 set all their /24s) rejects almost every unlisted \
-                 source with one cache-friendly load, leaving the trie for sources next to listed \
-                 ones. Skip the flow lookup for packets that cannot be replies: a TCP SYN \
-                 without ACK, and UDP to a port outside the host's ephemeral range \
-                 (`net.ipv4.ip_local_port_range`). For the per-packet cost of listed sources, a \
-                 DIR-24-8 table (at most two loads for any IPv4 source) instead of the trie. On a \
-                 NIC with native XDP, where pages are recycled in the driver, the measured \
-                 floor and ratios would also move apart.",
+                 Per unlisted packet the filter reads the control record, parses the headers and \
+                 reads one bit of the screen bitmap (a clear bit means no listed prefix overlaps \
+                 the source's /24, so neither the host hash nor the trie is consulted); the packet \
+                 not being allowed, it then parses UDP/TCP, looks up the flow table for a reply \
+                 to a connection the host opened, and checks the public ports. Each of the two \
+                 lookups is one or two dependent loads, but with 65,536 random sources they miss \
+                 the cache: the screen is 2 MiB (one bit per /24) and the flow table's buckets \
+                 1 MiB, and in this virtual machine a miss that also misses the TLB costs \
+                 hundreds of nanoseconds. Without the flow lookup (`return_traffic` off) the \
+                 filter judged {plain}. Section 1 shows the same program at {warm} per unlisted \
+                 packet when both are in cache. The drop-all floor does none of this, and in \
+                 this harness every receiver also pays for veth's ring and for returning each \
+                 page to the generator's page pool on the other core, which makes a floor that \
+                 does nothing else the hardest target.\n\n\
+                 **What would close it.** Keep the unlisted fast path in cache: a first-level \
+                 screen of one bit per /20 (128 KiB, resident in L2) in front of the /24 one, so \
+                 only sources near a listed prefix touch the big bitmap; and a small hint bitmap \
+                 of remote addresses the host has open flows with, set by the egress program, so \
+                 an unlisted source the host never talked to skips the flow-table lookup. On a \
+                 NIC with native XDP, where pages are recycled in the driver, the measured floor \
+                 and the ratios would also move apart.",
                 ours = fig("drop_rate.100000.allowlist.mpps", mpps),
                 floor = fig("drop_rate.100000.xdp_drop_all.mpps", mpps),
                 nft = fig("drop_rate.100000.nft_set.mpps", mpps),
@@ -726,20 +728,19 @@ impl<'a> Report<'a> {
                 warm = fig("per_packet.v4_mixed.100000.unlisted", nanos),
             ),
             Topic::PerPacketGrowth => format!(
-                "**Why.** The kernel's LPM trie is a binary trie: a lookup visits one node per \
-                 level, a dependent load and a prefix comparison each, and the depth grows with \
-                 log2 of the entries (about 7 levels at 100, about 20 at 1M). A listed source \
-                 walks down to its entry; an unlisted one stops where its path leaves the trie, \
-                 which is why unlisted sources grow less. With one frame repeated every node is in \
-                 cache, so this is path length alone: the dense /32 listed source costs {d100} at \
-                 100 and {d1m} at 1M, against the published {p100} and {p1m} for random keys, \
-                 where cache misses come on top. Fixed costs (parsing, control record, counters, \
-                 the no-op floor of {noop}) make the ratio smaller than the trie's own growth.\n\n\
-                 **What would close it.** A lookup of bounded depth: DIR-24-8 (one array load for \
-                 prefixes up to /24, a second for longer ones; 64 MiB for the first level at 4 \
-                 bytes per /24), a multibit trie or poptrie (4–5 loads for IPv4, ~8 for IPv6), or \
-                 for IPv6 a hash per prefix length in use (few lengths in real lists). Each makes \
-                 the cost at 1M equal to the cost at 100.",
+                "**Why.** Listed hosts (/32, /128) are answered by the exact-host hash and most \
+                 unlisted sources by the screen bitmap, both flat in the list's size: the dense \
+                 /32 listed source costs {d100} at 100 and {d1m} at 1M (the published plain \
+                 trie: {p100} and {p1m}). What still grows is a listed source whose longest \
+                 match is a network: it walks the kernel's LPM trie, a binary trie about log2(n) \
+                 levels deep (about 7 at 100, about 20 at 1M), a dependent load and a prefix \
+                 comparison per level. Fixed costs (parsing, control record, counters, the no-op \
+                 floor of {noop}) make the ratio smaller than the trie's own growth.\n\n\
+                 **What would close it.** Take the common network lengths out of the trie too: \
+                 a hash of /24 networks that have no longer prefix inside them (a hit is then \
+                 the longest match, as for hosts), or a bounded-depth structure for IPv4 \
+                 (DIR-24-8: two loads at most; 64 MiB for the first level); for IPv6 a hash per \
+                 prefix length in use (real lists use few).",
                 d100 = fig("per_packet.v4_dense32.100.listed", nanos),
                 d1m = fig("per_packet.v4_dense32.1000000.listed", nanos),
                 p100 = "62 ns",
@@ -751,20 +752,20 @@ impl<'a> Report<'a> {
                  at 100k); the kernel layer alone flips after {lib1m} ({lib100}). That layer \
                  writes the standby slot by difference: for a list sharing nothing with the old \
                  one that is one `BPF_MAP_DELETE_ELEM` per old prefix and one \
-                 `BPF_MAP_UPDATE_ELEM` per new one, each a syscall and a trie insert or delete, \
-                 before the flip; after it, the same again for the old slot. The rest of the \
-                 daemon's time before the flip is its own: `allowlistctl` parses the CSV and sends \
-                 it as one JSON request, the daemon clones its allowlist, imports the rows, \
-                 compiles the current and the new list for the lockout check and compiles again \
-                 to apply. After the flip it syncs the old slot and writes and fsyncs its state \
-                 file, so the command returns after {ret1m}.\n\n\
+                 `BPF_MAP_UPDATE_ELEM` per new one, each a syscall and a trie or hash insert or \
+                 delete (~{per_entry} each here), before the flip; after it, the same again for \
+                 the old slot. The rest of the daemon's time before the flip is its own: \
+                 `allowlistctl` parses the CSV and sends it as one JSON request, and the daemon \
+                 parses it, clones its allowlist, imports the rows and compiles the result. After \
+                 the flip it syncs the old slot and writes and fsyncs its state file, so the \
+                 command returns after {ret1m}.\n\n\
                  **What would close it.** Write a whole new list into a fresh, empty map and swap \
                  the map the program reads (an array-of-maps slot), which needs no deletes and \
-                 no second pass over the old slot. Compile once per change, and reuse the result \
-                 for the lockout check and the kernel. Below that floor of one syscall per prefix \
-                 (~{per_entry} each here), a structure userspace can fill with memory writes — \
-                 DIR-24-8 in a `BPF_F_MMAPABLE` array, written through `mmap` — applies 1M \
-                 prefixes in well under a second.",
+                 no second pass over the old slot; batch the host hashes' writes \
+                 (`BPF_MAP_UPDATE_BATCH`); stream an import row by row instead of one request \
+                 and skip the clone. Below the floor of one kernel operation per prefix, a \
+                 structure userspace fills with memory writes (as it already does the screens, \
+                 through `mmap`) applies 1M prefixes in well under a second.",
                 judged1m = fig("apply.1000000.allowlist.replace_judged", seconds),
                 judged100 = fig("apply.100000.allowlist.replace_judged", seconds),
                 lib1m = fig("apply.1000000.filter_apply.replace_judged", seconds),
@@ -777,18 +778,16 @@ impl<'a> Report<'a> {
             ),
             Topic::ApplyIncremental => format!(
                 "**Why.** Adding one entry to a list of 1M reached the kernel after {judged} and \
-                 the command returned after {returned}; the kernel's part is one map update per \
-                 slot. The daemon treats every change as a new whole list: it clones the 1M \
-                 entries, compiles all of them (sort and fold), has the filter diff each slot's \
-                 1M prefixes against the result, and after the flip serialises every entry into \
-                 its state file and fsyncs it (and `add` compiles the whole list twice: once to \
-                 validate the change, once to apply it). nftables pays a price that grows with \
-                 the set too (`nft add element` took {nft100} at 100k{nft1m}: `nft` fetches an \
-                 interval set's elements before adding to it); ipset does not ({ipset}).\n\n\
-                 **What would close it.** Apply a single add or remove as a delta: insert the \
-                 prefix into the sorted compiled list and fold only its neighbours, write just \
-                 that key to each slot, and record the change in an append-only journal (compacted \
-                 now and then) instead of rewriting the whole state file.",
+                 the command returned after {returned}. The daemon recompiles only the added \
+                 network's region and writes its prefixes into both slots in place, then appends \
+                 the change to its journal and fsyncs it. What remains proportional to the list \
+                 is memory movement: the compiled list and each slot's mirror are sorted vectors, \
+                 so inserting a prefix moves the entries after it (32 and 16 bytes each). \
+                 nftables pays a price that grows with the set too (`nft add element` took \
+                 {nft100} at 100k{nft1m}: `nft` fetches an interval set's elements before adding \
+                 to it); ipset does not ({ipset}).\n\n\
+                 **What would close it.** Keep the compiled list and the mirrors in B-trees \
+                 instead of sorted vectors, and the journal on a disk with a fast fsync.",
                 judged = fig("apply.1000000.allowlist.add_judged", seconds),
                 returned = fig("apply.1000000.allowlist.add_returned", seconds),
                 nft100 = fig("apply.100000.nft.add", seconds),
@@ -800,19 +799,18 @@ impl<'a> Report<'a> {
             ),
             Topic::Memory => format!(
                 "**Why.** With 1M entries the daemon's resident set is {rss} (peak {peak}), \
-                 against {tries} in the kernel for all four tries. The daemon holds the list \
-                 several times over: each entry with its description, origin and times; the \
-                 filter's copy of what each of its two slots holds; and during a change the clone \
-                 of the allowlist and the compiled lists of the lockout check and the apply. An import also \
-                 arrives as one JSON request of every row (the socket allows writers 256 MiB), \
-                 and memory the allocator got for a peak is not returned to the system, so the \
-                 resident set stays near the peak.\n\n\
-                 **What would close it.** Keep one copy of the slots' contents (they are identical \
-                 after every apply) in a compact form (an IPv4 prefix and its rule fit in 8 \
-                 bytes), keep descriptions in one arena, stream \
-                 an import row by row instead of one request, and apply changes as deltas so no \
-                 second copy of the list is made; `malloc_trim` after a large change returns what \
-                 a peak took.",
+                 against {tries} in the kernel for the lookup maps. The daemon holds the list \
+                 several times over: each entry with its description, origin and times in a \
+                 B-tree (over 100 bytes an entry); the compiled list (32 bytes a prefix); and the \
+                 filter's mirror of each of its two slots (16 bytes a prefix each), which a \
+                 whole-list change diffs against. During an import the request of every row and \
+                 the clone of the allowlist come on top; the allocator is asked to return that \
+                 memory afterwards (`malloc_trim`), so the resident set after a change is what \
+                 the daemon keeps, and the peak is the import.\n\n\
+                 **What would close it.** Keep one mirror of the slots (they are identical after \
+                 every change) in a compact form (an IPv4 prefix and its rule fit in 8 bytes), \
+                 derive the compiled list from it rather than keep both, keep descriptions in one \
+                 arena, and stream an import row by row instead of one request.",
                 rss = fig("memory.1000000.allowlistd.rss", mib),
                 peak = fig("memory.1000000.allowlistd.rss_peak", mib),
                 tries = fig("memory.1000000.kernel.tries", mib),
