@@ -774,14 +774,30 @@ impl Filter {
     }
 }
 
-/// Writes changed prefixes into one family's maps of one slot: `upsert` (new prefixes,
-/// or new rules) first, then `remove`, each longest prefix first.
-///
-/// On an idle slot any order would do. The order matters for [`Filter::apply_region`],
-/// which writes the slot packets are judged by: a source's longest match then moves
-/// from its old prefix and rule to its new one without passing through a shorter prefix
-/// that is about to be replaced or has already gone.
+/// Writes changed prefixes into one family's maps of an idle slot: removals first, so
+/// a list replaced by another never needs room for both.
 fn write_prefixes<P: Prefix>(
+    maps: &mut FamilyMaps<P::Octets>,
+    placement: &mut FamilyPlacement<P>,
+    current: &[(P, AllowRule)],
+    upsert: &[(P, AllowRule)],
+    remove: &[P],
+    slot: usize,
+) -> Result<()> {
+    for net in remove {
+        remove_prefix(maps, placement, net, slot)?;
+    }
+    for (net, rule) in upsert {
+        upsert_prefix(maps, placement, current, net, rule, slot)?;
+    }
+    Ok(())
+}
+
+/// Writes changed prefixes into one family's maps of a slot packets may be judged by:
+/// `upsert` (new prefixes, or new rules) first, then `remove`, each longest prefix first,
+/// so a source's longest match moves from its old prefix and rule to its new one without
+/// passing through a shorter prefix that is about to be replaced or has already gone.
+fn write_prefixes_in_place<P: Prefix>(
     maps: &mut FamilyMaps<P::Octets>,
     placement: &mut FamilyPlacement<P>,
     current: &[(P, AllowRule)],
@@ -794,23 +810,43 @@ fn write_prefixes<P: Prefix>(
     let mut remove = remove.to_vec();
     remove.sort_by_key(|net| std::cmp::Reverse(net.len()));
     for (net, rule) in &upsert {
-        let listed = current.binary_search_by(|(n, _)| n.cmp(net)).is_ok();
-        let written = match place(placement, net, listed) {
-            Place::Exact => maps.exact.insert(net.octets(), rule, 0),
-            Place::Trie => maps.trie.insert(&net.key(), rule, 0),
-        };
-        written.map_err(kernel_error(format!("adding {net} to slot {slot}")))?;
+        upsert_prefix(maps, placement, current, net, rule, slot)?;
     }
     for net in &remove {
-        let removed = if net.is_host() && !placement.overflow.remove(net) {
-            placement.exact -= 1;
-            maps.exact.remove(&net.octets())
-        } else {
-            maps.trie.remove(&net.key())
-        };
-        removed.map_err(kernel_error(format!("removing {net} from slot {slot}")))?;
+        remove_prefix(maps, placement, net, slot)?;
     }
     Ok(())
+}
+
+fn upsert_prefix<P: Prefix>(
+    maps: &mut FamilyMaps<P::Octets>,
+    placement: &mut FamilyPlacement<P>,
+    current: &[(P, AllowRule)],
+    net: &P,
+    rule: &AllowRule,
+    slot: usize,
+) -> Result<()> {
+    let listed = current.binary_search_by(|(n, _)| n.cmp(net)).is_ok();
+    let written = match place(placement, net, listed) {
+        Place::Exact => maps.exact.insert(net.octets(), rule, 0),
+        Place::Trie => maps.trie.insert(&net.key(), rule, 0),
+    };
+    written.map_err(kernel_error(format!("adding {net} to slot {slot}")))
+}
+
+fn remove_prefix<P: Prefix>(
+    maps: &mut FamilyMaps<P::Octets>,
+    placement: &mut FamilyPlacement<P>,
+    net: &P,
+    slot: usize,
+) -> Result<()> {
+    let removed = if net.is_host() && !placement.overflow.remove(net) {
+        placement.exact -= 1;
+        maps.exact.remove(&net.octets())
+    } else {
+        maps.trie.remove(&net.key())
+    };
+    removed.map_err(kernel_error(format!("removing {net} from slot {slot}")))
 }
 
 /// Brings the prefixes inside `region` of one family and slot to `wanted`, in place.
@@ -828,7 +864,7 @@ fn write_region<P: Prefix>(
     for (net, _) in &upsert {
         net.screen_in(&maps.screen);
     }
-    write_prefixes(maps, placement, current, &upsert, &remove, slot)?;
+    write_prefixes_in_place(maps, placement, current, &upsert, &remove, slot)?;
     current.splice(range, wanted.iter().copied());
     Ok(ApplyReport {
         added: upsert.len(),
