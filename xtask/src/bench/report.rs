@@ -804,9 +804,10 @@ impl<'a> Report<'a> {
                  B-tree (over 100 bytes an entry); the compiled list (32 bytes a prefix); and the \
                  filter's mirror of each of its two slots (16 bytes a prefix each), which a \
                  whole-list change diffs against. During an import the request of every row and \
-                 the clone of the allowlist come on top; the allocator is asked to return that \
-                 memory afterwards (`malloc_trim`), so the resident set after a change is what \
-                 the daemon keeps, and the peak is the import.\n\n\
+                 the clone of the allowlist come on top (the peak). The allocator is asked to \
+                 return freed memory after such a change (`malloc_trim`), but it can only return \
+                 whole pages, and the import's many small allocations are interleaved with the \
+                 entries that stay, so much of the peak stays resident.\n\n\
                  **What would close it.** Keep one mirror of the slots (they are identical after \
                  every change) in a compact form (an IPv4 prefix and its rule fit in 8 bytes), \
                  derive the compiled list from it rather than keep both, keep descriptions in one \
