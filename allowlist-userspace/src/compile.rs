@@ -137,28 +137,26 @@ impl CompiledList {
         around: Vec<(IpNet, Reach)>,
     ) -> Result<(), TooManyPortRanges> {
         match region.trunc() {
-            IpNet::V4(region) => {
-                let entries = around
-                    .into_iter()
-                    .filter_map(|(net, reach)| match net.trunc() {
-                        IpNet::V4(net) => Some((net, reach)),
-                        IpNet::V6(_) => None,
-                    })
-                    .collect();
-                let (kept, _, _) = fold(entries, |a, b| a.contains(b))?;
-                splice_region(&mut self.v4, kept, region, |net| region.contains(net));
-            }
-            IpNet::V6(region) => {
-                let entries = around
-                    .into_iter()
-                    .filter_map(|(net, reach)| match net.trunc() {
-                        IpNet::V6(net) => Some((net, reach)),
-                        IpNet::V4(_) => None,
-                    })
-                    .collect();
-                let (kept, _, _) = fold(entries, |a, b| a.contains(b))?;
-                splice_region(&mut self.v6, kept, region, |net| region.contains(net));
-            }
+            IpNet::V4(region) => recompile_family(
+                &mut self.v4,
+                region,
+                around,
+                |net| match net {
+                    IpNet::V4(net) => Some(net),
+                    IpNet::V6(_) => None,
+                },
+                |a, b| a.contains(b),
+            )?,
+            IpNet::V6(region) => recompile_family(
+                &mut self.v6,
+                region,
+                around,
+                |net| match net {
+                    IpNet::V6(net) => Some(net),
+                    IpNet::V4(_) => None,
+                },
+                |a, b| a.contains(b),
+            )?,
         }
         Ok(())
     }
@@ -204,15 +202,25 @@ pub fn region_range<N: Ord, T>(
     start..start + len
 }
 
-/// Replaces the prefixes of `sorted` inside `region` with those of `folded` inside it.
-fn splice_region<N: Ord + Copy>(
+/// One family's part of [`CompiledList::recompile_region`]: folds the entries of that
+/// family (`family` picks them, `contains` is its prefix containment) and splices the folded prefixes inside `region` into
+/// `sorted` in place of the old ones.
+fn recompile_family<N: Ord + Copy + std::fmt::Display>(
     sorted: &mut Vec<(N, Reach)>,
-    folded: Vec<(N, Reach)>,
     region: N,
-    inside: impl Fn(&N) -> bool,
-) {
-    let range = region_range(sorted, &region, &inside);
+    around: Vec<(IpNet, Reach)>,
+    family: impl Fn(IpNet) -> Option<N>,
+    contains: fn(&N, &N) -> bool,
+) -> Result<(), TooManyPortRanges> {
+    let entries = around
+        .into_iter()
+        .filter_map(|(net, reach)| Some((family(net.trunc())?, reach)))
+        .collect();
+    let (folded, _, _) = fold(entries, contains)?;
+    let inside = |net: &N| contains(&region, net);
+    let range = region_range(sorted, &region, inside);
     sorted.splice(range, folded.into_iter().filter(|(net, _)| inside(net)));
+    Ok(())
 }
 
 /// Tries each prefix length from the longest: at most 33 or 129 binary searches.

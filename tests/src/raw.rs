@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 
 use crate::netns::{in_netns, Netns};
-use crate::traffic::{SourceRecord, MIN_UDP_PAYLOAD, UDP_PACING};
+use crate::traffic::{record_of, SourceRecord, MIN_UDP_PAYLOAD, UDP_PACING};
 
 pub const TPID_8021Q: u16 = 0x8100;
 pub const TPID_8021AD: u16 = 0x88a8;
@@ -294,12 +294,7 @@ impl FrameTap {
     }
 
     pub fn record_from(&self, source: IpAddr) -> SourceRecord {
-        self.records
-            .lock()
-            .unwrap()
-            .get(&source)
-            .cloned()
-            .unwrap_or_default()
+        record_of(&self.records, source)
     }
 
     pub fn count_from(&self, source: IpAddr) -> u64 {

@@ -183,6 +183,19 @@ impl SourceRecord {
     }
 }
 
+/// What a receiver recorded from `source` so far (nothing yet: an empty record).
+pub(crate) fn record_of(
+    records: &Mutex<HashMap<IpAddr, SourceRecord>>,
+    source: IpAddr,
+) -> SourceRecord {
+    records
+        .lock()
+        .unwrap()
+        .get(&source)
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// A UDP receiver in a namespace that counts datagrams per source address.
 pub struct UdpSink {
     local: SocketAddr,
@@ -223,12 +236,7 @@ impl UdpSink {
     }
 
     pub fn record_from(&self, source: IpAddr) -> SourceRecord {
-        self.records
-            .lock()
-            .unwrap()
-            .get(&source)
-            .cloned()
-            .unwrap_or_default()
+        record_of(&self.records, source)
     }
 
     pub fn count_from(&self, source: IpAddr) -> u64 {
