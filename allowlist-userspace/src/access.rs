@@ -1,12 +1,16 @@
 //! Who may do what through the control socket, decided from the peer's credentials
 //! (SO_PEERCRED), never from anything the client says about itself.
 
-use std::{fs, path::Path};
+use std::{
+    fmt, fs,
+    path::Path,
+    sync::{Arc, RwLock},
+};
 
 use nix::unistd::{Gid, Group, Uid};
 
 /// The socket's access policy, from the config.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Access {
     /// Members of this group may change the list, like root.
     pub group: Option<Gid>,
@@ -57,6 +61,48 @@ impl Access {
             nix::sys::stat::Mode::from_bits_truncate(mode),
             nix::sys::stat::FchmodatFlags::FollowSymlink,
         )
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("changes: root")?;
+        if let Some(gid) = self.group {
+            match Group::from_gid(gid).ok().flatten() {
+                Some(group) => write!(f, " and group {}", group.name)?,
+                None => write!(f, " and gid {gid}")?,
+            }
+        }
+        f.write_str(if self.readable_by_all {
+            "; reads: everyone"
+        } else {
+            "; reads: the same"
+        })
+    }
+}
+
+/// The policy in force, read by every connection at each request, so that a reload
+/// which takes access away takes it from connections already open too.
+#[derive(Clone, Debug)]
+pub struct SharedAccess(Arc<RwLock<Access>>);
+
+impl SharedAccess {
+    pub fn new(access: Access) -> Self {
+        SharedAccess(Arc::new(RwLock::new(access)))
+    }
+
+    pub fn get(&self) -> Access {
+        *self
+            .0
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn set(&self, access: Access) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = access;
     }
 }
 

@@ -12,15 +12,15 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
     net::IpAddr,
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    clock::now,
     compile::{CompiledList, Reach, TooManyPortRanges},
-    config::{AllowEntry, Config},
+    config::{normalize, AllowEntry, Config},
     ports::PortSpec,
 };
 
@@ -60,11 +60,19 @@ pub struct Entry {
     pub ports: Vec<PortSpec>,
 }
 
-pub fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_secs())
-        .unwrap_or(0)
+/// Longest description, in bytes: enough for a paragraph, bounded so that no file or
+/// request can make one entry large.
+pub const MAX_DESCRIPTION_BYTES: usize = 4096;
+
+/// Refuses a description longer than [`MAX_DESCRIPTION_BYTES`].
+pub fn check_description(description: &str) -> Result<(), String> {
+    if description.len() > MAX_DESCRIPTION_BYTES {
+        return Err(format!(
+            "the description is {} bytes long; at most {MAX_DESCRIPTION_BYTES} are kept",
+            description.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Why a change to the list was refused. Nothing changed.
@@ -82,6 +90,34 @@ pub struct ImportRow {
     pub line: u64,
     pub network: IpNet,
     pub description: String,
+    /// Ports and expiry, from files that have those columns (`export` writes them). A
+    /// two-column file has none: a new network then allows all ports for good, and a
+    /// listed one keeps what it had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<RowScope>,
+}
+
+/// The `ports` and `expires_at` columns of an import row.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowScope {
+    /// Empty: all ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortSpec>,
+    /// Seconds since the Unix epoch; `None`: permanent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+/// What `add` changes of an entry. `None` keeps what a listed entry has (a new one gets
+/// no description, all ports, no expiry), so re-adding a network never silently clears
+/// what was set before.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EntryUpdate {
+    pub description: Option<String>,
+    /// `Some(None)`: make permanent.
+    pub expires_at: Option<Option<u64>>,
+    /// `Some(vec![])`: all ports.
+    pub ports: Option<Vec<PortSpec>>,
 }
 
 /// What an import did (or, in a dry run, would do).
@@ -92,6 +128,24 @@ pub struct ImportPlan {
     pub removed: Vec<IpNet>,
     /// Rows naming a network the config file owns: left as the config says.
     pub unchanged_config: Vec<IpNet>,
+}
+
+/// `entry` as an import row leaves it: the row's description, and its ports and expiry
+/// when the file has those columns.
+fn imported(entry: Entry, row: &ImportRow) -> Entry {
+    let description = row.description.clone();
+    match &row.scope {
+        Some(scope) => Entry {
+            description,
+            ports: scope.ports.clone(),
+            expires_at: scope.expires_at,
+            ..entry
+        },
+        None => Entry {
+            description,
+            ..entry
+        },
+    }
 }
 
 /// The whole list: config-owned entries plus the daemon-owned ones.
@@ -292,44 +346,35 @@ impl Allowlist {
         }
     }
 
-    /// Adds `network`, or updates its description (cleared when `None`) and expiry if it
-    /// is listed already. Returns whether it was new.
-    pub fn add(
-        &mut self,
-        network: IpNet,
-        description: Option<String>,
-        expires_at: Option<u64>,
-        ports: Vec<PortSpec>,
-    ) -> Result<bool, ListError> {
-        let network = network.trunc();
+    /// Adds `network`, or updates the listed entry with what `update` sets. Returns
+    /// whether it was new.
+    pub fn add(&mut self, network: IpNet, update: EntryUpdate) -> Result<bool, ListError> {
+        let network = normalize(network);
         if let Some(origin) = self.owner_in_config(&network) {
             return Err(ListError::OwnedByConfig { network, origin });
         }
-        let description = description.unwrap_or_default();
         let listed = self.managed.entries.get(&network).cloned();
         let new = listed.is_none();
-        let entry = match listed {
-            Some(entry) => Entry {
-                description,
-                expires_at,
-                ports,
-                ..entry
-            },
-            None => Entry {
-                network,
-                description,
-                origin: Origin::Cli,
-                added_at: now(),
-                expires_at,
-                ports,
-            },
+        let base = listed.unwrap_or(Entry {
+            network,
+            description: String::new(),
+            origin: Origin::Cli,
+            added_at: now(),
+            expires_at: None,
+            ports: Vec::new(),
+        });
+        let entry = Entry {
+            description: update.description.unwrap_or(base.description),
+            expires_at: update.expires_at.unwrap_or(base.expires_at),
+            ports: update.ports.unwrap_or(base.ports),
+            ..base
         };
         self.managed.insert(entry);
         Ok(new)
     }
 
     pub fn remove(&mut self, network: IpNet) -> Result<Entry, ListError> {
-        let network = network.trunc();
+        let network = normalize(network);
         if let Some(entry) = self.managed.remove(&network) {
             return Ok(entry);
         }
@@ -339,26 +384,28 @@ impl Allowlist {
         }
     }
 
-    /// Works out what importing `rows` does: rows add or update descriptions in order (a
+    /// Works out what importing `rows` does: rows add or update entries in order (a
     /// later row for the same network wins); with `replace`, managed entries the file
     /// does not name are removed. Config-owned networks are left alone.
     pub fn plan_import(&self, rows: &[ImportRow], replace: bool) -> ImportPlan {
-        let mut final_rows: BTreeMap<IpNet, &str> = BTreeMap::new();
+        let mut final_rows: BTreeMap<IpNet, &ImportRow> = BTreeMap::new();
         let mut plan = ImportPlan::default();
         for row in rows {
-            let network = row.network.trunc();
+            let network = normalize(row.network);
             if self.owner_in_config(&network).is_some() {
                 if !plan.unchanged_config.contains(&network) {
                     plan.unchanged_config.push(network);
                 }
                 continue;
             }
-            final_rows.insert(network, &row.description);
+            final_rows.insert(network, row);
         }
-        for (network, description) in &final_rows {
+        for (network, row) in &final_rows {
             match self.managed.entries.get(network) {
                 None => plan.added.push(*network),
-                Some(entry) if entry.description != *description => plan.updated.push(*network),
+                Some(entry) if imported(entry.clone(), row) != *entry => {
+                    plan.updated.push(*network)
+                }
                 Some(_) => {}
             }
         }
@@ -381,24 +428,24 @@ impl Allowlist {
             self.managed.remove(network);
         }
         for row in rows {
-            let network = row.network.trunc();
+            let network = normalize(row.network);
             if self.owner_in_config(&network).is_some() {
                 continue;
             }
-            // Only the description changes for a listed network, so the expiry index
-            // stays valid.
-            self.managed
+            let base = self
+                .managed
                 .entries
-                .entry(network)
-                .and_modify(|entry| entry.description.clone_from(&row.description))
-                .or_insert_with(|| Entry {
+                .get(&network)
+                .cloned()
+                .unwrap_or(Entry {
                     network,
-                    description: row.description.clone(),
+                    description: String::new(),
                     origin: Origin::CsvImport,
                     added_at: now,
                     expires_at: None,
                     ports: Vec::new(),
                 });
+            self.managed.insert(imported(base, row));
         }
         plan
     }
@@ -445,6 +492,21 @@ mod tests {
             line,
             network: crate::config::parse_network(network).unwrap(),
             description: description.into(),
+            scope: None,
+        }
+    }
+
+    fn described(description: &str) -> EntryUpdate {
+        EntryUpdate {
+            description: Some(description.into()),
+            ..EntryUpdate::default()
+        }
+    }
+
+    fn expiring(at: Option<u64>) -> EntryUpdate {
+        EntryUpdate {
+            expires_at: Some(at),
+            ..EntryUpdate::default()
         }
     }
 
@@ -460,22 +522,34 @@ description = "metadata"
 "#;
 
     #[test]
-    fn re_adding_updates_the_description_or_clears_it() {
+    fn re_adding_changes_what_is_given_and_keeps_the_rest() {
         let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
-        assert!(list
-            .add(net("203.0.113.0/24"), Some("office".into()), None, vec![])
-            .unwrap());
+        let ssh = crate::ports::parse_list("22/tcp").unwrap();
+        let first = EntryUpdate {
+            description: Some("office".into()),
+            expires_at: Some(Some(u64::MAX - 1)),
+            ports: Some(ssh.clone()),
+        };
+        assert!(list.add(net("203.0.113.0/24"), first).unwrap());
         assert!(!list
-            .add(
-                net("203.0.113.9/24"),
-                Some("new office".into()),
-                None,
-                vec![]
-            )
+            .add(net("203.0.113.9/24"), described("new office"))
+            .unwrap());
+        let entry = list.managed().next().unwrap().clone();
+        assert_eq!(
+            (entry.description.as_str(), entry.expires_at, &entry.ports),
+            ("new office", Some(u64::MAX - 1), &ssh),
+            "only the description was given"
+        );
+        assert!(!list
+            .add(net("203.0.113.0/24"), EntryUpdate::default())
             .unwrap());
         assert_eq!(list.managed().next().unwrap().description, "new office");
-        assert!(!list.add(net("203.0.113.0/24"), None, None, vec![]).unwrap());
-        assert_eq!(list.managed().next().unwrap().description, "");
+        list.add(net("203.0.113.0/24"), described("")).unwrap();
+        assert_eq!(
+            list.managed().next().unwrap().description,
+            "",
+            "-d \"\" clears"
+        );
     }
 
     #[test]
@@ -496,7 +570,7 @@ description = "metadata"
             })
         ));
         assert!(matches!(
-            list.add(net("192.0.2.0/24"), None, None, vec![]),
+            list.add(net("192.0.2.0/24"), EntryUpdate::default()),
             Err(ListError::OwnedByConfig { .. })
         ));
         assert_eq!(
@@ -511,7 +585,8 @@ description = "metadata"
             config("interfaces = [\"lo\"]\nmode = \"off\"\n[[always]]\ncidr = \"10.0.0.1\"\n");
         let mut list = Allowlist::new(&only_always, vec![], &BTreeMap::new());
         assert!(!list.has_operator_entries());
-        list.add(net("10.9.9.9/32"), None, None, vec![]).unwrap();
+        list.add(net("10.9.9.9/32"), EntryUpdate::default())
+            .unwrap();
         assert!(list.has_operator_entries());
         assert_eq!(list.compile().unwrap().v4.len(), 2);
     }
@@ -519,11 +594,10 @@ description = "metadata"
     #[test]
     fn import_adds_updates_and_replace_removes_the_rest() {
         let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
-        list.add(net("10.0.0.1/32"), Some("keep".into()), None, vec![])
+        list.add(net("10.0.0.1/32"), described("keep")).unwrap();
+        list.add(net("10.0.0.2/32"), described("old")).unwrap();
+        list.add(net("10.0.0.3/32"), EntryUpdate::default())
             .unwrap();
-        list.add(net("10.0.0.2/32"), Some("old".into()), None, vec![])
-            .unwrap();
-        list.add(net("10.0.0.3/32"), None, None, vec![]).unwrap();
         let rows = [
             row(2, "10.0.0.1", "keep"),
             row(3, "10.0.0.2", "first"),
@@ -554,18 +628,15 @@ description = "metadata"
     #[test]
     fn expired_entries_leave_and_the_next_expiry_is_known() {
         let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
-        list.add(net("10.0.0.1/32"), None, Some(100), vec![])
-            .unwrap();
-        list.add(net("10.0.0.2/32"), None, Some(200), vec![])
-            .unwrap();
+        list.add(net("10.0.0.1/32"), expiring(Some(100))).unwrap();
+        list.add(net("10.0.0.2/32"), expiring(Some(200))).unwrap();
         assert_eq!(list.next_expiry(), Some(100));
         assert_eq!(list.expire(150).len(), 1);
         assert_eq!(list.next_expiry(), Some(200));
         // Updating an entry moves or clears its expiry.
-        list.add(net("10.0.0.2/32"), None, Some(300), vec![])
-            .unwrap();
+        list.add(net("10.0.0.2/32"), expiring(Some(300))).unwrap();
         assert_eq!(list.next_expiry(), Some(300));
-        list.add(net("10.0.0.2/32"), None, None, vec![]).unwrap();
+        list.add(net("10.0.0.2/32"), expiring(None)).unwrap();
         assert_eq!(list.next_expiry(), None);
         assert!(list.expire(u64::MAX).is_empty());
     }
@@ -573,7 +644,7 @@ description = "metadata"
     #[test]
     fn the_longest_prefix_decides() {
         let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
-        list.add(net("192.0.2.128/25"), Some("narrow".into()), None, vec![])
+        list.add(net("192.0.2.128/25"), described("narrow"))
             .unwrap();
         let entry = list.deciding_entry("192.0.2.200".parse().unwrap()).unwrap();
         assert_eq!(entry.description, "narrow");

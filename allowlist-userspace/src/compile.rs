@@ -39,6 +39,10 @@ impl Reach {
         }
     }
 
+    pub fn allows_all(&self) -> bool {
+        *self == Reach::All
+    }
+
     pub fn allows(&self, protocol: u8, port: u16) -> bool {
         match self {
             Reach::All => true,

@@ -5,6 +5,7 @@
 //! complete before anything touches the kernel.
 
 use std::{
+    collections::HashMap,
     fmt, fs,
     net::IpAddr,
     ops::Range,
@@ -17,6 +18,7 @@ use toml::Spanned;
 
 use crate::ports::PortSpec;
 
+pub const DEFAULT_CONFIG: &str = "/etc/allowlist/allowlist.toml";
 pub const DEFAULT_SOCKET: &str = "/run/allowlist/control.sock";
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/allowlist";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/allowlist";
@@ -176,9 +178,10 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         let shown = path.display().to_string();
         let raw: RawConfig = toml::from_str(text).map_err(|error| syntax_error(&shown, error))?;
+        let lines = Lines::of(text);
         let invalid = |span: Range<usize>, message: String| ConfigError::Invalid {
             path: shown.clone(),
-            line: line_of(text, span.start),
+            line: lines.line_of(span.start),
             message,
         };
 
@@ -209,21 +212,37 @@ impl Config {
         }
 
         let mut warnings = Vec::new();
-        let mut entries = |raw: Vec<RawAllow>| -> Result<Vec<AllowEntry>, ConfigError> {
+        // Where each network was first listed, to name both lines of a duplicate.
+        let mut seen: HashMap<IpNet, (usize, &'static str)> = HashMap::new();
+        let mut entries = |raw: Vec<RawAllow>,
+                           table: &'static str|
+         -> Result<Vec<AllowEntry>, ConfigError> {
             let mut entries = Vec::with_capacity(raw.len());
             for entry in raw {
                 let span = entry.cidr.span();
-                let line = line_of(text, span.start);
+                let line = lines.line_of(span.start);
                 let given = entry.cidr.into_inner();
-                let network =
-                    parse_network(&given).map_err(|message| invalid(span.clone(), message))?;
-                if network.to_string() != given.trim() && given.contains('/') {
-                    warnings.push(format!(
-                        "{shown}:{line}: {given} has host bits set; using {network}"
+                let (network, note) = parse_network_noting(&given)
+                    .map_err(|message| invalid(span.clone(), message))?;
+                if let Some((first, first_table)) = seen.insert(network, (line, table)) {
+                    return Err(invalid(
+                        span,
+                        format!(
+                            "{network} is listed twice: at line {first} ({first_table}) and here ({table}); keep one entry (give it the union of the ports both allow)"
+                        ),
                     ));
                 }
+                if let Some(note) = note {
+                    warnings.push(format!("{shown}:{line}: {note}"));
+                }
+                crate::allowlist::check_description(&entry.description)
+                    .map_err(|message| invalid(span.clone(), message))?;
+                let ports_span = entry.ports.first().map(|port| port.span());
                 let ports =
                     parse_ports(entry.ports).map_err(|(span, message)| invalid(span, message))?;
+                crate::ports::check_kernel_fit(&ports).map_err(|message| {
+                    invalid(ports_span.clone().unwrap_or(span.clone()), message)
+                })?;
                 entries.push(AllowEntry {
                     network,
                     description: entry.description,
@@ -233,10 +252,15 @@ impl Config {
             }
             Ok(entries)
         };
-        let allow = entries(raw.allow)?;
-        let always = entries(raw.always)?;
+        let allow = entries(raw.allow, "[[allow]]")?;
+        let always = entries(raw.always, "[[always]]")?;
+        let public_ports_span = raw.public_ports.first().map(|port| port.span());
         let public_ports =
             parse_ports(raw.public_ports).map_err(|(span, message)| invalid(span, message))?;
+        if let Some(span) = public_ports_span {
+            crate::ports::check_kernel_fit(&public_ports)
+                .map_err(|message| invalid(span, message))?;
+        }
 
         let socket_group = match raw.socket_group {
             None => None,
@@ -305,19 +329,73 @@ impl Locations {
     }
 }
 
-/// Parses "203.0.113.7", "203.0.113.0/24", "2001:db8::/32"; host bits are cleared.
+/// Parses "203.0.113.7", "203.0.113.0/24", "2001:db8::/32" into the network the filter
+/// judges by ([`normalize`]).
 pub fn parse_network(given: &str) -> Result<IpNet, String> {
+    parse_network_noting(given).map(|(network, _)| network)
+}
+
+/// As [`parse_network`], with a note for the operator when what was written is not what
+/// is listed: host bits cleared, an IPv4-mapped address taken as IPv4, or a network that
+/// allows every source.
+pub fn parse_network_noting(given: &str) -> Result<(IpNet, Option<String>), String> {
     let trimmed = given.trim();
     let parsed = if trimmed.contains('/') {
         trimmed.parse::<IpNet>().map_err(|_| ())
     } else {
         trimmed.parse::<IpAddr>().map(IpNet::from).map_err(|_| ())
     };
-    parsed.map(|network| network.trunc()).map_err(|()| {
+    let written = parsed.map_err(|()| {
         format!(
             "invalid cidr {given:?}: expected an IPv4/IPv6 address (203.0.113.7, 2001:db8::7) or network (203.0.113.0/24, 2001:db8::/48)"
         )
-    })
+    })?;
+    let network = normalize(written);
+    let note = if is_ipv4_mapped(written) {
+        Some(format!(
+            "{trimmed} is an IPv4-mapped IPv6 address; listed as {network}, the IPv4 source the filter sees"
+        ))
+    } else if network != written {
+        Some(format!("{trimmed} has host bits set; listed as {network}"))
+    } else if allows_everyone(network) {
+        Some(format!("{network} allows every {} source", family(network)))
+    } else {
+        None
+    };
+    Ok((network, note))
+}
+
+/// The network the filter judges by: host bits cleared, and an IPv4-mapped IPv6 network
+/// (`::ffff:a.b.c.d/96+n`) turned into the IPv4 one it stands for, since clients reach
+/// the host as IPv4 and the IPv6 list would never match them.
+pub fn normalize(network: IpNet) -> IpNet {
+    match network {
+        IpNet::V6(v6) if is_ipv4_mapped(network) => v6
+            .network()
+            .to_ipv4_mapped()
+            .and_then(|v4| ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).ok())
+            .map_or(network.trunc(), |v4| IpNet::V4(v4.trunc())),
+        _ => network.trunc(),
+    }
+}
+
+fn is_ipv4_mapped(network: IpNet) -> bool {
+    match network {
+        IpNet::V6(v6) => v6.prefix_len() >= 96 && v6.network().to_ipv4_mapped().is_some(),
+        IpNet::V4(_) => false,
+    }
+}
+
+/// 0.0.0.0/0 or ::/0: listing it turns the allowlist off for that family.
+pub fn allows_everyone(network: IpNet) -> bool {
+    network.prefix_len() == 0
+}
+
+fn family(network: IpNet) -> &'static str {
+    match network {
+        IpNet::V4(_) => "IPv4",
+        IpNet::V6(_) => "IPv6",
+    }
 }
 
 fn parse_ports(raw: Vec<Spanned<String>>) -> Result<Vec<PortSpec>, (Range<usize>, String)> {
@@ -341,8 +419,22 @@ fn syntax_error(path: &str, error: toml::de::Error) -> ConfigError {
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
+/// Line numbers of byte offsets in a text, found by binary search over where each line
+/// starts: computed once, so locating every entry of a large file stays n log n.
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn of(text: &str) -> Lines {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(at, _)| at + 1))
+            .collect();
+        Lines(starts)
+    }
+
+    /// The 1-based line holding byte `offset`.
+    fn line_of(&self, offset: usize) -> usize {
+        self.0.partition_point(|start| *start <= offset)
+    }
 }
 
 fn interface_exists(name: &str) -> bool {
@@ -428,6 +520,61 @@ cidr = "2001:db8::1"
             .to_string();
         assert!(error.starts_with("/etc/allowlist.toml:2: "), "{error}");
         assert!(error.contains("\"nosuch0\""), "{error}");
+    }
+
+    #[test]
+    fn a_network_listed_twice_is_refused_naming_both_lines() {
+        let error = parse(
+            "interfaces = [\"lo\"]\n[[allow]]\ncidr = \"10.0.0.1/32\"\n[[always]]\ncidr = \"::ffff:10.0.0.1\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.starts_with("/etc/allowlist.toml:5: "), "{error}");
+        assert!(error.contains("line 3 ([[allow]])"), "{error}");
+    }
+
+    #[test]
+    fn what_differs_from_what_was_written_is_a_warning_with_its_line() {
+        let config = parse(
+            "interfaces = [\"lo\"]\n[[allow]]\ncidr = \"10.98.6.7/8\"\n[[allow]]\ncidr = \"::ffff:192.0.2.1\"\n[[allow]]\ncidr = \"::/0\"\n",
+        )
+        .unwrap();
+        let networks: Vec<String> = config.allow.iter().map(|e| e.network.to_string()).collect();
+        assert_eq!(networks, ["10.0.0.0/8", "192.0.2.1/32", "::/0"]);
+        assert_eq!(config.warnings.len(), 3, "{:?}", config.warnings);
+        assert!(config.warnings[0].starts_with("/etc/allowlist.toml:3: "));
+        assert!(config.warnings[1].contains("IPv4-mapped"));
+        assert!(config.warnings[2].contains("every IPv6 source"));
+    }
+
+    #[test]
+    fn more_port_ranges_than_the_kernel_holds_are_refused_with_their_line() {
+        let ports: Vec<String> = (1..=17).map(|i| format!("\"{}/tcp\"", i * 10)).collect();
+        let text = format!(
+            "interfaces = [\"lo\"]\n[[allow]]\ncidr = \"10.0.0.1\"\nports = [{}]\n",
+            ports.join(", ")
+        );
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.starts_with("/etc/allowlist.toml:4: "), "{error}");
+        assert!(error.contains("at most 16"), "{error}");
+    }
+
+    #[test]
+    fn line_numbers_stay_right_deep_into_a_large_file() {
+        let mut text = String::from("interfaces = [\"lo\"]\n");
+        for i in 0..20_000u32 {
+            let [_, _, a, b] = i.to_be_bytes();
+            text.push_str(&format!("[[allow]]\ncidr = \"10.1.{a}.{b}\"\n"));
+        }
+        text.push_str("[[allow]]\ncidr = \"10.1.0.300\"\n");
+        let error = parse(&text).unwrap_err().to_string();
+        assert!(error.starts_with("/etc/allowlist.toml:40003: "), "{error}");
+        let lines = Lines::of("a\nbc\n\nd");
+        let found: Vec<usize> = [0, 1, 2, 4, 5, 6]
+            .iter()
+            .map(|at| lines.line_of(*at))
+            .collect();
+        assert_eq!(found, [1, 1, 2, 2, 3, 4]);
     }
 
     #[test]

@@ -49,15 +49,25 @@ pub enum Request {
     },
     /// Re-read the config file; the reply comes once the kernel judges by it.
     Reload,
+    /// Adds a network, or changes the listed entry: fields left out keep what the entry
+    /// has (a new one gets no description, all ports, no expiry).
     Add {
         network: IpNet,
         #[serde(default)]
         description: Option<String>,
+        /// Make the entry temporary: it leaves the kernel this many seconds from now
+        /// (1 s to [`crate::clock::MAX_EXPIRY`]).
         #[serde(default)]
         expires_in_secs: Option<u64>,
+        /// Make the entry permanent.
+        #[serde(default)]
+        never_expires: bool,
         /// Destination ports the network may reach; empty means all.
         #[serde(default)]
-        ports: Vec<PortSpec>,
+        ports: Option<Vec<PortSpec>>,
+        /// Needed to list 0.0.0.0/0 or ::/0, which allow every source.
+        #[serde(default)]
+        force: bool,
     },
     Remove {
         network: IpNet,
@@ -104,6 +114,10 @@ pub struct Safety {
     /// The caller's SSH client address (from SSH_CONNECTION), if any.
     #[serde(default)]
     pub caller: Option<IpAddr>,
+    /// The local (server) port of the caller's SSH session, so that an entry listing the
+    /// caller only for other ports is not taken as keeping the session.
+    #[serde(default)]
+    pub caller_port: Option<u16>,
     /// Go ahead even if someone would be cut off.
     #[serde(default)]
     pub force: bool,

@@ -6,34 +6,28 @@
 //! program is attached anywhere; the socket only answers once every interface is
 //! protected. Every change is applied to the kernel, then made durable, then reported.
 
-use std::{
-    io,
-    path::Path,
-    sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::path::Path;
 
-use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
-    net::{UnixListener, UnixStream},
-    signal::unix::{signal, SignalKind},
-    sync::Notify,
-};
 use tracing::{error, info, warn};
 
 use crate::{
-    access::{Access, Peer},
-    allowlist::{now, Allowlist, Entry, ListError},
+    access::{Access, SharedAccess},
+    allowlist::{check_description, Allowlist, Entry, EntryUpdate, ImportRow, ListError},
+    clock::{self, format_time, now},
     compile::{CompiledList, Reach},
-    config::{Config, ConfigError, Mode},
+    config::{self, Config, ConfigError, Mode},
     control::{
-        self, CheckResult, CounterValue, EntryCounts, InterfaceStatus, Reply, Request, Safety,
-        Stats, Status,
+        CheckResult, CounterValue, EntryCounts, InterfaceStatus, Reply, Request, Safety, Stats,
+        Status,
     },
-    filter::{Filter, FilterError, Pins},
-    ports::PortSpec,
+    durable,
+    filter::{self, Filter, FilterError, Pins},
+    instance::{self, InstanceLock, LockError},
+    ports::{self, PortSpec},
     safety::{cut_off, people_at_risk, Verdicts},
-    state::{self, Change, PendingConfirm, State, StateError},
+    startup::{self, PlanError, StartPlan},
+    state::{self, Change, PendingConfirm, Replay, State, StateError},
+    verdict::{self, Destination},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +42,20 @@ pub enum DaemonError {
     Refused(String),
     #[error("control socket {path}: {message}")]
     Socket { path: String, message: String },
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Directory(#[from] durable::UnsafeDirectory),
+}
+
+impl From<PlanError> for DaemonError {
+    fn from(error: PlanError) -> Self {
+        match error {
+            PlanError::State(error) => DaemonError::State(error),
+            PlanError::Directory(error) => DaemonError::Directory(error),
+            PlanError::Refused(message) => DaemonError::Refused(message),
+        }
+    }
 }
 
 /// Why a request was not carried out. Nothing changed.
@@ -82,6 +90,10 @@ pub struct Daemon {
     compiled: CompiledList,
     /// Changes in the journal since the state file was last written whole.
     journaled: usize,
+    /// Who may use the control socket; reload changes it for every connection.
+    access: SharedAccess,
+    /// Held for the daemon's life: no second daemon on this pin path or state dir.
+    _instance: InstanceLock,
 }
 
 /// Journaled changes after which the state file is written whole again (so a restart
@@ -95,47 +107,50 @@ impl Daemon {
         for warning in &config.warnings {
             warn!("{warning}");
         }
-        let saved = State::load(&config.state_dir)?;
-        let (mode, config_mode, pending_confirm, managed, first_seen) = match saved {
-            Some(state) => {
-                info!(entries = state.entries.len(), mode = %state.mode, "restored the saved allowlist");
-                let mode = if state.config_mode == config.mode {
-                    state.mode
-                } else {
-                    config.mode
-                };
-                (
-                    mode,
-                    config.mode,
-                    state.pending_confirm,
-                    state.entries,
-                    state.config_first_seen,
-                )
+        if durable::prepare_private_dir("state_dir", &config.state_dir)? {
+            info!(state_dir = %config.state_dir.display(), "made the state directory private (0700, files 0600)");
+        }
+        durable::prepare_socket_dir(&config.socket)?;
+        // The state is read under its lock; nothing is created on bpffs for a config
+        // (or saved state) that is refused.
+        let state_lock = instance::lock_dir("state_dir", &config.state_dir)?;
+        let plan = StartPlan::new(config)?;
+        let pins = Pins::new(&plan.config.pin_path);
+        filter::prepare_pin_root(&pins)?;
+        let pins_lock = instance::lock_dir("pin_path", &plan.config.pin_path)?;
+        let instance = InstanceLock::new(vec![state_lock, pins_lock]);
+        if let Some((state, replay)) = &plan.saved {
+            info!(entries = state.entries.len(), journaled = replay.changes, mode = %state.mode, "restored the saved allowlist");
+            if let Some(tail) = &replay.torn_tail {
+                warn!(
+                    journal = %state::journal_path(&plan.config.state_dir).display(),
+                    line = tail.line,
+                    bytes = tail.bytes,
+                    "the journal ended in a partial line, a change cut short by a crash while it was written (so never acknowledged); it was left out"
+                );
+                state::cut_torn_tail(&plan.config.state_dir, tail)?;
             }
-            None => (
-                config.mode,
-                config.mode,
-                None,
-                Vec::new(),
-                Default::default(),
-            ),
-        };
-        let allowlist = Allowlist::new(&config, managed, &first_seen);
-        if mode == Mode::Enforce && !allowlist.has_operator_entries() {
-            return Err(DaemonError::Refused(format!(
-                "{}: mode = \"enforce\" with an empty allowlist would drop all IP traffic to this host; add [[allow]] entries or use mode = \"monitor\" (the saved state in {} has no entries either)",
-                config.path.display(),
-                crate::state::path(&config.state_dir).display()
-            )));
         }
 
-        let pins = Pins::new(&config.pin_path);
         let taking_over = Filter::is_pinned(&pins)?;
         let filter = Filter::open(pins, ebpf_debug_log)?;
         if taking_over {
             let (ipv4, ipv6) = filter.entry_counts();
             info!(mode = %filter.mode(), ipv4, ipv6, "found a pinned filter still enforcing; taking it over");
         }
+        let StartPlan {
+            config,
+            allowlist,
+            mode,
+            config_mode,
+            pending_confirm,
+            compiled,
+            saved,
+        } = plan;
+        let access = SharedAccess::new(Access::from_config(
+            config.socket_group.as_deref(),
+            config.socket_readable_by_all,
+        ));
         let mut daemon = Daemon {
             config,
             allowlist,
@@ -145,11 +160,13 @@ impl Daemon {
             filter,
             compiled: CompiledList::default(),
             journaled: 0,
+            access,
+            _instance: instance,
         };
-        daemon.apply_to_kernel()?;
+        daemon.apply_compiled(compiled)?;
         daemon.attach_interfaces()?;
         daemon.filter.pin_program()?;
-        daemon.persist()?;
+        daemon.persist_at_start(saved)?;
         Ok(daemon)
     }
 
@@ -201,6 +218,7 @@ impl Daemon {
         }
         self.config_mode = self.config.mode;
         self.persist()?;
+        self.apply_access()?;
         let (ipv4, ipv6) = self.filter.entry_counts();
         Ok(format!(
             "reloaded {}: mode {}, {ipv4} IPv4 and {ipv6} IPv6 prefixes",
@@ -227,7 +245,12 @@ impl Daemon {
         let list = self
             .allowlist
             .compile()
-            .map_err(|error| DaemonError::Refused(error.to_string()))?;
+            .map_err(|error| DaemonError::Refused(startup::where_from(&self.config, &error)))?;
+        self.apply_compiled(list)
+    }
+
+    /// As [`Daemon::apply_to_kernel`], with the allowlist compiled already.
+    fn apply_compiled(&mut self, list: CompiledList) -> Result<(), DaemonError> {
         let applied = self.filter.apply(&list)?;
         info!(
             ipv4 = list.v4.len(),
@@ -282,7 +305,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn persist(&mut self) -> Result<(), DaemonError> {
+    fn state(&self) -> State {
         let mut state = State::new(
             self.mode,
             self.config_mode,
@@ -290,8 +313,31 @@ impl Daemon {
         );
         state.pending_confirm = self.pending_confirm;
         state.config_first_seen = self.allowlist.config_first_seen();
-        state.store(&self.config.state_dir)?;
+        state
+    }
+
+    fn persist(&mut self) -> Result<(), DaemonError> {
+        self.state().store(&self.config.state_dir)?;
         self.journaled = 0;
+        Ok(())
+    }
+
+    /// Writes the state whole at start, folding in the journal. The list on disk (state
+    /// file plus journal) is already the list the daemon enforces, so when the state is
+    /// unchanged nothing is written, and when writing fails (a full disk: the rewrite
+    /// needs room for a second copy) the daemon still comes up, keeps the journal and
+    /// says so. Only a first start, with no list on disk yet, must write.
+    fn persist_at_start(&mut self, saved: Option<(State, Replay)>) -> Result<(), DaemonError> {
+        let Some((saved, replay)) = saved else {
+            return self.persist();
+        };
+        self.journaled = replay.changes;
+        if replay.changes == 0 && saved == self.state() {
+            return Ok(());
+        }
+        if let Err(error) = self.persist() {
+            warn!(%error, journaled = replay.changes, "could not rewrite the state file at start; the saved list (state file and journal) is intact and enforced, and will be written whole at the next change that can");
+        }
         Ok(())
     }
 
@@ -372,7 +418,7 @@ impl Daemon {
             return Ok(());
         }
         let loopback_protected = self.config.interfaces.iter().any(|name| name == "lo");
-        let people = people_at_risk(safety.caller, loopback_protected);
+        let people = people_at_risk(safety.caller, safety.caller_port, loopback_protected);
         if people.is_empty() {
             return Ok(());
         }
@@ -413,6 +459,37 @@ impl Daemon {
                 "{what} refused: the allowlist would be empty while enforcing, which drops all IP traffic to this host. Add an entry first, or deactivate"
             )));
         }
+        Ok(())
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.config.socket
+    }
+
+    /// The socket's access policy, shared with every connection.
+    pub fn access(&self) -> SharedAccess {
+        self.access.clone()
+    }
+
+    /// Applies the config's socket access (owner, group, mode, and what each peer may
+    /// do) if it differs from the one in force, and logs the change.
+    fn apply_access(&mut self) -> Result<(), DaemonError> {
+        let wanted = Access::from_config(
+            self.config.socket_group.as_deref(),
+            self.config.socket_readable_by_all,
+        );
+        let before = self.access.get();
+        if wanted == before {
+            return Ok(());
+        }
+        wanted
+            .apply_to_socket(&self.config.socket)
+            .map_err(|error| DaemonError::Socket {
+                path: self.config.socket.display().to_string(),
+                message: format!("setting owner and permissions: {error}"),
+            })?;
+        self.access.set(wanted);
+        warn!(before = %before, after = %wanted, "control socket access changed");
         Ok(())
     }
 
@@ -460,34 +537,18 @@ impl Daemon {
         port: Option<PortSpec>,
     ) -> Result<CheckResult, Refusal> {
         let list = &self.compiled;
-        let access = list.access_of(address);
-        let public = port.is_some_and(|port| {
-            list.public_ports
-                .iter()
-                .any(|range| range.contains(port.protocol, port.first))
+        let destination = port.map(|port| Destination {
+            protocol: port.protocol,
+            port: port.first,
         });
-        // Without a port, a port-scoped entry decides nothing on its own.
-        let listed_for_port = match (access, port) {
-            (Some(access), Some(port)) => access.allows(port.protocol, port.first),
-            (Some(access), None) => *access == Reach::All,
-            (None, _) => false,
-        };
-        let (verdict, reason) = match (self.mode, listed_for_port, public, access.is_some()) {
-            (Mode::Off, ..) => ("pass", "passed_off"),
-            (_, true, _, _) => ("pass", "passed_listed"),
-            (_, false, true, _) => ("pass", "passed_public_port"),
-            (Mode::Monitor, false, false, true) => ("pass", "monitor_port_not_allowed"),
-            (Mode::Monitor, false, false, false) => ("pass", "monitor_would_drop"),
-            (Mode::Enforce, false, false, true) => ("drop", "dropped_port_not_allowed"),
-            (Mode::Enforce, false, false, false) => ("drop", "dropped_not_listed"),
-        };
+        let reason = verdict::reason(list, self.mode, address, destination);
         Ok(CheckResult {
             address,
             port,
             mode: self.mode,
-            verdict: verdict.into(),
-            reason: reason.into(),
-            allowed_ports: match access {
+            verdict: if reason.drops() { "drop" } else { "pass" }.into(),
+            reason: reason.name().into(),
+            allowed_ports: match list.access_of(address) {
                 Some(Reach::Ports(ranges)) => Some(ranges.clone()),
                 _ => None,
             },
@@ -495,8 +556,9 @@ impl Daemon {
         })
     }
 
-    /// Expires entries and reverts an unconfirmed activation whose time is up.
-    fn tick(&mut self) {
+    /// Expires entries and reverts an unconfirmed activation whose time is up. Returns
+    /// false if that could not be applied (the timer retries).
+    pub(crate) fn tick(&mut self) -> bool {
         let now = now();
         let mut allowlist = self.allowlist.clone();
         let expired = allowlist.expire(now);
@@ -514,18 +576,20 @@ impl Daemon {
             mode = Mode::Monitor;
         }
         if expired.is_empty() && pending == self.pending_confirm {
-            return;
+            return true;
         }
         for entry in &expired {
-            info!(network = %entry.network, description = %entry.description, "entry expired");
+            info!(network = %entry.network, description = ?entry.description, "entry expired");
         }
         if let Err(error) = self.commit(allowlist, mode, pending) {
             error!(%error, "applying expiry failed; will retry");
+            return false;
         }
+        true
     }
 
     /// When `tick` next has something to do.
-    fn next_deadline(&self) -> Option<u64> {
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
         [
             self.allowlist.next_expiry(),
             self.pending_confirm.map(|pending| pending.deadline),
@@ -535,7 +599,7 @@ impl Daemon {
         .min()
     }
 
-    fn handle(&mut self, request: Request) -> Reply {
+    pub(crate) fn handle(&mut self, request: Request) -> Reply {
         let result = match request {
             Request::Status => Ok(Reply::with_status(self.status())),
             Request::Stats => self.stats().map(Reply::with_stats).map_err(Refusal::from),
@@ -548,8 +612,16 @@ impl Daemon {
                 network,
                 description,
                 expires_in_secs,
+                never_expires,
                 ports,
-            } => self.add(network, description, expires_in_secs, ports),
+                force,
+            } => self.add(
+                network,
+                description,
+                (expires_in_secs, never_expires),
+                ports,
+                force,
+            ),
             Request::Remove { network, safety } => self.remove(network, &safety),
             Request::Import {
                 rows,
@@ -586,31 +658,61 @@ impl Daemon {
         &mut self,
         network: ipnet::IpNet,
         description: Option<String>,
-        expires_in_secs: Option<u64>,
-        ports: Vec<PortSpec>,
+        (expires_in_secs, never_expires): (Option<u64>, bool),
+        ports: Option<Vec<PortSpec>>,
+        force: bool,
     ) -> Result<Reply, Refusal> {
-        let network = network.trunc();
-        let expires_at = expires_in_secs.map(|secs| now() + secs);
+        let network = config::normalize(network);
+        refuse_everyone_unless_forced(network, force)?;
+        if let Some(description) = &description {
+            check_description(description).map_err(Refusal::Error)?;
+        }
+        if let Some(ports) = &ports {
+            ports::check_kernel_fit(ports).map_err(Refusal::Error)?;
+        }
+        let expires_at = match (expires_in_secs, never_expires) {
+            (Some(_), true) => {
+                return Err(Refusal::Error(
+                    "an entry cannot both expire and never expire".into(),
+                ))
+            }
+            (Some(secs), false) => Some(Some(
+                clock::deadline_after("--expires", now(), secs, clock::MAX_EXPIRY)
+                    .map_err(|error| Refusal::Error(error.to_string()))?,
+            )),
+            (None, true) => Some(None),
+            (None, false) => None,
+        };
         let previous = self.allowlist.managed_entry(network).cloned();
-        let new = self
-            .allowlist
-            .add(network, description, expires_at, ports)?;
+        let update = EntryUpdate {
+            description,
+            expires_at,
+            ports,
+        };
+        let new = self.allowlist.add(network, update)?;
         let added = self.allowlist.managed_entry(network).cloned();
         let added = added.ok_or_else(|| Refusal::Error(format!("{network} vanished")))?;
-        self.commit_change(network, previous, Change::Add(added))?;
-        let network = network.trunc();
-        let expiry = expires_at
-            .map(|at| format!(" until {}", format_time(at)))
-            .unwrap_or_default();
-        Ok(Reply::done(if new {
-            format!("added {network}{expiry}")
-        } else {
-            format!("updated {network}{expiry}")
-        }))
+        self.commit_change(network, previous, Change::Add(added.clone()))?;
+        let ports = match added.ports.as_slice() {
+            [] => "all ports".to_string(),
+            ports => ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let expiry = match added.expires_at {
+            Some(at) => format!("until {}", format_time(at)),
+            None => "permanent".into(),
+        };
+        Ok(Reply::done(format!(
+            "{} {network} ({ports}, {expiry})",
+            if new { "added" } else { "updated" }
+        )))
     }
 
     fn remove(&mut self, network: ipnet::IpNet, safety: &Safety) -> Result<Reply, Refusal> {
-        let network = network.trunc();
+        let network = config::normalize(network);
         let removed = self.allowlist.remove(network)?;
         let checked = self
             .refuse_empty_enforce(&self.allowlist, self.mode, &format!("removing {network}"))
@@ -636,11 +738,12 @@ impl Daemon {
 
     fn import(
         &mut self,
-        rows: &[crate::allowlist::ImportRow],
+        rows: &[ImportRow],
         replace: bool,
         dry_run: bool,
         safety: &Safety,
     ) -> Result<Reply, Refusal> {
+        check_import_rows(rows, now(), safety.force)?;
         let mut next = self.allowlist.clone();
         let plan = next.import(rows, replace);
         let summary = format!(
@@ -677,11 +780,15 @@ impl Daemon {
         if mode == Mode::Enforce && self.mode != Mode::Enforce {
             self.check_lockout(&self.allowlist, mode, safety)?;
         }
-        let pending = confirm_secs.map(|secs| PendingConfirm {
+        let deadline = confirm_secs
+            .map(|secs| clock::deadline_after("--confirm", now(), secs, clock::MAX_CONFIRM))
+            .transpose()
+            .map_err(|error| Refusal::Error(error.to_string()))?;
+        let pending = deadline.map(|deadline| PendingConfirm {
             revert_to: self
                 .pending_confirm
                 .map_or(self.mode, |pending| pending.revert_to),
-            deadline: now() + secs,
+            deadline,
         });
         let previous = self.mode;
         self.commit(self.allowlist.clone(), mode, pending)?;
@@ -704,49 +811,68 @@ impl Daemon {
         self.commit(self.allowlist.clone(), self.mode, None)?;
         Ok(Reply::done(format!("confirmed: mode {} stays", self.mode)))
     }
+}
 
-    /// Serves the control socket until SIGTERM or SIGINT. Leaving does not detach the
-    /// filter: the pinned program keeps enforcing the last applied list.
-    pub async fn serve(self) -> Result<(), DaemonError> {
-        let socket = self.config.socket.clone();
-        let access = Access::from_config(
-            self.config.socket_group.as_deref(),
-            self.config.socket_readable_by_all,
-        );
-        let listener = bind_control_socket(&socket, &access)?;
-        info!(socket = %socket.display(), "ready");
-        let daemon = Arc::new(Mutex::new(self));
-        let changed = Arc::new(Notify::new());
-        tokio::spawn(run_timers(Arc::clone(&daemon), Arc::clone(&changed)));
-        let socket_error = |error: io::Error| DaemonError::Socket {
-            path: socket.display().to_string(),
-            message: error.to_string(),
-        };
-        let mut hangup = signal(SignalKind::hangup()).map_err(socket_error)?;
-        let mut terminate = signal(SignalKind::terminate()).map_err(socket_error)?;
-        let mut interrupt = signal(SignalKind::interrupt()).map_err(socket_error)?;
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        tokio::spawn(serve_client(stream, Arc::clone(&daemon), access, Arc::clone(&changed)));
-                    }
-                    Err(error) => warn!(%error, "accepting a control connection failed"),
-                },
-                _ = hangup.recv() => {
-                    info!("SIGHUP: reloading the config");
-                    let daemon = Arc::clone(&daemon);
-                    let _ = tokio::task::spawn_blocking(move || lock(&daemon).handle(Request::Reload)).await;
-                    changed.notify_one();
-                }
-                _ = terminate.recv() => break,
-                _ = interrupt.recv() => break,
+/// Listing 0.0.0.0/0 or ::/0 switches the allowlist off for that family: only on purpose.
+fn refuse_everyone_unless_forced(network: ipnet::IpNet, force: bool) -> Result<(), Refusal> {
+    if config::allows_everyone(network) && !force {
+        return Err(Refusal::Error(format!(
+            "{network} allows every source, which turns the allowlist off for that address family; repeat with --force if that is what you want"
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses an import with rows no file may carry (the client checks the same, but a
+/// request may come from anywhere): every bad row is named by its line.
+fn check_import_rows(rows: &[ImportRow], now: u64, force: bool) -> Result<(), Refusal> {
+    let mut bad = Vec::new();
+    for row in rows {
+        let network = config::normalize(row.network);
+        let mut problems = Vec::new();
+        if config::allows_everyone(network) && !force {
+            problems.push(format!(
+                "{network} allows every source; import with --force if that is what you want"
+            ));
+        }
+        if let Err(problem) = check_description(&row.description) {
+            problems.push(problem);
+        }
+        if let Some(scope) = &row.scope {
+            if let Err(problem) = ports::check_kernel_fit(&scope.ports) {
+                problems.push(problem);
+            }
+            let too_far = scope.expires_at.and_then(|at| {
+                clock::check_duration(
+                    "expires_at",
+                    at.saturating_sub(now).max(1),
+                    clock::MAX_EXPIRY,
+                )
+                .err()
+            });
+            if let Some(problem) = too_far {
+                problems.push(format!("{problem} from now"));
             }
         }
-        let _ = std::fs::remove_file(&socket);
-        info!("stopping; the filter stays attached and keeps enforcing the last applied list");
-        Ok(())
+        bad.extend(
+            problems
+                .into_iter()
+                .map(|problem| format!("line {}: {problem}", row.line)),
+        );
     }
+    if bad.is_empty() {
+        return Ok(());
+    }
+    const SHOWN: usize = 50;
+    let more = bad.len().saturating_sub(SHOWN);
+    bad.truncate(SHOWN);
+    if more > 0 {
+        bad.push(format!("… and {more} more"));
+    }
+    Err(Refusal::Error(format!(
+        "import refused, nothing changed:\n  {}",
+        bad.join("\n  ")
+    )))
 }
 
 /// Hands memory freed by a whole-list change back to the system: the old list, its
@@ -769,158 +895,4 @@ pub fn limit_allocator_arenas() {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
-}
-
-fn format_time(unix_secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs)).to_string()
-}
-
-fn lock(daemon: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
-    // A panic while holding the lock cannot leave the kernel half-changed (each change
-    // is atomic there), so the state is still usable.
-    daemon
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Wakes at the next expiry or confirm deadline, or when a change may have moved it.
-async fn run_timers(daemon: Arc<Mutex<Daemon>>, changed: Arc<Notify>) {
-    loop {
-        let deadline = lock(&daemon).next_deadline();
-        let wait = match deadline {
-            Some(at) => {
-                let at = UNIX_EPOCH + Duration::from_secs(at);
-                at.duration_since(SystemTime::now())
-                    .unwrap_or(Duration::ZERO)
-            }
-            None => Duration::from_secs(3600),
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {
-                let daemon = Arc::clone(&daemon);
-                let _ = tokio::task::spawn_blocking(move || lock(&daemon).tick()).await;
-            }
-            _ = changed.notified() => {}
-        }
-    }
-}
-
-const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Answers one client's requests, one JSON line each. A client that sends garbage gets
-/// an error reply; one that sends too much or nothing is disconnected. Neither can stall
-/// other clients: only the handling of a parsed request takes the lock.
-async fn serve_client(
-    stream: UnixStream,
-    daemon: Arc<Mutex<Daemon>>,
-    access: Access,
-    changed: Arc<Notify>,
-) {
-    let peer = match stream.peer_cred() {
-        Ok(cred) => Peer {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid: cred.pid(),
-        },
-        Err(error) => {
-            warn!(%error, "cannot read the client's credentials; closing");
-            return;
-        }
-    };
-    let may_change = access.may_change(&peer);
-    let may_read = access.may_read(&peer);
-    let limit = if may_change {
-        control::MAX_REQUEST_BYTES
-    } else {
-        control::MAX_READ_ONLY_REQUEST_BYTES
-    };
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = BufReader::new(reader);
-    loop {
-        let mut line = Vec::new();
-        let read = tokio::time::timeout(
-            CLIENT_IDLE_TIMEOUT,
-            (&mut reader)
-                .take(limit as u64 + 1)
-                .read_until(b'\n', &mut line),
-        )
-        .await;
-        let reply = match read {
-            Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return,
-            Ok(Ok(_)) if line.len() > limit => {
-                let reply = Reply::failed(format!("request longer than {limit} bytes refused"));
-                let _ = write_reply(&mut writer, &reply).await;
-                return;
-            }
-            Ok(Ok(_)) => match serde_json::from_slice::<Request>(&line) {
-                Err(error) => Reply::failed(format!("malformed request: {error}")),
-                Ok(request) if !may_read || (!request.is_read_only() && !may_change) => {
-                    warn!(
-                        uid = peer.uid,
-                        "refused a request from a client without permission"
-                    );
-                    Reply::failed(format!(
-                        "permission denied: uid {} may not {}; changes need root{}",
-                        peer.uid,
-                        if request.is_read_only() {
-                            "read the allowlist"
-                        } else {
-                            "change the allowlist"
-                        },
-                        access
-                            .group
-                            .map(|_| " or the socket_group")
-                            .unwrap_or_default()
-                    ))
-                }
-                Ok(request) => {
-                    let daemon = Arc::clone(&daemon);
-                    let reply = tokio::task::spawn_blocking(move || lock(&daemon).handle(request))
-                        .await
-                        .unwrap_or_else(|error| Reply::failed(format!("internal error: {error}")));
-                    changed.notify_one();
-                    reply
-                }
-            },
-        };
-        if write_reply(&mut writer, &reply).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn write_reply(
-    writer: &mut tokio::net::unix::OwnedWriteHalf,
-    reply: &Reply,
-) -> io::Result<()> {
-    let mut bytes = serde_json::to_vec(reply).map_err(io::Error::other)?;
-    bytes.push(b'\n');
-    writer.write_all(&bytes).await
-}
-
-/// Binds the socket, replacing a stale file from a dead daemon but never a live one.
-fn bind_control_socket(path: &Path, access: &Access) -> Result<UnixListener, DaemonError> {
-    let fail = |message: String| DaemonError::Socket {
-        path: path.display().to_string(),
-        message,
-    };
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(fail(
-            "another allowlistd is already serving on this socket; stop it first".into(),
-        ));
-    }
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|error| fail(format!("creating {}: {error}", parent.display())))?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-        Err(error) => return Err(fail(format!("removing the stale socket: {error}"))),
-    }
-    let listener = UnixListener::bind(path).map_err(|error| fail(error.to_string()))?;
-    access
-        .apply_to_socket(path)
-        .map_err(|error| fail(format!("setting owner and permissions: {error}")))?;
-    Ok(listener)
 }

@@ -1110,6 +1110,13 @@ fn wait_for_packets_in_flight() {
     }
 }
 
+/// Makes sure the pin directory exists on a bpffs (mounting one at /sys/fs/bpf if
+/// needed), so that it can be locked before anything is loaded.
+pub fn prepare_pin_root(pins: &Pins) -> Result<()> {
+    ensure_bpffs(pins.root())?;
+    fs::create_dir_all(pins.root()).map_err(io_error(format!("creating {}", pins.root().display())))
+}
+
 /// Mounts bpffs at `/sys/fs/bpf` when `pin_path` lives there and nothing is mounted yet
 /// (systemd does this at boot; minimal systems and containers often don't).
 fn ensure_bpffs(pin_path: &Path) -> Result<()> {
@@ -1191,20 +1198,19 @@ impl AttachmentRecord {
     const FILE: &'static str = "attachments.json";
 
     fn load(state_dir: &Path) -> BTreeMap<String, AttachedMode> {
-        fs::read(state_dir.join(Self::FILE))
+        crate::durable::read_private(&state_dir.join(Self::FILE))
             .ok()
+            .flatten()
             .and_then(|bytes| serde_json::from_slice::<AttachmentRecord>(&bytes).ok())
             .map(|record| record.0)
             .unwrap_or_default()
     }
 
     fn store(&self, state_dir: &Path) {
-        let result = fs::create_dir_all(state_dir).and_then(|()| {
-            crate::durable::write_atomically(
-                &state_dir.join(Self::FILE),
-                &serde_json::to_vec_pretty(self).unwrap_or_default(),
-            )
-        });
+        let result = crate::durable::write_atomically(
+            &state_dir.join(Self::FILE),
+            &serde_json::to_vec_pretty(self).unwrap_or_default(),
+        );
         if let Err(error) = result {
             warn!(%error, dir = %state_dir.display(), "could not record attachment modes; status may show the wrong XDP mode after a restart");
         }

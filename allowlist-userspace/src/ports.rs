@@ -118,6 +118,18 @@ pub fn union(ranges: impl IntoIterator<Item = PortSpec>) -> Vec<PortSpec> {
     merged
 }
 
+/// Refuses a port list that, merged, needs more ranges than the kernel holds per source.
+pub fn check_kernel_fit(ports: &[PortSpec]) -> Result<(), String> {
+    let merged = union(ports.iter().copied());
+    if fits_kernel(&merged) {
+        return Ok(());
+    }
+    Err(format!(
+        "these ports make {} separate ranges; the kernel holds at most {MAX_PORT_RANGES} per source. Merge adjacent ports into ranges (5985-5986/tcp), or list the network without ports",
+        merged.len()
+    ))
+}
+
 /// Whether a merged set fits the kernel's fixed-size port set.
 pub fn fits_kernel(merged: &[PortSpec]) -> bool {
     merged.len() <= MAX_PORT_RANGES

@@ -1,21 +1,31 @@
 //! "Would this change lock someone out?" — checked before activate, remove and
 //! import --replace, so an operator cannot cut off their own session by accident.
 //!
-//! The people at risk are the caller (its SSH client address, which the CLI passes from
-//! `SSH_CONNECTION`) and everyone with an established TCP connection to a port this host
-//! listens on (sshd, a database, …), read from /proc/net/tcp{,6} of the daemon's network
-//! namespace, which is the namespace of the interfaces it protects.
+//! The people at risk are the caller (its SSH client address and the local port of its
+//! session, which the CLI passes from `SSH_CONNECTION`) and everyone with an established
+//! TCP connection to a port this host listens on (sshd, a database, …), read from
+//! /proc/net/tcp{,6} of the daemon's network namespace, which is the namespace of the
+//! interfaces it protects. Each is judged by [`crate::verdict`] for the port their
+//! traffic really goes to, so an entry listing them for other ports does not count.
 
 use std::{collections::BTreeSet, fmt, fs, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{compile::CompiledList, config::Mode};
+use crate::{
+    compile::CompiledList,
+    config::Mode,
+    verdict::{self, Destination},
+};
 
 /// Someone whose traffic a change would start dropping.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AtRisk {
     pub address: IpAddr,
+    /// The local TCP port their traffic goes to, when known; without it only an entry
+    /// allowing all ports counts as keeping them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
     /// e.g. "your SSH session", "established TCP connection to local port 22".
     pub why: String,
 }
@@ -33,12 +43,14 @@ pub struct Verdicts<'a> {
 }
 
 impl Verdicts<'_> {
-    pub fn passes(&self, address: IpAddr) -> bool {
-        self.mode != Mode::Enforce
-            || match address {
-                IpAddr::V4(v4) => self.list.covers_v4(v4),
-                IpAddr::V6(v6) => self.list.covers_v6(v6),
-            }
+    /// Whether `person`'s TCP traffic to their local port passes.
+    pub fn passes(&self, person: &AtRisk) -> bool {
+        verdict::passes(
+            self.list,
+            self.mode,
+            person.address,
+            person.port.map(Destination::tcp),
+        )
     }
 }
 
@@ -46,17 +58,22 @@ impl Verdicts<'_> {
 pub fn cut_off(before: &Verdicts, after: &Verdicts, people: &[AtRisk]) -> Vec<AtRisk> {
     let mut cut: Vec<AtRisk> = people
         .iter()
-        .filter(|person| before.passes(person.address) && !after.passes(person.address))
+        .filter(|person| before.passes(person) && !after.passes(person))
         .cloned()
         .collect();
     cut.sort();
-    cut.dedup_by(|a, b| a.address == b.address);
+    cut.dedup_by(|a, b| a.address == b.address && a.port == b.port);
     cut
 }
 
-/// The caller plus the peers of inbound TCP connections. Addresses of this host itself
-/// are left out unless `lo` is protected: their packets never cross a filtered interface.
-pub fn people_at_risk(caller: Option<IpAddr>, loopback_protected: bool) -> Vec<AtRisk> {
+/// The caller (its address and the local port of its session, when known) plus the
+/// peers of inbound TCP connections. Addresses of this host itself are left out unless
+/// `lo` is protected: their packets never cross a filtered interface.
+pub fn people_at_risk(
+    caller: Option<IpAddr>,
+    caller_port: Option<u16>,
+    loopback_protected: bool,
+) -> Vec<AtRisk> {
     let local = local_addresses();
     let is_this_host = |address: &IpAddr| {
         !loopback_protected && (address.is_loopback() || local.contains(address))
@@ -66,7 +83,11 @@ pub fn people_at_risk(caller: Option<IpAddr>, loopback_protected: bool) -> Vec<A
         .filter(|address| !is_this_host(address))
         .map(|address| AtRisk {
             address,
-            why: "your SSH session".into(),
+            port: caller_port,
+            why: match caller_port {
+                Some(port) => format!("your SSH session to local port {port}"),
+                None => "your SSH session".into(),
+            },
         })
         .into_iter()
         .collect();
@@ -76,6 +97,7 @@ pub fn people_at_risk(caller: Option<IpAddr>, loopback_protected: bool) -> Vec<A
         }
         people.push(AtRisk {
             address,
+            port: Some(port),
             why: format!("established TCP connection to local port {port}"),
         });
     }
@@ -195,10 +217,12 @@ mod tests {
         let people = [
             AtRisk {
                 address: "10.0.0.5".parse().unwrap(),
+                port: Some(22),
                 why: "a".into(),
             },
             AtRisk {
                 address: "192.0.2.1".parse().unwrap(),
+                port: Some(22),
                 why: "b".into(),
             },
         ];
@@ -226,6 +250,33 @@ mod tests {
             1,
             "192.0.2.1 was already dropped"
         );
+    }
+
+    #[test]
+    fn a_session_whose_source_is_listed_only_for_other_ports_is_cut_off_by_enforcing() {
+        let https_only =
+            crate::compile::Reach::from_ports(&crate::ports::parse_list("443/tcp").unwrap());
+        let (list, _) =
+            CompiledList::compile_with_ports([("192.0.2.7/32".parse().unwrap(), https_only)], &[])
+                .unwrap();
+        let ssh = AtRisk {
+            address: "192.0.2.7".parse().unwrap(),
+            port: Some(22),
+            why: "your SSH session to local port 22".into(),
+        };
+        let https = AtRisk {
+            port: Some(443),
+            ..ssh.clone()
+        };
+        let monitor = Verdicts {
+            list: &list,
+            mode: Mode::Monitor,
+        };
+        let enforce = Verdicts {
+            list: &list,
+            mode: Mode::Enforce,
+        };
+        assert_eq!(cut_off(&monitor, &enforce, &[ssh.clone(), https]), [ssh]);
     }
 
     #[test]

@@ -11,8 +11,8 @@
 
 use std::{
     collections::BTreeMap,
-    fs,
-    io::{self, Write},
+    fs, io,
+    os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
 };
 
@@ -57,6 +57,26 @@ pub enum StateError {
     Corrupt { path: String, detail: String },
     #[error("writing {path}: {cause}")]
     Write { path: String, cause: io::Error },
+    #[error("{dir} holds {journal} ({bytes} bytes of changes) but no {file}, so the saved list is incomplete and the daemon did not start. If {file} was moved away, put it back. To start from the config file alone, discarding those changes, move {journal} away too")]
+    OrphanedJournal {
+        dir: String,
+        journal: &'static str,
+        file: &'static str,
+        bytes: u64,
+    },
+}
+
+/// Refuses a non-empty journal without a state file (see [`State::load`]).
+fn refuse_orphaned_journal(state_dir: &Path) -> Result<(), StateError> {
+    match fs::symlink_metadata(journal_path(state_dir)) {
+        Ok(meta) if meta.len() > 0 => Err(StateError::OrphanedJournal {
+            dir: state_dir.display().to_string(),
+            journal: JOURNAL,
+            file: FILE,
+            bytes: meta.len(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 pub fn path(state_dir: &Path) -> PathBuf {
@@ -76,7 +96,8 @@ pub enum Change {
     Remove(IpNet),
 }
 
-/// Appends `change` to the journal and makes it durable before returning.
+/// Appends `change` to the journal and makes it durable before returning. If that fails
+/// (a full disk), the journal is left as it was, so the change is simply not made.
 pub fn journal(state_dir: &Path, change: &Change) -> Result<(), StateError> {
     let path = journal_path(state_dir);
     let write_error = |cause| StateError::Write {
@@ -86,51 +107,92 @@ pub fn journal(state_dir: &Path, change: &Change) -> Result<(), StateError> {
     let mut line =
         serde_json::to_vec(change).map_err(|error| write_error(io::Error::other(error)))?;
     line.push(b'\n');
-    let mut file = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .map_err(write_error)?;
-    file.write_all(&line).map_err(write_error)?;
-    file.sync_data().map_err(write_error)
+    durable::append_durably(&path, &line).map_err(write_error)
+}
+
+/// What replaying the journal found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// Changes applied over the state file.
+    pub changes: usize,
+    /// A last line cut short by a crash while it was written (so never acknowledged),
+    /// which was left out.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// A partial last line of the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// Its line number.
+    pub line: usize,
+    /// Its length in bytes.
+    pub bytes: usize,
+    /// The journal's length without it.
+    pub complete_len: u64,
 }
 
 /// Replays the journal over `entries`. A last line cut short (a crash while it was
-/// written, so never reported done) is ignored; any other bad line is corruption.
-fn replay(state_dir: &Path, entries: &mut Vec<Entry>) -> Result<usize, StateError> {
+/// written, so never reported done) is left out and reported; any other bad line is
+/// corruption.
+fn replay(state_dir: &Path, entries: &mut Vec<Entry>) -> Result<Replay, StateError> {
     let path = journal_path(state_dir);
     let shown = path.display().to_string();
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(0),
+    let text = match durable::read_private(&path) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => return Ok(Replay::default()),
         Err(cause) => return Err(StateError::Read { path: shown, cause }),
     };
     let mut by_network: BTreeMap<IpNet, Entry> = entries
         .drain(..)
         .map(|entry| (entry.network, entry))
         .collect();
-    let complete = text.ends_with('\n');
-    let lines: Vec<&str> = text.lines().collect();
-    let mut replayed = 0;
-    for (number, line) in lines.iter().enumerate() {
-        let change = match serde_json::from_str::<Change>(line) {
+    let mut replay = Replay::default();
+    let mut offset = 0;
+    for (index, line) in text.split_inclusive(|byte| *byte == b'\n').enumerate() {
+        let complete = line.ends_with(b"\n");
+        let change = match serde_json::from_slice::<Change>(line) {
             Ok(change) => change,
-            Err(_) if number + 1 == lines.len() && !complete => break,
+            Err(_) if !complete => {
+                replay.torn_tail = Some(TornTail {
+                    line: index + 1,
+                    bytes: line.len(),
+                    complete_len: offset as u64,
+                });
+                break;
+            }
             Err(error) => {
                 return Err(StateError::Corrupt {
-                    path: format!("{shown}:{}", number + 1),
+                    path: format!("{shown}:{}", index + 1),
                     detail: error.to_string(),
                 })
             }
         };
+        offset += line.len();
         match change {
             Change::Add(entry) => by_network.insert(entry.network, entry),
             Change::Remove(network) => by_network.remove(&network),
         };
-        replayed += 1;
+        replay.changes += 1;
     }
     entries.extend(by_network.into_values());
-    Ok(replayed)
+    Ok(replay)
+}
+
+/// Cuts a torn last line off the journal, so that the next append starts on a line of
+/// its own.
+pub fn cut_torn_tail(state_dir: &Path, tail: &TornTail) -> Result<(), StateError> {
+    let path = journal_path(state_dir);
+    let write_error = |cause| StateError::Write {
+        path: path.display().to_string(),
+        cause,
+    };
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(write_error)?;
+    file.set_len(tail.complete_len).map_err(write_error)?;
+    file.sync_data().map_err(write_error)
 }
 
 impl State {
@@ -145,13 +207,18 @@ impl State {
         }
     }
 
-    /// The saved state, or `None` on a first start.
-    pub fn load(state_dir: &Path) -> Result<Option<State>, StateError> {
+    /// The saved state with the journal replayed over it, or `None` on a first start.
+    /// A journal without a state file is refused: the changes in it are relative to a
+    /// list that is gone, and starting from the config alone would silently drop them.
+    pub fn load(state_dir: &Path) -> Result<Option<(State, Replay)>, StateError> {
         let path = path(state_dir);
         let shown = path.display().to_string();
-        let bytes = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+        let bytes = match durable::read_private(&path) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                refuse_orphaned_journal(state_dir)?;
+                return Ok(None);
+            }
             Err(cause) => return Err(StateError::Read { path: shown, cause }),
         };
         let state: State = serde_json::from_slice(&bytes).map_err(|error| StateError::Corrupt {
@@ -165,8 +232,8 @@ impl State {
             });
         }
         let mut state = state;
-        replay(state_dir, &mut state.entries)?;
-        Ok(Some(state))
+        let replay = replay(state_dir, &mut state.entries)?;
+        Ok(Some((state, replay)))
     }
 
     pub fn store(&self, state_dir: &Path) -> Result<(), StateError> {
@@ -175,7 +242,6 @@ impl State {
             path: path.display().to_string(),
             cause,
         };
-        fs::create_dir_all(state_dir).map_err(write_error)?;
         let bytes =
             serde_json::to_vec(self).map_err(|error| write_error(io::Error::other(error)))?;
         durable::write_atomically(&path, &bytes).map_err(write_error)?;
@@ -189,6 +255,8 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
     use crate::allowlist::Origin;
 
@@ -227,7 +295,8 @@ mod tests {
         journal(&dir, &Change::Add(entry("192.0.2.0/24", "renamed"))).unwrap();
         journal(&dir, &Change::Remove("198.51.100.7/32".parse().unwrap())).unwrap();
 
-        let loaded = State::load(&dir).unwrap().unwrap();
+        let (loaded, replay) = State::load(&dir).unwrap().unwrap();
+        assert_eq!(replay.changes, 3);
         assert_eq!(
             loaded.entries,
             vec![
@@ -238,7 +307,10 @@ mod tests {
 
         loaded.store(&dir).unwrap();
         assert!(!journal_path(&dir).exists());
-        assert_eq!(State::load(&dir).unwrap().unwrap().entries, loaded.entries);
+        assert_eq!(
+            State::load(&dir).unwrap().unwrap().0.entries,
+            loaded.entries
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -255,12 +327,46 @@ mod tests {
             .open(journal_path(&dir))
             .unwrap();
         file.write_all(br#"{"add":{"network":"198.51"#).unwrap();
-        let loaded = State::load(&dir).unwrap().unwrap();
+        let (loaded, replay) = State::load(&dir).unwrap().unwrap();
         assert_eq!(loaded.entries, vec![entry("203.0.113.9/32", "kept")]);
+        let tail = replay.torn_tail.expect("the torn line is reported");
+        assert_eq!((tail.line, tail.bytes), (2, 25));
 
         file.write_all(b"\n").unwrap();
         let error = State::load(&dir).unwrap_err().to_string();
         assert!(error.contains("journal.ndjson:2"), "{error}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cutting_a_torn_tail_lets_the_next_change_start_on_a_line_of_its_own() {
+        let dir = state_dir("cut");
+        State::new(Mode::Monitor, Mode::Monitor, Vec::new())
+            .store(&dir)
+            .unwrap();
+        journal(&dir, &Change::Add(entry("203.0.113.9/32", "kept"))).unwrap();
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(journal_path(&dir))
+            .unwrap();
+        file.write_all(br#"{"add":{"net"#).unwrap();
+        let (_, replay) = State::load(&dir).unwrap().unwrap();
+        cut_torn_tail(&dir, &replay.torn_tail.unwrap()).unwrap();
+        journal(&dir, &Change::Add(entry("198.51.100.1/32", "next"))).unwrap();
+        let (loaded, replay) = State::load(&dir).unwrap().unwrap();
+        assert_eq!((replay.changes, replay.torn_tail), (2, None));
+        assert_eq!(loaded.entries.len(), 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_journal_without_a_state_file_is_refused_with_what_to_do() {
+        let dir = state_dir("orphan");
+        journal(&dir, &Change::Add(entry("203.0.113.9/32", "acknowledged"))).unwrap();
+        let error = State::load(&dir).unwrap_err().to_string();
+        assert!(error.contains("no state.json"), "{error}");
+        assert!(error.contains("put it back"), "{error}");
+        assert!(journal_path(&dir).exists(), "the journal must be kept");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -542,6 +542,8 @@ pub struct Daemon<'netns> {
     files: DaemonFiles,
     child: Option<Child>,
     starts: usize,
+    /// RLIMIT_NOFILE (soft, hard) the daemon is started with, if not inherited.
+    descriptor_limit: Option<(u64, u64)>,
 }
 
 impl<'netns> Daemon<'netns> {
@@ -552,7 +554,17 @@ impl<'netns> Daemon<'netns> {
     }
 
     pub fn start_in(host: &'netns Netns, config: &ConfigBuilder) -> Result<Self> {
-        let files = DaemonFiles::new()?;
+        Self::start_with(host, config, DaemonFiles::new()?, None)
+    }
+
+    /// As [`Daemon::start_in`], with files prepared by the test (a state dir on a small
+    /// tmpfs, say) and optionally an RLIMIT_NOFILE (soft, hard) to start with.
+    pub fn start_with(
+        host: &'netns Netns,
+        config: &ConfigBuilder,
+        files: DaemonFiles,
+        descriptor_limit: Option<(u64, u64)>,
+    ) -> Result<Self> {
         files.write_config(&config.render(&files))?;
         let mut daemon = Self {
             host,
@@ -560,9 +572,15 @@ impl<'netns> Daemon<'netns> {
             files,
             child: None,
             starts: 0,
+            descriptor_limit,
         };
         daemon.spawn_and_wait_ready()?;
         Ok(daemon)
+    }
+
+    /// The daemon's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn files(&self) -> &DaemonFiles {
@@ -593,9 +611,25 @@ impl<'netns> Daemon<'netns> {
             "===== harness: allowlistd start #{} =====",
             self.starts
         )?;
-        let child = self
-            .files
-            .daemon_command(self.host, &self.binaries, &[])
+        let mut command = self.files.daemon_command(self.host, &self.binaries, &[]);
+        if let Some((soft, hard)) = self.descriptor_limit {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: only setrlimit, async-signal-safe, runs between fork and exec; the
+            // limit is inherited through nsenter/unshare/sh by the daemon they exec.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -609,6 +643,8 @@ impl<'netns> Daemon<'netns> {
         let deadline = std::time::Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
+                // Gone: a later restart() may try again.
+                self.child = None;
                 bail!(
                     "allowlistd exited with {status} before it was ready; log:\n{}",
                     self.log()

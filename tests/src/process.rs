@@ -110,3 +110,45 @@ pub fn assert_exit_code(output: &Output, code: i32, what: &str) -> (String, Stri
     );
     (stdout, stderr)
 }
+
+/// Opens `count` connections to the Unix socket at `path` as user `uid`/`gid` without
+/// supplementary groups, as that user's own process would: the kernel records the
+/// connecting thread's credentials (SO_PEERCRED) at connect time. It runs on a thread of
+/// its own whose credentials alone are changed, with raw syscalls (glibc's setuid would
+/// change every thread of the test). The test's descriptor limit is raised to its hard
+/// limit first, so that it can hold many.
+pub fn connect_as(
+    uid: u32,
+    gid: u32,
+    path: &std::path::Path,
+    count: usize,
+) -> std::io::Result<Vec<std::os::unix::net::UnixStream>> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+    let path = path.to_path_buf();
+    std::thread::spawn(move || {
+        // SAFETY: raw credential syscalls affect only this thread, which ends here.
+        let changed = unsafe {
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) == 0
+                && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
+                && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0
+        };
+        if !changed {
+            return Err(std::io::Error::last_os_error());
+        }
+        (0..count)
+            .map(|_| std::os::unix::net::UnixStream::connect(&path))
+            .collect()
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("connecting thread panicked"))?
+}

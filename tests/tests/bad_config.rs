@@ -307,3 +307,117 @@ fn reload_of_a_bad_config_is_refused_and_the_running_list_stays_in_force() {
         "the refused list was applied"
     );
 }
+
+/// `allowlistd check` and a start of the daemon on the same files.
+fn check_and_start(topology: &Topology, files: &DaemonFiles) -> (String, Option<i32>, String) {
+    let binaries = Binaries::locate().unwrap();
+    let _cleanup = LeftoverCleanup {
+        host: topology.host(),
+        files,
+        binaries: &binaries,
+    };
+    let check = files
+        .run_daemon_to_exit(topology.host(), &binaries, &["check"], DAEMON_TIMEOUT)
+        .unwrap();
+    let run = files
+        .run_daemon_to_exit(topology.host(), &binaries, &[], DAEMON_TIMEOUT)
+        .unwrap_or_else(|error| panic!("the daemon accepted the config ({error:#})"));
+    assert!(
+        !files.pin_path.exists(),
+        "a refused start left {}",
+        files.pin_path.display()
+    );
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        ),
+        check.status.code().filter(|_| run.status.code() == Some(1)),
+        String::from_utf8_lossy(&run.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_network_listed_twice_is_refused_naming_both_lines() {
+    let topology = Topology::new().unwrap();
+    let files = DaemonFiles::new().unwrap();
+    let mut text = config_text(&files, None, "");
+    text.push_str("\n[[allow]]\ncidr = \"10.10.1.2\"\ndescription = \"the same host again\"\n");
+    files.write_config(&text).unwrap();
+    let path = files.config.to_string_lossy().into_owned();
+    let first = line_of(&text, "cidr = \"10.10.1.2/32\"");
+    let second = line_of(&text, "cidr = \"10.10.1.2\"");
+
+    let (check, check_code, stderr) = check_and_start(&topology, &files);
+    assert_eq!(
+        check_code,
+        Some(1),
+        "`check` and the daemon must both refuse: {check}\n{stderr}"
+    );
+    for message in [&check, &stderr] {
+        assert!(
+            names_line(message, &path, second) && message.contains(&format!("line {first}")),
+            "must name both lines {first} and {second}: {message}"
+        );
+    }
+}
+
+#[test]
+fn check_accepts_exactly_what_the_daemon_accepts() {
+    let topology = Topology::new().unwrap();
+
+    // Enforcing an empty list.
+    let files = DaemonFiles::new().unwrap();
+    let text = ConfigBuilder::for_topology(&topology)
+        .mode(Mode::Enforce)
+        .render(&files);
+    files.write_config(&text).unwrap();
+    let (check, check_code, stderr) = check_and_start(&topology, &files);
+    assert_eq!(
+        check_code,
+        Some(1),
+        "enforce with no entries: {check}\n{stderr}"
+    );
+    assert!(check.contains("empty allowlist"), "{check}");
+
+    // More port ranges for one source than the kernel holds: in one entry, and made by
+    // two nested entries together.
+    let scattered = |from: u16, count: u16| -> String {
+        let ports: Vec<String> = (0..count)
+            .map(|i| format!("\"{}/tcp\"", from + 2 * i))
+            .collect();
+        format!("ports = [{}]", ports.join(", "))
+    };
+    for (what, extra) in [
+        (
+            "one entry with 20 ranges",
+            format!(
+                "\n[[allow]]\ncidr = \"10.20.0.7\"\n{}\n",
+                scattered(1000, 20)
+            ),
+        ),
+        (
+            "two nested entries with 10 ranges each",
+            format!(
+                "\n[[allow]]\ncidr = \"10.20.0.0/24\"\n{}\n\n[[allow]]\ncidr = \"10.20.0.7\"\n{}\n",
+                scattered(1000, 10),
+                scattered(3000, 10)
+            ),
+        ),
+    ] {
+        let files = DaemonFiles::new().unwrap();
+        let mut text = config_text(&files, None, "");
+        text.push_str(&extra);
+        files.write_config(&text).unwrap();
+        let path = files.config.to_string_lossy().into_owned();
+        let (check, check_code, stderr) = check_and_start(&topology, &files);
+        assert_eq!(check_code, Some(1), "{what}: {check}\n{stderr}");
+        for message in [&check, &stderr] {
+            assert!(
+                message.contains(&format!("{path}:")) && message.contains("at most 16"),
+                "{what}: must name the file and line and the limit: {message}"
+            );
+        }
+    }
+}

@@ -271,3 +271,133 @@ fn a_large_import_is_one_request_and_works() {
     assert_eq!(status["entries"]["ipv4"], 5002, "{status}");
     assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
 }
+
+/// Copying a list to another host must not widen it: `export` writes each entry's ports
+/// and expiry, and `import` restores them, so the copy admits exactly what the original
+/// did.
+#[test]
+fn export_carries_ports_and_expiry_and_import_restores_them() {
+    let topology = Topology::new().unwrap();
+    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    daemon.ctl_ok(&[
+        "add",
+        "10.10.2.2",
+        "--ports",
+        "22/tcp,5985-5986/tcp",
+        "-d",
+        "ssh, winrm",
+    ]);
+    daemon.ctl_ok(&["add", "fd10:2::2", "--expires", "1h", "-d", "=1+1"]);
+    // What an entry admits and how long: its origin says how it got there.
+    let scopes = |daemon: &Daemon| -> Vec<serde_json::Value> {
+        let list = daemon.ctl_json(&["list"]);
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| {
+                serde_json::json!([
+                    entry["network"],
+                    entry["description"],
+                    entry["ports"],
+                    entry["expires_at"]
+                ])
+            })
+            .collect()
+    };
+    let before = scopes(&daemon);
+    assert_eq!(
+        probe.verdict(Client::Blocked, false),
+        Verdict::Drop,
+        "the probe port is not 22"
+    );
+    assert_eq!(probe.verdict(Client::Blocked, true), Verdict::Pass);
+
+    let exported = daemon.ctl_ok(&["export"]);
+    let mut lines = exported.lines();
+    assert_eq!(
+        lines.next(),
+        Some("ip_address,description,ports,expires_at")
+    );
+    assert!(
+        exported.contains("10.10.2.2/32,\"ssh, winrm\",\"22/tcp,5985-5986/tcp\","),
+        "{exported}"
+    );
+    let v6 = exported
+        .lines()
+        .find(|line| line.starts_with("fd10:2::2/128"))
+        .unwrap();
+    assert!(
+        v6.contains(",'=1+1,"),
+        "a formula-like description must be neutralised: {v6}"
+    );
+    assert!(v6.ends_with('Z'), "the expiry must be written: {v6}");
+
+    // On a fresh list (here: everything removed first), the file restores it exactly.
+    let file = write_csv(&daemon, "copy.csv", &exported);
+    daemon.ctl_ok(&["remove", "10.10.2.2"]);
+    daemon.ctl_ok(&["remove", "fd10:2::2"]);
+    daemon.ctl_ok(&["import", file.to_str().unwrap()]);
+    assert_eq!(scopes(&daemon), before, "import did not restore the list");
+    assert_eq!(
+        probe.verdict(Client::Blocked, false),
+        Verdict::Drop,
+        "ports widened"
+    );
+    assert_eq!(probe.verdict(Client::Blocked, true), Verdict::Pass);
+
+    // The hosted products' two-column files still import; a listed network keeps its
+    // ports and expiry.
+    let two = write_csv(
+        &daemon,
+        "two.csv",
+        "ip_address,description\n10.10.2.2,renamed\n",
+    );
+    daemon.ctl_ok(&["import", two.to_str().unwrap()]);
+    let renamed = daemon.ctl_json(&["list"]);
+    let entry = renamed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["network"] == "10.10.2.2/32")
+        .unwrap();
+    assert_eq!(entry["description"], "renamed");
+    assert_eq!(
+        entry["ports"],
+        serde_json::json!(["22/tcp", "5985-5986/tcp"])
+    );
+}
+
+#[test]
+fn import_tells_what_differs_from_the_file_and_needs_force_for_everyone() {
+    let topology = Topology::new().unwrap();
+    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let file = write_csv(
+        &daemon,
+        "odd.csv",
+        "ip_address,description\n10.98.6.7/16,host bits\n::/0,everyone\n",
+    );
+    let file = file.to_str().unwrap();
+    let (_, stderr) = assert_exit_code(
+        &daemon.ctl(&["import", file]),
+        1,
+        "import of a row that allows everyone",
+    );
+    assert!(
+        stderr.contains("line 3") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert!(
+        daemon.listed("10.98.0.0/16").is_empty(),
+        "a refused import changed the list"
+    );
+
+    let out = daemon.ctl(&["import", file, "--force"]);
+    let (_, stderr) = assert_exit_code(&out, 0, "import --force");
+    assert!(
+        stderr.contains(":2:") && stderr.contains("host bits") && stderr.contains("10.98.0.0/16"),
+        "{stderr}"
+    );
+    assert_eq!(only(&daemon, "10.98.0.0/16").description, "host bits");
+    assert_eq!(only(&daemon, "::/0").description, "everyone");
+}

@@ -76,7 +76,7 @@ fn rfc3339_to_unix(text: &str) -> u64 {
 }
 
 #[test]
-fn add_lets_a_source_through_re_add_updates_or_clears_its_description_and_remove_drops_it_again() {
+fn add_lets_a_source_through_re_add_changes_only_what_is_given_and_remove_drops_it_again() {
     let topology = Topology::new().unwrap();
     let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
@@ -117,14 +117,17 @@ fn add_lets_a_source_through_re_add_updates_or_clears_its_description_and_remove
         assert_eq!(listed[0].description, "second, \"updated\" ✓", "{listed:?}");
         assert_eq!(listed[0].origin, "cli", "{listed:?}");
 
-        // Again without a description: cleared.
+        // Again without a description: kept, never silently cleared.
         daemon.ctl_ok(&["add", &blocked]);
         let listed = daemon.listed(&network);
         assert_eq!(listed.len(), 1, "{listed:?}");
         assert_eq!(
-            listed[0].description, "",
-            "re-add without -d clears: {listed:?}"
+            listed[0].description, "second, \"updated\" ✓",
+            "re-add without -d keeps the description: {listed:?}"
         );
+        // An empty one clears it.
+        daemon.ctl_ok(&["add", &blocked, "-d", ""]);
+        assert_eq!(daemon.listed(&network)[0].description, "", "-d \"\" clears");
         assert_eq!(
             probe.verdict(Client::Blocked, v6),
             Verdict::Pass,
@@ -372,7 +375,7 @@ fn export_then_import_replace_leaves_the_list_exactly_as_it_was() {
 
     let csv = daemon.ctl_ok(&["export"]);
     assert!(
-        csv.starts_with("ip_address,description\n"),
+        csv.starts_with("ip_address,description,ports,expires_at\n"),
         "export must start with the header: {csv}"
     );
     assert!(
@@ -476,4 +479,179 @@ fn completions_prints_a_bash_completion_script() {
             "{command} missing from completions"
         );
     }
+}
+
+/// Sends one raw JSON request line, as any program on the socket could, and returns
+/// the reply.
+fn raw_request(daemon: &Daemon, line: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(&daemon.files().socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(format!("{line}\n").as_bytes()).unwrap();
+    let mut reply = String::new();
+    BufReader::new(stream)
+        .read_line(&mut reply)
+        .unwrap_or_else(|error| panic!("no reply to {line}: {error}\n{}", daemon.log()));
+    serde_json::from_str(&reply).unwrap_or_else(|error| panic!("{error}: {reply:?}"))
+}
+
+#[test]
+fn durations_beyond_their_maximum_are_refused_and_no_expiry_time_can_stop_the_timers() {
+    let topology = Topology::new().unwrap();
+    let mut daemon = Daemon::start(
+        &topology,
+        &enforcing_allowed_client(&topology).mode(Mode::Monitor),
+    )
+    .unwrap();
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+
+    // From the CLI: a usage error that says what the limit is, and nothing is added.
+    let (_, stderr) = assert_exit_code(
+        &daemon.ctl(&["add", "10.99.9.1", "--expires", "10000y"]),
+        2,
+        "add --expires 10000y",
+    );
+    assert!(stderr.contains("at most 365d"), "{stderr}");
+    let (_, stderr) = assert_exit_code(
+        &daemon.ctl(&["activate", "--confirm", "2d"]),
+        2,
+        "activate --confirm 2d",
+    );
+    assert!(stderr.contains("at most 1d"), "{stderr}");
+
+    // From the socket: out-of-range numbers get an error reply and change nothing.
+    let list = daemon.list();
+    for secs in ["9223372036854775808", "18446744073709551615", "0"] {
+        let reply = raw_request(
+            &daemon,
+            &format!(r#"{{"command":"add","network":"10.99.9.1/32","expires_in_secs":{secs}}}"#),
+        );
+        assert_eq!(reply["ok"], false, "expires_in_secs {secs}: {reply}");
+        let reply = raw_request(
+            &daemon,
+            &format!(r#"{{"command":"set_mode","mode":"enforce","confirm_secs":{secs}}}"#),
+        );
+        assert_eq!(reply["ok"], false, "confirm_secs {secs}: {reply}");
+    }
+    assert_eq!(daemon.list(), list, "a refused request changed the list");
+    assert_eq!(daemon.status()["mode"], "monitor");
+
+    // A state file written before these limits may hold any time: the daemon starts,
+    // `list` prints it, and the timers still expire what is due and revert on time.
+    daemon.terminate().unwrap();
+    let state_path = daemon.files().state_dir.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_path).unwrap()).unwrap();
+    state["entries"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "network": "10.99.9.1/32",
+            "description": "from an older version",
+            "origin": "cli",
+            "added_at": 1,
+            "expires_at": u64::MAX,
+        }));
+    std::fs::write(&state_path, state.to_string()).unwrap();
+    daemon.restart().unwrap();
+    let listed = daemon.listed("10.99.9.1/32");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(daemon.ctl_ok(&["list"]).contains("10.99.9.1/32"));
+
+    daemon.ctl_ok(&["activate"]);
+    let blocked = BLOCKED_LINK.client_v4.to_string();
+    daemon.ctl_ok(&["add", &blocked, "--expires", "3s"]);
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+    assert!(
+        probe.wait_for(
+            Client::Blocked,
+            false,
+            Verdict::Drop,
+            Duration::from_secs(15)
+        ),
+        "a 3 s entry did not expire with a far-future entry on the list; log:\n{}",
+        daemon.log()
+    );
+
+    daemon.ctl_ok(&["monitor"]);
+    daemon.ctl_ok(&["activate", "--confirm", "3s"]);
+    assert!(
+        allowlist_tests::wait_until(Duration::from_secs(15), || daemon.status()["mode"]
+            == "monitor"),
+        "activate --confirm 3s did not revert; log:\n{}",
+        daemon.log()
+    );
+}
+
+#[test]
+fn what_is_listed_is_what_was_meant_or_the_operator_is_told() {
+    let topology = Topology::new().unwrap();
+    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+
+    // Host bits: listed as the network, and said so.
+    let out = daemon.ctl(&["add", "10.98.6.7/16", "-d", "typo?"]);
+    let (stdout, stderr) = assert_exit_code(&out, 0, "add with host bits");
+    assert!(stdout.contains("added 10.98.0.0/16"), "{stdout}");
+    assert!(
+        stderr.contains("host bits") && stderr.contains("10.98.0.0/16"),
+        "{stderr}"
+    );
+
+    // An IPv4-mapped address stands for the IPv4 client: its IPv4 traffic passes.
+    let mapped = format!("::ffff:{}", BLOCKED_LINK.client_v4);
+    let (_, stderr) = assert_exit_code(
+        &daemon.ctl(&["add", &mapped, "-d", "mapped"]),
+        0,
+        "add of an IPv4-mapped address",
+    );
+    assert!(stderr.contains("IPv4-mapped"), "{stderr}");
+    assert_eq!(daemon.listed(&host_network(false)).len(), 1);
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+
+    // Re-adding without -d keeps the description (and ports and expiry).
+    daemon.ctl_ok(&["add", &BLOCKED_LINK.client_v4.to_string()]);
+    assert_eq!(daemon.listed(&host_network(false))[0].description, "mapped");
+    daemon.ctl_ok(&["remove", &mapped]);
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Drop);
+
+    // Everyone: only with --force.
+    for everyone in ["0.0.0.0/0", "::/0"] {
+        let (_, stderr) = assert_exit_code(
+            &daemon.ctl(&["add", everyone]),
+            1,
+            "add of a network that allows everyone",
+        );
+        assert!(
+            stderr.contains("every source") && stderr.contains("--force"),
+            "{stderr}"
+        );
+    }
+    assert!(daemon.listed("::/0").is_empty());
+    assert_eq!(probe.verdict(Client::Blocked, true), Verdict::Drop);
+    daemon.ctl_ok(&["add", "::/0", "--force", "-d", "all of IPv6, on purpose"]);
+    assert_eq!(probe.verdict(Client::Blocked, true), Verdict::Pass);
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Drop);
+}
+
+#[test]
+fn descriptions_reach_a_terminal_escaped_and_json_exactly() {
+    let topology = Topology::new().unwrap();
+    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let description = "evil\u{1b}[2J\u{1b}]0;owned\u{7}\r\nline\u{202e}gpj.exe";
+    daemon.ctl_ok(&["add", "192.0.2.9", "-d", description]);
+
+    let table = daemon.ctl_ok(&["list"]);
+    for raw in ['\u{1b}', '\u{7}', '\r', '\u{202e}'] {
+        assert!(
+            !table.contains(raw),
+            "`list` passed {raw:?} to the terminal: {table:?}"
+        );
+    }
+    assert!(table.contains("evil\\u{1b}[2J"), "{table}");
+    let check = daemon.ctl_ok(&["check", "192.0.2.9"]);
+    assert!(!check.contains('\u{1b}'), "{check:?}");
+    assert_eq!(daemon.listed("192.0.2.9/32")[0].description, description);
 }

@@ -264,3 +264,59 @@ fn activate_ignores_an_ssh_session_from_the_host_itself() {
     daemon.ctl_ok(&["activate"]);
     assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Drop);
 }
+
+/// An entry that lists the caller only for other ports does not keep its session: the
+/// lockout check judges the session's own local port, as the kernel will, and `check`
+/// gives the same verdict.
+#[test]
+fn a_caller_listed_only_for_other_ports_is_protected_on_the_port_of_its_session() {
+    let topology = Topology::new().unwrap();
+    let daemon =
+        Daemon::start(&topology, &allowed_client_listed(&topology, Mode::Monitor)).unwrap();
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    daemon.ctl_ok(&["add", "10.10.2.2", "--ports", "443/tcp", "-d", "web only"]);
+    let ssh_on_22 = [("SSH_CONNECTION", SSH_FROM_BLOCKED_V4)];
+    let ssh_on_443 = [("SSH_CONNECTION", "10.10.2.2 50000 10.10.2.1 443")];
+
+    let (_, stderr) = assert_exit_code(
+        &daemon.ctl_env(&ssh_on_22, &["activate"]),
+        3,
+        "activate for a caller listed for 443/tcp whose session is on port 22",
+    );
+    assert!(
+        stderr.contains("10.10.2.2") && stderr.contains("port 22"),
+        "{stderr}"
+    );
+    assert_eq!(mode(&daemon), "monitor");
+    let check = daemon.ctl_json(&["check", "10.10.2.2", "--port", "22/tcp"]);
+    assert_eq!(check["reason"], "monitor_port_not_allowed", "{check}");
+
+    assert_exit_code(
+        &daemon.ctl_env(&ssh_on_443, &["activate"]),
+        0,
+        "activate for a caller whose session is on a port its entry allows",
+    );
+    assert_eq!(mode(&daemon), "enforce");
+    let check = daemon.ctl_json(&["check", "10.10.2.2", "--port", "22/tcp"]);
+    assert_eq!(check["verdict"], "drop", "{check}");
+
+    // Replacing the list with one that moves the caller to yet another port.
+    let file = daemon.files().dir().join("other-port.csv");
+    std::fs::write(
+        &file,
+        "ip_address,description,ports,expires_at\n10.10.2.2,moved,8443/tcp,\n",
+    )
+    .unwrap();
+    let list = daemon.list();
+    let (_, stderr) = assert_exit_code(
+        &daemon.ctl_env(
+            &ssh_on_443,
+            &["import", file.to_str().unwrap(), "--replace"],
+        ),
+        3,
+        "import --replace that leaves the caller listed only for another port",
+    );
+    assert!(stderr.contains("port 443"), "{stderr}");
+    assert_eq!(daemon.list(), list, "a refused import changed the list");
+    assert_eq!(probe.verdict(Client::Allowed, false), Verdict::Pass);
+}

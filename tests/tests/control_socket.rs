@@ -306,3 +306,155 @@ fn an_oversized_request_from_a_read_only_client_is_refused_and_the_daemon_keeps_
     daemon.ctl_ok(&["add", "10.10.2.2"]);
     assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
 }
+
+/// Sends `request` on `stream` and reads one reply line; `None` if the daemon closed the
+/// connection or said nothing within 5 s.
+fn ask_on(stream: &UnixStream, request: &str) -> Option<Value> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    (&*stream).write_all(request.as_bytes()).ok()?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply).ok()?;
+    serde_json::from_str(&reply).ok()
+}
+
+const STATUS: &str = "{\"command\":\"status\"}\n";
+const ADD: &str = "{\"command\":\"add\",\"network\":\"10.10.2.2/32\"}\n";
+
+#[test]
+fn reload_takes_socket_access_away_from_new_and_already_open_connections() {
+    let topology = Topology::new().unwrap();
+    let open = enforcing_allowed_client(&topology)
+        .socket_readable_by_all(true)
+        .socket_group("nogroup");
+    let daemon = Daemon::start(&topology, &open).unwrap();
+    daemon.open_socket_dir();
+    assert_eq!(socket_mode_and_owner(&daemon), (0o666, 0, NOGROUP));
+    let reader = allowlist_tests::connect_as(NOBODY, USERS, &daemon.files().socket, 1)
+        .unwrap()
+        .remove(0);
+    let member = allowlist_tests::connect_as(USERS, NOGROUP, &daemon.files().socket, 1)
+        .unwrap()
+        .remove(0);
+    assert_eq!(ask_on(&reader, STATUS).unwrap()["ok"], true);
+
+    daemon.apply(&enforcing_allowed_client(&topology));
+    assert_eq!(
+        socket_mode_and_owner(&daemon),
+        (0o660, 0, 0),
+        "reload left the socket's mode and group"
+    );
+    assert!(
+        daemon.log().contains("control socket access changed"),
+        "{}",
+        daemon.log()
+    );
+    // New connections: the socket's mode keeps them out.
+    assert_exit_code(
+        &daemon.ctl_as(NOBODY, USERS, &[], &["status"]),
+        1,
+        "status as nobody after reload",
+    );
+    // Connections opened before: the daemon's own check refuses their next request.
+    let reply = ask_on(&reader, STATUS).expect("a reply or a hang-up");
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("permission denied"),
+        "{reply}"
+    );
+    let reply = ask_on(&member, ADD).expect("a reply");
+    assert_eq!(
+        reply["ok"], false,
+        "a former group member still changes: {reply}"
+    );
+    assert!(daemon.listed("10.10.2.2/32").is_empty());
+}
+
+#[test]
+fn a_local_user_holding_many_idle_connections_cannot_lock_root_out() {
+    let topology = Topology::new().unwrap();
+    let config = enforcing_allowed_client(&topology).socket_readable_by_all(true);
+    // systemd's default: a soft limit of 1024 under a higher hard one.
+    let daemon = Daemon::start_with(
+        topology.host(),
+        &config,
+        allowlist_tests::DaemonFiles::new().unwrap(),
+        Some((1024, 4096)),
+    )
+    .unwrap();
+    daemon.open_socket_dir();
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", daemon.pid().unwrap())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .unwrap();
+    assert!(
+        open_files.split_whitespace().nth(3) == Some("4096"),
+        "the soft limit was not raised to the hard one: {open_files}"
+    );
+
+    let held = allowlist_tests::connect_as(NOBODY, NOGROUP, &daemon.files().socket, 1100)
+        .expect("connecting 1100 times as nobody");
+    let started = Instant::now();
+    daemon.ctl_ok(&["status"]);
+    daemon.ctl_ok(&["add", "192.0.2.1", "-d", "root is still served"]);
+    eprintln!(
+        "root served in {:?} under 1100 idle connections",
+        started.elapsed()
+    );
+
+    // Each of nobody's connections is either served or refused with a reason (or closed);
+    // only a bounded number are served, and none is left hanging.
+    let (mut served, mut refused, mut hanging) = (0, 0, 0);
+    for stream in &held {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let _ = (&*stream).write_all(STATUS.as_bytes());
+        let mut reply = String::new();
+        match BufReader::new(stream).read_line(&mut reply) {
+            Ok(0) => refused += 1,
+            Ok(_) => {
+                let reply: Value = serde_json::from_str(&reply).unwrap();
+                if reply["ok"] == true {
+                    served += 1;
+                } else {
+                    let error = reply["error"].as_str().unwrap_or_default();
+                    assert!(error.contains("too many connections"), "{reply}");
+                    refused += 1;
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => hanging += 1,
+            Err(_) => refused += 1,
+        }
+        if hanging > 3 || served > 16 {
+            break;
+        }
+    }
+    assert!(
+        (1..=16).contains(&served) && hanging == 0,
+        "of nobody's 1100 connections {served} were served, {refused} refused, {hanging} left hanging"
+    );
+    let refusals = daemon
+        .log()
+        .lines()
+        .filter(|line| line.contains("refused a control connection"))
+        .count();
+    assert!(
+        refusals <= 10,
+        "{refusals} log lines for refused connections: not rate-limited"
+    );
+    drop(held);
+    assert!(
+        allowlist_tests::wait_until(Duration::from_secs(5), || daemon
+            .ctl_as(NOBODY, NOGROUP, &[], &["status"])
+            .status
+            .success()),
+        "nobody is not served again once its connections are closed"
+    );
+}

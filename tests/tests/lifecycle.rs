@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use allowlist_tests::{
-    ping, udp_ipv4_frame_len, udp_send, ConfigBuilder, Counter, Daemon, Mode, Topology, UdpSink,
-    ALLOWED_LINK, BLOCKED_LINK,
+    ping, udp_ipv4_frame_len, udp_send, ConfigBuilder, Counter, Daemon, DaemonFiles, Mode,
+    Topology, UdpSink, ALLOWED_LINK, BLOCKED_LINK,
 };
 
 const UDP_PORT: u16 = 7001;
@@ -185,6 +185,63 @@ fn uninstall_refuses_while_the_daemon_runs_then_detaches_and_removes_the_pins() 
     // With the filter gone the unlisted client is reachable again.
     assert_eq!(
         ping(topology.blocked(), BLOCKED_LINK.host_v4.into(), 2).unwrap(),
+        2
+    );
+}
+
+/// Two daemons on one filter would take turns rewriting its slots (one says PASS while
+/// the kernel drops), two on one state directory would overwrite each other's list: a
+/// second daemon is refused, naming the first one's PID and control socket.
+#[test]
+fn a_second_daemon_on_the_same_pins_or_state_dir_is_refused_naming_the_first() {
+    let topology = Topology::new().unwrap();
+    let config = ConfigBuilder::for_topology(&topology)
+        .mode(Mode::Enforce)
+        .allow(format!("{}/32", ALLOWED_LINK.client_v4), "allowed client");
+    let first = Daemon::start(&topology, &config).unwrap();
+    let first_pid = first.pid().unwrap();
+    let first_socket = first.files().socket.display().to_string();
+
+    for shared in ["pin_path", "state_dir"] {
+        let second = DaemonFiles::new().unwrap();
+        let (ours, theirs) = match shared {
+            "pin_path" => (&second.pin_path, &first.files().pin_path),
+            _ => (&second.state_dir, &first.files().state_dir),
+        };
+        let text = config
+            .render(&second)
+            .replace(&*ours.to_string_lossy(), &theirs.to_string_lossy());
+        second.write_config(&text).unwrap();
+        let run = second
+            .run_daemon_to_exit(
+                topology.host(),
+                first.binaries(),
+                &[],
+                Duration::from_secs(20),
+            )
+            .unwrap_or_else(|error| {
+                panic!("a second daemon sharing {shared} kept running: {error:#}")
+            });
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "sharing {shared}: {stderr}");
+        assert!(
+            stderr.contains(&format!("PID {first_pid}")) && stderr.contains(&first_socket),
+            "sharing {shared}: the refusal must name the first daemon: {stderr}"
+        );
+        assert!(!second.socket.exists(), "the second daemon opened a socket");
+    }
+
+    assert_eq!(first.status()["mode"], "enforce");
+    for dev in topology.guarded_interfaces() {
+        assert!(topology.host().xdp_attached(dev).unwrap(), "{dev} detached");
+    }
+    assert_eq!(
+        ping(topology.blocked(), BLOCKED_LINK.host_v4.into(), 2).unwrap(),
+        0,
+        "the unlisted client got through after a refused second daemon"
+    );
+    assert_eq!(
+        ping(topology.allowed(), ALLOWED_LINK.host_v4.into(), 2).unwrap(),
         2
     );
 }

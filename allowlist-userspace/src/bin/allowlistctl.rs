@@ -6,15 +6,16 @@ use std::{
     net::IpAddr,
     path::PathBuf,
     process::ExitCode,
-    time::{Duration, UNIX_EPOCH},
+    time::Duration,
 };
 
 use allowlist_userspace::{
     allowlist::{Entry, ImportPlan},
-    config::{parse_network, Mode},
+    clock::{self, format_time},
+    config::{parse_network_noting, Mode},
     control::{self, CheckResult, Reply, Request, Safety, Stats, Status},
     csv_format,
-    ports::PortSpec,
+    ports::{self, PortSpec},
 };
 use clap::{CommandFactory, Parser, Subcommand};
 use ipnet::IpNet;
@@ -60,18 +61,27 @@ enum Command {
   allowlistctl add 203.0.113.0/24 --description \"office VPN\"
   allowlistctl add 2001:db8:1234::/48
   allowlistctl add 198.51.100.7 --expires 2h   # leaves the kernel in two hours
-  allowlistctl add 192.0.2.10 --ports 22/tcp,5985-5986/tcp -d \"deploy host: SSH, WinRM\"")]
+  allowlistctl add 192.0.2.10 --ports 22/tcp,5985-5986/tcp -d \"deploy host: SSH, WinRM\"
+  allowlistctl add 192.0.2.10 --ports all --expires never   # widen and keep
+
+Adding a listed network changes only what you give: its description, ports and expiry
+stay as they are unless -d, --ports or --expires is given (-d \"\" clears the
+description). 0.0.0.0/0 and ::/0 allow every source and need --force.")]
     Add {
         /// IPv4/IPv6 address or CIDR network.
         network: String,
+        /// Free text; -d \"\" clears it.
         #[arg(long, short)]
         description: Option<String>,
-        /// Make the entry temporary: 30s, 15m, 2h, 7d, …
-        #[arg(long, value_parser = parse_duration)]
-        expires: Option<Duration>,
-        /// Limit the entry to destination ports: 22/tcp,5985-5986/tcp (default: all).
-        #[arg(long, value_delimiter = ',')]
-        ports: Vec<PortSpec>,
+        /// Make the entry temporary: 30s, 15m, 2h, 7d, … (at most 365d), or `never`.
+        #[arg(long, value_parser = parse_expiry)]
+        expires: Option<Expiry>,
+        /// Limit the entry to destination ports: 22/tcp,5985-5986/tcp, or `all`.
+        #[arg(long, value_parser = parse_ports)]
+        ports: Option<Ports>,
+        /// List 0.0.0.0/0 or ::/0, which allow every source.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove an address or network added with allowlistctl.
     #[command(after_help = "Examples:
@@ -103,14 +113,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Import a CSV file with the header `ip_address,description`, as one transaction.
+    /// Import a CSV file with the header `ip_address,description[,ports,expires_at]`,
+    /// as one transaction.
     #[command(after_help = "Examples:
   allowlistctl import allowlist.csv
   allowlistctl import allowlist.csv --replace --dry-run   # show what would change
   allowlistctl export > backup.csv && allowlistctl import backup.csv --replace
 
-A row whose network is listed updates its description (cleared when empty). Any bad
-row: nothing changes and every bad row is listed with its line number.")]
+A row whose network is listed updates its description (cleared when empty), and its
+ports and expiry when the file has those columns (empty: all ports, no expiry). Rows
+that expired already are left out. Any bad row: nothing changes and every bad row is
+listed with its line number.")]
     Import {
         /// The CSV file, or - for standard input.
         file: PathBuf,
@@ -120,13 +133,15 @@ row: nothing changes and every bad row is listed with its line number.")]
         /// Print what would be added, updated and removed; change nothing.
         #[arg(long)]
         dry_run: bool,
-        /// With --replace: go ahead even if this cuts off your session or a connection.
+        /// Go ahead even if --replace cuts off your session or a connection, or a row
+        /// lists 0.0.0.0/0 or ::/0.
         #[arg(long)]
         force: bool,
         #[arg(long)]
         json: bool,
     },
-    /// Write the list as CSV (ip_address,description) to standard output.
+    /// Write the list as CSV (ip_address,description,ports,expires_at) to standard
+    /// output; `import` reads it back as it was.
     #[command(after_help = "Example:\n  allowlistctl export > allowlist.csv")]
     Export,
     /// Enforce: drop IP traffic from unlisted sources. Refused while the list is empty.
@@ -134,8 +149,9 @@ row: nothing changes and every bad row is listed with its line number.")]
   allowlistctl activate
   allowlistctl activate --confirm 60s   # reverts in 60 s unless `allowlistctl confirm`")]
     Activate {
-        /// Revert automatically unless `allowlistctl confirm` arrives within this time.
-        #[arg(long, value_parser = parse_duration)]
+        /// Revert automatically unless `allowlistctl confirm` arrives within this time
+        /// (at most 24h).
+        #[arg(long, value_parser = parse_confirm)]
         confirm: Option<Duration>,
         /// Activate even if this cuts off your session or an established connection.
         #[arg(long)]
@@ -231,13 +247,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
             description,
             expires,
             ports,
+            force,
         } => {
             let network = network_argument(&network)?;
             let reply = ask(&Request::Add {
                 network,
                 description,
-                expires_in_secs: expires.map(|d| d.as_secs().max(1)),
-                ports,
+                expires_in_secs: match expires {
+                    Some(Expiry::After(duration)) => Some(duration.as_secs()),
+                    _ => None,
+                },
+                never_expires: matches!(expires, Some(Expiry::Never)),
+                ports: ports.map(|Ports(ports)| ports),
+                force,
             })?;
             print_message(&reply);
             Ok(())
@@ -306,15 +328,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let entries = reply.entries.unwrap_or_default();
             let rows = entries
                 .iter()
-                .filter(|entry| entry.origin != allowlist_userspace::allowlist::Origin::Always)
-                .map(|entry| (entry.network, entry.description.as_str()));
+                .filter(|entry| entry.origin != allowlist_userspace::allowlist::Origin::Always);
             csv_format::write_rows(io::stdout().lock(), rows)
                 .map_err(|error| Failure::error(format!("writing CSV: {error}")))
         }
         Command::Activate { confirm, force } => {
             let request = Request::SetMode {
                 mode: Mode::Enforce,
-                confirm_secs: confirm.map(|d| d.as_secs().max(1)),
+                confirm_secs: confirm.map(|d| d.as_secs()),
                 safety: safety(force),
             };
             print_message(&ask(&request)?);
@@ -389,28 +410,79 @@ fn ask(socket: &std::path::Path, request: &Request) -> Result<Reply, Failure> {
     })
 }
 
-/// The caller's SSH client address, so the daemon can refuse to cut off this session.
+/// The caller's SSH session as `SSH_CONNECTION` gives it (`CLIENT_IP CLIENT_PORT
+/// SERVER_IP SERVER_PORT`): the client address and the local port the session uses, so
+/// the daemon can refuse to cut it off.
 fn safety(force: bool) -> Safety {
-    let caller = std::env::var("SSH_CONNECTION").ok().and_then(|connection| {
-        connection
-            .split_whitespace()
-            .next()
-            .and_then(|client| client.parse().ok())
-    });
-    Safety { caller, force }
+    let connection = std::env::var("SSH_CONNECTION").unwrap_or_default();
+    let fields: Vec<&str> = connection.split_whitespace().collect();
+    let caller = fields.first().and_then(|client| client.parse().ok());
+    let caller_port = fields.get(3).and_then(|port| port.parse().ok());
+    Safety {
+        caller,
+        caller_port,
+        force,
+    }
 }
 
+/// The network an argument names; what differs from what was typed (host bits, an
+/// IPv4-mapped address) is said on stderr.
 fn network_argument(given: &str) -> Result<IpNet, Failure> {
-    parse_network(given).map_err(Failure::usage)
+    let (network, note) = parse_network_noting(given).map_err(Failure::usage)?;
+    if let Some(note) = note {
+        eprintln!("allowlistctl: note: {}", printable(&note));
+    }
+    Ok(network)
 }
 
-fn parse_duration(given: &str) -> Result<Duration, String> {
-    humantime::parse_duration(given).map_err(|error| format!("{error}; use e.g. 30s, 15m, 2h, 7d"))
+/// `--expires`: a duration from now, or `never`.
+#[derive(Clone, Copy, Debug)]
+enum Expiry {
+    After(Duration),
+    Never,
+}
+
+/// `--ports`: a list, or `all` (empty).
+#[derive(Clone, Debug)]
+struct Ports(Vec<PortSpec>);
+
+fn parse_ports(given: &str) -> Result<Ports, String> {
+    if given.trim().eq_ignore_ascii_case("all") {
+        return Ok(Ports(Vec::new()));
+    }
+    let ports = ports::parse_list(given)?;
+    if ports.is_empty() {
+        return Err("no ports given; use e.g. 22/tcp,5985-5986/tcp, or `all`".into());
+    }
+    ports::check_kernel_fit(&ports)?;
+    Ok(Ports(ports))
+}
+
+fn parse_duration(given: &str, what: &'static str, max: Duration) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(given)
+        .map_err(|error| format!("{error}; use e.g. 30s, 15m, 2h, 7d"))?;
+    // Sub-second durations round up: "500ms" means "soon", not "never".
+    let secs = duration.as_secs().max(1);
+    clock::check_duration(what, secs, max).map_err(|error| error.to_string())?;
+    Ok(Duration::from_secs(secs))
+}
+
+fn parse_expiry(given: &str) -> Result<Expiry, String> {
+    if given.trim().eq_ignore_ascii_case("never") {
+        return Ok(Expiry::Never);
+    }
+    parse_duration(given, "--expires", clock::MAX_EXPIRY).map(Expiry::After)
+}
+
+fn parse_confirm(given: &str) -> Result<Duration, String> {
+    parse_duration(given, "--confirm", clock::MAX_CONFIRM)
 }
 
 /// Reads and validates the whole file before anything is sent: any bad row, nothing
-/// changes. Shows a progress bar on a terminal (files of a million rows take a while).
+/// changes. Notes on rows (host bits, expired entries left out) go to stderr. Shows a
+/// progress bar on a terminal (files of a million rows take a while).
 fn read_csv(file: &PathBuf) -> Result<Vec<allowlist_userspace::allowlist::ImportRow>, Failure> {
+    const SHOWN: usize = 50;
     let shown = file.display().to_string();
     let (reader, size): (Box<dyn Read>, u64) = if shown == "-" {
         (Box::new(io::stdin().lock()), 0)
@@ -432,17 +504,46 @@ fn read_csv(file: &PathBuf) -> Result<Vec<allowlist_userspace::allowlist::Import
     } else {
         reader
     };
-    csv_format::read_rows(reader).map_err(|bad| {
-        const SHOWN: usize = 50;
+    let read = csv_format::read_rows(reader, clock::now()).map_err(|bad| {
         let mut message = format!("{shown}: {} bad row(s); nothing was imported:", bad.len());
         for row in bad.iter().take(SHOWN) {
-            message.push_str(&format!("\n  line {}: {}", row.line, row.problem));
+            message.push_str(&format!(
+                "\n  line {}: {}",
+                row.line,
+                printable(&row.problem)
+            ));
         }
         if bad.len() > SHOWN {
             message.push_str(&format!("\n  … and {} more", bad.len() - SHOWN));
         }
         Failure::error(message)
-    })
+    })?;
+    for (line, note) in read.notes.iter().take(SHOWN) {
+        eprintln!("allowlistctl: note: {shown}:{line}: {}", printable(note));
+    }
+    if read.notes.len() > SHOWN {
+        eprintln!(
+            "allowlistctl: note: … and {} more notes",
+            read.notes.len() - SHOWN
+        );
+    }
+    Ok(read.rows)
+}
+
+/// Text from the list made safe for a terminal: control characters (an escape sequence
+/// in a description could rewrite the screen) and bidirectional overrides (which could
+/// make one address read as another) are shown escaped. `--json` keeps text exact.
+fn printable(text: &str) -> String {
+    let is_bidi_control = |c: char| matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    text.chars()
+        .map(|c| {
+            if c.is_control() || is_bidi_control(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// An entry as `list --json` shows it: times in RFC 3339.
@@ -492,10 +593,6 @@ impl<'a> From<&'a CheckResult> for CheckView<'a> {
     }
 }
 
-fn format_time(unix_secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs)).to_string()
-}
-
 fn table(header: &[&str]) -> comfy_table::Table {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::NOTHING);
@@ -521,7 +618,7 @@ fn print_entries(entries: &[Entry]) {
             } else {
                 view.ports.join(",")
             },
-            view.description.replace('\n', " "),
+            printable(view.description),
             view.origin,
             view.added_at,
             view.expires_at.unwrap_or_else(|| "-".into()),
@@ -539,7 +636,7 @@ fn print_check(check: &CheckResult) {
             if entry.description.is_empty() {
                 String::new()
             } else {
-                format!("\"{}\", ", entry.description)
+                format!("\"{}\", ", printable(&entry.description))
             },
             entry.origin
         ),

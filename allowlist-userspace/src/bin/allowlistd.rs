@@ -3,9 +3,11 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use allowlist_userspace::{
-    config::{Config, Locations},
+    config::{Config, Locations, DEFAULT_CONFIG},
     daemon::Daemon,
     filter::{self, Pins},
+    instance, server,
+    startup::StartPlan,
 };
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -27,7 +29,7 @@ struct Cli {
     #[arg(
         long,
         value_name = "PATH",
-        default_value = "/etc/allowlist/allowlist.toml"
+        default_value = DEFAULT_CONFIG
     )]
     config: PathBuf,
     /// Turn on the XDP program's debug log (aya-log); costly, for diagnosis only.
@@ -66,34 +68,42 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Uninstall) => uninstall(&Locations::load(&cli.config)?),
-        Some(Command::Check) => check(&Config::load(&cli.config)?),
+        Some(Command::Check) => check(Config::load(&cli.config)?),
         None => run_daemon(Config::load(&cli.config)?, cli.ebpf_log),
     }
 }
 
-fn check(config: &Config) -> anyhow::Result<()> {
+/// Validates exactly what a start would: the config, the saved state in `state_dir`, and
+/// the list they make together, without touching the kernel or any file.
+fn check(config: Config) -> anyhow::Result<()> {
     for warning in &config.warnings {
         eprintln!("warning: {warning}");
     }
+    let plan = StartPlan::new(config)?;
+    let config = &plan.config;
     println!(
-        "{}: valid ({} entries, mode {}, interfaces {})",
+        "{}: valid ({} entries in the file, {} saved; mode {}; interfaces {}; {} IPv4 and {} IPv6 prefixes after compiling)",
         config.path.display(),
-        config.allow.len(),
-        config.mode,
-        config.interfaces.join(", ")
+        config.allow.len() + config.always.len(),
+        plan.allowlist.managed().count(),
+        plan.mode,
+        config.interfaces.join(", "),
+        plan.compiled.v4.len(),
+        plan.compiled.v6.len(),
     );
     Ok(())
 }
 
 fn run_daemon(config: Config, ebpf_log: bool) -> anyhow::Result<()> {
     allowlist_userspace::daemon::limit_allocator_arenas();
+    server::raise_descriptor_limit();
     let daemon = Daemon::start(config, ebpf_log)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(daemon.serve())?;
+    runtime.block_on(server::serve(daemon))?;
     Ok(())
 }
 
@@ -104,6 +114,13 @@ fn uninstall(config: &Locations) -> anyhow::Result<()> {
             config.socket.display()
         );
     }
+    // A daemon that is running but not answering (stuck, or on another socket) still
+    // holds its pin directory.
+    let _lock = if config.pin_path.exists() {
+        Some(instance::lock_dir("pin_path", &config.pin_path)?)
+    } else {
+        None
+    };
     let detached = filter::uninstall(&Pins::new(&config.pin_path))?;
     info!(interfaces = ?detached, pin_path = %config.pin_path.display(), "uninstalled");
     println!(

@@ -7,11 +7,13 @@
 //! ```
 //!
 //! Sections, in order: `per-packet` (BPF_PROG_TEST_RUN), `drop-rate` (veth, live frames),
-//! `apply` (the daemon, `nft -f`, `ipset restore`) and memory with it. Needs root.
+//! `apply` (the daemon, `nft -f`, `ipset restore`) and memory with it, `config`
+//! (`allowlistd check` of large config files). Needs root.
 //! Everything it creates (network namespaces, pins under /sys/fs/bpf, daemons, temp
 //! files) is named uniquely and removed on the way out, also on failure.
 
 mod apply;
+mod config_load;
 mod drop_rate;
 mod frames;
 mod kernel;
@@ -44,6 +46,8 @@ pub struct Options {
     pub runs_1m: usize,
     /// Largest list `nft -f` is timed with.
     pub nft_max_entries: usize,
+    /// `[[allow]]` entries of the config files `allowlistd check` reads.
+    pub config_sizes: Vec<usize>,
 }
 
 impl Options {
@@ -59,11 +63,12 @@ impl Options {
             apply_sizes: vec![100_000, 1_000_000],
             runs_1m: 3,
             nft_max_entries: if quick { 100_000 } else { 1_000_000 },
+            config_sizes: vec![100_000, 1_000_000],
         }
     }
 }
 
-const SECTIONS: [&str; 3] = ["per-packet", "drop-rate", "apply"];
+const SECTIONS: [&str; 4] = ["per-packet", "drop-rate", "apply", "config"];
 
 fn main() -> ExitCode {
     match run() {
@@ -153,10 +158,18 @@ fn run() -> Result<()> {
     if wanted("apply") {
         note_load(&mut results, "apply")?;
         println!("\n== 3./4. apply time and memory");
-        let bin_dir = bin_dir.context(
+        let bin_dir = bin_dir.as_ref().context(
             "--bin-dir DIR (where the release allowlistd and allowlistctl are) is required for apply",
         )?;
-        apply::run(&options, &mut results, &bin_dir)?;
+        apply::run(&options, &mut results, bin_dir)?;
+    }
+    if wanted("config") {
+        note_load(&mut results, "config")?;
+        println!("\n== 5. config load (allowlistd check)");
+        let bin_dir = bin_dir
+            .as_ref()
+            .context("--bin-dir DIR (where the release allowlistd is) is required for config")?;
+        config_load::run(&options, &mut results, bin_dir)?;
     }
     note_load(&mut results, "end")?;
     Ok(())
