@@ -25,7 +25,7 @@ use crate::{
     access::{Access, Peer},
     allowlist::{now, Allowlist, Entry, ListError},
     compile::{CompiledList, Reach},
-    config::{Config, ConfigError, Mode},
+    config::{Config, ConfigError, EncapsulatedIp, Mode},
     control::{
         self, CheckResult, CounterValue, EntryCounts, InterfaceStatus, Reply, Request, Safety,
         Stats, Status,
@@ -217,7 +217,7 @@ impl Daemon {
         self.filter
             .detach_others(&self.config.interfaces, &self.config.state_dir)?;
         let seeded = self.filter.seed_flows(&crate::flows::outbound())?;
-        info!(mode = %self.mode, interfaces = ?self.config.interfaces, return_traffic = self.config.return_traffic, seeded_flows = seeded, "enforcing");
+        info!(mode = %self.mode, interfaces = ?self.config.interfaces, return_traffic = self.config.return_traffic, encapsulated_ip = ?self.config.encapsulated_ip, seeded_flows = seeded, "enforcing");
         Ok(())
     }
 
@@ -250,6 +250,9 @@ impl Daemon {
         }
         if self.config.dhcp_client {
             features |= allowlist_common::FEATURE_DHCP_CLIENT;
+        }
+        if self.config.encapsulated_ip == EncapsulatedIp::Pass {
+            features |= allowlist_common::FEATURE_PASS_ENCAPSULATED;
         }
         features
     }
