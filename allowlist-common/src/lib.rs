@@ -278,6 +278,10 @@ pub struct Control {
 pub const FEATURE_RETURN_TRAFFIC: u32 = 1;
 /// DHCP client replies (UDP 67→68, DHCPv6 547→546) pass.
 pub const FEATURE_DHCP_CLIENT: u32 = 2;
+/// IP the parser cannot see into (a third VLAN tag, PPPoE session, MPLS) passes, counted
+/// as [`Reason::PassedEncapsulated`], instead of being judged by the mode
+/// (`encapsulated_ip = "pass"`).
+pub const FEATURE_PASS_ENCAPSULATED: u32 = 4;
 
 /// Packets and bytes counted for one [`Reason`] on one CPU.
 /// Layout: `packets: u64` at 0, `bytes: u64` at 8 (16 bytes). Bytes are whole frames
@@ -297,7 +301,8 @@ pub struct Counter {
 pub enum Reason {
     /// The source is on the list.
     PassedListed = 0,
-    /// Not IPv4/IPv6 (ARP, LLDP, …): the allowlist is about IP sources.
+    /// Not IPv4/IPv6 (ARP, LLDP, PPPoE discovery and PPP link control, …): the
+    /// allowlist is about IP sources.
     PassedNonIp = 1,
     /// IPv6 neighbour discovery (ICMPv6 133–137, hop limit 255), which IPv6 needs to work.
     PassedExempt = 2,
@@ -321,6 +326,14 @@ pub enum Reason {
     DroppedPortNotAllowed = 10,
     /// Monitor: enforce would have dropped this packet (port not allowed); passed.
     MonitorPortNotAllowed = 11,
+    /// Enforce: IP the parser cannot see into — behind a third VLAN tag, in a PPPoE
+    /// session or under MPLS labels — so its source cannot be judged.
+    DroppedEncapsulated = 13,
+    /// Monitor: enforce would have dropped this encapsulated IP packet; passed.
+    MonitorEncapsulated = 14,
+    /// Encapsulated IP, passed because the operator opted out of dropping it
+    /// ([`FEATURE_PASS_ENCAPSULATED`]).
+    PassedEncapsulated = 15,
 }
 
 /// Number of slots in [`MAP_COUNTERS`]; room is left for reasons added later so the
@@ -328,7 +341,7 @@ pub enum Reason {
 pub const COUNTER_SLOTS: u32 = 32;
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 16] = [
         Reason::PassedListed,
         Reason::PassedNonIp,
         Reason::PassedExempt,
@@ -342,6 +355,9 @@ impl Reason {
         Reason::PassedFragment,
         Reason::DroppedPortNotAllowed,
         Reason::MonitorPortNotAllowed,
+        Reason::DroppedEncapsulated,
+        Reason::MonitorEncapsulated,
+        Reason::PassedEncapsulated,
     ];
 
     /// Whether the program drops packets counted under this reason.
@@ -349,7 +365,10 @@ impl Reason {
     pub const fn drops(self) -> bool {
         matches!(
             self,
-            Reason::DroppedNotListed | Reason::DroppedMalformed | Reason::DroppedPortNotAllowed
+            Reason::DroppedNotListed
+                | Reason::DroppedMalformed
+                | Reason::DroppedPortNotAllowed
+                | Reason::DroppedEncapsulated
         )
     }
 
@@ -369,6 +388,9 @@ impl Reason {
             Reason::PassedFragment => "passed_fragment",
             Reason::DroppedPortNotAllowed => "dropped_port_not_allowed",
             Reason::MonitorPortNotAllowed => "monitor_port_not_allowed",
+            Reason::DroppedEncapsulated => "dropped_encapsulated",
+            Reason::MonitorEncapsulated => "monitor_encapsulated",
+            Reason::PassedEncapsulated => "passed_encapsulated",
         }
     }
 }

@@ -12,10 +12,11 @@ mod parse;
 use allowlist_common::{
     screen_bit_v4, screen_bit_v6, AllowRule, Control, Counter, FlowKey, FlowState, FragmentKey,
     Ipv4Octets, Ipv6Octets, Mode, PortSet, Reason, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC,
-    COUNTER_SLOTS, FEATURE_DHCP_CLIENT, FEATURE_RETURN_TRAFFIC, FRAGMENT_IDLE_NS, ICMP_IDLE_NS,
-    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_ENTRIES_PER_FAMILY, MAX_EXACT_V4,
-    MAX_EXACT_V6, MAX_FLOWS, MAX_FRAGMENT_TRAINS, MAX_PORT_SETS, PUBLIC_PORT_SET, RULE_ALLOW_ALL,
-    RULE_PORTS, SCREEN_WORDS, TCP_IDLE_NS, UDP_IDLE_NS,
+    COUNTER_SLOTS, FEATURE_DHCP_CLIENT, FEATURE_PASS_ENCAPSULATED, FEATURE_RETURN_TRAFFIC,
+    FRAGMENT_IDLE_NS, ICMP_IDLE_NS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    MAX_ENTRIES_PER_FAMILY, MAX_EXACT_V4, MAX_EXACT_V6, MAX_FLOWS, MAX_FRAGMENT_TRAINS,
+    MAX_PORT_SETS, PUBLIC_PORT_SET, RULE_ALLOW_ALL, RULE_PORTS, SCREEN_WORDS, TCP_IDLE_NS,
+    UDP_IDLE_NS,
 };
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
@@ -153,6 +154,19 @@ fn judge(ctx: &XdpContext) -> Reason {
         Network::Malformed => {
             debug!(ctx, "malformed IP header");
             return by_mode(mode, Reason::DroppedMalformed, Reason::MonitorMalformed);
+        }
+        // IP behind a third VLAN tag, in a PPPoE session or under MPLS labels has no
+        // source we can judge: passing it would let anyone through who wraps their
+        // packets, so it is judged like an unlisted source unless the operator opted out.
+        Network::Encapsulated => {
+            if control.features & FEATURE_PASS_ENCAPSULATED != 0 {
+                return Reason::PassedEncapsulated;
+            }
+            return by_mode(
+                mode,
+                Reason::DroppedEncapsulated,
+                Reason::MonitorEncapsulated,
+            );
         }
         Network::Ip(ip) => ip,
     };

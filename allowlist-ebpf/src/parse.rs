@@ -72,9 +72,19 @@ const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
+/// The pre-802.1ad service tag some switches still use; looked through like 802.1ad.
+const ETH_P_QINQ_LEGACY: u16 = 0x9100;
 /// VLAN tags we look through: a customer tag, optionally inside a service tag (QinQ).
 const MAX_VLAN_TAGS: usize = 2;
 const VLAN_TAG_LEN: usize = 4;
+const ETH_P_PPPOE_DISCOVERY: u16 = 0x8863;
+const ETH_P_PPPOE_SESSION: u16 = 0x8864;
+const ETH_P_MPLS_UNICAST: u16 = 0x8847;
+const ETH_P_MPLS_MULTICAST: u16 = 0x8848;
+/// PPPoE header (version/type, code, session id, length); the PPP protocol follows.
+const PPPOE_HEADER_LEN: usize = 6;
+const PPP_IPV4: u16 = 0x0021;
+const PPP_IPV6: u16 = 0x0057;
 const IPV4_HEADER_LEN: usize = 20;
 const IPV6_HEADER_LEN: usize = 40;
 
@@ -93,9 +103,13 @@ const IPV6_DESTINATION_OPTIONS: u8 = 60;
 
 /// Where a frame's IP addresses could be found, if anywhere.
 pub enum Network {
+    /// No IP in it: ARP, LLDP, PPPoE discovery, PPP link control, ….
     NonIp,
     NeighbourDiscovery,
     Malformed,
+    /// IP (or possibly IP) the parser cannot see into: behind a third VLAN tag, in a
+    /// PPPoE session, under MPLS labels. Its source is unknown.
+    Encapsulated,
     Ip(IpHeader),
 }
 
@@ -170,7 +184,7 @@ pub fn network<F: Frame>(frame: &F) -> Network {
     };
     let mut offset = ETH_HEADER_LEN;
     for _ in 0..MAX_VLAN_TAGS {
-        if ether_type != ETH_P_8021Q && ether_type != ETH_P_8021AD {
+        if !matches!(ether_type, ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ_LEGACY) {
             break;
         }
         // The tag's own ether type follows its 2-byte TCI.
@@ -183,6 +197,28 @@ pub fn network<F: Frame>(frame: &F) -> Network {
     match ether_type {
         ETH_P_IPV4 => ipv4(frame, offset),
         ETH_P_IPV6 => ipv6(frame, offset),
+        _ => not_plain_ip(frame, ether_type, offset),
+    }
+}
+
+/// Tells link-level frames, which carry no IP source and must pass for the link to work,
+/// from IP the parser does not see into, which would otherwise pass unjudged. Only
+/// frames that are not plain IP get here, so IP pays nothing for it.
+fn not_plain_ip<F: Frame>(frame: &F, ether_type: u16, offset: usize) -> Network {
+    match ether_type {
+        // Still a tag after the tags looked through: whatever it carries is out of reach.
+        ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ_LEGACY => Network::Encapsulated,
+        // The PPP protocol says whether the session carries IP or link control (LCP,
+        // IPCP, IPV6CP, authentication), which the session needs to come up. A session
+        // frame too short to say is treated as IP.
+        ETH_P_PPPOE_SESSION => match frame.be16(offset + PPPOE_HEADER_LEN) {
+            Some(PPP_IPV4 | PPP_IPV6) | None => Network::Encapsulated,
+            Some(_) => Network::NonIp,
+        },
+        // What is under the labels cannot be told without the label's binding: IP.
+        ETH_P_MPLS_UNICAST | ETH_P_MPLS_MULTICAST => Network::Encapsulated,
+        // Discovery sets up a PPPoE session and carries no IP.
+        ETH_P_PPPOE_DISCOVERY => Network::NonIp,
         _ => Network::NonIp,
     }
 }

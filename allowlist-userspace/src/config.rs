@@ -70,6 +70,19 @@ pub enum XdpMode {
     Generic,
 }
 
+/// What happens to IP the filter cannot see into: behind a third VLAN tag, in a PPPoE
+/// session, under MPLS labels (`encapsulated_ip`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncapsulatedIp {
+    /// Judged like an unlisted source: dropped when enforcing, counted when monitoring
+    /// (the default).
+    Drop,
+    /// Passed unjudged, counted as `passed_encapsulated`: for hosts that terminate such
+    /// encapsulations themselves (a PPPoE client, stacked VLAN devices, MPLS).
+    Pass,
+}
+
 /// One `[[allow]]` entry after validation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AllowEntry {
@@ -103,6 +116,8 @@ pub struct Config {
     pub return_traffic: bool,
     /// DHCP (and DHCPv6) replies to the host's client pass.
     pub dhcp_client: bool,
+    /// What happens to IP behind a third VLAN tag, in a PPPoE session or under MPLS.
+    pub encapsulated_ip: EncapsulatedIp,
     /// Destination ports every source may reach.
     pub public_ports: Vec<PortSpec>,
     /// Notes worth logging that do not stop the config from loading (e.g. host bits).
@@ -146,6 +161,8 @@ struct RawConfig {
     return_traffic: Option<bool>,
     #[serde(default)]
     dhcp_client: Option<bool>,
+    #[serde(default)]
+    encapsulated_ip: Option<EncapsulatedIp>,
     #[serde(default)]
     public_ports: Vec<Spanned<String>>,
     #[serde(default)]
@@ -294,6 +311,7 @@ impl Config {
             socket_readable_by_all: raw.socket_readable_by_all,
             return_traffic: raw.return_traffic.unwrap_or(true),
             dhcp_client: raw.dhcp_client.unwrap_or(true),
+            encapsulated_ip: raw.encapsulated_ip.unwrap_or(EncapsulatedIp::Drop),
             public_ports,
             warnings,
         })
@@ -492,6 +510,40 @@ cidr = "2001:db8::1"
             error.starts_with("/etc/allowlist.toml:4: ") && error.contains("\"22\""),
             "{error}"
         );
+    }
+
+    #[test]
+    fn encapsulated_ip_is_dropped_unless_the_config_says_pass() {
+        let config = parse("interfaces = [\"lo\"]\n").unwrap();
+        assert_eq!(config.encapsulated_ip, EncapsulatedIp::Drop);
+        for (value, expected) in [
+            ("drop", EncapsulatedIp::Drop),
+            ("pass", EncapsulatedIp::Pass),
+        ] {
+            let config = parse(&format!(
+                "interfaces = [\"lo\"]\nencapsulated_ip = \"{value}\"\n"
+            ))
+            .unwrap();
+            assert_eq!(config.encapsulated_ip, expected, "{value}");
+        }
+        let error =
+            parse("interfaces = [\"lo\"]\nmode = \"monitor\"\nencapsulated_ip = \"allow\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("/etc/allowlist.toml"), "{error}");
+        assert!(error.contains("line 3"), "{error}");
+        assert!(error.contains("allow"), "{error}");
+    }
+
+    #[test]
+    fn the_annotated_example_config_is_valid() {
+        let config = Config::parse(
+            Path::new("examples/allowlist.toml"),
+            include_str!("../../examples/allowlist.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.mode, Mode::Monitor);
+        assert_eq!(config.encapsulated_ip, EncapsulatedIp::Drop);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::{
     allowlist::{check_description, Allowlist, Entry, EntryUpdate, ImportRow, ListError},
     clock::{self, format_time, now},
     compile::{CompiledList, Reach},
-    config::{self, Config, ConfigError, Mode},
+    config::{self, Config, ConfigError, EncapsulatedIp, Mode},
     control::{
         CheckResult, CounterValue, EntryCounts, InterfaceStatus, Reply, Request, Safety, Stats,
         Status,
@@ -235,7 +235,7 @@ impl Daemon {
         self.filter
             .detach_others(&self.config.interfaces, &self.config.state_dir)?;
         let seeded = self.filter.seed_flows(&crate::flows::outbound())?;
-        info!(mode = %self.mode, interfaces = ?self.config.interfaces, return_traffic = self.config.return_traffic, seeded_flows = seeded, "enforcing");
+        info!(mode = %self.mode, interfaces = ?self.config.interfaces, return_traffic = self.config.return_traffic, encapsulated_ip = ?self.config.encapsulated_ip, seeded_flows = seeded, "enforcing");
         Ok(())
     }
 
@@ -273,6 +273,9 @@ impl Daemon {
         }
         if self.config.dhcp_client {
             features |= allowlist_common::FEATURE_DHCP_CLIENT;
+        }
+        if self.config.encapsulated_ip == EncapsulatedIp::Pass {
+            features |= allowlist_common::FEATURE_PASS_ENCAPSULATED;
         }
         features
     }

@@ -93,6 +93,7 @@ pub struct ConfigBuilder {
     allow_ports: Vec<(usize, Vec<String>)>,
     return_traffic: Option<bool>,
     public_ports: Vec<String>,
+    encapsulated_ip: Option<String>,
 }
 
 impl ConfigBuilder {
@@ -109,6 +110,7 @@ impl ConfigBuilder {
             allow_ports: Vec::new(),
             return_traffic: None,
             public_ports: Vec::new(),
+            encapsulated_ip: None,
         }
     }
 
@@ -177,6 +179,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// `encapsulated_ip = "drop"|"pass"` (the daemon's default is drop).
+    pub fn encapsulated_ip(mut self, value: &str) -> Self {
+        self.encapsulated_ip = Some(value.into());
+        self
+    }
+
     /// `socket_readable_by_all = true|false`: everyone may run read-only commands.
     pub fn socket_readable_by_all(mut self, readable: bool) -> Self {
         self.socket_readable_by_all = readable;
@@ -206,6 +214,9 @@ impl ConfigBuilder {
         }
         if let Some(enabled) = self.return_traffic {
             toml.push_str(&format!("return_traffic = {enabled}\n"));
+        }
+        if let Some(value) = &self.encapsulated_ip {
+            toml.push_str(&format!("encapsulated_ip = {}\n", toml_string(value)));
         }
         if !self.public_ports.is_empty() {
             toml.push_str(&format!(
@@ -416,15 +427,23 @@ pub struct Stats {
 
 impl Stats {
     /// Every reason the interface documents; a daemon leaving one out is a bug.
-    pub const REASONS: [&'static str; 8] = [
+    pub const REASONS: [&'static str; 16] = [
         "passed_listed",
         "passed_non_ip",
         "passed_exempt",
         "passed_off",
+        "passed_return_traffic",
+        "passed_public_port",
+        "passed_fragment",
+        "passed_encapsulated",
         "dropped_not_listed",
+        "dropped_port_not_allowed",
         "dropped_malformed",
+        "dropped_encapsulated",
         "monitor_would_drop",
+        "monitor_port_not_allowed",
         "monitor_malformed",
+        "monitor_encapsulated",
     ];
 
     pub fn from_json(json: &Value) -> Result<Self> {

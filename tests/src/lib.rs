@@ -27,7 +27,9 @@ pub use daemon::{
 pub use netns::{in_netns, Netns};
 pub use probe::{Client, Probe, Verdict};
 pub use process::{assert_exit_code, connect_as, wait_until};
-pub use raw::{send_frames, send_raw_frames, FrameTap, UdpFrame, VlanTag};
+pub use raw::{
+    arp_request, send_frames, send_raw_frames, Encapsulation, FrameTap, UdpFrame, VlanTag,
+};
 pub use topology::{Link, Topology, VlanLink, ALLOWED_LINK, BLOCKED_LINK, VLAN_LINK};
 pub use traffic::{
     neighbour_resolved, ping, ping_from, tcp_connects, udp_ipv4_frame_len, udp_send,

@@ -1,5 +1,5 @@
-//! Hand-built Ethernet frames over AF_PACKET: VLAN-tagged traffic without any kernel
-//! VLAN support.
+//! Hand-built Ethernet frames over AF_PACKET: VLAN-tagged (and PPPoE or MPLS
+//! encapsulated) traffic without any kernel support for it.
 //!
 //! The test kernel has neither 802.1Q devices nor bridge VLAN filtering, so a tagged
 //! path cannot be built from interfaces. Instead the client writes complete frames
@@ -23,7 +23,14 @@ use crate::traffic::{record_of, SourceRecord, MIN_UDP_PAYLOAD, UDP_PACING};
 
 pub const TPID_8021Q: u16 = 0x8100;
 pub const TPID_8021AD: u16 = 0x88a8;
+/// The pre-802.1ad service tag.
+pub const TPID_QINQ_LEGACY: u16 = 0x9100;
 const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_ARP: u16 = 0x0806;
+const ETHERTYPE_PPPOE_SESSION: u16 = 0x8864;
+const ETHERTYPE_MPLS_UNICAST: u16 = 0x8847;
+const ETHERTYPE_MPLS_MULTICAST: u16 = 0x8848;
+const PPP_IPV4: u16 = 0x0021;
 const ETH_P_ALL: u16 = 0x0003;
 
 /// A MAC address parsed from `aa:bb:cc:dd:ee:ff`.
@@ -60,6 +67,36 @@ impl VlanTag {
             vid,
         }
     }
+
+    /// A tag with the legacy QinQ TPID 0x9100.
+    pub fn legacy_qinq(vid: u16) -> Self {
+        Self {
+            tpid: TPID_QINQ_LEGACY,
+            vid,
+        }
+    }
+}
+
+/// What sits between the VLAN tags and the IPv4 header of a [`UdpFrame`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Encapsulation {
+    /// The IPv4 header follows the tags (ether type 0x0800).
+    #[default]
+    None,
+    /// A PPPoE session (ether type 0x8864, RFC 2516) carrying PPP protocol 0x0021, IPv4.
+    PppoeSession { session_id: u16 },
+    /// One MPLS label, bottom of stack (ether type 0x8847).
+    Mpls { label: u32 },
+}
+
+impl Encapsulation {
+    fn header_len(self) -> usize {
+        match self {
+            Encapsulation::None => 0,
+            Encapsulation::PppoeSession { .. } => 6 + 2,
+            Encapsulation::Mpls { .. } => 4,
+        }
+    }
 }
 
 /// An IPv4/UDP frame to build; `tags` are written outermost first.
@@ -68,6 +105,7 @@ pub struct UdpFrame {
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
     pub tags: Vec<VlanTag>,
+    pub encapsulation: Encapsulation,
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub src_port: u16,
@@ -78,7 +116,7 @@ pub struct UdpFrame {
 impl UdpFrame {
     /// Length of the frame on the wire (no FCS): what XDP counts.
     pub fn frame_len(&self) -> usize {
-        14 + 4 * self.tags.len() + 20 + 8 + self.payload_len
+        14 + 4 * self.tags.len() + self.encapsulation.header_len() + 20 + 8 + self.payload_len
     }
 
     /// The frame bytes, carrying `sequence` in the first 8 payload bytes.
@@ -90,9 +128,26 @@ impl UdpFrame {
             frame.extend_from_slice(&tag.tpid.to_be_bytes());
             frame.extend_from_slice(&(tag.vid & 0x0fff).to_be_bytes());
         }
-        frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
-
         let ip_len = (20 + 8 + self.payload_len) as u16;
+        match self.encapsulation {
+            Encapsulation::None => frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes()),
+            Encapsulation::PppoeSession { session_id } => {
+                frame.extend_from_slice(&ETHERTYPE_PPPOE_SESSION.to_be_bytes());
+                // Version 1, type 1, code 0 (session data), session id, then the length
+                // of the PPP frame: its protocol field and the IPv4 packet.
+                frame.extend_from_slice(&[0x11, 0x00]);
+                frame.extend_from_slice(&session_id.to_be_bytes());
+                frame.extend_from_slice(&(2 + ip_len).to_be_bytes());
+                frame.extend_from_slice(&PPP_IPV4.to_be_bytes());
+            }
+            Encapsulation::Mpls { label } => {
+                frame.extend_from_slice(&ETHERTYPE_MPLS_UNICAST.to_be_bytes());
+                // Label (20 bits), traffic class 0, bottom of stack, TTL 64.
+                let entry = (label & 0xf_ffff) << 12 | 1 << 8 | 64;
+                frame.extend_from_slice(&entry.to_be_bytes());
+            }
+        }
+
         let mut ip = [0u8; 20];
         ip[0] = 0x45;
         ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
@@ -235,10 +290,25 @@ pub fn send_raw_frames(
     Ok(())
 }
 
+/// An ARP request from `src_mac` (who has `target`, tell `sender`), broadcast.
+pub fn arp_request(src_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&src_mac);
+    frame.extend_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+    // Ethernet, IPv4, 6-byte and 4-byte addresses, request.
+    frame.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
+    frame.extend_from_slice(&src_mac);
+    frame.extend_from_slice(&sender.octets());
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&target.octets());
+    frame
+}
+
 /// Records IPv4/UDP frames received on one interface, per source address, after XDP:
-/// a frame the program dropped never reaches it.
+/// a frame the program dropped never reaches it. ARP frames are counted per sender.
 pub struct FrameTap {
     records: Arc<Mutex<HashMap<IpAddr, SourceRecord>>>,
+    arp_senders: Arc<Mutex<HashMap<Ipv4Addr, u64>>>,
     stop: Arc<AtomicBool>,
     receiver: Option<JoinHandle<()>>,
 }
@@ -280,14 +350,19 @@ impl FrameTap {
             io::Error::last_os_error()
         );
         let records = Arc::new(Mutex::new(HashMap::new()));
+        let arp_senders = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let receiver = {
             let records = Arc::clone(&records);
+            let arp_senders = Arc::clone(&arp_senders);
             let stop = Arc::clone(&stop);
-            thread::spawn(move || tap_until_stopped(socket, dst_port, &records, &stop))
+            thread::spawn(move || {
+                tap_until_stopped(socket, dst_port, &records, &arp_senders, &stop)
+            })
         };
         Ok(Self {
             records,
+            arp_senders,
             stop,
             receiver: Some(receiver),
         })
@@ -305,6 +380,17 @@ impl FrameTap {
     pub fn wait_for(&self, source: IpAddr, count: u64, timeout: Duration) -> bool {
         crate::process::wait_until(timeout, || self.count_from(source) >= count)
     }
+
+    /// ARP frames seen whose sender protocol address is `sender`.
+    pub fn arp_count_from(&self, sender: Ipv4Addr) -> u64 {
+        let senders = self.arp_senders.lock().unwrap();
+        senders.get(&sender).copied().unwrap_or(0)
+    }
+
+    /// Waits until at least `count` ARP frames from `sender` were seen; whether they were.
+    pub fn wait_for_arp(&self, sender: Ipv4Addr, count: u64, timeout: Duration) -> bool {
+        crate::process::wait_until(timeout, || self.arp_count_from(sender) >= count)
+    }
 }
 
 impl Drop for FrameTap {
@@ -320,6 +406,7 @@ fn tap_until_stopped(
     socket: OwnedFd,
     dst_port: u16,
     records: &Mutex<HashMap<IpAddr, SourceRecord>>,
+    arp_senders: &Mutex<HashMap<Ipv4Addr, u64>>,
     stop: &AtomicBool,
 ) {
     let mut buffer = vec![0u8; 65536];
@@ -336,8 +423,11 @@ fn tap_until_stopped(
         if len < 0 {
             continue; // timeout (or EINTR): check `stop` again
         }
-        if let Some((source, sequence, payload_len)) = parse_udp(&buffer[..len as usize], dst_port)
-        {
+        let frame = &buffer[..len as usize];
+        if let Some(sender) = parse_arp_sender(frame) {
+            *arp_senders.lock().unwrap().entry(sender).or_default() += 1;
+        }
+        if let Some((source, sequence, payload_len)) = parse_udp(frame, dst_port) {
             let mut records = records.lock().unwrap();
             let record = records.entry(IpAddr::V4(source)).or_default();
             record.datagrams += 1;
@@ -347,20 +437,61 @@ fn tap_until_stopped(
     }
 }
 
-/// Source address, sequence number and payload length of an IPv4/UDP frame to
-/// `dst_port`, behind any number of in-frame VLAN tags. (The kernel may have moved the
-/// outer tag into metadata before the tap saw the frame; either form parses.)
-fn parse_udp(frame: &[u8], dst_port: u16) -> Option<(Ipv4Addr, u64, usize)> {
+fn be16_at(frame: &[u8], offset: usize) -> Option<u16> {
+    Some(u16::from_be_bytes(
+        frame.get(offset..offset + 2)?.try_into().ok()?,
+    ))
+}
+
+/// The ether type after any number of in-frame VLAN tags, and the offset of what follows
+/// it. (The kernel may have moved the outer tag into metadata before the tap saw the
+/// frame; either form parses.)
+fn after_tags(frame: &[u8]) -> Option<(u16, usize)> {
     let mut offset = 12;
-    let mut ethertype = u16::from_be_bytes(frame.get(offset..offset + 2)?.try_into().ok()?);
-    while ethertype == TPID_8021Q || ethertype == TPID_8021AD {
+    let mut ethertype = be16_at(frame, offset)?;
+    while matches!(ethertype, TPID_8021Q | TPID_8021AD | TPID_QINQ_LEGACY) {
         offset += 4;
-        ethertype = u16::from_be_bytes(frame.get(offset..offset + 2)?.try_into().ok()?);
+        ethertype = be16_at(frame, offset)?;
     }
-    if ethertype != ETHERTYPE_IPV4 {
+    Some((ethertype, offset + 2))
+}
+
+/// The sender protocol address of an ARP frame for IPv4 (behind any VLAN tags).
+fn parse_arp_sender(frame: &[u8]) -> Option<Ipv4Addr> {
+    let (ethertype, offset) = after_tags(frame)?;
+    if ethertype != ETHERTYPE_ARP || be16_at(frame, offset + 2)? != ETHERTYPE_IPV4 {
         return None;
     }
-    let ip = frame.get(offset + 2..)?;
+    let sender: [u8; 4] = frame.get(offset + 14..offset + 18)?.try_into().ok()?;
+    Some(Ipv4Addr::from(sender))
+}
+
+/// Source address, sequence number and payload length of an IPv4/UDP frame to
+/// `dst_port`, behind any number of in-frame VLAN tags, then optionally a PPPoE session
+/// or an MPLS label stack.
+fn parse_udp(frame: &[u8], dst_port: u16) -> Option<(Ipv4Addr, u64, usize)> {
+    let (ethertype, mut offset) = after_tags(frame)?;
+    match ethertype {
+        ETHERTYPE_IPV4 => {}
+        ETHERTYPE_PPPOE_SESSION => {
+            if be16_at(frame, offset + 6)? != PPP_IPV4 {
+                return None;
+            }
+            offset += 6 + 2;
+        }
+        ETHERTYPE_MPLS_UNICAST | ETHERTYPE_MPLS_MULTICAST => loop {
+            let bottom_of_stack = frame.get(offset + 2)? & 1 != 0;
+            offset += 4;
+            if bottom_of_stack {
+                break;
+            }
+        },
+        _ => return None,
+    }
+    let ip = frame.get(offset..)?;
+    if ip.first()? >> 4 != 4 {
+        return None;
+    }
     let header_len = usize::from(ip.first()? & 0x0f) * 4;
     if ip.get(9)? != &17 {
         return None;
@@ -385,6 +516,7 @@ mod tests {
             src_mac: [2, 0, 0, 0, 0, 1],
             dst_mac: [2, 0, 0, 0, 0, 2],
             tags: vec![VlanTag::dot1ad(200), VlanTag::dot1q(100)],
+            encapsulation: Encapsulation::None,
             src: Ipv4Addr::new(10, 10, 100, 2),
             dst: Ipv4Addr::new(10, 10, 100, 1),
             src_port: 40000,
@@ -400,5 +532,52 @@ mod tests {
         assert_eq!(parse_udp(&bytes, 7004), None);
         // A valid IPv4 header sums to zero including its checksum.
         assert_eq!(internet_checksum(&bytes[22..42]), 0);
+    }
+
+    #[test]
+    fn encapsulated_frames_and_arp_parse_back() {
+        let plain = UdpFrame {
+            src_mac: [2, 0, 0, 0, 0, 1],
+            dst_mac: [2, 0, 0, 0, 0, 2],
+            tags: vec![VlanTag::dot1ad(200), VlanTag::dot1q(100), VlanTag::dot1q(7)],
+            encapsulation: Encapsulation::None,
+            src: Ipv4Addr::new(10, 10, 100, 2),
+            dst: Ipv4Addr::new(10, 10, 100, 1),
+            src_port: 40000,
+            dst_port: 7005,
+            payload_len: 64,
+        };
+        let pppoe = UdpFrame {
+            tags: Vec::new(),
+            encapsulation: Encapsulation::PppoeSession { session_id: 0x1234 },
+            ..plain.clone()
+        };
+        let mpls = UdpFrame {
+            tags: Vec::new(),
+            encapsulation: Encapsulation::Mpls { label: 100 },
+            ..plain.clone()
+        };
+        for frame in [&plain, &pppoe, &mpls] {
+            let bytes = frame.build(7);
+            assert_eq!(bytes.len(), frame.frame_len(), "{frame:?}");
+            assert_eq!(
+                parse_udp(&bytes, 7005),
+                Some((frame.src, 7, 64)),
+                "{frame:?}"
+            );
+        }
+        let bytes = pppoe.build(0);
+        assert_eq!(&bytes[12..14], &[0x88, 0x64]);
+        assert_eq!(&bytes[18..20], &((2 + 20 + 8 + 64) as u16).to_be_bytes());
+        assert_eq!(&bytes[20..22], &[0x00, 0x21]);
+        let bytes = mpls.build(0);
+        assert_eq!(&bytes[12..18], &[0x88, 0x47, 0x00, 0x06, 0x41, 64]);
+
+        let sender = Ipv4Addr::new(10, 10, 100, 3);
+        let arp = arp_request([2, 0, 0, 0, 0, 1], sender, Ipv4Addr::new(10, 10, 100, 1));
+        assert_eq!(arp.len(), 14 + 28);
+        assert_eq!(parse_arp_sender(&arp), Some(sender));
+        assert_eq!(parse_udp(&arp, 7005), None);
+        assert_eq!(parse_arp_sender(&plain.build(0)), None);
     }
 }

@@ -80,6 +80,13 @@ impl TestFilter {
             .unwrap_or_else(|error| panic!("setting mode {mode}: {error}"));
     }
 
+    /// Sets the control record's feature bits (`FEATURE_*`); a fresh program has none.
+    pub fn set_features(&mut self, features: u32) {
+        self.filter()
+            .set_features(features)
+            .unwrap_or_else(|error| panic!("setting features {features:#x}: {error}"));
+    }
+
     pub fn counters(&mut self) -> Counters {
         self.filter()
             .counters()

@@ -17,7 +17,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use anyhow::{Context, Result};
 
 use crate::netns::Netns;
-use crate::raw::{parse_mac, send_frames, FrameTap, UdpFrame, VlanTag};
+use crate::raw::{parse_mac, send_frames, Encapsulation, FrameTap, UdpFrame, VlanTag};
 
 /// One veth pair between the host and a client.
 #[derive(Clone, Copy, Debug)]
@@ -194,6 +194,7 @@ impl Topology {
             src_mac: parse_mac(&self.allowed.mac(carrier.client_dev)?)?,
             dst_mac: parse_mac(&self.host.mac(carrier.host_dev)?)?,
             tags,
+            encapsulation: Encapsulation::None,
             src: source,
             dst: VLAN_LINK.host_v4,
             src_port: 40000,

@@ -171,6 +171,14 @@ fn unknown_key_is_refused_naming_file_line_and_key() {
 }
 
 #[test]
+fn unknown_encapsulated_ip_value_is_refused_naming_file_line_and_value() {
+    assert_refused(
+        |files| config_text(files, None, "encapsulated_ip = \"sometimes\"\n"),
+        "sometimes",
+    );
+}
+
+#[test]
 fn bad_cidr_is_refused_naming_file_line_and_value() {
     assert_refused(
         |files| config_text(files, Some(("10.10.1.2/32", "10.10.1.300/32")), ""),

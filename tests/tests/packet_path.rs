@@ -12,8 +12,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use allowlist_common::{
     screen_bit_v4, screen_bit_v6, AllowRule, Control, Counter, Ipv4Octets, Ipv6Octets, Reason,
-    MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONTROL, MAP_EXACT_V4, MAP_EXACT_V6, MAP_SCREEN_V4,
-    MAP_SCREEN_V6,
+    FEATURE_PASS_ENCAPSULATED, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONTROL, MAP_EXACT_V4, MAP_EXACT_V6,
+    MAP_SCREEN_V4, MAP_SCREEN_V6,
 };
 use allowlist_tests::test_filter::{delta, TestFilter, Verdict};
 use allowlist_userspace::config::Mode;
@@ -55,7 +55,26 @@ const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
+const ETH_P_QINQ_LEGACY: u16 = 0x9100;
 const ETH_P_LLDP: u16 = 0x88cc;
+const ETH_P_PPPOE_DISCOVERY: u16 = 0x8863;
+const ETH_P_PPPOE_SESSION: u16 = 0x8864;
+const ETH_P_MPLS_UNICAST: u16 = 0x8847;
+const ETH_P_MPLS_MULTICAST: u16 = 0x8848;
+
+/// Every TPID a VLAN tag may carry.
+const VLAN_TPIDS: [u16; 3] = [ETH_P_8021Q, ETH_P_8021AD, ETH_P_QINQ_LEGACY];
+
+const PPP_IPV4: u16 = 0x0021;
+const PPP_IPV6: u16 = 0x0057;
+const PPP_LCP: u16 = 0xc021;
+const PPP_PAP: u16 = 0xc023;
+const PPP_CHAP: u16 = 0xc223;
+const PPP_IPCP: u16 = 0x8021;
+const PPP_IPV6CP: u16 = 0x8057;
+const PPPOE_HEADER_LEN: usize = 6;
+const PPPOE_PADI: u8 = 0x09;
+const PPPOE_PADS: u8 = 0x65;
 
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;
@@ -187,6 +206,66 @@ fn lldp() -> Vec<u8> {
     let mut frame = ethernet(&[], ETH_P_LLDP, &body);
     frame[..6].copy_from_slice(&[0x01, 0x80, 0xc2, 0, 0, 0x0e]);
     frame
+}
+
+/// A PPPoE session frame (behind `tags`) whose PPP frame is `ppp_protocol` + `payload`.
+fn pppoe_session(tags: &[u16], ppp_protocol: u16, payload: &[u8]) -> Vec<u8> {
+    let mut session = vec![0x11, 0x00, 0x12, 0x34];
+    session.extend_from_slice(&(2 + payload.len() as u16).to_be_bytes());
+    session.extend_from_slice(&ppp_protocol.to_be_bytes());
+    session.extend_from_slice(payload);
+    ethernet(tags, ETH_P_PPPOE_SESSION, &session)
+}
+
+fn pppoe_udp4(tags: &[u16], src: &str) -> Vec<u8> {
+    pppoe_session(tags, PPP_IPV4, &ipv4(v4(src), &[], &udp(b"allowlist")))
+}
+
+fn pppoe_udp6(tags: &[u16], src: &str) -> Vec<u8> {
+    pppoe_session(
+        tags,
+        PPP_IPV6,
+        &ipv6(v6(src), IPPROTO_UDP, 64, &udp(b"allowlist")),
+    )
+}
+
+/// A PPP link or network control message (LCP, IPCP, …): Configure-Request, id 1,
+/// one 4-byte option.
+fn ppp_control(ppp_protocol: u16) -> Vec<u8> {
+    pppoe_session(&[], ppp_protocol, &[1, 1, 0, 8, 1, 4, 0x05, 0xd4])
+}
+
+/// A PPPoE discovery packet of `code` (PADI, PADO, …) with an empty Service-Name tag.
+fn pppoe_discovery(code: u8) -> Vec<u8> {
+    ethernet(
+        &[],
+        ETH_P_PPPOE_DISCOVERY,
+        &[0x11, code, 0, 0, 0, 4, 0x01, 0x01, 0, 0],
+    )
+}
+
+/// An MPLS frame of `ether_type` (unicast, multicast) behind `tags`: one label (bottom
+/// of stack, TTL 64), then `payload`.
+fn mpls(tags: &[u16], ether_type: u16, payload: &[u8]) -> Vec<u8> {
+    let label: u32 = 1000;
+    let mut labelled = (label << 12 | 1 << 8 | 64).to_be_bytes().to_vec();
+    labelled.extend_from_slice(payload);
+    ethernet(tags, ether_type, &labelled)
+}
+
+/// The frames that carry IP where the program cannot see it, from listed and unlisted
+/// sources: behind a third VLAN tag, in a PPPoE session, under an MPLS label.
+fn encapsulated_frames() -> Vec<Vec<u8>> {
+    let three_tags = [ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q];
+    let ipv4_packet = ipv4(v4(LISTED_V4_HOST), &[], &udp(b"allowlist"));
+    vec![
+        tagged_udp4(&three_tags, LISTED_V4_HOST),
+        tagged_udp6(&three_tags, UNLISTED_V6),
+        pppoe_udp4(&[], UNLISTED_V4),
+        pppoe_udp6(&[], LISTED_V6_HOST),
+        mpls(&[], ETH_P_MPLS_UNICAST, &ipv4_packet),
+        mpls(&[], ETH_P_MPLS_MULTICAST, &ipv4_packet),
+    ]
 }
 
 /// `frame` with its IPv4 header's version/IHL byte replaced (untagged frames).
@@ -371,31 +450,6 @@ fn two_8021q_tags_and_a_lone_8021ad_tag_are_looked_through_too() {
     }
 }
 
-/// Documents the parse depth: after two tags the program reads the third tag's TPID as
-/// the ether type, which is not IP, so the frame passes as non-IP whatever its source.
-/// (The kernel's own stack only delivers such a frame as IP through stacked VLAN devices
-/// three deep.)
-#[test]
-fn three_vlan_tags_are_beyond_the_parse_depth_and_pass_as_non_ip() {
-    let mut filter = with_list(Mode::Enforce);
-    for tags in [
-        [ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q],
-        [ETH_P_8021Q, ETH_P_8021Q, ETH_P_8021Q],
-    ] {
-        for frame in [
-            tagged_udp4(&tags, UNLISTED_V4),
-            tagged_udp4(&tags, LISTED_V4_HOST),
-            tagged_udp6(&tags, UNLISTED_V6),
-        ] {
-            assert_eq!(
-                filter.judge(&frame),
-                (Pass, Reason::PassedNonIp),
-                "{tags:04x?}"
-            );
-        }
-    }
-}
-
 #[test]
 fn vlan_tag_cut_off_before_its_ether_type_is_malformed() {
     let mut filter = with_list(Mode::Enforce);
@@ -443,6 +497,302 @@ fn with_tagged_total_len(frame: &[u8], tags_len: usize) -> Vec<u8> {
     let at = ETH_LEN + tags_len + 2;
     frame[at..at + 2].copy_from_slice(&(IPV4_LEN as u16).to_be_bytes());
     frame
+}
+
+// ---------------------------------------------------------------------------------------
+// Encapsulations the program does not see into
+// ---------------------------------------------------------------------------------------
+
+/// After the two tags the program looks through, a third tag of any TPID hides the
+/// source: whatever it carries is dropped in enforce, from listed sources too.
+#[test]
+fn a_third_vlan_tag_of_any_tpid_is_dropped_as_encapsulated_in_enforce() {
+    let mut filter = with_list(Mode::Enforce);
+    for outer in [[ETH_P_8021AD, ETH_P_8021Q], [ETH_P_8021Q, ETH_P_8021Q]] {
+        for third in VLAN_TPIDS {
+            let tags = [outer[0], outer[1], third];
+            for frame in [
+                tagged_udp4(&tags, LISTED_V4_HOST),
+                tagged_udp4(&tags, UNLISTED_V4),
+                tagged_udp6(&tags, LISTED_V6_IN_NET),
+                tagged_udp6(&tags, UNLISTED_V6),
+                // However deep the stack goes, and even if nothing follows the tag.
+                tagged_udp4(&[outer[0], outer[1], third, ETH_P_8021Q], LISTED_V4_HOST),
+                ethernet(&outer, third, &[]),
+            ] {
+                assert_eq!(
+                    filter.judge(&frame),
+                    (Drop, Reason::DroppedEncapsulated),
+                    "{tags:04x?}: {frame:02x?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_third_vlan_tag_passes_as_monitor_encapsulated_in_monitor_and_as_passed_off_when_off() {
+    for (mode, expected) in [
+        (Mode::Monitor, Reason::MonitorEncapsulated),
+        (Mode::Off, Reason::PassedOff),
+    ] {
+        let mut filter = with_list(mode);
+        for third in VLAN_TPIDS {
+            let tags = [ETH_P_8021AD, ETH_P_8021Q, third];
+            for frame in [
+                tagged_udp4(&tags, LISTED_V4_HOST),
+                tagged_udp4(&tags, UNLISTED_V4),
+                tagged_udp6(&tags, LISTED_V6_HOST),
+                tagged_udp6(&tags, UNLISTED_V6_NEXT_TO_NET),
+            ] {
+                assert_eq!(
+                    filter.judge(&frame),
+                    (Pass, expected),
+                    "{mode}, {tags:04x?}: {frame:02x?}"
+                );
+            }
+        }
+    }
+}
+
+/// 0x9100 (the service tag switches used before 802.1ad) is looked through like an
+/// 802.1ad tag: what it carries is judged, ARP behind it passes, and a third tag behind
+/// two of any kind is encapsulated.
+#[test]
+fn a_legacy_0x9100_service_tag_is_looked_through_like_8021ad() {
+    let mut filter = with_list(Mode::Enforce);
+    for tags in [
+        &[ETH_P_QINQ_LEGACY][..],
+        &[ETH_P_QINQ_LEGACY, ETH_P_8021Q][..],
+    ] {
+        assert_eq!(
+            filter.judge(&tagged_udp4(tags, LISTED_V4_HOST)),
+            (Pass, Reason::PassedListed),
+            "{tags:04x?}"
+        );
+        assert_eq!(
+            filter.judge(&tagged_udp4(tags, UNLISTED_V4)),
+            (Drop, Reason::DroppedNotListed),
+            "{tags:04x?}"
+        );
+        assert_eq!(
+            filter.judge(&tagged_udp6(tags, UNLISTED_V6)),
+            (Drop, Reason::DroppedNotListed),
+            "{tags:04x?}"
+        );
+        let mut tagged_arp = arp();
+        tagged_arp.splice(
+            12..12,
+            tags.iter()
+                .flat_map(|tpid| tpid.to_be_bytes().into_iter().chain([0, 100])),
+        );
+        assert_eq!(
+            filter.judge(&tagged_arp),
+            (Pass, Reason::PassedNonIp),
+            "{tags:04x?}"
+        );
+    }
+    for tags in [
+        [ETH_P_QINQ_LEGACY, ETH_P_8021Q, ETH_P_8021Q],
+        [ETH_P_8021Q, ETH_P_8021Q, ETH_P_QINQ_LEGACY],
+    ] {
+        assert_eq!(
+            filter.judge(&tagged_udp4(&tags, LISTED_V4_HOST)),
+            (Drop, Reason::DroppedEncapsulated),
+            "{tags:04x?}"
+        );
+    }
+}
+
+#[test]
+fn pppoe_session_carrying_ipv4_or_ipv6_is_dropped_as_encapsulated_whatever_its_source() {
+    let mut filter = with_list(Mode::Enforce);
+    for tags in [
+        &[][..],
+        &[ETH_P_8021Q][..],
+        &[ETH_P_8021AD, ETH_P_8021Q][..],
+    ] {
+        for frame in [
+            pppoe_udp4(tags, LISTED_V4_HOST),
+            pppoe_udp4(tags, UNLISTED_V4),
+            pppoe_udp6(tags, LISTED_V6_IN_NET),
+            pppoe_udp6(tags, UNLISTED_V6),
+        ] {
+            assert_eq!(
+                filter.judge(&frame),
+                (Drop, Reason::DroppedEncapsulated),
+                "{tags:04x?}: {frame:02x?}"
+            );
+        }
+    }
+}
+
+/// PPP's own control protocols bring the session up and carry no IP source: like ARP,
+/// they pass, and so does the PPPoE discovery that finds the access concentrator.
+#[test]
+fn pppoe_link_control_and_discovery_pass_as_non_ip_in_enforce() {
+    let mut filter = with_list(Mode::Enforce);
+    for protocol in [PPP_LCP, PPP_PAP, PPP_CHAP, PPP_IPCP, PPP_IPV6CP] {
+        assert_eq!(
+            filter.judge(&ppp_control(protocol)),
+            (Pass, Reason::PassedNonIp),
+            "PPP protocol {protocol:04x}"
+        );
+    }
+    for code in [PPPOE_PADI, PPPOE_PADS] {
+        assert_eq!(
+            filter.judge(&pppoe_discovery(code)),
+            (Pass, Reason::PassedNonIp),
+            "discovery code {code:02x}"
+        );
+    }
+    // Discovery carrying what looks like an IPv4 packet is still discovery.
+    let mut disguised = udp4(UNLISTED_V4);
+    disguised[12..14].copy_from_slice(&ETH_P_PPPOE_DISCOVERY.to_be_bytes());
+    assert_eq!(filter.judge(&disguised), (Pass, Reason::PassedNonIp));
+}
+
+/// Without its PPP protocol field a session frame could carry anything: encapsulated.
+#[test]
+fn pppoe_session_too_short_to_hold_its_ppp_protocol_counts_as_encapsulated() {
+    let mut filter = with_list(Mode::Enforce);
+    let full = pppoe_udp4(&[], LISTED_V4_HOST);
+    for session_bytes in [0, 1, PPPOE_HEADER_LEN, PPPOE_HEADER_LEN + 1] {
+        assert_eq!(
+            filter.judge(&full[..ETH_LEN + session_bytes]),
+            (Drop, Reason::DroppedEncapsulated),
+            "{session_bytes} bytes after the Ethernet header"
+        );
+    }
+    // Boundary: the protocol field alone is enough to tell.
+    let control = ppp_control(PPP_LCP);
+    assert_eq!(
+        filter.judge(&control[..ETH_LEN + PPPOE_HEADER_LEN + 2]),
+        (Pass, Reason::PassedNonIp)
+    );
+    assert_eq!(
+        filter.judge(&full[..ETH_LEN + PPPOE_HEADER_LEN + 2]),
+        (Drop, Reason::DroppedEncapsulated)
+    );
+}
+
+/// What an MPLS label carries depends on the label's binding, which the program does
+/// not know, so every labelled frame counts as encapsulated IP.
+#[test]
+fn mpls_unicast_and_multicast_are_dropped_as_encapsulated_whatever_they_carry() {
+    let mut filter = with_list(Mode::Enforce);
+    for ether_type in [ETH_P_MPLS_UNICAST, ETH_P_MPLS_MULTICAST] {
+        for tags in [&[][..], &[ETH_P_8021Q][..]] {
+            for payload in [
+                ipv4(v4(LISTED_V4_HOST), &[], &udp(b"allowlist")),
+                ipv4(v4(UNLISTED_V4), &[], &udp(b"allowlist")),
+                ipv6(v6(LISTED_V6_HOST), IPPROTO_UDP, 64, &udp(b"allowlist")),
+                ipv6(v6(UNLISTED_V6), IPPROTO_UDP, 64, &udp(b"allowlist")),
+                vec![0xab; 30],
+                Vec::new(),
+            ] {
+                let frame = mpls(tags, ether_type, &payload);
+                assert_eq!(
+                    filter.judge(&frame),
+                    (Drop, Reason::DroppedEncapsulated),
+                    "{ether_type:04x} behind {tags:04x?}: {frame:02x?}"
+                );
+            }
+        }
+        // Not even a label.
+        assert_eq!(
+            filter.judge(&ethernet(&[], ether_type, &[])),
+            (Drop, Reason::DroppedEncapsulated),
+            "{ether_type:04x}"
+        );
+    }
+}
+
+#[test]
+fn encapsulated_ip_follows_the_mode_monitor_counts_it_and_off_passes_it() {
+    let mut filter = with_list(Mode::Monitor);
+    for frame in encapsulated_frames() {
+        assert_eq!(
+            filter.judge(&frame),
+            (Pass, Reason::MonitorEncapsulated),
+            "{frame:02x?}"
+        );
+    }
+    filter.set_mode(Mode::Off);
+    for frame in encapsulated_frames() {
+        assert_eq!(
+            filter.judge(&frame),
+            (Pass, Reason::PassedOff),
+            "{frame:02x?}"
+        );
+    }
+    filter.set_mode(Mode::Enforce);
+    for frame in encapsulated_frames() {
+        assert_eq!(
+            filter.judge(&frame),
+            (Drop, Reason::DroppedEncapsulated),
+            "{frame:02x?}"
+        );
+    }
+}
+
+/// `encapsulated_ip = "pass"`: for hosts that terminate these encapsulations themselves.
+/// Only encapsulated IP changes; plain IP is still judged by its source.
+#[test]
+fn with_the_pass_encapsulated_feature_encapsulated_ip_passes_as_passed_encapsulated() {
+    let mut filter = with_list(Mode::Enforce);
+    filter.set_features(FEATURE_PASS_ENCAPSULATED);
+    for mode in [Mode::Enforce, Mode::Monitor] {
+        filter.set_mode(mode);
+        for frame in encapsulated_frames() {
+            assert_eq!(
+                filter.judge(&frame),
+                (Pass, Reason::PassedEncapsulated),
+                "{mode}: {frame:02x?}"
+            );
+        }
+    }
+    filter.set_mode(Mode::Off);
+    for frame in encapsulated_frames() {
+        assert_eq!(
+            filter.judge(&frame),
+            (Pass, Reason::PassedOff),
+            "{frame:02x?}"
+        );
+    }
+
+    filter.set_mode(Mode::Enforce);
+    assert_eq!(
+        filter.judge(&udp4(UNLISTED_V4)),
+        (Drop, Reason::DroppedNotListed)
+    );
+    assert_eq!(
+        filter.judge(&tagged_udp6(&[ETH_P_8021AD, ETH_P_8021Q], UNLISTED_V6)),
+        (Drop, Reason::DroppedNotListed)
+    );
+    assert_eq!(
+        filter.judge(&udp4(LISTED_V4_HOST)),
+        (Pass, Reason::PassedListed)
+    );
+    assert_eq!(
+        filter.judge(&with_version_ihl(udp4(LISTED_V4_HOST), 4, 3)),
+        (Drop, Reason::DroppedMalformed)
+    );
+    assert_eq!(filter.judge(&arp()), (Pass, Reason::PassedNonIp));
+    assert_eq!(
+        filter.judge(&ppp_control(PPP_LCP)),
+        (Pass, Reason::PassedNonIp)
+    );
+
+    // Clearing the bit restores the default on the next packet.
+    filter.set_features(0);
+    for frame in encapsulated_frames() {
+        assert_eq!(
+            filter.judge(&frame),
+            (Drop, Reason::DroppedEncapsulated),
+            "{frame:02x?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -690,6 +1040,21 @@ fn arp_and_lldp_pass_as_non_ip_in_enforce() {
     let mut unknown = udp4(UNLISTED_V4);
     unknown[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
     assert_eq!(filter.judge(&unknown), (Pass, Reason::PassedNonIp));
+    // ARP and LLDP behind the two tags the program looks through.
+    let mut qinq_arp = arp();
+    qinq_arp.splice(
+        12..12,
+        [ETH_P_8021AD, ETH_P_8021Q]
+            .iter()
+            .flat_map(|tpid| tpid.to_be_bytes().into_iter().chain([0, 100])),
+    );
+    assert_eq!(filter.judge(&qinq_arp), (Pass, Reason::PassedNonIp));
+    let mut tagged_lldp = lldp();
+    tagged_lldp.splice(
+        12..12,
+        ETH_P_8021Q.to_be_bytes().into_iter().chain([0, 100]),
+    );
+    assert_eq!(filter.judge(&tagged_lldp), (Pass, Reason::PassedNonIp));
 }
 
 #[test]
@@ -852,6 +1217,9 @@ fn off_passes_everything_and_counts_it_as_passed_off() {
         arp(),
         icmp6(UNLISTED_V6, ND_NEIGHBOUR_SOLICIT, 255),
         udp4(UNLISTED_V4)[..12].to_vec(),
+        tagged_udp4(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], UNLISTED_V4),
+        pppoe_udp4(&[], UNLISTED_V4),
+        mpls(&[], ETH_P_MPLS_UNICAST, &[]),
     ];
     for frame in frames {
         assert_eq!(
@@ -906,6 +1274,11 @@ fn an_unknown_mode_value_in_the_control_record_enforces() {
             (Pass, Reason::PassedListed),
             "mode {raw_mode}"
         );
+        assert_eq!(
+            filter.judge(&pppoe_udp4(&[], LISTED_V4_HOST)),
+            (Drop, Reason::DroppedEncapsulated),
+            "mode {raw_mode}"
+        );
     }
 }
 
@@ -951,6 +1324,13 @@ fn counters_add_up_to_exactly_the_packets_and_bytes_sent() {
             udp4(LISTED_V4_HOST)[..ETH_LEN + 10].to_vec(),
             Reason::DroppedMalformed,
         ),
+        (
+            tagged_udp4(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], LISTED_V4_HOST),
+            Reason::DroppedEncapsulated,
+        ),
+        (pppoe_udp6(&[], UNLISTED_V6), Reason::DroppedEncapsulated),
+        (ppp_control(PPP_LCP), Reason::PassedNonIp),
+        (pppoe_discovery(PPPOE_PADI), Reason::PassedNonIp),
     ];
     for (frame, reason) in &sent {
         let expected = if reason.drops() { Drop } else { Pass };
