@@ -1,8 +1,11 @@
-//! Who may do what through the control socket, decided from the peer's credentials
-//! (SO_PEERCRED), never from anything the client says about itself.
+//! Who may do what through the control socket, decided from the peer's credentials as
+//! the kernel recorded them when it connected (SO_PEERCRED, SO_PEERGROUPS), never from
+//! anything the client says about itself, nor from what its process does later: its
+//! PID may be gone and reused by another user's process long before the connection is.
 
 use std::{
-    fmt, fs,
+    fmt, io,
+    os::fd::{AsRawFd, BorrowedFd},
     path::Path,
     sync::{Arc, RwLock},
 };
@@ -18,12 +21,57 @@ pub struct Access {
     pub readable_by_all: bool,
 }
 
-/// The kernel's account of who is on the other end of a connection.
-#[derive(Clone, Copy, Debug)]
+/// The kernel's account of who is on the other end of a connection, as of connecting.
+#[derive(Clone, Debug)]
 pub struct Peer {
     pub uid: u32,
     pub gid: u32,
-    pub pid: Option<i32>,
+    /// Supplementary groups (SO_PEERGROUPS).
+    pub groups: Vec<u32>,
+}
+
+impl Peer {
+    /// The credentials of the process that connected `socket`.
+    pub fn of(socket: BorrowedFd<'_>) -> io::Result<Peer> {
+        let cred =
+            nix::sys::socket::getsockopt(&socket, nix::sys::socket::sockopt::PeerCredentials)?;
+        Ok(Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            groups: peer_groups(socket)?,
+        })
+    }
+}
+
+/// SO_PEERGROUPS: the supplementary groups the peer had when it connected.
+fn peer_groups(socket: BorrowedFd<'_>) -> io::Result<Vec<u32>> {
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = libc::socklen_t::try_from(groups.len() * std::mem::size_of::<libc::gid_t>())
+            .map_err(io::Error::other)?;
+        // SAFETY: the kernel writes at most `len` bytes into `groups`, which has them.
+        let result = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let count = len as usize / std::mem::size_of::<libc::gid_t>();
+        if result == 0 {
+            groups.truncate(count);
+            return Ok(groups);
+        }
+        let error = io::Error::last_os_error();
+        // Too small: `len` says how much is needed (NGROUPS_MAX bounds it).
+        if error.raw_os_error() == Some(libc::ERANGE) && count > groups.len() {
+            groups.resize(count, 0);
+            continue;
+        }
+        return Err(error);
+    }
 }
 
 impl Access {
@@ -39,7 +87,7 @@ impl Access {
     pub fn may_change(&self, peer: &Peer) -> bool {
         peer.uid == 0
             || self.group.is_some_and(|group| {
-                peer.gid == group.as_raw() || supplementary_groups(peer).contains(&group.as_raw())
+                peer.gid == group.as_raw() || peer.groups.contains(&group.as_raw())
             })
     }
 
@@ -48,11 +96,15 @@ impl Access {
     }
 
     /// Owner root, group `group` (or root), mode 0660 — or 0666 when reads are public.
+    /// The socket's directory is root's alone (checked at start), so the path cannot be
+    /// swapped for a symlink; the owner is set without following one all the same.
     pub fn apply_to_socket(&self, path: &Path) -> nix::Result<()> {
-        nix::unistd::chown(
+        nix::unistd::fchownat(
+            None,
             path,
             Some(Uid::from_raw(0)),
             Some(self.group.unwrap_or(Gid::from_raw(0))),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
         )?;
         let mode = if self.readable_by_all { 0o666 } else { 0o660 };
         nix::sys::stat::fchmodat(
@@ -104,25 +156,4 @@ impl SharedAccess {
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = access;
     }
-}
-
-/// SO_PEERCRED carries only the primary group; the others are in /proc/PID/status.
-fn supplementary_groups(peer: &Peer) -> Vec<u32> {
-    let Some(pid) = peer.pid else {
-        return Vec::new();
-    };
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("Groups:"))
-                .map(|groups| {
-                    groups
-                        .split_whitespace()
-                        .filter_map(|gid| gid.parse().ok())
-                        .collect()
-                })
-        })
-        .unwrap_or_default()
 }

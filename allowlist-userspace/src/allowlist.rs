@@ -212,11 +212,33 @@ impl Allowlist {
     /// `first_seen`: when each config-owned network was first listed (from the state
     /// file), so a restart does not re-date them.
     pub fn new(config: &Config, managed: Vec<Entry>, first_seen: &BTreeMap<IpNet, u64>) -> Self {
+        Self::restore(config, managed, first_seen).0
+    }
+
+    /// As [`Allowlist::new`], for entries read back from disk, which older versions may
+    /// have saved as IPv4-mapped IPv6 networks the filter never matched: those are
+    /// listed as the IPv4 networks they stand for (unless that one is listed already).
+    /// Returns how many were.
+    pub fn restore(
+        config: &Config,
+        managed: Vec<Entry>,
+        first_seen: &BTreeMap<IpNet, u64>,
+    ) -> (Self, usize) {
         let mut list = Allowlist {
             ..Allowlist::default()
         };
-        for entry in managed {
+        let (normal, mapped): (Vec<Entry>, Vec<Entry>) = managed
+            .into_iter()
+            .partition(|entry| normalize(entry.network) == entry.network);
+        for entry in normal {
             list.managed.insert(entry);
+        }
+        let normalized = mapped.len();
+        for entry in mapped {
+            let network = normalize(entry.network);
+            if !list.managed.entries.contains_key(&network) {
+                list.managed.insert(Entry { network, ..entry });
+            }
         }
         list.set_config(config);
         for entry in list.config.values_mut().chain(list.always.values_mut()) {
@@ -224,7 +246,7 @@ impl Allowlist {
                 entry.added_at = *at;
             }
         }
-        list
+        (list, normalized)
     }
 
     /// When each config-owned network was first listed, for the state file.
@@ -336,7 +358,7 @@ impl Allowlist {
         };
     }
 
-    fn owner_in_config(&self, network: &IpNet) -> Option<Origin> {
+    pub(crate) fn owner_in_config(&self, network: &IpNet) -> Option<Origin> {
         if self.always.contains_key(network) {
             Some(Origin::Always)
         } else if self.config.contains_key(network) {
@@ -450,6 +472,22 @@ impl Allowlist {
         plan
     }
 
+    /// The entries listed here that `next` makes expire, or expire sooner: a change that
+    /// will take them away when the timer comes, without asking again.
+    pub fn expiring_sooner_in(&self, next: &Allowlist) -> Vec<IpNet> {
+        next.managed
+            .expiring
+            .iter()
+            .filter(|(at, network)| {
+                self.managed
+                    .entries
+                    .get(network)
+                    .is_some_and(|now| now.expires_at.is_none_or(|was| *at < was))
+            })
+            .map(|(_, network)| *network)
+            .collect()
+    }
+
     /// Removes entries whose time is up; returns them.
     pub fn expire(&mut self, now: u64) -> Vec<Entry> {
         self.managed
@@ -464,12 +502,19 @@ impl Allowlist {
     }
 
     /// The entry that decides a verdict for `addr`: the longest listed prefix containing
-    /// it (always before config before cli at equal length, as listed).
+    /// it (always before config before cli at equal length, as listed). One lookup per
+    /// prefix length and owner, so a `check` costs the same at a million entries.
     pub fn deciding_entry(&self, addr: IpAddr) -> Option<&Entry> {
-        self.entries()
-            .into_iter()
-            .filter(|entry| entry.network.contains(&addr))
-            .max_by_key(|entry| (entry.network.prefix_len(), std::cmp::Reverse(entry.origin)))
+        let longest = match addr {
+            IpAddr::V4(_) => 32,
+            IpAddr::V6(_) => 128,
+        };
+        (0..=longest).rev().find_map(|len| {
+            let network = IpNet::new(addr, len).ok()?.trunc();
+            [&self.always, &self.config, &self.managed.entries]
+                .into_iter()
+                .find_map(|entries| entries.get(&network))
+        })
     }
 }
 

@@ -27,11 +27,12 @@ pub fn now() -> u64 {
 /// A time limit that is out of its documented range.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DurationError {
-    #[error("{what} of {given} is too long: at most {max}")]
+    #[error("{what} of {given} is too long: at most {max}. {hint}")]
     TooLong {
         what: &'static str,
         given: String,
         max: String,
+        hint: &'static str,
     },
     #[error("{what} must be at least 1 second")]
     Zero { what: &'static str },
@@ -47,6 +48,11 @@ pub fn check_duration(what: &'static str, secs: u64, max: Duration) -> Result<()
             what,
             given: format_duration(secs),
             max: format_duration(max.as_secs()),
+            hint: if what == "--confirm" {
+                "Commit-confirm guards a change while you watch it: confirm sooner"
+            } else {
+                "For longer, leave the expiry out (a permanent entry) and remove it when it is no longer needed"
+            },
         });
     }
     Ok(())

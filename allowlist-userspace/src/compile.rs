@@ -165,6 +165,38 @@ impl CompiledList {
         Ok(())
     }
 
+    /// Refuses a list the kernel's maps cannot hold: more prefixes per family than its
+    /// tries do, or more distinct port sets than its port-set arrays.
+    pub fn check_kernel_limits(&self) -> Result<(), String> {
+        let max = allowlist_common::MAX_ENTRIES_PER_FAMILY as usize;
+        for (family, len) in [("IPv4", self.v4.len()), ("IPv6", self.v6.len())] {
+            if len > max {
+                return Err(format!(
+                    "{len} {family} prefixes after compiling; the kernel holds at most {max} per family"
+                ));
+            }
+        }
+        let sets: std::collections::HashSet<&[PortSpec]> = self
+            .v4
+            .iter()
+            .map(|(_, reach)| reach)
+            .chain(self.v6.iter().map(|(_, reach)| reach))
+            .filter_map(|reach| match reach {
+                Reach::Ports(ranges) => Some(ranges.as_slice()),
+                Reach::All => None,
+            })
+            .collect();
+        // One more for the public ports.
+        let max_sets = allowlist_common::MAX_PORT_SETS as usize - 1;
+        if sets.len() > max_sets {
+            return Err(format!(
+                "{} distinct port scopes; the kernel holds at most {max_sets}. Give entries the same ports where you can",
+                sets.len()
+            ));
+        }
+        Ok(())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()
     }

@@ -65,9 +65,10 @@ pub enum Request {
         /// Destination ports the network may reach; empty means all.
         #[serde(default)]
         ports: Option<Vec<PortSpec>>,
-        /// Needed to list 0.0.0.0/0 or ::/0, which allow every source.
+        /// The caller, for the lockout check of an update that narrows an entry; `force`
+        /// also lists 0.0.0.0/0 or ::/0, which allow every source.
         #[serde(default)]
-        force: bool,
+        safety: Safety,
     },
     Remove {
         network: IpNet,

@@ -11,7 +11,8 @@
 //! 198.51.100.7,dynamic worker,,2026-12-01T08:00:00Z
 //! ```
 //!
-//! An empty `ports` cell means all ports, an empty `expires_at` cell no expiry. A
+//! An empty (or `all`) `ports` cell means all ports, an empty `expires_at` cell no
+//! expiry. A
 //! description starting with `=`, `+`, `-`, `@`, a tab or a carriage return, which a
 //! spreadsheet would run as a formula, is written with a `'` in front, and so is one that
 //! starts with `'` already; import takes that one `'` off again, so export → import gives
@@ -141,7 +142,10 @@ fn parse_row(
     let (network, note) = parse_network_noting(&record[0])?;
     let description = restore_description(record.get(1).unwrap_or_default());
     let scope = if columns > HEADER.len() {
-        let ports = ports::parse_list(record.get(2).unwrap_or_default())?;
+        let ports = match record.get(2).map(str::trim).unwrap_or_default() {
+            cell if cell.eq_ignore_ascii_case("all") => Vec::new(),
+            cell => ports::parse_list(cell)?,
+        };
         ports::check_kernel_fit(&ports)?;
         let expires_at = match record.get(3).map(str::trim).unwrap_or_default() {
             "" => None,

@@ -25,8 +25,8 @@ use crate::{
     instance::{self, InstanceLock, LockError},
     ports::{self, PortSpec},
     safety::{cut_off, people_at_risk, Verdicts},
-    startup::{self, PlanError, StartPlan},
-    state::{self, Change, PendingConfirm, Replay, State, StateError},
+    startup::{self, PlanError, Saved, StartPlan},
+    state::{self, Change, PendingConfirm, State, StateError},
     verdict::{self, Destination},
 };
 
@@ -90,6 +90,8 @@ pub struct Daemon {
     compiled: CompiledList,
     /// Changes in the journal since the state file was last written whole.
     journaled: usize,
+    /// Generation of the state file on disk, which journal lines name.
+    generation: u64,
     /// Who may use the control socket; reload changes it for every connection.
     access: SharedAccess,
     /// Held for the daemon's life: no second daemon on this pin path or state dir.
@@ -107,21 +109,28 @@ impl Daemon {
         for warning in &config.warnings {
             warn!("{warning}");
         }
-        if durable::prepare_private_dir("state_dir", &config.state_dir)? {
-            info!(state_dir = %config.state_dir.display(), "made the state directory private (0700, files 0600)");
-        }
-        durable::prepare_socket_dir(&config.socket)?;
-        // The state is read under its lock; nothing is created on bpffs for a config
-        // (or saved state) that is refused.
+        // Nothing is changed before the locks are held, and the state is read under its
+        // lock; nothing is created on bpffs for a config (or saved state) that is refused.
+        durable::create_private_dir("state_dir", &config.state_dir)?;
         let state_lock = instance::lock_dir("state_dir", &config.state_dir)?;
         let plan = StartPlan::new(config)?;
         let pins = Pins::new(&plan.config.pin_path);
         filter::prepare_pin_root(&pins)?;
         let pins_lock = instance::lock_dir("pin_path", &plan.config.pin_path)?;
         let instance = InstanceLock::new(vec![state_lock, pins_lock]);
-        if let Some((state, replay)) = &plan.saved {
-            info!(entries = state.entries.len(), journaled = replay.changes, mode = %state.mode, "restored the saved allowlist");
-            if let Some(tail) = &replay.torn_tail {
+        if durable::prepare_private_dir("state_dir", &plan.config.state_dir)? {
+            info!(state_dir = %plan.config.state_dir.display(), "made the state directory private (0700, files 0600)");
+        }
+        durable::prepare_socket_dir(&plan.config.socket)?;
+        if let Some(saved) = &plan.saved {
+            info!(entries = saved.entries, journaled = saved.replay.changes, mode = %saved.mode, "restored the saved allowlist");
+            if saved.replay.stale > 0 {
+                info!(lines = saved.replay.stale, "left out journal lines a crash left behind after the state file was written whole (they are in it)");
+            }
+            if saved.normalized > 0 {
+                warn!(entries = saved.normalized, "saved entries listed IPv4-mapped IPv6 networks, which the filter never matched; they are listed as the IPv4 networks they stand for");
+            }
+            if let Some(tail) = &saved.replay.torn_tail {
                 warn!(
                     journal = %state::journal_path(&plan.config.state_dir).display(),
                     line = tail.line,
@@ -160,6 +169,7 @@ impl Daemon {
             filter,
             compiled: CompiledList::default(),
             journaled: 0,
+            generation: saved.as_ref().map_or(0, |saved| saved.generation),
             access,
             _instance: instance,
         };
@@ -209,16 +219,21 @@ impl Daemon {
             )));
         }
         let previous = std::mem::replace(&mut self.config, config);
+        // Access first, and on its own: taking it away must not wait for (or depend on)
+        // the list change, which can fail on a full disk.
+        if let Err(error) = self.apply_access() {
+            self.config = previous;
+            return Err(error);
+        }
+        let previous_config_mode = std::mem::replace(&mut self.config_mode, self.config.mode);
         let result = self
             .commit(allowlist, mode, self.pending_confirm)
             .and_then(|()| self.attach_interfaces());
         if let Err(error) = result {
             self.config = previous;
+            self.config_mode = previous_config_mode;
             return Err(error);
         }
-        self.config_mode = self.config.mode;
-        self.persist()?;
-        self.apply_access()?;
         let (ipv4, ipv6) = self.filter.entry_counts();
         Ok(format!(
             "reloaded {}: mode {}, {ipv4} IPv4 and {ipv6} IPv6 prefixes",
@@ -246,6 +261,7 @@ impl Daemon {
             .allowlist
             .compile()
             .map_err(|error| DaemonError::Refused(startup::where_from(&self.config, &error)))?;
+        list.check_kernel_limits().map_err(DaemonError::Refused)?;
         self.apply_compiled(list)
     }
 
@@ -288,6 +304,17 @@ impl Daemon {
         mode: Mode,
         pending: Option<PendingConfirm>,
     ) -> Result<(), DaemonError> {
+        self.commit_with(allowlist, mode, pending, None)
+    }
+
+    /// As [`Daemon::commit`], with `allowlist` compiled already when `compiled` is given.
+    fn commit_with(
+        &mut self,
+        allowlist: Allowlist,
+        mode: Mode,
+        pending: Option<PendingConfirm>,
+        compiled: Option<CompiledList>,
+    ) -> Result<(), DaemonError> {
         let previous = (
             std::mem::replace(&mut self.allowlist, allowlist),
             self.mode,
@@ -295,7 +322,11 @@ impl Daemon {
         );
         self.mode = mode;
         self.pending_confirm = pending;
-        let result = self.apply_to_kernel().and_then(|()| self.persist());
+        let applied = match compiled {
+            Some(list) => self.apply_compiled(list),
+            None => self.apply_to_kernel(),
+        };
+        let result = applied.and_then(|()| self.persist());
         return_freed_memory();
         if let Err(error) = result {
             error!(%error, "the change failed; restoring the previous list and mode");
@@ -320,26 +351,36 @@ impl Daemon {
     }
 
     fn persist(&mut self) -> Result<(), DaemonError> {
-        self.state().store(&self.config.state_dir)?;
+        let mut state = self.state();
+        state.generation = self.generation.wrapping_add(1);
+        state.store(&self.config.state_dir)?;
+        self.generation = state.generation;
         self.journaled = 0;
         Ok(())
     }
 
     /// Writes the state whole at start, folding in the journal. The list on disk (state
-    /// file plus journal) is already the list the daemon enforces, so when the state is
-    /// unchanged nothing is written, and when writing fails (a full disk: the rewrite
+    /// file plus journal) is already the list the daemon enforces, so when nothing
+    /// changed nothing is written, and when writing fails (a full disk: the rewrite
     /// needs room for a second copy) the daemon still comes up, keeps the journal and
     /// says so. Only a first start, with no list on disk yet, must write.
-    fn persist_at_start(&mut self, saved: Option<(State, Replay)>) -> Result<(), DaemonError> {
-        let Some((saved, replay)) = saved else {
+    fn persist_at_start(&mut self, saved: Option<Saved>) -> Result<(), DaemonError> {
+        let Some(saved) = saved else {
             return self.persist();
         };
-        self.journaled = replay.changes;
-        if replay.changes == 0 && saved == self.state() {
+        self.journaled = saved.replay.changes;
+        let unchanged = saved.replay.changes == 0
+            && saved.replay.stale == 0
+            && saved.normalized == 0
+            && saved.mode == self.mode
+            && saved.config_mode == self.config_mode
+            && saved.pending_confirm == self.pending_confirm
+            && saved.config_first_seen == self.allowlist.config_first_seen();
+        if unchanged {
             return Ok(());
         }
         if let Err(error) = self.persist() {
-            warn!(%error, journaled = replay.changes, "could not rewrite the state file at start; the saved list (state file and journal) is intact and enforced, and will be written whole at the next change that can");
+            warn!(%error, journaled = saved.replay.changes, "could not rewrite the state file at start; the saved list (state file and journal) is intact and enforced, and will be written whole at the next change that can");
         }
         Ok(())
     }
@@ -388,7 +429,12 @@ impl Daemon {
         if self.journaled >= JOURNAL_COMPACT_AT {
             return self.persist();
         }
-        state::journal(&self.config.state_dir, change)?;
+        if let Err(error) = state::journal(&self.config.state_dir, self.generation, change) {
+            // Whatever the failed append left, the next change rewrites the state whole
+            // (which also starts a fresh journal) instead of appending after it.
+            self.journaled = JOURNAL_COMPACT_AT;
+            return Err(error.into());
+        }
         self.journaled += 1;
         Ok(())
     }
@@ -425,18 +471,35 @@ impl Daemon {
         if people.is_empty() {
             return Ok(());
         }
-        let now_list = &self.compiled;
-        let next_list = next_list()?;
+        self.refuse_cut_off(&people, &next_list()?, next_mode)
+    }
+
+    /// As `check_lockout_with`, for a next list compiled already.
+    fn check_lockout_against(
+        &self,
+        next_list: &CompiledList,
+        next_mode: Mode,
+        safety: &Safety,
+    ) -> Result<(), Refusal> {
+        self.check_lockout_with(|| Ok(next_list.clone()), next_mode, safety)
+    }
+
+    fn refuse_cut_off(
+        &self,
+        people: &[crate::safety::AtRisk],
+        next_list: &CompiledList,
+        next_mode: Mode,
+    ) -> Result<(), Refusal> {
         let cut = cut_off(
             &Verdicts {
-                list: now_list,
+                list: &self.compiled,
                 mode: self.mode,
             },
             &Verdicts {
-                list: &next_list,
+                list: next_list,
                 mode: next_mode,
             },
-            &people,
+            people,
         );
         if cut.is_empty() {
             return Ok(());
@@ -539,6 +602,8 @@ impl Daemon {
         address: std::net::IpAddr,
         port: Option<PortSpec>,
     ) -> Result<CheckResult, Refusal> {
+        // An IPv4 client reaches the host as IPv4 whatever it is written as.
+        let address = crate::safety::unmap(address);
         let list = &self.compiled;
         let destination = port.map(|port| Destination {
             protocol: port.protocol,
@@ -617,13 +682,13 @@ impl Daemon {
                 expires_in_secs,
                 never_expires,
                 ports,
-                force,
+                safety,
             } => self.add(
                 network,
                 description,
                 (expires_in_secs, never_expires),
                 ports,
-                force,
+                &safety,
             ),
             Request::Remove { network, safety } => self.remove(network, &safety),
             Request::Import {
@@ -663,10 +728,10 @@ impl Daemon {
         description: Option<String>,
         (expires_in_secs, never_expires): (Option<u64>, bool),
         ports: Option<Vec<PortSpec>>,
-        force: bool,
+        safety: &Safety,
     ) -> Result<Reply, Refusal> {
         let network = config::normalize(network);
-        refuse_everyone_unless_forced(network, force)?;
+        refuse_everyone_unless_forced(network, safety.force)?;
         if let Some(description) = &description {
             check_description(description).map_err(Refusal::Error)?;
         }
@@ -695,6 +760,12 @@ impl Daemon {
         let new = self.allowlist.add(network, update)?;
         let added = self.allowlist.managed_entry(network).cloned();
         let added = added.ok_or_else(|| Refusal::Error(format!("{network} vanished")))?;
+        if let Some(before) = &previous {
+            if let Err(refusal) = self.check_narrowing(before, &added, safety) {
+                self.allowlist.restore_managed(network, previous);
+                return Err(refusal);
+            }
+        }
         self.commit_change(network, previous, Change::Add(added.clone()))?;
         let ports = match added.ports.as_slice() {
             [] => "all ports".to_string(),
@@ -712,6 +783,42 @@ impl Daemon {
             "{} {network} ({ports}, {expiry})",
             if new { "added" } else { "updated" }
         )))
+    }
+
+    /// Refuses an update of a listed entry that would cut someone off: narrower ports at
+    /// once, or a new or earlier expiry when it comes (judged as if the entry were gone,
+    /// since the timer removes it without asking). `self.allowlist` holds `after`.
+    fn check_narrowing(
+        &self,
+        before: &Entry,
+        after: &Entry,
+        safety: &Safety,
+    ) -> Result<(), Refusal> {
+        let network = after.network;
+        let expires_sooner = match (before.expires_at, after.expires_at) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(was), Some(is)) => is < was,
+        };
+        if !expires_sooner && before.ports == after.ports {
+            return Ok(());
+        }
+        self.check_lockout_with(
+            || {
+                let mut around = self.allowlist.entries_around(network);
+                if expires_sooner {
+                    around.retain(|(listed, _)| {
+                        *listed != network || self.allowlist.owner_in_config(listed).is_some()
+                    });
+                }
+                let mut next = self.compiled.clone();
+                next.recompile_region(network, around)
+                    .map_err(|error| Refusal::Error(error.to_string()))?;
+                Ok(next)
+            },
+            self.mode,
+            safety,
+        )
     }
 
     fn remove(&mut self, network: ipnet::IpNet, safety: &Safety) -> Result<Reply, Refusal> {
@@ -762,10 +869,32 @@ impl Daemon {
             return Ok(Reply::with_import(summary, plan));
         }
         if replace {
-            self.check_lockout(&next, self.mode, safety)?;
             self.refuse_empty_enforce(&next, self.mode, "import --replace")?;
         }
-        self.commit(next, self.mode, self.pending_confirm)?;
+        let compiled = next
+            .compile()
+            .map_err(|error| Refusal::Error(startup::where_from(&self.config, &error)))?;
+        compiled.check_kernel_limits().map_err(Refusal::Error)?;
+        // Rows can narrow ports (at once) or set an earlier expiry (when it comes) of
+        // listed entries, and --replace removes: whoever would be cut off, now or then.
+        let expiring_sooner = self.allowlist.expiring_sooner_in(&next);
+        if expiring_sooner.is_empty() {
+            self.check_lockout_against(&compiled, self.mode, safety)?;
+        } else {
+            self.check_lockout_with(
+                || {
+                    let mut then = next.clone();
+                    for network in &expiring_sooner {
+                        let _ = then.remove(*network);
+                    }
+                    then.compile()
+                        .map_err(|error| Refusal::Error(error.to_string()))
+                },
+                self.mode,
+                safety,
+            )?;
+        }
+        self.commit_with(next, self.mode, self.pending_confirm, Some(compiled))?;
         Ok(Reply::with_import(summary, plan))
     }
 

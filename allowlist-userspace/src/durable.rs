@@ -44,7 +44,9 @@ fn unsafe_dir(what: &'static str, path: &Path, problem: String) -> UnsafeDirecto
 }
 
 /// Checks that `dir` (which must exist) and every directory above it are safe for root
-/// to write in. `what` names it in messages ("state_dir").
+/// to write in. `what` names it in messages ("state_dir"). "Above it" is both the path as
+/// configured and the path it resolves to: a symlink on the way is only as safe as the
+/// directory holding it, which could otherwise point it elsewhere after the check.
 pub fn check_directory(what: &'static str, dir: &Path) -> Result<(), UnsafeDirectory> {
     let meta = fs::symlink_metadata(dir)
         .map_err(|error| unsafe_dir(what, dir, format!("cannot be inspected: {error}")))?;
@@ -59,9 +61,40 @@ pub fn check_directory(what: &'static str, dir: &Path) -> Result<(), UnsafeDirec
         return Err(unsafe_dir(what, dir, "is not a directory".into()));
     }
     check_owner_and_mode(what, dir, &meta, false)?;
-    let real = fs::canonicalize(dir)
+    check_ancestors(what, dir, dir)
+}
+
+/// Checks where the daemon would create `dir`: the directories above it that exist (a
+/// directory it creates itself is root's and private). For `allowlistd check`, which
+/// creates nothing.
+pub fn check_creatable(what: &'static str, dir: &Path) -> Result<(), UnsafeDirectory> {
+    if fs::symlink_metadata(dir).is_ok() {
+        return check_directory(what, dir);
+    }
+    let existing = dir
+        .ancestors()
+        .skip(1)
+        .find(|ancestor| !ancestor.as_os_str().is_empty() && ancestor.exists())
+        .unwrap_or(Path::new("/"));
+    let meta = fs::metadata(existing).map_err(|error| {
+        unsafe_dir(
+            what,
+            dir,
+            format!("{} cannot be inspected: {error}", existing.display()),
+        )
+    })?;
+    check_owner_and_mode(what, existing, &meta, true)
+        .map_err(|error| unsafe_dir(what, dir, format!("would be created inside {error}")))?;
+    check_ancestors(what, dir, existing)
+}
+
+/// Checks the directories above `below`, as written and as resolved.
+fn check_ancestors(what: &'static str, dir: &Path, below: &Path) -> Result<(), UnsafeDirectory> {
+    let absolute = std::path::absolute(below)
         .map_err(|error| unsafe_dir(what, dir, format!("cannot be resolved: {error}")))?;
-    for ancestor in real.ancestors().skip(1) {
+    let real = fs::canonicalize(below)
+        .map_err(|error| unsafe_dir(what, dir, format!("cannot be resolved: {error}")))?;
+    for ancestor in absolute.ancestors().skip(1).chain(real.ancestors().skip(1)) {
         let meta = fs::metadata(ancestor).map_err(|error| {
             unsafe_dir(
                 what,
@@ -164,6 +197,12 @@ pub fn socket_dir(socket: &Path) -> PathBuf {
     }
 }
 
+/// Creates the private directory `dir` (0700) if it is missing, so that it can be locked
+/// before [`prepare_private_dir`] checks and tightens it.
+pub fn create_private_dir(what: &'static str, dir: &Path) -> Result<(), UnsafeDirectory> {
+    create_dir(what, dir, PRIVATE_DIR_MODE).map(|_| ())
+}
+
 /// Creates `dir` with `mode` (parents with the default mode) unless it exists; returns
 /// whether it did.
 fn create_dir(what: &'static str, dir: &Path, mode: u32) -> Result<bool, UnsafeDirectory> {
@@ -245,7 +284,19 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
         let _ = fs::remove_file(&temporary);
         return Err(error);
     }
-    File::open(dir)?.sync_all()
+    // Renamed: the new contents are what everyone reads from now on, so this is a
+    // success even if making the rename itself durable fails (which is only logged).
+    sync_directory_of(path);
+    Ok(())
+}
+
+/// Makes a change to `path`'s directory entry (a file created, renamed or removed)
+/// durable. A failure is logged, not returned: the change itself is made.
+pub fn sync_directory_of(path: &Path) {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    if let Err(error) = File::open(dir).and_then(|dir| dir.sync_all()) {
+        tracing::warn!(%error, dir = %dir.display(), "could not fsync the directory; a crash now may undo its last change");
+    }
 }
 
 /// Appends `line` to `path` (created 0600, never through a symlink) and makes it
@@ -262,6 +313,10 @@ pub fn append_durably(path: &Path, line: &[u8]) -> io::Result<()> {
         .map_err(|error| explain_symlink(path, error))?;
     let before = file.metadata()?.len();
     let appended = file.write_all(line).and_then(|()| file.sync_data());
+    if appended.is_ok() && before == 0 {
+        // The file may be new: its directory entry must be as durable as its line.
+        sync_directory_of(path);
+    }
     if let Err(error) = appended {
         let restored = file.set_len(before).and_then(|()| file.sync_data());
         if let Err(restore) = restored {
@@ -336,6 +391,55 @@ mod tests {
         std::os::unix::fs::symlink(&state, &link).unwrap();
         let error = check_directory("state_dir", &link).unwrap_err().to_string();
         assert!(error.contains("is a symlink"), "{error}");
+    }
+
+    #[test]
+    fn a_symlink_on_the_way_is_only_as_safe_as_the_directory_holding_it() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "skipped: changing a directory's owner needs root (cargo xtask test runs as root)"
+            );
+            return;
+        }
+        use std::os::unix::fs::chown;
+        let base = tempfile::tempdir().unwrap();
+        let users = base.path().join("home-of-a-user");
+        fs::create_dir(&users).unwrap();
+        let target = base.path().join("root-only");
+        fs::create_dir_all(target.join("state")).unwrap();
+        std::os::unix::fs::symlink(&target, users.join("run")).unwrap();
+        // Owned by someone else: they could point `run` anywhere after the check.
+        chown(&users, Some(65534), Some(65534)).unwrap();
+        let through_link = users.join("run").join("state");
+        let error = check_directory("state_dir", &through_link)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("owned by uid 65534"), "{error}");
+        check_directory("state_dir", &target.join("state")).unwrap();
+        let error = check_creatable("state_dir", &users.join("run").join("new"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("owned by uid 65534"), "{error}");
+    }
+
+    #[test]
+    fn a_directory_only_its_group_may_write_is_refused_unless_that_group_is_root() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "skipped: changing a directory's owner needs root (cargo xtask test runs as root)"
+            );
+            return;
+        }
+        use std::os::unix::fs::chown;
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("state");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o770)).unwrap();
+        chown(&dir, Some(0), Some(0)).unwrap();
+        check_directory("state_dir", &dir).unwrap();
+        chown(&dir, Some(0), Some(100)).unwrap();
+        let error = check_directory("state_dir", &dir).unwrap_err().to_string();
+        assert!(error.contains("writable by group or others"), "{error}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub struct InstanceLock {
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
+    /// `holder` is "PID 1234, control socket PATH" as far as /proc tells.
     #[error("{what} {path} is in use by another allowlistd ({holder}): two daemons on one {what} would overwrite each other's list. Stop that daemon first, or give this one its own pin_path and state_dir")]
     Held {
         what: &'static str,
@@ -36,6 +37,16 @@ pub enum LockError {
         path: String,
         cause: io::Error,
     },
+}
+
+impl LockError {
+    /// The daemon holding the lock, when that is what went wrong.
+    pub fn holder(&self) -> Option<&str> {
+        match self {
+            LockError::Held { holder, .. } => Some(holder),
+            LockError::Io { .. } => None,
+        }
+    }
 }
 
 impl InstanceLock {

@@ -10,6 +10,7 @@
 use std::{
     collections::HashMap,
     io,
+    os::fd::AsFd,
     path::Path,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -35,7 +36,8 @@ pub const MAX_CONNECTIONS_PER_USER: usize = 16;
 /// Descriptors kept free of connections from users other than root, for root's own
 /// connections and the daemon's work (state files, maps, netlink).
 pub const RESERVED_DESCRIPTORS: u64 = 256;
-/// A client that sends nothing for this long is disconnected.
+/// A client that sends nothing for this long, or does not take its reply for this long,
+/// is disconnected.
 pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How often a repeated warning (refused connections, accept errors) is logged at most.
@@ -209,12 +211,8 @@ impl Admission {
 
     /// The peer and its slot, or `None` when the connection was refused (and closed).
     fn admit(&mut self, stream: &UnixStream) -> Option<(Peer, Slot)> {
-        let peer = match stream.peer_cred() {
-            Ok(cred) => Peer {
-                uid: cred.uid(),
-                gid: cred.gid(),
-                pid: cred.pid(),
-            },
+        let peer = match Peer::of(stream.as_fd()) {
+            Ok(peer) => peer,
             Err(error) => {
                 warn!(%error, "cannot read a client's credentials; closing");
                 return None;
@@ -225,7 +223,8 @@ impl Admission {
             uid: peer.uid,
         };
         if peer.uid == 0 {
-            return Some((peer, slot()));
+            let slot = slot();
+            return Some((peer, slot));
         }
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let mine = open.by_user.get(&peer.uid).copied().unwrap_or(0);
@@ -233,7 +232,8 @@ impl Admission {
             *open.by_user.entry(peer.uid).or_default() += 1;
             open.unprivileged += 1;
             drop(open);
-            return Some((peer, slot()));
+            let slot = slot();
+            return Some((peer, slot));
         }
         drop(open);
         let message = if mine >= MAX_CONNECTIONS_PER_USER {
@@ -350,7 +350,9 @@ async fn serve_client(
                 }
             },
         };
-        if write_reply(&mut writer, &reply).await.is_err() {
+        // A client that asks and never reads would hold the reply (a whole list) forever.
+        let written = tokio::time::timeout(CLIENT_IDLE_TIMEOUT, write_reply(&mut writer, &reply));
+        if !matches!(written.await, Ok(Ok(()))) {
             return;
         }
     }

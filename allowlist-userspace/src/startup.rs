@@ -21,8 +21,24 @@ pub struct StartPlan {
     pub config_mode: Mode,
     pub pending_confirm: Option<PendingConfirm>,
     pub compiled: CompiledList,
-    /// The state file and journal as found, `None` on a first start.
-    pub saved: Option<(State, Replay)>,
+    /// What was on disk, `None` on a first start.
+    pub saved: Option<Saved>,
+}
+
+/// The saved state as found, without its entries (they are in the plan's allowlist):
+/// enough to tell whether it must be written again.
+#[derive(Clone, Debug)]
+pub struct Saved {
+    pub mode: Mode,
+    pub config_mode: Mode,
+    pub pending_confirm: Option<PendingConfirm>,
+    pub config_first_seen: std::collections::BTreeMap<ipnet::IpNet, u64>,
+    pub generation: u64,
+    pub entries: usize,
+    /// Entries an older version saved in a form the filter never matched (an
+    /// IPv4-mapped IPv6 network), now listed as what they stand for.
+    pub normalized: usize,
+    pub replay: Replay,
 }
 
 /// Why the daemon would not start. Nothing was changed.
@@ -40,29 +56,40 @@ impl StartPlan {
     /// Reads the saved state in `config.state_dir` (if the directory exists; it is not
     /// created) and works out what a start would enforce.
     pub fn new(config: Config) -> Result<StartPlan, PlanError> {
-        if config.state_dir.exists() {
-            durable::check_directory("state_dir", &config.state_dir)?;
-        }
-        let socket_dir = durable::socket_dir(&config.socket);
-        if socket_dir.exists() {
-            durable::check_directory("socket directory", &socket_dir)?;
-        }
-        let saved = State::load(&config.state_dir)?;
-        let (mode, pending_confirm, managed, first_seen) = match &saved {
-            Some((state, _)) => (
-                // An edited `mode =` in the file wins over the mode last set with the CLI.
-                if state.config_mode == config.mode {
-                    state.mode
-                } else {
-                    config.mode
-                },
-                state.pending_confirm,
-                state.entries.clone(),
-                state.config_first_seen.clone(),
-            ),
-            None => (config.mode, None, Vec::new(), Default::default()),
+        durable::check_creatable("state_dir", &config.state_dir)?;
+        durable::check_creatable("socket directory", &durable::socket_dir(&config.socket))?;
+        let (managed, saved) = match State::load(&config.state_dir)? {
+            Some((mut state, replay)) => {
+                let entries = std::mem::take(&mut state.entries);
+                let saved = Saved {
+                    mode: state.mode,
+                    config_mode: state.config_mode,
+                    pending_confirm: state.pending_confirm,
+                    config_first_seen: state.config_first_seen,
+                    generation: state.generation,
+                    entries: entries.len(),
+                    normalized: 0,
+                    replay,
+                };
+                (entries, Some(saved))
+            }
+            None => (Vec::new(), None),
         };
-        let allowlist = Allowlist::new(&config, managed, &first_seen);
+        let (mode, pending_confirm) = match &saved {
+            // An edited `mode =` in the file wins over the mode last set with the CLI.
+            Some(saved) if saved.config_mode == config.mode => (saved.mode, saved.pending_confirm),
+            Some(saved) => (config.mode, saved.pending_confirm),
+            None => (config.mode, None),
+        };
+        let first_seen = saved
+            .as_ref()
+            .map(|saved| saved.config_first_seen.clone())
+            .unwrap_or_default();
+        let (allowlist, normalized) = Allowlist::restore(&config, managed, &first_seen);
+        let saved = saved.map(|saved| Saved {
+            normalized,
+            ..saved
+        });
         if mode == Mode::Enforce && !allowlist.has_operator_entries() {
             return Err(PlanError::Refused(format!(
                 "{}: mode = \"enforce\" with an empty allowlist would drop all IP traffic to this host; add [[allow]] entries or use mode = \"monitor\" (the saved state in {} has no entries either)",
@@ -73,6 +100,13 @@ impl StartPlan {
         let compiled = allowlist
             .compile()
             .map_err(|error| PlanError::Refused(where_from(&config, &error)))?;
+        compiled.check_kernel_limits().map_err(|problem| {
+            PlanError::Refused(format!(
+                "{}: {problem} (the entries come from this file and the saved list in {})",
+                config.path.display(),
+                state::path(&config.state_dir).display()
+            ))
+        })?;
         Ok(StartPlan {
             config_mode: config.mode,
             config,

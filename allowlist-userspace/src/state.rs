@@ -7,7 +7,10 @@
 //!
 //! Single adds and removes are appended to `state_dir/journal.ndjson` (one fsynced line
 //! each) instead of rewriting a state file that may hold a million entries; loading
-//! replays the journal over the state file, and every whole write empties it.
+//! replays the journal over the state file, and every whole write empties it. Each whole
+//! write has a generation number, and each journal line the generation it was appended
+//! to: a journal that a crash left behind right after a whole write (its changes already
+//! folded into the new file) is recognised by its older generation and not replayed.
 
 use std::{
     collections::BTreeMap,
@@ -39,6 +42,9 @@ pub struct State {
     /// When each network of the config file was first listed (shown by `list`).
     #[serde(default)]
     pub config_first_seen: BTreeMap<IpNet, u64>,
+    /// Counts whole writes; journal lines of this generation apply on top of this file.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 /// An `activate --confirm` that reverts unless confirmed by `deadline`.
@@ -55,7 +61,7 @@ pub enum StateError {
     Read { path: String, cause: io::Error },
     #[error("{path} is not a valid allowlist state file ({detail}); fix it, or move it away to start from the config file alone")]
     Corrupt { path: String, detail: String },
-    #[error("writing {path}: {cause}")]
+    #[error("writing {path}: {cause}{}", if cause.raw_os_error() == Some(libc::ENOSPC) { "; nothing was changed: free space there and repeat" } else { "" })]
     Write { path: String, cause: io::Error },
     #[error("{dir} holds {journal} ({bytes} bytes of changes) but no {file}, so the saved list is incomplete and the daemon did not start. If {file} was moved away, put it back. To start from the config file alone, discarding those changes, move {journal} away too")]
     OrphanedJournal {
@@ -96,16 +102,27 @@ pub enum Change {
     Remove(IpNet),
 }
 
-/// Appends `change` to the journal and makes it durable before returning. If that fails
-/// (a full disk), the journal is left as it was, so the change is simply not made.
-pub fn journal(state_dir: &Path, change: &Change) -> Result<(), StateError> {
+/// A journal line: a change, and the generation of the state file it applies to.
+#[derive(Serialize, Deserialize)]
+struct JournalLine<C> {
+    /// Absent in journals of older versions, whose state files had none either.
+    #[serde(default)]
+    generation: u64,
+    #[serde(flatten)]
+    change: C,
+}
+
+/// Appends `change`, made on top of the state file of `generation`, to the journal and
+/// makes it durable before returning. If that fails (a full disk), the journal is left
+/// as it was, so the change is simply not made.
+pub fn journal(state_dir: &Path, generation: u64, change: &Change) -> Result<(), StateError> {
     let path = journal_path(state_dir);
     let write_error = |cause| StateError::Write {
         path: path.display().to_string(),
         cause,
     };
-    let mut line =
-        serde_json::to_vec(change).map_err(|error| write_error(io::Error::other(error)))?;
+    let mut line = serde_json::to_vec(&JournalLine { generation, change })
+        .map_err(|error| write_error(io::Error::other(error)))?;
     line.push(b'\n');
     durable::append_durably(&path, &line).map_err(write_error)
 }
@@ -115,6 +132,8 @@ pub fn journal(state_dir: &Path, change: &Change) -> Result<(), StateError> {
 pub struct Replay {
     /// Changes applied over the state file.
     pub changes: usize,
+    /// Lines of an older generation, already in the state file, left out.
+    pub stale: usize,
     /// A last line cut short by a crash while it was written (so never acknowledged),
     /// which was left out.
     pub torn_tail: Option<TornTail>,
@@ -134,7 +153,11 @@ pub struct TornTail {
 /// Replays the journal over `entries`. A last line cut short (a crash while it was
 /// written, so never reported done) is left out and reported; any other bad line is
 /// corruption.
-fn replay(state_dir: &Path, entries: &mut Vec<Entry>) -> Result<Replay, StateError> {
+fn replay(
+    state_dir: &Path,
+    generation: u64,
+    entries: &mut Vec<Entry>,
+) -> Result<Replay, StateError> {
     let path = journal_path(state_dir);
     let shown = path.display().to_string();
     let text = match durable::read_private(&path) {
@@ -149,26 +172,28 @@ fn replay(state_dir: &Path, entries: &mut Vec<Entry>) -> Result<Replay, StateErr
     let mut replay = Replay::default();
     let mut offset = 0;
     for (index, line) in text.split_inclusive(|byte| *byte == b'\n').enumerate() {
-        let complete = line.ends_with(b"\n");
-        let change = match serde_json::from_slice::<Change>(line) {
-            Ok(change) => change,
-            Err(_) if !complete => {
-                replay.torn_tail = Some(TornTail {
-                    line: index + 1,
-                    bytes: line.len(),
-                    complete_len: offset as u64,
-                });
-                break;
-            }
-            Err(error) => {
-                return Err(StateError::Corrupt {
-                    path: format!("{shown}:{}", index + 1),
-                    detail: error.to_string(),
-                })
-            }
-        };
+        // The newline is written with the line, before the fsync that precedes the
+        // reply: a line without one was never acknowledged, whatever it holds.
+        if !line.ends_with(b"\n") {
+            replay.torn_tail = Some(TornTail {
+                line: index + 1,
+                bytes: line.len(),
+                complete_len: offset as u64,
+            });
+            break;
+        }
         offset += line.len();
-        match change {
+        let line = serde_json::from_slice::<JournalLine<Change>>(line).map_err(|error| {
+            StateError::Corrupt {
+                path: format!("{shown}:{}", index + 1),
+                detail: error.to_string(),
+            }
+        })?;
+        if line.generation != generation {
+            replay.stale += 1;
+            continue;
+        }
+        match line.change {
             Change::Add(entry) => by_network.insert(entry.network, entry),
             Change::Remove(network) => by_network.remove(&network),
         };
@@ -204,6 +229,7 @@ impl State {
             pending_confirm: None,
             entries,
             config_first_seen: BTreeMap::new(),
+            generation: 0,
         }
     }
 
@@ -232,7 +258,7 @@ impl State {
             });
         }
         let mut state = state;
-        let replay = replay(state_dir, &mut state.entries)?;
+        let replay = replay(state_dir, state.generation, &mut state.entries)?;
         Ok(Some((state, replay)))
     }
 
@@ -245,11 +271,18 @@ impl State {
         let bytes =
             serde_json::to_vec(self).map_err(|error| write_error(io::Error::other(error)))?;
         durable::write_atomically(&path, &bytes).map_err(write_error)?;
-        // The state file now holds everything the journal did.
-        match fs::remove_file(journal_path(state_dir)) {
-            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(write_error(error)),
-            _ => Ok(()),
+        // The state file now holds everything the journal did. Should the journal
+        // outlive this (a crash, a failed unlink), its lines are of an older generation
+        // and are not replayed, so the new state is in force either way.
+        let journal = journal_path(state_dir);
+        match fs::remove_file(&journal) {
+            Ok(()) => durable::sync_directory_of(&journal),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(%error, journal = %journal.display(), "could not remove the folded-in journal; it is ignored at the next start");
+            }
         }
+        Ok(())
     }
 }
 
@@ -291,9 +324,9 @@ mod tests {
             ],
         );
         stored.store(&dir).unwrap();
-        journal(&dir, &Change::Add(entry("203.0.113.9/32", "new"))).unwrap();
-        journal(&dir, &Change::Add(entry("192.0.2.0/24", "renamed"))).unwrap();
-        journal(&dir, &Change::Remove("198.51.100.7/32".parse().unwrap())).unwrap();
+        journal(&dir, 0, &Change::Add(entry("203.0.113.9/32", "new"))).unwrap();
+        journal(&dir, 0, &Change::Add(entry("192.0.2.0/24", "renamed"))).unwrap();
+        journal(&dir, 0, &Change::Remove("198.51.100.7/32".parse().unwrap())).unwrap();
 
         let (loaded, replay) = State::load(&dir).unwrap().unwrap();
         assert_eq!(replay.changes, 3);
@@ -321,7 +354,7 @@ mod tests {
         State::new(Mode::Monitor, Mode::Monitor, Vec::new())
             .store(&dir)
             .unwrap();
-        journal(&dir, &Change::Add(entry("203.0.113.9/32", "kept"))).unwrap();
+        journal(&dir, 0, &Change::Add(entry("203.0.113.9/32", "kept"))).unwrap();
         let mut file = fs::OpenOptions::new()
             .append(true)
             .open(journal_path(&dir))
@@ -344,7 +377,7 @@ mod tests {
         State::new(Mode::Monitor, Mode::Monitor, Vec::new())
             .store(&dir)
             .unwrap();
-        journal(&dir, &Change::Add(entry("203.0.113.9/32", "kept"))).unwrap();
+        journal(&dir, 0, &Change::Add(entry("203.0.113.9/32", "kept"))).unwrap();
         let mut file = fs::OpenOptions::new()
             .append(true)
             .open(journal_path(&dir))
@@ -352,7 +385,7 @@ mod tests {
         file.write_all(br#"{"add":{"net"#).unwrap();
         let (_, replay) = State::load(&dir).unwrap().unwrap();
         cut_torn_tail(&dir, &replay.torn_tail.unwrap()).unwrap();
-        journal(&dir, &Change::Add(entry("198.51.100.1/32", "next"))).unwrap();
+        journal(&dir, 0, &Change::Add(entry("198.51.100.1/32", "next"))).unwrap();
         let (loaded, replay) = State::load(&dir).unwrap().unwrap();
         assert_eq!((replay.changes, replay.torn_tail), (2, None));
         assert_eq!(loaded.entries.len(), 2);
@@ -360,9 +393,77 @@ mod tests {
     }
 
     #[test]
+    fn a_complete_last_line_without_its_newline_was_never_acknowledged_and_is_left_out() {
+        let dir = state_dir("unterminated");
+        State::new(Mode::Monitor, Mode::Monitor, Vec::new())
+            .store(&dir)
+            .unwrap();
+        journal(&dir, 0, &Change::Add(entry("203.0.113.9/32", "kept"))).unwrap();
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(journal_path(&dir))
+            .unwrap();
+        file.write_all(br#"{"generation":0,"remove":"203.0.113.9/32"}"#)
+            .unwrap();
+        let (loaded, replay) = State::load(&dir).unwrap().unwrap();
+        assert_eq!(loaded.entries, vec![entry("203.0.113.9/32", "kept")]);
+        assert_eq!(replay.torn_tail.map(|tail| tail.line), Some(2));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_journal_a_crash_left_behind_after_a_whole_write_is_not_replayed_over_it() {
+        let dir = state_dir("stale");
+        State::new(Mode::Monitor, Mode::Monitor, Vec::new())
+            .store(&dir)
+            .unwrap();
+        journal(
+            &dir,
+            0,
+            &Change::Add(entry("198.51.100.7/32", "removed later")),
+        )
+        .unwrap();
+        let kept = fs::read(journal_path(&dir)).unwrap();
+        // A whole write of generation 1 that no longer lists it; then the crash brings
+        // the journal back, as a lost unlink would.
+        let mut next = State::new(Mode::Monitor, Mode::Monitor, Vec::new());
+        next.generation = 1;
+        next.store(&dir).unwrap();
+        fs::write(journal_path(&dir), kept).unwrap();
+        let (loaded, replay) = State::load(&dir).unwrap().unwrap();
+        assert!(loaded.entries.is_empty(), "{:?}", loaded.entries);
+        assert_eq!((replay.changes, replay.stale), (0, 1));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn journals_of_older_versions_without_generations_still_replay() {
+        let dir = state_dir("legacy");
+        fs::write(
+            path(&dir),
+            br#"{"version":1,"mode":"monitor","config_mode":"monitor","entries":[]}"#,
+        )
+        .unwrap();
+        fs::write(
+            journal_path(&dir),
+            b"{\"add\":{\"network\":\"203.0.113.9/32\",\"description\":\"old\",\"origin\":\"cli\",\"added_at\":1}}\n",
+        )
+        .unwrap();
+        let (loaded, replay) = State::load(&dir).unwrap().unwrap();
+        assert_eq!(replay.changes, 1);
+        assert_eq!(loaded.entries, vec![entry("203.0.113.9/32", "old")]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_journal_without_a_state_file_is_refused_with_what_to_do() {
         let dir = state_dir("orphan");
-        journal(&dir, &Change::Add(entry("203.0.113.9/32", "acknowledged"))).unwrap();
+        journal(
+            &dir,
+            0,
+            &Change::Add(entry("203.0.113.9/32", "acknowledged")),
+        )
+        .unwrap();
         let error = State::load(&dir).unwrap_err().to_string();
         assert!(error.contains("no state.json"), "{error}");
         assert!(error.contains("put it back"), "{error}");

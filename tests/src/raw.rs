@@ -496,7 +496,8 @@ fn parse_udp(frame: &[u8], dst_port: u16) -> Option<(Ipv4Addr, u64, usize)> {
     if ip.get(9)? != &17 {
         return None;
     }
-    let source = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let source: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+    let source = Ipv4Addr::from(source);
     let udp = ip.get(header_len..)?;
     if u16::from_be_bytes(udp.get(2..4)?.try_into().ok()?) != dst_port {
         return None;

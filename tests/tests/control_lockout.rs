@@ -320,3 +320,54 @@ fn a_caller_listed_only_for_other_ports_is_protected_on_the_port_of_its_session(
     assert_eq!(daemon.list(), list, "a refused import changed the list");
     assert_eq!(probe.verdict(Client::Allowed, false), Verdict::Pass);
 }
+
+/// Narrowing the entry that keeps the caller in is a change like removing it: refused
+/// when it would cut the session off, by `add` and by an import without `--replace`.
+#[test]
+fn narrowing_the_callers_entry_by_ports_or_an_expiry_is_refused_unless_forced() {
+    let topology = Topology::new().unwrap();
+    let daemon =
+        Daemon::start(&topology, &allowed_client_listed(&topology, Mode::Enforce)).unwrap();
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    daemon.ctl_ok(&["add", "10.10.2.2", "-d", "operator laptop"]);
+    let ssh = [("SSH_CONNECTION", SSH_FROM_BLOCKED_V4)];
+    let list = daemon.list();
+
+    for (what, args) in [
+        (
+            "add --ports 443/tcp",
+            vec!["add", "10.10.2.2", "--ports", "443/tcp"],
+        ),
+        (
+            "add --expires 1h",
+            vec!["add", "10.10.2.2", "--expires", "1h"],
+        ),
+    ] {
+        let (_, stderr) = assert_exit_code(&daemon.ctl_env(&ssh, &args), 3, what);
+        assert!(stderr.contains("10.10.2.2"), "{what}: {stderr}");
+        assert_eq!(daemon.list(), list, "{what}: a refused change was made");
+    }
+    let file = daemon.files().dir().join("narrower.csv");
+    std::fs::write(
+        &file,
+        "ip_address,description,ports,expires_at\n10.10.2.2,web only,443/tcp,\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    assert_exit_code(
+        &daemon.ctl_env(&ssh, &["import", file]),
+        3,
+        "import narrowing the caller's entry",
+    );
+    assert_eq!(daemon.list(), list, "a refused import changed the list");
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+
+    // Widening, or a description, is never refused.
+    daemon.ctl_ok(&["add", "10.10.2.2", "-d", "renamed"]);
+    assert_exit_code(
+        &daemon.ctl_env(&ssh, &["import", file, "--force"]),
+        0,
+        "import --force",
+    );
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Drop);
+}

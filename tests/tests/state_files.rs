@@ -103,8 +103,15 @@ fn symlinks_planted_in_the_state_dir_are_never_written_through() {
     std::os::unix::fs::symlink(&victim, state_dir.join(".state.json.tmp")).unwrap();
     std::os::unix::fs::symlink(&victim, state_dir.join(".attachments.json.tmp")).unwrap();
     daemon.restart().unwrap();
+    // A mode change writes the state file whole, through the planted name.
+    daemon.ctl_ok(&["monitor"]);
     daemon.ctl_ok(&["add", "192.0.2.1", "-d", "after the plant"]);
     assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert!(
+        !state_dir.join(".state.json.tmp").exists(),
+        "the planted name is gone: it was replaced, then renamed into place"
+    );
+    assert_eq!(daemon.status()["mode"], "monitor");
 
     // Where single changes are appended.
     fs::remove_file(journal(&daemon)).ok();
@@ -200,7 +207,8 @@ fn a_full_disk_refuses_changes_cleanly_and_never_loses_or_corrupts_acknowledged_
     )
     .unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
-    // Longer than a page, so that no append fits in the slack of the last one.
+    // Journal lines longer than a page (4,000 bytes of description and the rest), so
+    // that no append fits in the slack of the journal's last page.
     let long = "x".repeat(4000);
     for i in 1..=20 {
         daemon.ctl_ok(&["add", &format!("192.0.2.{i}"), "-d", &long]);
@@ -226,11 +234,12 @@ fn a_full_disk_refuses_changes_cleanly_and_never_loses_or_corrupts_acknowledged_
     // Writing the state file whole: refused, and no temporary file is left behind.
     let csv = daemon.files().dir().join("list.csv");
     fs::write(&csv, "ip_address,description\n198.51.100.1,new\n").unwrap();
-    assert_exit_code(
+    let (_, stderr) = assert_exit_code(
         &daemon.ctl(&["import", csv.to_str().unwrap(), "--replace"]),
         1,
         "import --replace on a full disk",
     );
+    assert!(stderr.contains("No space left"), "{stderr}");
     let leftovers: Vec<String> = fs::read_dir(&daemon.files().state_dir)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())

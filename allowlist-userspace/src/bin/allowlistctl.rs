@@ -79,7 +79,8 @@ description). 0.0.0.0/0 and ::/0 allow every source and need --force.")]
         /// Limit the entry to destination ports: 22/tcp,5985-5986/tcp, or `all`.
         #[arg(long, value_parser = parse_ports)]
         ports: Option<Ports>,
-        /// List 0.0.0.0/0 or ::/0, which allow every source.
+        /// List 0.0.0.0/0 or ::/0, which allow every source, or narrow an entry even if
+        /// that cuts off your session or an established connection.
         #[arg(long)]
         force: bool,
     },
@@ -259,7 +260,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 },
                 never_expires: matches!(expires, Some(Expiry::Never)),
                 ports: ports.map(|Ports(ports)| ports),
-                force,
+                safety: safety(force),
             })?;
             print_message(&reply);
             Ok(())

@@ -117,7 +117,16 @@ fn uninstall(config: &Locations) -> anyhow::Result<()> {
     // A daemon that is running but not answering (stuck, or on another socket) still
     // holds its pin directory.
     let _lock = if config.pin_path.exists() {
-        Some(instance::lock_dir("pin_path", &config.pin_path)?)
+        match instance::lock_dir("pin_path", &config.pin_path) {
+            Ok(lock) => Some(lock),
+            Err(error) => match error.holder() {
+                Some(holder) => anyhow::bail!(
+                    "allowlistd ({holder}) is running on {}; stop it first, then uninstall",
+                    config.pin_path.display()
+                ),
+                None => return Err(error.into()),
+            },
+        }
     } else {
         None
     };
