@@ -75,6 +75,52 @@ pub fn check_description(description: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Rows no import may carry, each named by its line: a description over the bound, more
+/// port ranges than the kernel holds, an expiry more than [`crate::clock::MAX_EXPIRY`]
+/// from `now`, and (unless `force`) a network that allows every source. The client
+/// checks its file the same way, so it never sends what the daemon refuses.
+pub fn check_import_rows(rows: &[ImportRow], now: u64, force: bool) -> Result<(), Vec<String>> {
+    let mut bad = Vec::new();
+    for row in rows {
+        let network = normalize(row.network);
+        let mut problems = Vec::new();
+        if crate::config::allows_everyone(network) && !force {
+            problems.push(format!(
+                "{network} allows every source; import with --force if that is what you want"
+            ));
+        }
+        if let Err(problem) = check_description(&row.description) {
+            problems.push(problem);
+        }
+        if let Some(scope) = &row.scope {
+            if let Err(problem) = crate::ports::check_kernel_fit(&scope.ports) {
+                problems.push(problem);
+            }
+            let too_far = scope.expires_at.and_then(|at| {
+                crate::clock::check_duration(
+                    "expires_at",
+                    at.saturating_sub(now).max(1),
+                    crate::clock::MAX_EXPIRY,
+                )
+                .err()
+            });
+            if let Some(problem) = too_far {
+                problems.push(format!("{problem} from now"));
+            }
+        }
+        bad.extend(
+            problems
+                .into_iter()
+                .map(|problem| format!("line {}: {problem}", row.line)),
+        );
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad)
+    }
+}
+
 /// Why a change to the list was refused. Nothing changed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ListError {

@@ -141,6 +141,7 @@ fn parse_row(
 ) -> Result<Parsed, String> {
     let (network, note) = parse_network_noting(&record[0])?;
     let description = restore_description(record.get(1).unwrap_or_default());
+    crate::allowlist::check_description(&description)?;
     let scope = if columns > HEADER.len() {
         let ports = match record.get(2).map(str::trim).unwrap_or_default() {
             cell if cell.eq_ignore_ascii_case("all") => Vec::new(),

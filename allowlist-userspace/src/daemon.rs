@@ -12,7 +12,9 @@ use tracing::{error, info, warn};
 
 use crate::{
     access::{Access, SharedAccess},
-    allowlist::{check_description, Allowlist, Entry, EntryUpdate, ImportRow, ListError},
+    allowlist::{
+        check_description, check_import_rows, Allowlist, Entry, EntryUpdate, ImportRow, ListError,
+    },
     clock::{self, format_time, now},
     compile::{CompiledList, Reach},
     config::{self, Config, ConfigError, EncapsulatedIp, Mode},
@@ -853,7 +855,18 @@ impl Daemon {
         dry_run: bool,
         safety: &Safety,
     ) -> Result<Reply, Refusal> {
-        check_import_rows(rows, now(), safety.force)?;
+        check_import_rows(rows, now(), safety.force).map_err(|mut bad| {
+            const SHOWN: usize = 50;
+            let more = bad.len().saturating_sub(SHOWN);
+            bad.truncate(SHOWN);
+            if more > 0 {
+                bad.push(format!("… and {more} more"));
+            }
+            Refusal::Error(format!(
+                "import refused, nothing changed:\n  {}",
+                bad.join("\n  ")
+            ))
+        })?;
         let mut next = self.allowlist.clone();
         let plan = next.import(rows, replace);
         let summary = format!(
@@ -953,58 +966,6 @@ fn refuse_everyone_unless_forced(network: ipnet::IpNet, force: bool) -> Result<(
         )));
     }
     Ok(())
-}
-
-/// Refuses an import with rows no file may carry (the client checks the same, but a
-/// request may come from anywhere): every bad row is named by its line.
-fn check_import_rows(rows: &[ImportRow], now: u64, force: bool) -> Result<(), Refusal> {
-    let mut bad = Vec::new();
-    for row in rows {
-        let network = config::normalize(row.network);
-        let mut problems = Vec::new();
-        if config::allows_everyone(network) && !force {
-            problems.push(format!(
-                "{network} allows every source; import with --force if that is what you want"
-            ));
-        }
-        if let Err(problem) = check_description(&row.description) {
-            problems.push(problem);
-        }
-        if let Some(scope) = &row.scope {
-            if let Err(problem) = ports::check_kernel_fit(&scope.ports) {
-                problems.push(problem);
-            }
-            let too_far = scope.expires_at.and_then(|at| {
-                clock::check_duration(
-                    "expires_at",
-                    at.saturating_sub(now).max(1),
-                    clock::MAX_EXPIRY,
-                )
-                .err()
-            });
-            if let Some(problem) = too_far {
-                problems.push(format!("{problem} from now"));
-            }
-        }
-        bad.extend(
-            problems
-                .into_iter()
-                .map(|problem| format!("line {}: {problem}", row.line)),
-        );
-    }
-    if bad.is_empty() {
-        return Ok(());
-    }
-    const SHOWN: usize = 50;
-    let more = bad.len().saturating_sub(SHOWN);
-    bad.truncate(SHOWN);
-    if more > 0 {
-        bad.push(format!("… and {more} more"));
-    }
-    Err(Refusal::Error(format!(
-        "import refused, nothing changed:\n  {}",
-        bad.join("\n  ")
-    )))
 }
 
 /// Hands memory freed by a whole-list change back to the system: the old list, its

@@ -13,9 +13,11 @@
 
 pub mod daemon;
 pub mod netns;
+pub mod packet_fuzz;
 pub mod probe;
 pub mod process;
 pub mod raw;
+pub mod reference;
 pub mod rng;
 pub mod test_filter;
 pub mod topology;

@@ -150,6 +150,12 @@ impl TestFilter {
     /// Runs the program once on `frame`: its verdict and the reason it was counted under.
     /// Fails unless exactly one reason counted it, as one packet of `frame.len()` bytes.
     pub fn judge(&mut self, frame: &[u8]) -> (Verdict, Reason) {
+        self.try_judge(frame)
+            .unwrap_or_else(|problem| panic!("{problem}"))
+    }
+
+    /// As [`TestFilter::judge`], with the problem returned rather than raised.
+    pub fn try_judge(&mut self, frame: &[u8]) -> Result<(Verdict, Reason), String> {
         let before = self.counters();
         let verdict = self.run(frame);
         let after = self.counters();
@@ -165,12 +171,12 @@ impl TestFilter {
             bytes: frame.len() as u64,
         };
         match changed.as_slice() {
-            [(reason, delta)] if *delta == expected => (verdict, *reason),
-            _ => panic!(
+            [(reason, delta)] if *delta == expected => Ok((verdict, *reason)),
+            _ => Err(format!(
                 "a {}-byte frame must be counted once under exactly one reason as {expected:?}; \
                  counters changed: {changed:?} (verdict {verdict:?}, frame {frame:02x?})",
                 frame.len()
-            ),
+            )),
         }
     }
 }

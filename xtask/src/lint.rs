@@ -1,4 +1,5 @@
-//! `cargo xtask lint`: formatting and clippy, for the host crates and the XDP program.
+//! `cargo xtask lint`: formatting and clippy, for the host crates, the XDP program and
+//! the fuzz targets (a workspace of their own, `tests/fuzz`).
 
 use anyhow::Result;
 
@@ -12,15 +13,39 @@ pub fn lint() -> Result<()> {
     if summary.step("setup", setup::setup) {
         summary.step("clippy (host crates)", clippy_host_crates);
         summary.step("clippy (XDP program, nightly)", clippy_xdp_program);
+        summary.step("clippy (fuzz targets)", clippy_fuzz_targets);
     } else {
         summary.skip("clippy (host crates)");
         summary.skip("clippy (XDP program, nightly)");
+        summary.skip("clippy (fuzz targets)");
     }
     summary.finish()
 }
 
 fn check_formatting() -> Result<()> {
-    process::run(workspace::cargo().args(["fmt", "--all", "--", "--check"]))
+    process::run(workspace::cargo().args(["fmt", "--all", "--", "--check"]))?;
+    process::run(workspace::cargo().args([
+        "fmt",
+        "--manifest-path",
+        "tests/fuzz/Cargo.toml",
+        "--",
+        "--check",
+    ]))
+}
+
+fn clippy_fuzz_targets() -> Result<()> {
+    let target_dir = workspace::target_dir().join("fuzz/clippy");
+    process::run(
+        workspace::cargo()
+            .args([
+                "clippy",
+                "--manifest-path",
+                "tests/fuzz/Cargo.toml",
+                "--target-dir",
+            ])
+            .arg(target_dir)
+            .args(["--", "-D", "warnings"]),
+    )
 }
 
 fn clippy_host_crates() -> Result<()> {

@@ -6,6 +6,7 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod lint;
 mod process;
 mod run;
@@ -71,6 +72,15 @@ enum Task {
     },
     /// Check formatting and run clippy with warnings denied, on userspace and the XDP program
     Lint,
+    /// Fuzz every untrusted input against a model (as root): packets through the real XDP
+    /// program, requests to a running daemon, the config and CSV parsers under libFuzzer
+    Fuzz {
+        /// How long each target runs
+        #[arg(long, default_value_t = 300, value_name = "N")]
+        seconds: u64,
+        /// One of packets, control, config, csv (default: all)
+        target: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -98,5 +108,6 @@ fn perform(task: Task) -> anyhow::Result<()> {
         Task::Demo => demo::demo(),
         Task::Bench { quick } => bench::bench(quick),
         Task::Lint => lint::lint(),
+        Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
     }
 }

@@ -15,7 +15,8 @@ use crate::{
     sys, workspace,
 };
 
-/// Tools the integration tests, the demo and the benchmarks run.
+/// Tools the integration tests, the demo and the benchmarks run (and a C++ compiler for
+/// libFuzzer).
 const DEBIAN_PACKAGES: &[&str] = &[
     "iproute2",
     "iputils-ping",
@@ -25,15 +26,38 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "nftables",
     "ipset",
     "iptables",
+    "g++",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Runs the libFuzzer targets of `cargo xtask fuzz` (and of `cargo xtask test`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn setup() -> Result<()> {
     ensure_nightly_rust_src()?;
     ensure_debian_packages()?;
     ensure_bpf_linker()?;
+    ensure_cargo_fuzz()?;
     Ok(())
+}
+
+fn ensure_cargo_fuzz() -> Result<()> {
+    let installed = capture(Command::new("cargo").args(["fuzz", "--version"]));
+    if let Ok(version) = &installed {
+        if version.contains(CARGO_FUZZ_VERSION) {
+            println!("ok: {}", version.trim());
+            return Ok(());
+        }
+    }
+    println!("installing: cargo-fuzz {CARGO_FUZZ_VERSION} (a minute or two)");
+    process::run(workspace::cargo().args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+        "--force",
+    ]))
 }
 
 /// `cargo install` puts binaries in $CARGO_HOME/bin, which a fresh shell may not have on

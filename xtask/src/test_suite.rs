@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::{process, setup, summary::Summary, sys, workspace};
+use crate::{fuzz, process, setup, summary::Summary, sys, workspace};
 
 pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
     sys::require_root(
@@ -19,6 +19,16 @@ pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
         summary.step("integration tests", || {
             run_integration_tests(test_threads, test_args)
         });
+        // The packet and control fuzzers are integration tests (ALLOWLIST_FUZZ_SECONDS,
+        // default 30 s each); the parsers run under libFuzzer here. A name filter given to
+        // the test run selects tests, not fuzzers: then they are left out.
+        if test_args.is_empty() {
+            for target in ["config", "csv"] {
+                summary.step(&format!("fuzz {target} ({} s)", fuzz::TEST_SECONDS), || {
+                    fuzz::run(target, fuzz::TEST_SECONDS)
+                });
+            }
+        }
     } else {
         summary.skip("unit tests");
         summary.skip("integration tests");

@@ -1,0 +1,219 @@
+//! The properties the libFuzzer targets check, each against a model written here from
+//! README.md rather than from the code under test.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use allowlist_userspace::{
+    allowlist::{self, Allowlist},
+    compile::Reach,
+    config::{Config, Mode},
+    csv_format,
+    ports::{self, PortSpec},
+    startup::StartPlan,
+};
+use ipnet::IpNet;
+
+/// A directory of this process's own for the state a start plan reads (none: a first
+/// start), so that no fuzz input reaches the host's files.
+fn scratch() -> &'static Path {
+    static SCRATCH: OnceLock<PathBuf> = OnceLock::new();
+    SCRATCH.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("allowlist-fuzz-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    })
+}
+
+/// What the README says a list allows `address`: nothing if no entry covers it, all
+/// ports if one covering entry allows all, else the union of their ports.
+fn model_reach(entries: &[(IpNet, &[PortSpec])], address: IpAddr) -> Option<Reach> {
+    let covering: Vec<&[PortSpec]> = entries
+        .iter()
+        .filter(|(network, _)| network.contains(&address))
+        .map(|(_, ports)| *ports)
+        .collect();
+    if covering.is_empty() {
+        return None;
+    }
+    if covering.iter().any(|ports| ports.is_empty()) {
+        return Some(Reach::All);
+    }
+    Some(Reach::Ports(ports::union(covering.concat())))
+}
+
+/// Addresses where an entry's verdict can change: its first and last address and the
+/// ones just outside.
+fn samples(network: IpNet) -> Vec<IpAddr> {
+    match network {
+        IpNet::V4(net) => {
+            let (first, last) = (u32::from(net.network()), u32::from(net.broadcast()));
+            [
+                Some(first),
+                Some(last),
+                first.checked_sub(1),
+                last.checked_add(1),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|address| IpAddr::V4(Ipv4Addr::from(address)))
+            .collect()
+        }
+        IpNet::V6(net) => {
+            let (first, last) = (u128::from(net.network()), u128::from(net.broadcast()));
+            [
+                Some(first),
+                Some(last),
+                first.checked_sub(1),
+                last.checked_add(1),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|address| IpAddr::V6(Ipv6Addr::from(address)))
+            .collect()
+        }
+    }
+}
+
+/// A config file: parsing never panics; a start plan is made exactly when the README
+/// says the daemon starts (enforcing needs an `[[allow]]` entry; no source may need
+/// more than 16 port ranges); its compiled list gives every address what the entries
+/// covering it allow; and the config written back out reads the same.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(config) = Config::parse(Path::new("fuzz.toml"), text) else {
+        return;
+    };
+    let config = Config {
+        state_dir: scratch().join("state"),
+        socket: scratch().join("run/control.sock"),
+        ..config
+    };
+    let entries: Vec<(IpNet, &[PortSpec])> = config
+        .allow
+        .iter()
+        .chain(&config.always)
+        .map(|entry| (entry.network, entry.ports.as_slice()))
+        .collect();
+    let addresses: Vec<IpAddr> = entries
+        .iter()
+        .flat_map(|(network, _)| samples(*network))
+        .collect();
+    let too_many_ranges = addresses.iter().any(|address| {
+        matches!(model_reach(&entries, *address), Some(Reach::Ports(ranges)) if ranges.len() > 16)
+    });
+    let empty_enforce = config.mode == Mode::Enforce && config.allow.is_empty();
+    let model_accepts = !too_many_ranges && !empty_enforce;
+
+    let plan = StartPlan::new(config.clone());
+    match (&plan, model_accepts) {
+        (Ok(plan), true) => {
+            for address in &addresses {
+                assert_eq!(
+                    plan.compiled.access_of(*address),
+                    model_reach(&entries, *address).as_ref(),
+                    "{address}: the compiled list disagrees with the entries covering it\n{text}"
+                );
+            }
+        }
+        (Err(_), false) => {}
+        (Ok(_), false) => panic!("a start plan for a config the daemon must refuse:\n{text}"),
+        (Err(error), true) => panic!("a good config refused ({error}):\n{text}"),
+    }
+
+    let again = Config::parse(Path::new("fuzz.toml"), &render(&config))
+        .unwrap_or_else(|error| panic!("the config written back does not read ({error}):\n{text}"));
+    let fields = |config: &Config| {
+        let entries = |list: &[allowlist_userspace::config::AllowEntry]| -> Vec<(IpNet, String, Vec<PortSpec>)> {
+            list.iter()
+                .map(|entry| (entry.network, entry.description.clone(), entry.ports.clone()))
+                .collect()
+        };
+        (
+            config.mode,
+            config.public_ports.clone(),
+            entries(&config.allow),
+            entries(&config.always),
+        )
+    };
+    assert_eq!(fields(&again), fields(&config), "round trip of:\n{text}");
+}
+
+/// `config` written as TOML again (the keys a round trip compares).
+fn render(config: &Config) -> String {
+    let string = |text: &str| toml::Value::String(text.to_string()).to_string();
+    let list = |ports: &[PortSpec]| {
+        let items: Vec<String> = ports.iter().map(|port| string(&port.to_string())).collect();
+        format!("[{}]", items.join(", "))
+    };
+    let interfaces: Vec<String> = config.interfaces.iter().map(|name| string(name)).collect();
+    let mut text = format!(
+        "interfaces = [{}]\nmode = {}\npublic_ports = {}\n",
+        interfaces.join(", "),
+        string(config.mode.as_str()),
+        list(&config.public_ports)
+    );
+    for (table, entries) in [("allow", &config.allow), ("always", &config.always)] {
+        for entry in entries {
+            text.push_str(&format!(
+                "[[{table}]]\ncidr = {}\ndescription = {}\nports = {}\n",
+                string(&entry.network.to_string()),
+                string(&entry.description),
+                list(&entry.ports)
+            ));
+        }
+    }
+    text
+}
+
+/// The time the CSV target judges expiry times against.
+const NOW: u64 = 1_800_000_000;
+
+/// A CSV import: reading never panics; what is read, the daemon accepts (given
+/// `--force`); and importing it, exporting and importing again gives the same list.
+pub fn csv(data: &[u8]) {
+    let Ok(read) = csv_format::read_rows(data, NOW) else {
+        return;
+    };
+    if let Err(problems) = allowlist::check_import_rows(&read.rows, NOW, true) {
+        panic!("rows the client read, the daemon refuses: {problems:?}");
+    }
+    let config = Config::parse(
+        Path::new("fuzz.toml"),
+        "interfaces = [\"lo\"]\nmode = \"off\"\n",
+    )
+    .expect("the base config");
+    let mut first = Allowlist::new(&config, Vec::new(), &Default::default());
+    first.import(&read.rows, false);
+    let mut exported = Vec::new();
+    csv_format::write_rows(&mut exported, first.managed()).expect("writing to memory");
+    let again = csv_format::read_rows(exported.as_slice(), NOW).unwrap_or_else(|bad| {
+        panic!(
+            "the export does not import: {bad:?}\n{}",
+            String::from_utf8_lossy(&exported)
+        )
+    });
+    let mut second = Allowlist::new(&config, Vec::new(), &Default::default());
+    second.import(&again.rows, false);
+    let fields = |list: &Allowlist| -> Vec<(IpNet, String, Vec<PortSpec>, Option<u64>)> {
+        list.managed()
+            .map(|entry| {
+                (
+                    entry.network,
+                    entry.description.clone(),
+                    entry.ports.clone(),
+                    entry.expires_at,
+                )
+            })
+            .collect()
+    };
+    assert_eq!(
+        fields(&second),
+        fields(&first),
+        "import → export → import changed the list; export:\n{}",
+        String::from_utf8_lossy(&exported)
+    );
+}
