@@ -15,9 +15,11 @@
 //! mode enforce
 //! dhcp_client true
 //! pass_encapsulated false
+//! return_traffic true
 //! public 443/tcp
 //! allow 192.0.2.0/24
 //! allow 198.51.100.7/32 22/tcp,5985-5986/tcp
+//! flow 6 203.0.113.5 443 10.0.0.1 51000      # protocol, remote, its port, local, its port
 //! frame 02000000000102000000000208004500...
 //! ```
 
@@ -31,7 +33,7 @@ use allowlist_userspace::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::reference::Policy;
+use crate::reference::{Flow, Policy};
 use crate::rng::Rng;
 
 /// A policy and the frames to judge under it, in order (fragment trains carry over).
@@ -56,10 +58,12 @@ impl Case {
             .map_err(|error| error.to_string())
     }
 
-    /// The control record's feature bits for the policy. Return traffic is on as by
-    /// default; the flow table stays empty, so it admits nothing.
+    /// The control record's feature bits for the policy.
     pub fn features(policy: &Policy) -> u32 {
-        let mut features = FEATURE_RETURN_TRAFFIC;
+        let mut features = 0;
+        if policy.return_traffic {
+            features |= FEATURE_RETURN_TRAFFIC;
+        }
         if policy.dhcp_client {
             features |= FEATURE_DHCP_CLIENT;
         }
@@ -80,8 +84,8 @@ impl Case {
                 .join(",")
         };
         let mut text = format!(
-            "mode {}\ndhcp_client {}\npass_encapsulated {}\n",
-            policy.mode, policy.dhcp_client, policy.pass_encapsulated
+            "mode {}\ndhcp_client {}\npass_encapsulated {}\nreturn_traffic {}\n",
+            policy.mode, policy.dhcp_client, policy.pass_encapsulated, policy.return_traffic
         );
         if !policy.public_ports.is_empty() {
             text.push_str(&format!("public {}\n", join(&policy.public_ports)));
@@ -91,6 +95,12 @@ impl Case {
                 None => text.push_str(&format!("allow {network}\n")),
                 Some(ports) => text.push_str(&format!("allow {network} {}\n", join(ports))),
             }
+        }
+        for flow in &policy.flows {
+            text.push_str(&format!(
+                "flow {} {} {} {} {}\n",
+                flow.protocol, flow.remote, flow.remote_port, flow.local, flow.local_port
+            ));
         }
         for frame in &self.frames {
             let hex: String = frame.iter().map(|byte| format!("{byte:02x}")).collect();
@@ -107,6 +117,8 @@ impl Case {
             mode: Mode::Enforce,
             dhcp_client: true,
             pass_encapsulated: false,
+            return_traffic: true,
+            flows: Vec::new(),
         };
         let mut frames = Vec::new();
         for (index, line) in text.lines().enumerate() {
@@ -128,6 +140,23 @@ impl Case {
                 }
                 "dhcp_client" => policy.dhcp_client = flag(value)?,
                 "pass_encapsulated" => policy.pass_encapsulated = flag(value)?,
+                "return_traffic" => policy.return_traffic = flag(value)?,
+                "flow" => {
+                    let fields: Vec<&str> = value.split_whitespace().collect();
+                    let [protocol, remote, remote_port, local, local_port] = fields[..] else {
+                        return Err(bad("expected PROTOCOL REMOTE PORT LOCAL PORT"));
+                    };
+                    let number = |text: &str| text.parse::<u16>().map_err(|_| bad("not a port"));
+                    let address =
+                        |text: &str| text.parse::<IpAddr>().map_err(|_| bad("not an address"));
+                    policy.flows.push(Flow {
+                        protocol: protocol.parse().map_err(|_| bad("not a protocol"))?,
+                        remote: address(remote)?,
+                        remote_port: number(remote_port)?,
+                        local: address(local)?,
+                        local_port: number(local_port)?,
+                    });
+                }
                 "public" => policy.public_ports = ports::parse_list(value).map_err(|e| bad(&e))?,
                 "allow" => {
                     let mut parts = value.split_whitespace();
@@ -268,15 +297,66 @@ pub fn random_policy(rng: &mut Rng) -> (Policy, Vec<IpNet>) {
         1..=3 => Mode::Monitor,
         _ => Mode::Enforce,
     };
+    // Flows the host opened: from the same neighbourhoods, to this host's addresses.
+    let flows = (0..rng.below(6))
+        .map(|_| {
+            let v6 = rng.below(2) == 0;
+            let protocol: u8 = match rng.below(4) {
+                0 | 1 => 6,
+                2 => 17,
+                _ if v6 => 58,
+                _ => 1,
+            };
+            let icmp = matches!(protocol, 1 | 58);
+            Flow {
+                protocol,
+                remote: if v6 {
+                    IpAddr::V6(bases.near_v6(rng))
+                } else {
+                    IpAddr::V4(bases.near_v4(rng))
+                },
+                remote_port: if icmp { 0 } else { 1 + rng.below(65535) as u16 },
+                local: local_address(v6),
+                local_port: rng.next_u64() as u16,
+            }
+        })
+        .collect();
     let policy = Policy {
         entries,
         public_ports,
         mode,
         dhcp_client: rng.below(4) != 0,
         pass_encapsulated: rng.below(4) == 0,
+        return_traffic: rng.below(4) != 0,
+        flows,
     };
     let networks = policy.entries.iter().map(|(network, _)| *network).collect();
     (policy, networks)
+}
+
+/// The host's own address in the frames (their destination).
+pub fn local_address(v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))
+    }
+}
+
+/// The flow table key of a flow, as the daemon seeds it (IPv4 addresses IPv4-mapped).
+pub fn flow_key(flow: &Flow) -> allowlist_common::FlowKey {
+    let octets = |address: IpAddr| match address {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    allowlist_common::FlowKey {
+        remote: octets(flow.remote),
+        local: octets(flow.local),
+        remote_port: flow.remote_port,
+        local_port: flow.local_port,
+        protocol: flow.protocol,
+        _pad: [0; 3],
+    }
 }
 
 /// Builds frames for one policy.
@@ -287,6 +367,8 @@ pub struct FrameMaker<'a> {
     /// Sources of recent frames: reused now and then, so that fragments of one datagram
     /// (same source, destination, id, protocol) meet.
     recent: Vec<IpAddr>,
+    /// First fragments sent (source, protocol, id), whose later fragments may follow.
+    trains: Vec<(IpAddr, u8, u16)>,
 }
 
 impl<'a> FrameMaker<'a> {
@@ -296,6 +378,7 @@ impl<'a> FrameMaker<'a> {
             networks,
             bases: Bases::new(rng),
             recent: Vec::new(),
+            trains: Vec::new(),
         }
     }
 
@@ -411,6 +494,32 @@ impl<'a> FrameMaker<'a> {
                 frame.extend_from_slice(&[0, 0x3e, 0x81, 64]);
                 frame.extend(self.ip_packet(rng, false));
             }
+            6 | 7 if !self.trains.is_empty() => {
+                // A later fragment of a datagram whose first fragment went before.
+                let (source, protocol, id) =
+                    self.trains[rng.below(self.trains.len() as u64) as usize];
+                let ether_type: u16 = if source.is_ipv6() { 0x86dd } else { 0x0800 };
+                frame.extend_from_slice(&ether_type.to_be_bytes());
+                let offset = 1 + rng.below(0x1fff) as u16;
+                let more = if rng.below(2) == 0 { 0x2000 } else { 0 };
+                let payload = (0..8).map(|_| rng.next_u64() as u8).collect();
+                frame.extend(ip_header(
+                    source,
+                    local_address(source.is_ipv6()),
+                    protocol,
+                    more | offset,
+                    id,
+                    payload,
+                ));
+            }
+            3..=5 if !self.policy.flows.is_empty() => {
+                // A reply to a flow the host opened (or nearly: a field may be off).
+                let flow = self.policy.flows[rng.below(self.policy.flows.len() as u64) as usize];
+                let v6 = flow.remote.is_ipv6();
+                let ether_type: u16 = if v6 { 0x86dd } else { 0x0800 };
+                frame.extend_from_slice(&ether_type.to_be_bytes());
+                frame.extend(self.reply(rng, &flow));
+            }
             _ => {
                 let v6 = rng.below(2) == 0;
                 let ether_type: u16 = if v6 { 0x86dd } else { 0x0800 };
@@ -420,6 +529,43 @@ impl<'a> FrameMaker<'a> {
         }
         mutate(&mut frame, rng);
         frame
+    }
+
+    /// An IP packet answering `flow`, now and then with one field changed.
+    fn reply(&mut self, rng: &mut Rng, flow: &Flow) -> Vec<u8> {
+        let mut flow = *flow;
+        match rng.below(8) {
+            0 => flow.remote_port = flow.remote_port.wrapping_add(1),
+            1 => flow.local_port = flow.local_port.wrapping_add(1),
+            2 => flow.protocol = if flow.protocol == 6 { 17 } else { 6 },
+            _ => {}
+        }
+        let transport = match flow.protocol {
+            1 | 58 => {
+                let reply_type = if flow.protocol == 1 { 0 } else { 129 };
+                let id = flow.local_port.to_be_bytes();
+                vec![reply_type, 0, 0, 0, id[0], id[1], 0, 1]
+            }
+            protocol => {
+                let mut header = flow.remote_port.to_be_bytes().to_vec();
+                header.extend_from_slice(&flow.local_port.to_be_bytes());
+                header.extend(std::iter::repeat_n(0u8, if protocol == 6 { 16 } else { 4 }));
+                header
+            }
+        };
+        let fragment: u16 = if rng.below(5) == 0 { 0x2000 } else { 0 };
+        let id = rng.below(4) as u16;
+        if fragment != 0 {
+            self.trains.push((flow.remote, flow.protocol, id));
+        }
+        ip_header(
+            flow.remote,
+            flow.local,
+            flow.protocol,
+            fragment,
+            id,
+            transport,
+        )
     }
 
     fn ip_packet(&mut self, rng: &mut Rng, v6: bool) -> Vec<u8> {
@@ -438,6 +584,9 @@ impl<'a> FrameMaker<'a> {
                     _ => 0,
                 };
                 let id = rng.below(4) as u16;
+                if fragment == 0x2000 {
+                    self.trains.push((IpAddr::V4(source), protocol, id));
+                }
                 let transport = self.transport(rng, protocol, v6);
                 let header_len = 20 + options;
                 let total = (header_len + transport.len()) as u16;
@@ -525,6 +674,54 @@ impl<'a> FrameMaker<'a> {
             _ => (0..8).map(|_| rng.next_u64() as u8).collect(),
         }
     }
+}
+
+/// A plain IP header (no options or extension headers) around `transport`; `fragment`
+/// and `id` are IPv4's fragment field and identification (IPv6 gets a fragment header
+/// with the same offset and more-fragments flag when `fragment` is not zero).
+fn ip_header(
+    source: IpAddr,
+    destination: IpAddr,
+    protocol: u8,
+    fragment: u16,
+    id: u16,
+    transport: Vec<u8>,
+) -> Vec<u8> {
+    let mut packet = Vec::new();
+    match (source, destination) {
+        (IpAddr::V4(source), IpAddr::V4(destination)) => {
+            packet.extend_from_slice(&[0x45, 0]);
+            packet.extend_from_slice(&((20 + transport.len()) as u16).to_be_bytes());
+            packet.extend_from_slice(&id.to_be_bytes());
+            packet.extend_from_slice(&fragment.to_be_bytes());
+            packet.extend_from_slice(&[64, protocol, 0, 0]);
+            packet.extend_from_slice(&source.octets());
+            packet.extend_from_slice(&destination.octets());
+        }
+        (IpAddr::V6(source), IpAddr::V6(destination)) => {
+            let mut payload = Vec::new();
+            let next = if fragment != 0 {
+                let more = u16::from(fragment & 0x2000 != 0);
+                let offset_flags = ((fragment & 0x1fff) << 3) | more;
+                payload.extend_from_slice(&[protocol, 0]);
+                payload.extend_from_slice(&offset_flags.to_be_bytes());
+                payload.extend_from_slice(&u32::from(id).to_be_bytes());
+                44
+            } else {
+                protocol
+            };
+            payload.extend(transport);
+            packet.extend_from_slice(&[0x60, 0, 0, 0]);
+            packet.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+            packet.extend_from_slice(&[next, 64]);
+            packet.extend_from_slice(&source.octets());
+            packet.extend_from_slice(&destination.octets());
+            return [packet, payload].concat();
+        }
+        _ => return Vec::new(),
+    }
+    packet.extend(transport);
+    packet
 }
 
 /// Cuts the frame anywhere, overwrites bytes, or leaves it whole.

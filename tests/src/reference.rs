@@ -5,9 +5,9 @@
 //! wrong: the program, or the README.
 //!
 //! The reference judges the bytes of a frame, as the program does, under a policy of
-//! entries (each allowing all ports or some), public ports, a mode and features. It
-//! knows no flows the host opened (the fuzzer leaves that table empty), and it remembers,
-//! as the program does, which fragment trains a first fragment opened.
+//! entries (each allowing all ports or some), public ports, a mode and features, and the
+//! flows the host opened (which the fuzzer writes into the program's flow table too). It
+//! remembers, as the program does, which fragment trains a first fragment opened.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -30,6 +30,22 @@ pub struct Policy {
     pub dhcp_client: bool,
     /// `encapsulated_ip = "pass"`.
     pub pass_encapsulated: bool,
+    /// `return_traffic = true`: replies to the flows below pass.
+    pub return_traffic: bool,
+    /// Flows the host opened, recently.
+    pub flows: Vec<Flow>,
+}
+
+/// A flow the host opened, as its replies see it: they come from `remote` (port
+/// `remote_port`) to `local` (port `local_port`). For ICMP echo, `local_port` is the
+/// echo identifier and `remote_port` is 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    pub protocol: u8,
+    pub remote: IpAddr,
+    pub remote_port: u16,
+    pub local: IpAddr,
+    pub local_port: u16,
 }
 
 /// A datagram's fragments, as the README names them: same source, destination, id and
@@ -80,6 +96,8 @@ struct Transport {
     fragment_id: u32,
     /// (source port, destination port) of TCP or UDP, when the header is there.
     ports: Option<(u16, u16)>,
+    /// The identifier of an ICMP or ICMPv6 echo reply, when it is there.
+    echo_reply_id: Option<u16>,
 }
 
 impl Judge {
@@ -141,7 +159,7 @@ impl Judge {
         let listed = !covering.is_empty();
 
         let transport = transport(frame, source.is_ipv6(), protocol, payload, v4_fragment);
-        if let Some(reason) = self.admit_by_ports(&covering, &transport) {
+        if let Some(reason) = self.admit_by_ports(&covering, &transport, source, destination) {
             if transport.fragment == Fragment::First {
                 self.admitted_trains.insert(Train {
                     source,
@@ -168,15 +186,31 @@ impl Judge {
         }
     }
 
-    /// A port its entries allow, a DHCP reply to the host's client, a public port: in
-    /// that order (there are no flows the host opened, so no return traffic).
+    /// A port its entries allow, a reply to a flow the host opened, a DHCP reply to the
+    /// host's client, a public port: in that order.
     fn admit_by_ports(
         &self,
         covering: &[&Option<Vec<PortSpec>>],
         transport: &Transport,
+        source: IpAddr,
+        destination: IpAddr,
     ) -> Option<Reason> {
-        let (source_port, destination_port) = transport.ports?;
         let protocol = transport.protocol;
+        // "a reply is admitted only if its exact (remote address, remote port, local
+        // address, local port, protocol) matches a flow the host opened recently".
+        let reply_to = |remote_port: u16, local_port: u16| Flow {
+            protocol,
+            remote: source,
+            remote_port,
+            local: destination,
+            local_port,
+        };
+        if let Some(identifier) = transport.echo_reply_id {
+            return (self.policy.return_traffic
+                && self.policy.flows.contains(&reply_to(0, identifier)))
+            .then_some(Reason::PassedReturnTraffic);
+        }
+        let (source_port, destination_port) = transport.ports?;
         let allowed = covering
             .iter()
             .filter_map(|ports| ports.as_ref())
@@ -184,6 +218,14 @@ impl Judge {
             .any(|range| range.contains(protocol, destination_port));
         if allowed {
             return Some(Reason::PassedListed);
+        }
+        if self.policy.return_traffic
+            && self
+                .policy
+                .flows
+                .contains(&reply_to(source_port, destination_port))
+        {
+            return Some(Reason::PassedReturnTraffic);
         }
         if self.policy.dhcp_client
             && protocol == UDP
@@ -334,6 +376,7 @@ fn transport(
         fragment: Fragment::Whole,
         fragment_id: 0,
         ports: None,
+        echo_reply_id: None,
     };
     let mut offset = payload;
     if is_v6 {
@@ -388,8 +431,11 @@ fn transport(
     if transport.fragment == Fragment::Later {
         return transport;
     }
-    if matches!(transport.protocol, TCP | UDP) {
-        transport.ports = be16(frame, offset).zip(be16(frame, offset + 2));
+    match (transport.protocol, frame.get(offset)) {
+        (TCP | UDP, _) => transport.ports = be16(frame, offset).zip(be16(frame, offset + 2)),
+        // Echo replies (ICMP type 0, ICMPv6 type 129) carry their identifier at 4.
+        (1, Some(0)) | (58, Some(129)) => transport.echo_reply_id = be16(frame, offset + 4),
+        _ => {}
     }
     transport
 }
@@ -411,6 +457,8 @@ mod tests {
             mode,
             dhcp_client: true,
             pass_encapsulated: false,
+            return_traffic: true,
+            flows: Vec::new(),
         }
     }
 

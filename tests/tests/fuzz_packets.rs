@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use allowlist_tests::packet_fuzz::{random_policy, Case, FrameMaker};
+use allowlist_tests::packet_fuzz::{flow_key, random_policy, Case, FrameMaker};
 use allowlist_tests::reference::{Judge, Policy};
 use allowlist_tests::rng::Rng;
 use allowlist_tests::test_filter::{TestFilter, Verdict};
@@ -52,6 +52,11 @@ fn filter_for(policy: &Policy) -> Option<TestFilter> {
         .unwrap_or_else(|error| panic!("applying {compiled:?}: {error}"));
     filter.set_mode(policy.mode);
     filter.set_features(Case::features(policy));
+    let flows: Vec<_> = policy.flows.iter().map(flow_key).collect();
+    filter
+        .filter()
+        .seed_flows(&flows)
+        .unwrap_or_else(|error| panic!("seeding {flows:?}: {error}"));
     Some(filter)
 }
 
@@ -70,14 +75,16 @@ fn disagreement(
         };
         match filter.try_judge(frame) {
             Ok((verdict, reason)) if (verdict, reason) == (expected_verdict, expected) => {}
-            Ok((verdict, reason)) => return Some((
-                index,
-                format!(
+            Ok((verdict, reason)) => {
+                return Some((
+                    index,
+                    format!(
                     "the program said {verdict:?} ({}), the README says {expected_verdict:?} ({})",
                     reason.name(),
                     expected.name()
                 ),
-            )),
+                ))
+            }
             Err(problem) => return Some((index, problem)),
         }
     }
