@@ -369,18 +369,18 @@ pub fn parse_network_noting(given: &str) -> Result<(IpNet, Option<String>), Stri
         )
     })?;
     let network = normalize(written);
-    let note = if is_ipv4_mapped(written) {
-        Some(format!(
+    let mut notes = Vec::new();
+    if is_ipv4_mapped(written) {
+        notes.push(format!(
             "{trimmed} is an IPv4-mapped IPv6 address; listed as {network}, the IPv4 source the filter sees"
-        ))
+        ));
     } else if network != written {
-        Some(format!("{trimmed} has host bits set; listed as {network}"))
-    } else if allows_everyone(network) {
-        Some(format!("{network} allows every {} source", family(network)))
-    } else {
-        None
-    };
-    Ok((network, note))
+        notes.push(format!("{trimmed} has host bits set; listed as {network}"));
+    }
+    if allows_everyone(network) {
+        notes.push(format!("{network} allows every {} source", family(network)));
+    }
+    Ok((network, (!notes.is_empty()).then(|| notes.join("; "))))
 }
 
 /// The network the filter judges by: host bits cleared, and an IPv4-mapped IPv6 network
