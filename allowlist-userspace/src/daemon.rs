@@ -251,7 +251,7 @@ impl Daemon {
         }
         self.filter
             .detach_others(&self.config.interfaces, &self.config.state_dir)?;
-        let seeded = self.filter.seed_flows(&crate::flows::outbound())?;
+        let seeded = self.filter.seed_flows(&crate::sockets::outbound_flows())?;
         info!(mode = %self.mode, interfaces = ?self.config.interfaces, return_traffic = self.config.return_traffic, encapsulated_ip = ?self.config.encapsulated_ip, seeded_flows = seeded, "enforcing");
         Ok(())
     }
@@ -605,7 +605,7 @@ impl Daemon {
         port: Option<PortSpec>,
     ) -> Result<CheckResult, Refusal> {
         // An IPv4 client reaches the host as IPv4 whatever it is written as.
-        let address = crate::safety::unmap(address);
+        let address = crate::sockets::unmap(address);
         let list = &self.compiled;
         let destination = port.map(|port| Destination {
             protocol: port.protocol,

@@ -1,0 +1,124 @@
+//! What commands read: networks (noting what differs from what was typed), durations
+//! within their bounds, port lists, and CSV files validated whole before anything is sent.
+
+use std::{
+    fs::File,
+    io::{self, IsTerminal, Read},
+    path::PathBuf,
+    time::Duration,
+};
+
+use allowlist_userspace::{
+    clock,
+    config::parse_network_noting,
+    csv_format,
+    ports::{self, PortSpec},
+};
+use ipnet::IpNet;
+
+use crate::{output::printable, Failure};
+
+/// The network an argument names; what differs from what was typed (host bits, an
+/// IPv4-mapped address) is said on stderr.
+pub fn network_argument(given: &str) -> Result<IpNet, Failure> {
+    let (network, note) = parse_network_noting(given).map_err(Failure::usage)?;
+    if let Some(note) = note {
+        eprintln!("allowlistctl: note: {}", printable(&note));
+    }
+    Ok(network)
+}
+
+/// `--expires`: a duration from now, or `never`.
+#[derive(Clone, Copy, Debug)]
+pub enum Expiry {
+    After(Duration),
+    Never,
+}
+
+/// `--ports`: a list, or `all` (empty).
+#[derive(Clone, Debug)]
+pub struct Ports(pub Vec<PortSpec>);
+
+pub fn parse_ports(given: &str) -> Result<Ports, String> {
+    if given.trim().eq_ignore_ascii_case("all") {
+        return Ok(Ports(Vec::new()));
+    }
+    let ports = ports::parse_list(given)?;
+    if ports.is_empty() {
+        return Err("no ports given; use e.g. 22/tcp,5985-5986/tcp, or `all`".into());
+    }
+    ports::check_kernel_fit(&ports)?;
+    Ok(Ports(ports))
+}
+
+pub fn parse_duration(given: &str, what: &'static str, max: Duration) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(given)
+        .map_err(|error| format!("{error}; use e.g. 30s, 15m, 2h, 7d"))?;
+    // Sub-second durations round up: "500ms" means "soon", not "never".
+    let secs = duration.as_secs().max(1);
+    clock::check_duration(what, secs, max).map_err(|error| error.to_string())?;
+    Ok(Duration::from_secs(secs))
+}
+
+pub fn parse_expiry(given: &str) -> Result<Expiry, String> {
+    if given.trim().eq_ignore_ascii_case("never") {
+        return Ok(Expiry::Never);
+    }
+    parse_duration(given, "--expires", clock::MAX_EXPIRY).map(Expiry::After)
+}
+
+pub fn parse_confirm(given: &str) -> Result<Duration, String> {
+    parse_duration(given, "--confirm", clock::MAX_CONFIRM)
+}
+
+/// Reads and validates the whole file before anything is sent: any bad row, nothing
+/// changes. Notes on rows (host bits, expired entries left out) go to stderr. Shows a
+/// progress bar on a terminal (files of a million rows take a while).
+pub fn read_csv(file: &PathBuf) -> Result<Vec<allowlist_userspace::allowlist::ImportRow>, Failure> {
+    const SHOWN: usize = 50;
+    let shown = file.display().to_string();
+    let (reader, size): (Box<dyn Read>, u64) = if shown == "-" {
+        (Box::new(io::stdin().lock()), 0)
+    } else {
+        let opened =
+            File::open(file).map_err(|error| Failure::error(format!("{shown}: {error}")))?;
+        let size = opened.metadata().map(|meta| meta.len()).unwrap_or(0);
+        (Box::new(opened), size)
+    };
+    let reader: Box<dyn Read> = if io::stderr().is_terminal() && size > 0 {
+        let bar = indicatif::ProgressBar::new(size).with_message(format!("reading {shown}"));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} ({eta})",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Box::new(bar.wrap_read(reader))
+    } else {
+        reader
+    };
+    let read = csv_format::read_rows(reader, clock::now()).map_err(|bad| {
+        let mut message = format!("{shown}: {} bad row(s); nothing was imported:", bad.len());
+        for row in bad.iter().take(SHOWN) {
+            message.push_str(&format!(
+                "\n  line {}: {}",
+                row.line,
+                printable(&row.problem)
+            ));
+        }
+        if bad.len() > SHOWN {
+            message.push_str(&format!("\n  … and {} more", bad.len() - SHOWN));
+        }
+        Failure::error(message)
+    })?;
+    for (line, note) in read.notes.iter().take(SHOWN) {
+        eprintln!("allowlistctl: note: {shown}:{line}: {}", printable(note));
+    }
+    if read.notes.len() > SHOWN {
+        eprintln!(
+            "allowlistctl: note: … and {} more notes",
+            read.notes.len() - SHOWN
+        );
+    }
+    Ok(read.rows)
+}

@@ -1,0 +1,264 @@
+//! Control CLI for allowlistd: see `allowlistctl --help`.
+//!
+//! `cli` declares the commands and options, `input` reads what they name (networks,
+//! durations, CSV files), `output` prints what the daemon answers; this file sends the
+//! requests and maps refusals to exit codes.
+
+mod cli;
+mod input;
+mod output;
+
+use std::{io, path::Path, process::ExitCode, time::Duration};
+
+use allowlist_userspace::{
+    allowlist::Origin,
+    config::Mode,
+    control::{self, Reply, Request, Safety},
+    csv_format,
+};
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command};
+use input::{network_argument, read_csv, Expiry, Ports};
+use output::{
+    print_check, print_entries, print_json, print_message, print_plan, print_stats, print_status,
+    CheckView, EntryView,
+};
+
+/// Exit codes, documented in README.
+const EXIT_ERROR: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+const EXIT_REFUSED_FOR_SAFETY: u8 = 3;
+
+/// A failure with the exit code it maps to.
+pub struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    pub fn error(message: impl Into<String>) -> Self {
+        Failure {
+            code: EXIT_ERROR,
+            message: message.into(),
+        }
+    }
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    // `allowlistctl list | head` must end quietly, like other Unix tools, not panic.
+    // SAFETY: restoring the default disposition of a signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("allowlistctl: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    let socket = cli.socket;
+    let ask = |request: &Request| ask(&socket, request);
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "allowlistctl",
+                &mut io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Add {
+            network,
+            description,
+            expires,
+            ports,
+            force,
+        } => {
+            let network = network_argument(&network)?;
+            let reply = ask(&Request::Add {
+                network,
+                description,
+                expires_in_secs: match expires {
+                    Some(Expiry::After(duration)) => Some(duration.as_secs()),
+                    _ => None,
+                },
+                never_expires: matches!(expires, Some(Expiry::Never)),
+                ports: ports.map(|Ports(ports)| ports),
+                safety: safety(force),
+            })?;
+            print_message(&reply);
+            Ok(())
+        }
+        Command::Remove { network, force } => {
+            let network = network_argument(&network)?;
+            print_message(&ask(&Request::Remove {
+                network,
+                safety: safety(force),
+            })?);
+            Ok(())
+        }
+        Command::List { json } => {
+            let reply = ask(&Request::List)?;
+            let entries = reply.entries.unwrap_or_default();
+            if json {
+                print_json(&entries.iter().map(EntryView::from).collect::<Vec<_>>());
+            } else {
+                print_entries(&entries);
+            }
+            Ok(())
+        }
+        Command::Check {
+            address,
+            port,
+            json,
+        } => {
+            let reply = ask(&Request::Check { address, port })?;
+            let check = reply
+                .check
+                .ok_or_else(|| Failure::error("the daemon sent no verdict"))?;
+            if json {
+                print_json(&CheckView::from(&check));
+            } else {
+                print_check(&check);
+            }
+            Ok(())
+        }
+        Command::Import {
+            file,
+            replace,
+            dry_run,
+            force,
+            json,
+        } => {
+            let rows = read_csv(&file)?;
+            let reply = ask(&Request::Import {
+                rows,
+                replace,
+                dry_run,
+                safety: safety(force),
+            })?;
+            let plan = reply.import.clone().unwrap_or_default();
+            if json {
+                print_json(&plan);
+            } else {
+                print_message(&reply);
+                if dry_run {
+                    print_plan(&plan);
+                }
+            }
+            Ok(())
+        }
+        Command::Export => {
+            let reply = ask(&Request::Export)?;
+            let entries = reply.entries.unwrap_or_default();
+            let rows = entries
+                .iter()
+                .filter(|entry| entry.origin != Origin::Always);
+            csv_format::write_rows(io::stdout().lock(), rows)
+                .map_err(|error| Failure::error(format!("writing CSV: {error}")))
+        }
+        Command::Activate { confirm, force } => {
+            let request = Request::SetMode {
+                mode: Mode::Enforce,
+                confirm_secs: confirm.map(|d| d.as_secs()),
+                safety: safety(force),
+            };
+            print_message(&ask(&request)?);
+            Ok(())
+        }
+        Command::Deactivate => set_mode(&socket, Mode::Off),
+        Command::Monitor => set_mode(&socket, Mode::Monitor),
+        Command::Confirm => {
+            print_message(&ask(&Request::Confirm)?);
+            Ok(())
+        }
+        Command::Status { json } => {
+            let status = ask(&Request::Status)?
+                .status
+                .ok_or_else(|| Failure::error("the daemon sent no status"))?;
+            if json {
+                print_json(&status);
+            } else {
+                print_status(&status);
+            }
+            Ok(())
+        }
+        Command::Stats { json } => {
+            let stats = ask(&Request::Stats)?
+                .stats
+                .ok_or_else(|| Failure::error("the daemon sent no counters"))?;
+            if json {
+                print_json(&stats);
+            } else {
+                print_stats(&stats);
+            }
+            Ok(())
+        }
+        Command::Reload => {
+            print_message(&ask(&Request::Reload)?);
+            Ok(())
+        }
+    }
+}
+
+fn set_mode(socket: &Path, mode: Mode) -> Result<(), Failure> {
+    let reply = ask(
+        socket,
+        &Request::SetMode {
+            mode,
+            confirm_secs: None,
+            safety: safety(false),
+        },
+    )?;
+    print_message(&reply);
+    Ok(())
+}
+
+/// Sends a request; a refusal becomes a Failure with the documented exit code.
+fn ask(socket: &Path, request: &Request) -> Result<Reply, Failure> {
+    let reply = control::request(socket, request, Duration::from_secs(600))
+        .map_err(|error| Failure::error(error.to_string()))?;
+    if reply.ok {
+        return Ok(reply);
+    }
+    let message = reply
+        .error
+        .clone()
+        .unwrap_or_else(|| "the daemon refused without a reason".into());
+    Err(Failure {
+        code: if reply.refused_for_safety.is_some() {
+            EXIT_REFUSED_FOR_SAFETY
+        } else {
+            EXIT_ERROR
+        },
+        message,
+    })
+}
+
+/// The caller's SSH session as `SSH_CONNECTION` gives it (`CLIENT_IP CLIENT_PORT
+/// SERVER_IP SERVER_PORT`): the client address and the local port the session uses, so
+/// the daemon can refuse to cut it off.
+fn safety(force: bool) -> Safety {
+    let connection = std::env::var("SSH_CONNECTION").unwrap_or_default();
+    let fields: Vec<&str> = connection.split_whitespace().collect();
+    let caller = fields.first().and_then(|client| client.parse().ok());
+    let caller_port = fields.get(3).and_then(|port| port.parse().ok());
+    Safety {
+        caller,
+        caller_port,
+        force,
+    }
+}

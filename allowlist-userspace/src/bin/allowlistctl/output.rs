@@ -1,0 +1,210 @@
+//! How answers are shown: tables for people (descriptions escaped), JSON for scripts
+//! (exact).
+
+use std::net::IpAddr;
+
+use allowlist_userspace::{
+    allowlist::{Entry, ImportPlan},
+    clock::format_time,
+    config::Mode,
+    control::{CheckResult, Reply, Stats, Status},
+};
+use ipnet::IpNet;
+
+/// Text from the list made safe for a terminal: control characters (an escape sequence
+/// in a description could rewrite the screen) and bidirectional overrides (which could
+/// make one address read as another) are shown escaped. `--json` keeps text exact.
+pub fn printable(text: &str) -> String {
+    let is_bidi_control = |c: char| {
+        matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+    };
+    text.chars()
+        .map(|c| {
+            if c.is_control() || is_bidi_control(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// An entry as `list --json` shows it: times in RFC 3339.
+#[derive(serde::Serialize)]
+pub struct EntryView<'a> {
+    network: IpNet,
+    description: &'a str,
+    /// Destination ports; empty means all.
+    ports: Vec<String>,
+    origin: String,
+    added_at: String,
+    expires_at: Option<String>,
+}
+
+impl<'a> From<&'a Entry> for EntryView<'a> {
+    fn from(entry: &'a Entry) -> Self {
+        EntryView {
+            network: entry.network,
+            description: &entry.description,
+            ports: entry.ports.iter().map(ToString::to_string).collect(),
+            origin: entry.origin.to_string(),
+            added_at: format_time(entry.added_at),
+            expires_at: entry.expires_at.map(format_time),
+        }
+    }
+}
+
+/// `check --json`: the verdict, with its entry shown as `list --json` shows entries.
+#[derive(serde::Serialize)]
+pub struct CheckView<'a> {
+    address: IpAddr,
+    mode: Mode,
+    verdict: &'a str,
+    reason: &'a str,
+    entry: Option<EntryView<'a>>,
+}
+
+impl<'a> From<&'a CheckResult> for CheckView<'a> {
+    fn from(check: &'a CheckResult) -> Self {
+        CheckView {
+            address: check.address,
+            mode: check.mode,
+            verdict: &check.verdict,
+            reason: &check.reason,
+            entry: check.entry.as_ref().map(EntryView::from),
+        }
+    }
+}
+
+pub fn table(header: &[&str]) -> comfy_table::Table {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::NOTHING);
+    table.set_header(header.iter().map(|h| h.to_string()));
+    table
+}
+
+pub fn print_entries(entries: &[Entry]) {
+    let mut out = table(&[
+        "NETWORK",
+        "PORTS",
+        "DESCRIPTION",
+        "ORIGIN",
+        "ADDED",
+        "EXPIRES",
+    ]);
+    for entry in entries {
+        let view = EntryView::from(entry);
+        out.add_row(vec![
+            view.network.to_string(),
+            if view.ports.is_empty() {
+                "all".to_string()
+            } else {
+                view.ports.join(",")
+            },
+            printable(view.description),
+            view.origin,
+            view.added_at,
+            view.expires_at.unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    println!("{out}");
+    println!("{} entries", entries.len());
+}
+
+pub fn print_check(check: &CheckResult) {
+    let decided = match &check.entry {
+        Some(entry) => format!(
+            "listed by {} ({}origin {})",
+            entry.network,
+            if entry.description.is_empty() {
+                String::new()
+            } else {
+                format!("\"{}\", ", printable(&entry.description))
+            },
+            entry.origin
+        ),
+        None => "not listed".into(),
+    };
+    let target = match check.port {
+        Some(port) => format!("{} to {port}", check.address),
+        None => check.address.to_string(),
+    };
+    let ports = match &check.allowed_ports {
+        Some(ports) => format!(
+            "; it may reach only {}",
+            ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        None => String::new(),
+    };
+    println!(
+        "{target}: {} — {decided}{ports}; mode {}, counted as {}",
+        check.verdict.to_uppercase(),
+        check.mode,
+        check.reason
+    );
+}
+
+pub fn print_plan(plan: &ImportPlan) {
+    for (what, networks) in [
+        ("add", &plan.added),
+        ("update", &plan.updated),
+        ("remove", &plan.removed),
+        ("keep (config file)", &plan.unchanged_config),
+    ] {
+        for network in networks {
+            println!("  {what:<8} {network}");
+        }
+    }
+}
+
+pub fn print_message(reply: &Reply) {
+    if let Some(message) = &reply.message {
+        println!("{message}");
+    }
+}
+
+pub fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(error) => eprintln!("allowlistctl: {error}"),
+    }
+}
+
+pub fn print_status(status: &Status) {
+    println!("mode:       {}", status.mode);
+    if let Some(deadline) = status.confirm_deadline {
+        println!(
+            "            reverts at {} unless `allowlistctl confirm`",
+            format_time(deadline)
+        );
+    }
+    println!(
+        "entries:    {} IPv4, {} IPv6 (after compiling)",
+        status.entries.ipv4, status.entries.ipv6
+    );
+    println!("config:     {}", status.config);
+    println!("pins:       {}", status.pin_path);
+    println!("interfaces:");
+    for interface in &status.interfaces {
+        println!("  {:<16} {:?} XDP", interface.name, interface.xdp_mode);
+    }
+}
+
+pub fn print_stats(stats: &Stats) {
+    let mut out = table(&["REASON", "PACKETS", "BYTES"]);
+    for (reason, counter) in &stats.counters {
+        out.add_row(vec![
+            reason.clone(),
+            counter.packets.to_string(),
+            counter.bytes.to_string(),
+        ]);
+    }
+    println!("{out}");
+}
