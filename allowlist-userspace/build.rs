@@ -3,6 +3,8 @@
 //! Needs the nightly toolchain with rust-src and bpf-linker: `cargo xtask setup`.
 
 use anyhow::{anyhow, Context as _};
+// A build-dependency only so that cargo rebuilds this crate when the program changes.
+use allowlist_ebpf as _;
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {

@@ -410,12 +410,19 @@ const _: () = assert!((Reason::ALL.len() as u32) <= COUNTER_SLOTS);
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: each type is repr(C), fixed-width, without padding (sizes asserted above).
+    // Each type is repr(C), fixed-width, without padding: the sizes asserted above.
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::AllowRule {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Control {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::PortSet {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FlowState {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for super::FragmentKey {}
 }

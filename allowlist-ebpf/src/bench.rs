@@ -11,6 +11,9 @@
 #![no_std]
 #![no_main]
 
+// The benchmark helpers share the crate's dependencies but use only aya-ebpf.
+use {allowlist_common as _, allowlist_ebpf as _, aya_log_ebpf as _};
+
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},

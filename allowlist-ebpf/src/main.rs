@@ -9,6 +9,9 @@
 
 mod parse;
 
+// The crate's library target is there for allowlist-userspace's build script (lib.rs).
+use allowlist_ebpf as _;
+
 use allowlist_common::{
     screen_bit_v4, screen_bit_v6, AllowRule, Control, Counter, FlowKey, FlowState, FragmentKey,
     Ipv4Octets, Ipv6Octets, Mode, PortSet, Reason, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC,

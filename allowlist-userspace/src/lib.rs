@@ -8,6 +8,13 @@
 //! access and safety guard it). clock bounds every time an input can carry.
 //! The binaries `allowlistd` and `allowlistctl` are thin shells over these.
 
+// Dependencies of the binaries only (cargo has no per-binary dependencies), named here
+// so that `unused_crate_dependencies` holds every other one to account.
+use {
+    anyhow as _, clap as _, clap_complete as _, comfy_table as _, indicatif as _,
+    tracing_subscriber as _,
+};
+
 pub mod access;
 pub mod allowlist;
 pub mod clock;

@@ -400,6 +400,7 @@ fn is_bpffs(path: &Path) -> Result<bool> {
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: statfs fills a zeroed struct we own from a NUL-terminated path.
     let mut info: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs writes into `info`, which we own, from a NUL-terminated path.
     if unsafe { libc::statfs(c_path.as_ptr(), &mut info) } != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("statfs {path:?}"));
     }

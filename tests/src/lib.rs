@@ -10,6 +10,7 @@
 //! Everything is named uniquely per process and per object, and everything is torn down
 //! on `Drop`, so tests run in parallel and clean up after themselves even when they fail.
 //! All of it needs root.
+#![warn(unused_crate_dependencies)]
 
 pub mod daemon;
 pub mod netns;

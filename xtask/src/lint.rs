@@ -5,6 +5,14 @@ use anyhow::Result;
 
 use crate::{process, setup, summary::Summary, workspace};
 
+/// Every lint check, as one step: `cargo xtask test` runs it after setup.
+pub fn check() -> Result<()> {
+    check_formatting()?;
+    clippy_host_crates()?;
+    clippy_xdp_program()?;
+    clippy_fuzz_targets()
+}
+
 pub fn lint() -> Result<()> {
     let mut summary = Summary::new("cargo xtask lint");
     summary.step("rustfmt", check_formatting);

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::{fuzz, process, setup, summary::Summary, sys, workspace};
+use crate::{fuzz, lint, process, setup, summary::Summary, sys, workspace};
 
 pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
     sys::require_root(
@@ -14,6 +14,13 @@ pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
     let mut summary = Summary::new("cargo xtask test");
     let ready = summary.step("setup", setup::setup)
         && summary.step("build", || workspace::build_userspace(false));
+    // What `cargo xtask lint` checks is part of the suite: formatting and clippy with
+    // warnings denied, so CI enforces them. A failure here still lets the tests run.
+    if ready {
+        summary.step("lint (fmt, clippy)", lint::check);
+    } else {
+        summary.skip("lint (fmt, clippy)");
+    }
     if ready {
         summary.step("unit tests", || run_unit_tests(test_args));
         summary.step("integration tests", || {

@@ -1,4 +1,6 @@
 //! The allowlist daemon: see `allowlistd --help`.
+// The library's dependencies are every binary's too; the library checks they are used.
+#![allow(unused_crate_dependencies)]
 
 use std::{path::PathBuf, process::ExitCode};
 
