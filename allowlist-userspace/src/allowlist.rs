@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     clock::now,
     compile::{CompiledList, Reach, TooManyPortRanges},
-    config::{normalize, AllowEntry, Config},
+    config::{normalize, AllowEntry, Config, Mode},
     ports::PortSpec,
 };
 
@@ -353,6 +353,23 @@ impl Allowlist {
     /// deliberate entry.
     pub fn has_operator_entries(&self) -> bool {
         !self.config.is_empty() || !self.managed.entries.is_empty()
+    }
+
+    /// Whether enforcing this list in `mode` would drop all IP traffic to the host.
+    pub fn locks_everyone_out(&self, mode: Mode) -> bool {
+        mode == Mode::Enforce && !self.has_operator_entries()
+    }
+
+    /// The one rule every path that can enforce (start, reload, activate, remove,
+    /// import --replace) checks: enforcing needs an entry of the operator's own. `what`
+    /// names the refused step for the message.
+    pub fn refuse_locking_everyone_out(&self, mode: Mode, what: &str) -> Result<(), String> {
+        if !self.locks_everyone_out(mode) {
+            return Ok(());
+        }
+        Err(format!(
+            "{what} refused: enforcing an empty allowlist would drop all IP traffic to this host ([[always]] entries do not count). Add an entry of your own first (`allowlistctl add ADDRESS`, or [[allow]] in the config file), or use mode \"monitor\""
+        ))
     }
 
     /// The prefixes the kernel should hold now.

@@ -90,13 +90,16 @@ impl StartPlan {
             normalized,
             ..saved
         });
-        if mode == Mode::Enforce && !allowlist.has_operator_entries() {
-            return Err(PlanError::Refused(format!(
-                "{}: mode = \"enforce\" with an empty allowlist would drop all IP traffic to this host; add [[allow]] entries or use mode = \"monitor\" (the saved state in {} has no entries either)",
-                config.path.display(),
-                state::path(&config.state_dir).display()
-            )));
-        }
+        allowlist
+            .refuse_locking_everyone_out(
+                mode,
+                &format!(
+                    "{}: starting with mode \"enforce\" (and no entries saved in {} either)",
+                    config.path.display(),
+                    state::path(&config.state_dir).display()
+                ),
+            )
+            .map_err(PlanError::Refused)?;
         let compiled = allowlist
             .compile()
             .map_err(|error| PlanError::Refused(where_from(&config, &error)))?;

@@ -1,10 +1,15 @@
-//! `allowlistd`: brings the kernel in line with the allowlist, then serves the control
-//! socket.
+//! `allowlistd`'s state and how it changes: start, reload, and the transitions every
+//! request goes through (apply to the kernel, make durable, or roll back). The requests
+//! themselves are in `requests.rs`, the rules that guard them in `guards.rs`, the socket
+//! in `crate::server`.
 //!
 //! Start-up order matters for an operator's safety: config and state are validated
 //! completely before the kernel is touched; the list and mode are in the maps before the
 //! program is attached anywhere; the socket only answers once every interface is
 //! protected. Every change is applied to the kernel, then made durable, then reported.
+
+mod guards;
+mod requests;
 
 use std::path::Path;
 
@@ -12,24 +17,15 @@ use tracing::{error, info, warn};
 
 use crate::{
     access::{Access, SharedAccess},
-    allowlist::{
-        check_description, check_import_rows, Allowlist, Entry, EntryUpdate, ImportRow, ListError,
-    },
-    clock::{self, format_time, now},
-    compile::{CompiledList, Reach},
-    config::{self, Config, ConfigError, EncapsulatedIp, Mode},
-    control::{
-        CheckResult, CounterValue, EntryCounts, InterfaceStatus, Reply, Request, Safety, Stats,
-        Status,
-    },
+    allowlist::{Allowlist, Entry, ListError},
+    clock::now,
+    compile::CompiledList,
+    config::{Config, ConfigError, EncapsulatedIp, Mode},
     durable,
     filter::{self, Filter, FilterError, Pins},
     instance::{self, InstanceLock, LockError},
-    ports::{self, PortSpec},
-    safety::{cut_off, people_at_risk, Verdicts},
     startup::{self, PlanError, Saved, StartPlan},
     state::{self, Change, PendingConfirm, State, StateError},
-    verdict::{self, Destination},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -214,12 +210,12 @@ impl Daemon {
         } else {
             self.mode
         };
-        if mode == Mode::Enforce && !allowlist.has_operator_entries() {
-            return Err(DaemonError::Refused(format!(
-                "{}: enforcing an empty allowlist would drop all IP traffic to this host; add entries or set mode = \"monitor\"",
-                config.path.display()
-            )));
-        }
+        allowlist
+            .refuse_locking_everyone_out(
+                mode,
+                &format!("{}: reloading with mode enforce", config.path.display()),
+            )
+            .map_err(DaemonError::Refused)?;
         let previous = std::mem::replace(&mut self.config, config);
         // Access first, and on its own: taking it away must not wait for (or depend on)
         // the list change, which can fail on a full disk.
@@ -441,95 +437,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// Refuses a change that would drop someone whose traffic passes now.
-    fn check_lockout(
-        &self,
-        next: &Allowlist,
-        next_mode: Mode,
-        safety: &Safety,
-    ) -> Result<(), Refusal> {
-        self.check_lockout_with(
-            || {
-                next.compile()
-                    .map_err(|error| Refusal::Error(error.to_string()))
-            },
-            next_mode,
-            safety,
-        )
-    }
-
-    /// As `check_lockout`, with the next list built only if someone could be cut off.
-    fn check_lockout_with(
-        &self,
-        next_list: impl FnOnce() -> Result<CompiledList, Refusal>,
-        next_mode: Mode,
-        safety: &Safety,
-    ) -> Result<(), Refusal> {
-        if safety.force {
-            return Ok(());
-        }
-        let loopback_protected = self.config.interfaces.iter().any(|name| name == "lo");
-        let people = people_at_risk(safety.caller, safety.caller_port, loopback_protected);
-        if people.is_empty() {
-            return Ok(());
-        }
-        self.refuse_cut_off(&people, &next_list()?, next_mode)
-    }
-
-    /// As `check_lockout_with`, for a next list compiled already.
-    fn check_lockout_against(
-        &self,
-        next_list: &CompiledList,
-        next_mode: Mode,
-        safety: &Safety,
-    ) -> Result<(), Refusal> {
-        self.check_lockout_with(|| Ok(next_list.clone()), next_mode, safety)
-    }
-
-    fn refuse_cut_off(
-        &self,
-        people: &[crate::safety::AtRisk],
-        next_list: &CompiledList,
-        next_mode: Mode,
-    ) -> Result<(), Refusal> {
-        let cut = cut_off(
-            &Verdicts {
-                list: &self.compiled,
-                mode: self.mode,
-            },
-            &Verdicts {
-                list: next_list,
-                mode: next_mode,
-            },
-            people,
-        );
-        if cut.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<String> = cut.iter().map(ToString::to_string).collect();
-        Err(Refusal::Unsafe(
-            format!(
-                "refused for safety: this would cut off {}. List them first, or repeat with --force if that is intended",
-                names.join(", ")
-            ),
-            cut,
-        ))
-    }
-
-    fn refuse_empty_enforce(
-        &self,
-        next: &Allowlist,
-        next_mode: Mode,
-        what: &str,
-    ) -> Result<(), Refusal> {
-        if next_mode == Mode::Enforce && !next.has_operator_entries() {
-            return Err(Refusal::Error(format!(
-                "{what} refused: the allowlist would be empty while enforcing, which drops all IP traffic to this host. Add an entry first, or deactivate"
-            )));
-        }
-        Ok(())
-    }
-
     pub fn socket(&self) -> &Path {
         &self.config.socket
     }
@@ -561,71 +468,6 @@ impl Daemon {
         Ok(())
     }
 
-    pub fn status(&self) -> Status {
-        let (ipv4, ipv6) = self.filter.entry_counts();
-        Status {
-            mode: self.filter.mode(),
-            confirm_deadline: self.pending_confirm.map(|pending| pending.deadline),
-            interfaces: self
-                .filter
-                .attached()
-                .iter()
-                .map(|(name, mode)| InterfaceStatus {
-                    name: name.clone(),
-                    xdp_mode: *mode,
-                })
-                .collect(),
-            entries: EntryCounts { ipv4, ipv6 },
-            pin_path: self.config.pin_path.display().to_string(),
-            config: self.config.path.display().to_string(),
-        }
-    }
-
-    pub fn stats(&self) -> Result<Stats, DaemonError> {
-        let counters = self.filter.counters()?;
-        Ok(Stats {
-            counters: counters
-                .into_iter()
-                .map(|(name, counter)| {
-                    (
-                        name.to_string(),
-                        CounterValue {
-                            packets: counter.packets,
-                            bytes: counter.bytes,
-                        },
-                    )
-                })
-                .collect(),
-        })
-    }
-
-    fn check(
-        &self,
-        address: std::net::IpAddr,
-        port: Option<PortSpec>,
-    ) -> Result<CheckResult, Refusal> {
-        // An IPv4 client reaches the host as IPv4 whatever it is written as.
-        let address = crate::sockets::unmap(address);
-        let list = &self.compiled;
-        let destination = port.map(|port| Destination {
-            protocol: port.protocol,
-            port: port.first,
-        });
-        let reason = verdict::reason(list, self.mode, address, destination);
-        Ok(CheckResult {
-            address,
-            port,
-            mode: self.mode,
-            verdict: if reason.drops() { "drop" } else { "pass" }.into(),
-            reason: reason.name().into(),
-            allowed_ports: match list.access_of(address) {
-                Some(Reach::Ports(ranges)) => Some(ranges.clone()),
-                _ => None,
-            },
-            entry: self.allowlist.deciding_entry(address).cloned(),
-        })
-    }
-
     /// Expires entries and reverts an unconfirmed activation whose time is up. Returns
     /// false if that could not be applied (the timer retries).
     pub(crate) fn tick(&mut self) -> bool {
@@ -639,7 +481,7 @@ impl Daemon {
             }
             other => (self.mode, other),
         };
-        if mode == Mode::Enforce && !allowlist.has_operator_entries() {
+        if allowlist.locks_everyone_out(mode) {
             // Expiry is on a timer, not an operator's command, so it must not lock
             // everyone out: monitor keeps counting what enforce would drop.
             error!("the last entry of the allowlist expired while enforcing; switching to monitor so the host stays reachable. Add entries and `allowlistctl activate` to enforce again");
@@ -668,304 +510,6 @@ impl Daemon {
         .flatten()
         .min()
     }
-
-    pub(crate) fn handle(&mut self, request: Request) -> Reply {
-        let result = match request {
-            Request::Status => Ok(Reply::with_status(self.status())),
-            Request::Stats => self.stats().map(Reply::with_stats).map_err(Refusal::from),
-            Request::List | Request::Export => Ok(Reply::with_entries(
-                self.allowlist.entries().into_iter().cloned().collect(),
-            )),
-            Request::Check { address, port } => self.check(address, port).map(Reply::with_check),
-            Request::Reload => self.reload().map(Reply::done).map_err(Refusal::from),
-            Request::Add {
-                network,
-                description,
-                expires_in_secs,
-                never_expires,
-                ports,
-                safety,
-            } => self.add(
-                network,
-                description,
-                (expires_in_secs, never_expires),
-                ports,
-                &safety,
-            ),
-            Request::Remove { network, safety } => self.remove(network, &safety),
-            Request::Import {
-                rows,
-                replace,
-                dry_run,
-                safety,
-            } => self.import(&rows, replace, dry_run, &safety),
-            Request::SetMode {
-                mode,
-                confirm_secs,
-                safety,
-            } => self.set_mode(mode, confirm_secs, &safety),
-            Request::Confirm => self.confirm(),
-        };
-        match result {
-            Ok(reply) => {
-                if let Some(message) = &reply.message {
-                    info!("{message}");
-                }
-                reply
-            }
-            Err(Refusal::Error(message)) => {
-                warn!("refused: {message}");
-                Reply::failed(message)
-            }
-            Err(Refusal::Unsafe(message, at_risk)) => {
-                warn!("{message}");
-                Reply::unsafe_change(message, at_risk)
-            }
-        }
-    }
-
-    fn add(
-        &mut self,
-        network: ipnet::IpNet,
-        description: Option<String>,
-        (expires_in_secs, never_expires): (Option<u64>, bool),
-        ports: Option<Vec<PortSpec>>,
-        safety: &Safety,
-    ) -> Result<Reply, Refusal> {
-        let network = config::normalize(network);
-        refuse_everyone_unless_forced(network, safety.force)?;
-        if let Some(description) = &description {
-            check_description(description).map_err(Refusal::Error)?;
-        }
-        if let Some(ports) = &ports {
-            ports::check_kernel_fit(ports).map_err(Refusal::Error)?;
-        }
-        let expires_at = match (expires_in_secs, never_expires) {
-            (Some(_), true) => {
-                return Err(Refusal::Error(
-                    "an entry cannot both expire and never expire".into(),
-                ))
-            }
-            (Some(secs), false) => Some(Some(
-                clock::deadline_after("--expires", now(), secs, clock::MAX_EXPIRY)
-                    .map_err(|error| Refusal::Error(error.to_string()))?,
-            )),
-            (None, true) => Some(None),
-            (None, false) => None,
-        };
-        let previous = self.allowlist.managed_entry(network).cloned();
-        let update = EntryUpdate {
-            description,
-            expires_at,
-            ports,
-        };
-        let new = self.allowlist.add(network, update)?;
-        let added = self.allowlist.managed_entry(network).cloned();
-        let added = added.ok_or_else(|| Refusal::Error(format!("{network} vanished")))?;
-        if let Some(before) = &previous {
-            if let Err(refusal) = self.check_narrowing(before, &added, safety) {
-                self.allowlist.restore_managed(network, previous);
-                return Err(refusal);
-            }
-        }
-        self.commit_change(network, previous, Change::Add(added.clone()))?;
-        let ports = match added.ports.as_slice() {
-            [] => "all ports".to_string(),
-            ports => ports
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
-        };
-        let expiry = match added.expires_at {
-            Some(at) => format!("until {}", format_time(at)),
-            None => "permanent".into(),
-        };
-        Ok(Reply::done(format!(
-            "{} {network} ({ports}, {expiry})",
-            if new { "added" } else { "updated" }
-        )))
-    }
-
-    /// Refuses an update of a listed entry that would cut someone off: narrower ports at
-    /// once, or a new or earlier expiry when it comes (judged as if the entry were gone,
-    /// since the timer removes it without asking). `self.allowlist` holds `after`.
-    fn check_narrowing(
-        &self,
-        before: &Entry,
-        after: &Entry,
-        safety: &Safety,
-    ) -> Result<(), Refusal> {
-        let network = after.network;
-        let expires_sooner = match (before.expires_at, after.expires_at) {
-            (_, None) => false,
-            (None, Some(_)) => true,
-            (Some(was), Some(is)) => is < was,
-        };
-        if !expires_sooner && before.ports == after.ports {
-            return Ok(());
-        }
-        self.check_lockout_with(
-            || {
-                let mut around = self.allowlist.entries_around(network);
-                if expires_sooner {
-                    around.retain(|(listed, _)| {
-                        *listed != network || self.allowlist.owner_in_config(listed).is_some()
-                    });
-                }
-                let mut next = self.compiled.clone();
-                next.recompile_region(network, around)
-                    .map_err(|error| Refusal::Error(error.to_string()))?;
-                Ok(next)
-            },
-            self.mode,
-            safety,
-        )
-    }
-
-    fn remove(&mut self, network: ipnet::IpNet, safety: &Safety) -> Result<Reply, Refusal> {
-        let network = config::normalize(network);
-        let removed = self.allowlist.remove(network)?;
-        let checked = self
-            .refuse_empty_enforce(&self.allowlist, self.mode, &format!("removing {network}"))
-            .and_then(|()| {
-                self.check_lockout_with(
-                    || {
-                        let mut next = self.compiled.clone();
-                        next.recompile_region(network, self.allowlist.entries_around(network))
-                            .map_err(|error| Refusal::Error(error.to_string()))?;
-                        Ok(next)
-                    },
-                    self.mode,
-                    safety,
-                )
-            });
-        if let Err(refusal) = checked {
-            self.allowlist.restore_managed(network, Some(removed));
-            return Err(refusal);
-        }
-        self.commit_change(network, Some(removed), Change::Remove(network))?;
-        Ok(Reply::done(format!("removed {network}")))
-    }
-
-    fn import(
-        &mut self,
-        rows: &[ImportRow],
-        replace: bool,
-        dry_run: bool,
-        safety: &Safety,
-    ) -> Result<Reply, Refusal> {
-        check_import_rows(rows, now(), safety.force).map_err(|mut bad| {
-            const SHOWN: usize = 50;
-            let more = bad.len().saturating_sub(SHOWN);
-            bad.truncate(SHOWN);
-            if more > 0 {
-                bad.push(format!("… and {more} more"));
-            }
-            Refusal::Error(format!(
-                "import refused, nothing changed:\n  {}",
-                bad.join("\n  ")
-            ))
-        })?;
-        let mut next = self.allowlist.clone();
-        let plan = next.import(rows, replace);
-        let summary = format!(
-            "{} {} rows: {} added, {} updated, {} removed, {} left to the config file",
-            if dry_run { "would import" } else { "imported" },
-            rows.len(),
-            plan.added.len(),
-            plan.updated.len(),
-            plan.removed.len(),
-            plan.unchanged_config.len()
-        );
-        if dry_run {
-            return Ok(Reply::with_import(summary, plan));
-        }
-        if replace {
-            self.refuse_empty_enforce(&next, self.mode, "import --replace")?;
-        }
-        let compiled = next
-            .compile()
-            .map_err(|error| Refusal::Error(startup::where_from(&self.config, &error)))?;
-        compiled.check_kernel_limits().map_err(Refusal::Error)?;
-        // Rows can narrow ports (at once) or set an earlier expiry (when it comes) of
-        // listed entries, and --replace removes: whoever would be cut off, now or then.
-        let expiring_sooner = self.allowlist.expiring_sooner_in(&next);
-        if expiring_sooner.is_empty() {
-            self.check_lockout_against(&compiled, self.mode, safety)?;
-        } else {
-            self.check_lockout_with(
-                || {
-                    let mut then = next.clone();
-                    for network in &expiring_sooner {
-                        let _ = then.remove(*network);
-                    }
-                    then.compile()
-                        .map_err(|error| Refusal::Error(error.to_string()))
-                },
-                self.mode,
-                safety,
-            )?;
-        }
-        self.commit_with(next, self.mode, self.pending_confirm, Some(compiled))?;
-        Ok(Reply::with_import(summary, plan))
-    }
-
-    fn set_mode(
-        &mut self,
-        mode: Mode,
-        confirm_secs: Option<u64>,
-        safety: &Safety,
-    ) -> Result<Reply, Refusal> {
-        if mode == Mode::Enforce && !self.allowlist.has_operator_entries() {
-            return Err(Refusal::Error(
-                "activation refused: the allowlist is empty, so enforcing would drop all IP traffic to this host. Add at least one entry (allowlistctl add ADDRESS) first".into(),
-            ));
-        }
-        if mode == Mode::Enforce && self.mode != Mode::Enforce {
-            self.check_lockout(&self.allowlist, mode, safety)?;
-        }
-        let deadline = confirm_secs
-            .map(|secs| clock::deadline_after("--confirm", now(), secs, clock::MAX_CONFIRM))
-            .transpose()
-            .map_err(|error| Refusal::Error(error.to_string()))?;
-        let pending = deadline.map(|deadline| PendingConfirm {
-            revert_to: self
-                .pending_confirm
-                .map_or(self.mode, |pending| pending.revert_to),
-            deadline,
-        });
-        let previous = self.mode;
-        self.commit(self.allowlist.clone(), mode, pending)?;
-        Ok(Reply::done(match pending {
-            Some(pending) => format!(
-                "mode {mode} (was {previous}); reverts to {} at {} unless `allowlistctl confirm` arrives",
-                pending.revert_to,
-                format_time(pending.deadline)
-            ),
-            None => format!("mode {mode} (was {previous})"),
-        }))
-    }
-
-    fn confirm(&mut self) -> Result<Reply, Refusal> {
-        if self.pending_confirm.is_none() {
-            return Err(Refusal::Error(
-                "nothing to confirm: no `activate --confirm` is pending".into(),
-            ));
-        }
-        self.commit(self.allowlist.clone(), self.mode, None)?;
-        Ok(Reply::done(format!("confirmed: mode {} stays", self.mode)))
-    }
-}
-
-/// Listing 0.0.0.0/0 or ::/0 switches the allowlist off for that family: only on purpose.
-fn refuse_everyone_unless_forced(network: ipnet::IpNet, force: bool) -> Result<(), Refusal> {
-    if config::allows_everyone(network) && !force {
-        return Err(Refusal::Error(format!(
-            "{network} allows every source, which turns the allowlist off for that address family; repeat with --force if that is what you want"
-        )));
-    }
-    Ok(())
 }
 
 /// Hands memory freed by a whole-list change back to the system: the old list, its

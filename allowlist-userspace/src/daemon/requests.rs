@@ -1,0 +1,346 @@
+//! Requests of the control protocol, one method each: what they check, what they change,
+//! what they answer. Changes go through the state transitions in `mod.rs`.
+
+use ipnet::IpNet;
+use tracing::{info, warn};
+
+use super::{Daemon, DaemonError, Refusal};
+use crate::{
+    allowlist::{check_description, check_import_rows, EntryUpdate, ImportRow},
+    clock::{self, format_time, now},
+    compile::Reach,
+    config::{self, Mode},
+    control::{
+        CheckResult, CounterValue, EntryCounts, InterfaceStatus, Reply, Request, Safety, Stats,
+        Status,
+    },
+    ports::{self, PortSpec},
+    startup,
+    state::{Change, PendingConfirm},
+    verdict::{self, Destination},
+};
+
+impl Daemon {
+    pub fn status(&self) -> Status {
+        let (ipv4, ipv6) = self.filter.entry_counts();
+        Status {
+            mode: self.filter.mode(),
+            confirm_deadline: self.pending_confirm.map(|pending| pending.deadline),
+            interfaces: self
+                .filter
+                .attached()
+                .iter()
+                .map(|(name, mode)| InterfaceStatus {
+                    name: name.clone(),
+                    xdp_mode: *mode,
+                })
+                .collect(),
+            entries: EntryCounts { ipv4, ipv6 },
+            pin_path: self.config.pin_path.display().to_string(),
+            config: self.config.path.display().to_string(),
+        }
+    }
+
+    pub fn stats(&self) -> Result<Stats, DaemonError> {
+        let counters = self.filter.counters()?;
+        Ok(Stats {
+            counters: counters
+                .into_iter()
+                .map(|(name, counter)| {
+                    (
+                        name.to_string(),
+                        CounterValue {
+                            packets: counter.packets,
+                            bytes: counter.bytes,
+                        },
+                    )
+                })
+                .collect(),
+        })
+    }
+
+    fn check(
+        &self,
+        address: std::net::IpAddr,
+        port: Option<PortSpec>,
+    ) -> Result<CheckResult, Refusal> {
+        // An IPv4 client reaches the host as IPv4 whatever it is written as.
+        let address = crate::sockets::unmap(address);
+        let list = &self.compiled;
+        let destination = port.map(|port| Destination {
+            protocol: port.protocol,
+            port: port.first,
+        });
+        let reason = verdict::reason(list, self.mode, address, destination);
+        Ok(CheckResult {
+            address,
+            port,
+            mode: self.mode,
+            verdict: if reason.drops() { "drop" } else { "pass" }.into(),
+            reason: reason.name().into(),
+            allowed_ports: match list.access_of(address) {
+                Some(Reach::Ports(ranges)) => Some(ranges.clone()),
+                _ => None,
+            },
+            entry: self.allowlist.deciding_entry(address).cloned(),
+        })
+    }
+
+    pub(crate) fn handle(&mut self, request: Request) -> Reply {
+        let result = match request {
+            Request::Status => Ok(Reply::with_status(self.status())),
+            Request::Stats => self.stats().map(Reply::with_stats).map_err(Refusal::from),
+            Request::List | Request::Export => Ok(Reply::with_entries(
+                self.allowlist.entries().into_iter().cloned().collect(),
+            )),
+            Request::Check { address, port } => self.check(address, port).map(Reply::with_check),
+            Request::Reload => self.reload().map(Reply::done).map_err(Refusal::from),
+            Request::Add {
+                network,
+                description,
+                expires_in_secs,
+                never_expires,
+                ports,
+                safety,
+            } => self.add(
+                network,
+                description,
+                (expires_in_secs, never_expires),
+                ports,
+                &safety,
+            ),
+            Request::Remove { network, safety } => self.remove(network, &safety),
+            Request::Import {
+                rows,
+                replace,
+                dry_run,
+                safety,
+            } => self.import(&rows, replace, dry_run, &safety),
+            Request::SetMode {
+                mode,
+                confirm_secs,
+                safety,
+            } => self.set_mode(mode, confirm_secs, &safety),
+            Request::Confirm => self.confirm(),
+        };
+        match result {
+            Ok(reply) => {
+                if let Some(message) = &reply.message {
+                    info!("{message}");
+                }
+                reply
+            }
+            Err(Refusal::Error(message)) => {
+                warn!("refused: {message}");
+                Reply::failed(message)
+            }
+            Err(Refusal::Unsafe(message, at_risk)) => {
+                warn!("{message}");
+                Reply::unsafe_change(message, at_risk)
+            }
+        }
+    }
+
+    fn add(
+        &mut self,
+        network: IpNet,
+        description: Option<String>,
+        (expires_in_secs, never_expires): (Option<u64>, bool),
+        ports: Option<Vec<PortSpec>>,
+        safety: &Safety,
+    ) -> Result<Reply, Refusal> {
+        let network = config::normalize(network);
+        refuse_everyone_unless_forced(network, safety.force)?;
+        if let Some(description) = &description {
+            check_description(description).map_err(Refusal::Error)?;
+        }
+        if let Some(ports) = &ports {
+            ports::check_kernel_fit(ports).map_err(Refusal::Error)?;
+        }
+        let expires_at = match (expires_in_secs, never_expires) {
+            (Some(_), true) => {
+                return Err(Refusal::Error(
+                    "an entry cannot both expire and never expire".into(),
+                ))
+            }
+            (Some(secs), false) => Some(Some(
+                clock::deadline_after("--expires", now(), secs, clock::MAX_EXPIRY)
+                    .map_err(|error| Refusal::Error(error.to_string()))?,
+            )),
+            (None, true) => Some(None),
+            (None, false) => None,
+        };
+        let previous = self.allowlist.managed_entry(network).cloned();
+        let update = EntryUpdate {
+            description,
+            expires_at,
+            ports,
+        };
+        let new = self.allowlist.add(network, update)?;
+        let added = self.allowlist.managed_entry(network).cloned();
+        let added = added.ok_or_else(|| Refusal::Error(format!("{network} vanished")))?;
+        if let Some(before) = &previous {
+            if let Err(refusal) = self.check_narrowing(before, &added, safety) {
+                self.allowlist.restore_managed(network, previous);
+                return Err(refusal);
+            }
+        }
+        self.commit_change(network, previous, Change::Add(added.clone()))?;
+        let ports = match added.ports.as_slice() {
+            [] => "all ports".to_string(),
+            ports => ports
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let expiry = match added.expires_at {
+            Some(at) => format!("until {}", format_time(at)),
+            None => "permanent".into(),
+        };
+        Ok(Reply::done(format!(
+            "{} {network} ({ports}, {expiry})",
+            if new { "added" } else { "updated" }
+        )))
+    }
+
+    fn remove(&mut self, network: IpNet, safety: &Safety) -> Result<Reply, Refusal> {
+        let network = config::normalize(network);
+        let removed = self.allowlist.remove(network)?;
+        let checked = self
+            .refuse_empty_enforce(&self.allowlist, self.mode, &format!("removing {network}"))
+            .and_then(|()| {
+                self.check_lockout_with(
+                    || {
+                        let mut next = self.compiled.clone();
+                        next.recompile_region(network, self.allowlist.entries_around(network))
+                            .map_err(|error| Refusal::Error(error.to_string()))?;
+                        Ok(next)
+                    },
+                    self.mode,
+                    safety,
+                )
+            });
+        if let Err(refusal) = checked {
+            self.allowlist.restore_managed(network, Some(removed));
+            return Err(refusal);
+        }
+        self.commit_change(network, Some(removed), Change::Remove(network))?;
+        Ok(Reply::done(format!("removed {network}")))
+    }
+
+    fn import(
+        &mut self,
+        rows: &[ImportRow],
+        replace: bool,
+        dry_run: bool,
+        safety: &Safety,
+    ) -> Result<Reply, Refusal> {
+        check_import_rows(rows, now(), safety.force).map_err(|mut bad| {
+            const SHOWN: usize = 50;
+            let more = bad.len().saturating_sub(SHOWN);
+            bad.truncate(SHOWN);
+            if more > 0 {
+                bad.push(format!("… and {more} more"));
+            }
+            Refusal::Error(format!(
+                "import refused, nothing changed:\n  {}",
+                bad.join("\n  ")
+            ))
+        })?;
+        let mut next = self.allowlist.clone();
+        let plan = next.import(rows, replace);
+        let summary = format!(
+            "{} {} rows: {} added, {} updated, {} removed, {} left to the config file",
+            if dry_run { "would import" } else { "imported" },
+            rows.len(),
+            plan.added.len(),
+            plan.updated.len(),
+            plan.removed.len(),
+            plan.unchanged_config.len()
+        );
+        if dry_run {
+            return Ok(Reply::with_import(summary, plan));
+        }
+        if replace {
+            self.refuse_empty_enforce(&next, self.mode, "import --replace")?;
+        }
+        let compiled = next
+            .compile()
+            .map_err(|error| Refusal::Error(startup::where_from(&self.config, &error)))?;
+        compiled.check_kernel_limits().map_err(Refusal::Error)?;
+        // Rows can narrow ports (at once) or set an earlier expiry (when it comes) of
+        // listed entries, and --replace removes: whoever would be cut off, now or then.
+        let expiring_sooner = self.allowlist.expiring_sooner_in(&next);
+        if expiring_sooner.is_empty() {
+            self.check_lockout_against(&compiled, self.mode, safety)?;
+        } else {
+            self.check_lockout_with(
+                || {
+                    let mut then = next.clone();
+                    for network in &expiring_sooner {
+                        let _ = then.remove(*network);
+                    }
+                    then.compile()
+                        .map_err(|error| Refusal::Error(error.to_string()))
+                },
+                self.mode,
+                safety,
+            )?;
+        }
+        self.commit_with(next, self.mode, self.pending_confirm, Some(compiled))?;
+        Ok(Reply::with_import(summary, plan))
+    }
+
+    fn set_mode(
+        &mut self,
+        mode: Mode,
+        confirm_secs: Option<u64>,
+        safety: &Safety,
+    ) -> Result<Reply, Refusal> {
+        self.refuse_empty_enforce(&self.allowlist, mode, "activation")?;
+        if mode == Mode::Enforce && self.mode != Mode::Enforce {
+            self.check_lockout(&self.allowlist, mode, safety)?;
+        }
+        let deadline = confirm_secs
+            .map(|secs| clock::deadline_after("--confirm", now(), secs, clock::MAX_CONFIRM))
+            .transpose()
+            .map_err(|error| Refusal::Error(error.to_string()))?;
+        let pending = deadline.map(|deadline| PendingConfirm {
+            revert_to: self
+                .pending_confirm
+                .map_or(self.mode, |pending| pending.revert_to),
+            deadline,
+        });
+        let previous = self.mode;
+        self.commit(self.allowlist.clone(), mode, pending)?;
+        Ok(Reply::done(match pending {
+            Some(pending) => format!(
+                "mode {mode} (was {previous}); reverts to {} at {} unless `allowlistctl confirm` arrives",
+                pending.revert_to,
+                format_time(pending.deadline)
+            ),
+            None => format!("mode {mode} (was {previous})"),
+        }))
+    }
+
+    fn confirm(&mut self) -> Result<Reply, Refusal> {
+        if self.pending_confirm.is_none() {
+            return Err(Refusal::Error(
+                "nothing to confirm: no `activate --confirm` is pending".into(),
+            ));
+        }
+        self.commit(self.allowlist.clone(), self.mode, None)?;
+        Ok(Reply::done(format!("confirmed: mode {} stays", self.mode)))
+    }
+}
+
+/// Listing 0.0.0.0/0 or ::/0 switches the allowlist off for that family: only on purpose.
+fn refuse_everyone_unless_forced(network: IpNet, force: bool) -> Result<(), Refusal> {
+    if config::allows_everyone(network) && !force {
+        return Err(Refusal::Error(format!(
+            "{network} allows every source, which turns the allowlist off for that address family; repeat with --force if that is what you want"
+        )));
+    }
+    Ok(())
+}
