@@ -15,6 +15,7 @@ use crate::{
     allowlist::{
         check_description, check_import_rows, Allowlist, Entry, EntryUpdate, ImportRow, ListError,
     },
+    attachments,
     clock::{self, format_time, now},
     compile::{CompiledList, Reach},
     config::{self, Config, ConfigError, EncapsulatedIp, Mode},
@@ -245,12 +246,19 @@ impl Daemon {
     }
 
     fn attach_interfaces(&mut self) -> Result<(), DaemonError> {
-        for interface in &self.config.interfaces {
-            self.filter
-                .attach(interface, self.config.xdp_mode, &self.config.state_dir)?;
-        }
-        self.filter
-            .detach_others(&self.config.interfaces, &self.config.state_dir)?;
+        let recorded = attachments::load(&self.config.state_dir);
+        let mut attach = || -> Result<(), FilterError> {
+            for interface in &self.config.interfaces {
+                let recorded = recorded.get(interface).copied();
+                self.filter
+                    .attach(interface, self.config.xdp_mode, recorded)?;
+            }
+            self.filter.detach_others(&self.config.interfaces)
+        };
+        let attached = attach();
+        // Also after a failure: what did get attached is recorded.
+        attachments::store(&self.config.state_dir, self.filter.attached());
+        attached?;
         let seeded = self.filter.seed_flows(&crate::flows::outbound())?;
         info!(mode = %self.mode, interfaces = ?self.config.interfaces, return_traffic = self.config.return_traffic, encapsulated_ip = ?self.config.encapsulated_ip, seeded_flows = seeded, "enforcing");
         Ok(())
