@@ -1,11 +1,12 @@
 //! allowlist's userspace, in layers, each a module with one job:
 //! config (read and validate) → allowlist (entries and the rules for changing them; state
-//! keeps them durable, through durable's private, symlink-proof files) → compile (minimal
-//! prefix sets; verdict judges a packet by them as the kernel does) → filter (the kernel
-//! maps, program and links; screen maps its bitmaps) → startup (what a start would
-//! enforce, also for `allowlistd check`) → daemon (state transitions; instance keeps it
-//! alone on its pins and state) → control (the socket protocol) and server (serving it;
-//! access and safety guard it). clock bounds every time an input can carry.
+//! keeps them durable, and attachments the XDP mode of each interface, through durable's
+//! private, symlink-proof files) → compile (minimal prefix sets; verdict judges a packet
+//! by them as the kernel does) → filter (the kernel maps, program and links, in
+//! `filter/`; screen maps its bitmaps) → startup (what a start would enforce, also for
+//! `allowlistd check`) → daemon (state transitions; instance keeps it alone on its pins
+//! and state) → control (the socket protocol) and server (serving it; access and safety
+//! guard it). clock bounds every time an input can carry.
 //! The binaries `allowlistd` and `allowlistctl` are thin shells over these.
 
 // Dependencies of the binaries only (cargo has no per-binary dependencies), named here
@@ -17,6 +18,7 @@ use {
 
 pub mod access;
 pub mod allowlist;
+pub mod attachments;
 pub mod clock;
 pub mod compile;
 pub mod config;

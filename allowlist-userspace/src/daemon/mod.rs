@@ -18,6 +18,7 @@ use tracing::{error, info, warn};
 use crate::{
     access::{Access, SharedAccess},
     allowlist::{Allowlist, Entry, ListError},
+    attachments,
     clock::now,
     compile::CompiledList,
     config::{Config, ConfigError, EncapsulatedIp, Mode},
@@ -241,12 +242,19 @@ impl Daemon {
     }
 
     fn attach_interfaces(&mut self) -> Result<(), DaemonError> {
-        for interface in &self.config.interfaces {
-            self.filter
-                .attach(interface, self.config.xdp_mode, &self.config.state_dir)?;
-        }
-        self.filter
-            .detach_others(&self.config.interfaces, &self.config.state_dir)?;
+        let recorded = attachments::load(&self.config.state_dir);
+        let mut attach = || -> Result<(), FilterError> {
+            for interface in &self.config.interfaces {
+                let recorded = recorded.get(interface).copied();
+                self.filter
+                    .attach(interface, self.config.xdp_mode, recorded)?;
+            }
+            self.filter.detach_others(&self.config.interfaces)
+        };
+        let attached = attach();
+        // Also after a failure: what did get attached is recorded.
+        attachments::store(&self.config.state_dir, self.filter.attached());
+        attached?;
         let seeded = self.filter.seed_flows(&crate::sockets::outbound_flows())?;
         info!(mode = %self.mode, interfaces = ?self.config.interfaces, return_traffic = self.config.return_traffic, encapsulated_ip = ?self.config.encapsulated_ip, seeded_flows = seeded, "enforcing");
         Ok(())

@@ -1,0 +1,180 @@
+//! The kernel's maps as the filter holds them: taken from the loaded object, each slot
+//! read back so that a daemon taking over continues by difference, and each family's
+//! lookups behind [`SlotMaps`].
+
+use allowlist_common::{
+    AllowRule, Control, Counter, FlowKey, FlowState, PortSet, MAP_CONTROL, MAP_COUNTERS, MAP_FLOWS,
+    MAP_PORT_SETS, SLOTS,
+};
+use aya::{
+    maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
+    Ebpf,
+};
+use ipnet::{Ipv4Net, Ipv6Net};
+
+use super::{
+    error::{io_error, kernel_error, Result},
+    family::Prefix,
+    slots::{FamilyPlacement, FamilySlot, Place, SlotMaps},
+    FilterError,
+};
+use crate::screen::{MappedScreen, ScreenBits};
+
+pub(super) struct Maps {
+    pub slots: Vec<Slot>,
+    pub control: Array<MapData, Control>,
+    pub counters: PerCpuArray<MapData, Counter>,
+    pub flows: BpfHashMap<MapData, FlowKey, FlowState>,
+}
+
+/// One slot: both families' lookups, and the port sets their rules point at.
+pub(super) struct Slot {
+    pub v4: KernelFamily<Ipv4Net>,
+    pub v6: KernelFamily<Ipv6Net>,
+    /// What the port set map holds (as far as rules may point), index 0 the public ports.
+    pub port_sets: Vec<PortSet>,
+    port_set_map: Array<MapData, PortSet>,
+    index: usize,
+}
+
+pub(super) type KernelFamily<P> = FamilySlot<P, FamilyMaps<P>>;
+
+/// One family's lookup maps in one slot, in the order the program consults them.
+pub(super) struct FamilyMaps<P: Prefix> {
+    screen: MappedScreen,
+    exact: BpfHashMap<MapData, P::Octets, AllowRule>,
+    trie: LpmTrie<MapData, P::Octets, AllowRule>,
+}
+
+impl<P: Prefix> SlotMaps<P> for FamilyMaps<P> {
+    type Error = MapError;
+
+    fn insert(&mut self, place: Place, net: P, rule: AllowRule) -> Result<(), MapError> {
+        match place {
+            Place::Exact => self.exact.insert(net.octets(), rule, 0),
+            Place::Trie => self.trie.insert(&net.key(), rule, 0),
+        }
+    }
+
+    fn remove(&mut self, place: Place, net: P) -> Result<(), MapError> {
+        match place {
+            Place::Exact => self.exact.remove(&net.octets()),
+            Place::Trie => self.trie.remove(&net.key()),
+        }
+    }
+
+    fn screen(&mut self, net: P) {
+        net.screen_in(&self.screen);
+    }
+
+    fn write_screen(&mut self, bits: &ScreenBits) {
+        self.screen.write(bits);
+    }
+}
+
+impl Maps {
+    /// Takes every map out of the loaded object, reading back what each slot holds.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Maps> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name).ok_or_else(|| FilterError::Kernel {
+                context: "opening maps".into(),
+                message: format!("the program has no map {name}"),
+            })
+        };
+        let mut slots = Vec::with_capacity(SLOTS);
+        for (index, name) in MAP_PORT_SETS.into_iter().enumerate() {
+            slots.push(Slot {
+                v4: take_family(&mut take, index)?,
+                v6: take_family(&mut take, index)?,
+                // Rewritten whole on the next apply.
+                port_sets: Vec::new(),
+                port_set_map: Array::try_from(take(name)?).map_err(kernel_error(name))?,
+                index,
+            });
+        }
+        Ok(Maps {
+            slots,
+            flows: BpfHashMap::try_from(take(MAP_FLOWS)?).map_err(kernel_error(MAP_FLOWS))?,
+            control: Array::try_from(take(MAP_CONTROL)?).map_err(kernel_error(MAP_CONTROL))?,
+            counters: PerCpuArray::try_from(take(MAP_COUNTERS)?)
+                .map_err(kernel_error(MAP_COUNTERS))?,
+        })
+    }
+}
+
+fn take_family<P: Prefix>(
+    take: &mut impl FnMut(&str) -> Result<Map>,
+    slot: usize,
+) -> Result<KernelFamily<P>> {
+    let (screen, exact, trie) = (
+        P::SCREEN_MAPS[slot],
+        P::EXACT_MAPS[slot],
+        P::TRIE_MAPS[slot],
+    );
+    let maps = FamilyMaps {
+        screen: mapped_screen(take(screen)?, screen)?,
+        exact: BpfHashMap::try_from(take(exact)?).map_err(kernel_error(exact))?,
+        trie: LpmTrie::try_from(take(trie)?).map_err(kernel_error(trie))?,
+    };
+    read_back(maps, slot)
+}
+
+/// What one family's maps of a slot hold, and which of its hosts overflowed into the
+/// trie. (Screens are rewritten with every write, so they need no reading.)
+fn read_back<P: Prefix>(maps: FamilyMaps<P>, slot: usize) -> Result<KernelFamily<P>> {
+    let mut held = Vec::new();
+    let mut placement = FamilyPlacement::new(P::EXACT_CAPACITY as usize);
+    let reading = |name: &str| format!("reading {name}");
+    for entry in maps.trie.iter() {
+        let (key, rule) = entry.map_err(kernel_error(reading(P::TRIE_MAPS[slot])))?;
+        let net = P::from_key(&key).map_err(kernel_error(reading(P::TRIE_MAPS[slot])))?;
+        placement.found(net, Place::Trie);
+        held.push((net, rule));
+    }
+    for entry in maps.exact.iter() {
+        let (octets, rule) = entry.map_err(kernel_error(reading(P::EXACT_MAPS[slot])))?;
+        let net = P::host(octets);
+        placement.found(net, Place::Exact);
+        held.push((net, rule));
+    }
+    Ok(FamilySlot::new(maps, slot, held, placement))
+}
+
+fn mapped_screen(map: Map, name: &str) -> Result<MappedScreen> {
+    let Map::Array(data) = map else {
+        return Err(FilterError::Kernel {
+            context: format!("opening {name}"),
+            message: "not an array map".into(),
+        });
+    };
+    MappedScreen::map(data).map_err(io_error(format!("mapping {name} into memory")))
+}
+
+impl Slot {
+    /// Writes the port sets that differ from `wanted`; first, as rules may point at them.
+    pub fn write_port_sets(&mut self, wanted: &[PortSet]) -> Result<()> {
+        for (index, set) in wanted.iter().enumerate() {
+            if self.port_sets.get(index) != Some(set) {
+                self.write_port_set(index, *set)?;
+            }
+        }
+        self.port_sets = wanted.to_vec();
+        Ok(())
+    }
+
+    /// Adds a port set after the others.
+    pub fn push_port_set(&mut self, set: PortSet) -> Result<()> {
+        self.write_port_set(self.port_sets.len(), set)?;
+        self.port_sets.push(set);
+        Ok(())
+    }
+
+    fn write_port_set(&mut self, index: usize, set: PortSet) -> Result<()> {
+        self.port_set_map
+            .set(index as u32, set, 0)
+            .map_err(kernel_error(format!(
+                "writing port set {index} of slot {}",
+                self.index
+            )))
+    }
+}

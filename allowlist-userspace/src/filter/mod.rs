@@ -1,0 +1,403 @@
+//! The kernel side as the daemon sees it: the XDP program, its pinned maps and links.
+//!
+//! Everything is pinned under `pin_path`, so the filter outlives the daemon: a crash or a
+//! restart leaves the last applied list enforcing, and the next daemon takes over what is
+//! pinned instead of starting from nothing.
+//!
+//! ```text
+//! pin_path/
+//!   program          the XDP program
+//!   maps/NAME        every map of allowlist_common::MAP_*
+//!   links/IFNAME     one XDP link per protected interface
+//!   egress/IFNAME    one TC egress (TCX) link per protected interface: flow tracking
+//! ```
+//!
+//! This module is the [`Filter`] API; `pins` keeps the filter on bpffs, `attach` puts it
+//! on interfaces, `slots` works out what to write into a slot and in which order, `maps`
+//! holds the kernel's maps, `family` is all that differs between IPv4 and IPv6, and
+//! `error` words the kernel's refusals.
+
+mod attach;
+mod error;
+mod family;
+mod maps;
+mod pins;
+mod slots;
+
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    time::{Duration, Instant},
+};
+
+use allowlist_common::{
+    AllowRule, Control, Counter, FlowKey, FlowState, PortSet, Reason, MAX_PORT_SETS, RULE_PORTS,
+    SLOTS,
+};
+use aya::{programs::Xdp, Ebpf, EbpfLoader};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use self::{
+    attach::{egress_program_of, program_of},
+    error::{io_error, kernel_error, Result},
+    family::Prefix,
+    maps::Maps,
+    pins::ensure_bpffs,
+    slots::{port_set, too_many_port_sets, KernelSlot, Screens},
+};
+pub use self::{
+    error::FilterError,
+    pins::{prepare_pin_root, uninstall, Pins},
+};
+use crate::{
+    compile::{region_range, CompiledList, Reach},
+    config::Mode,
+};
+
+/// The compiled XDP program, embedded so the installed daemon is self-contained.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/allowlist"));
+/// Helper programs for `cargo xtask bench` (no-op, drop-all, traffic generator); never
+/// loaded by the daemon.
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/allowlist-bench"));
+
+/// How the program ended up attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachedMode {
+    Native,
+    Generic,
+}
+
+/// The daemon's handle on the loaded program and its maps.
+pub struct Filter {
+    ebpf: Ebpf,
+    pins: Pins,
+    /// Also what each slot holds now, read back from the kernel at start.
+    maps: Maps,
+    control: Control,
+    attached: BTreeMap<String, AttachedMode>,
+}
+
+/// Counters summed over CPUs, by reason.
+pub type Counters = BTreeMap<&'static str, Counter>;
+
+/// What applying a list changed in the kernel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub added: usize,
+    pub removed: usize,
+    pub took: Duration,
+}
+
+impl Filter {
+    /// Loads the program and opens the maps pinned under `pins` (creating them the first
+    /// time). Nothing is attached and no verdict changes yet.
+    pub fn open(pins: Pins, ebpf_debug_log: bool) -> Result<Filter> {
+        ensure_bpffs(pins.root())?;
+        for dir in [
+            pins.root().to_path_buf(),
+            pins.maps(),
+            pins.links(),
+            pins.egress_links(),
+        ] {
+            fs::create_dir_all(&dir).map_err(io_error(format!("creating {}", dir.display())))?;
+        }
+        // aya-log's level filter: 0 silences every log statement in the program.
+        let log_level: u8 = if ebpf_debug_log { 0xff } else { 0 };
+        let maps_dir = pins.maps();
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .override_global(aya_log::LEVEL, &log_level, true)
+            .load(EBPF_OBJECT)
+            .map_err(kernel_error("loading the XDP program's maps"))?;
+        program_of(&mut ebpf)?
+            .load()
+            .map_err(kernel_error("loading the XDP program into the kernel"))?;
+        egress_program_of(&mut ebpf)?.load().map_err(kernel_error(
+            "loading the TC egress program into the kernel",
+        ))?;
+
+        if ebpf_debug_log {
+            forward_program_log(&mut ebpf)?;
+        }
+        let maps = Maps::take(&mut ebpf)?;
+        let control = maps
+            .control
+            .get(&0, 0)
+            .map_err(kernel_error("reading the control record"))?;
+        Ok(Filter {
+            ebpf,
+            pins,
+            maps,
+            control,
+            attached: BTreeMap::new(),
+        })
+    }
+
+    /// Whether a previous daemon left this filter attached somewhere.
+    pub fn is_pinned(pins: &Pins) -> Result<bool> {
+        Ok(!pins.pinned_interfaces()?.is_empty())
+    }
+
+    pub fn mode(&self) -> Mode {
+        match allowlist_common::Mode::from_raw(self.control.mode) {
+            allowlist_common::Mode::Off => Mode::Off,
+            allowlist_common::Mode::Monitor => Mode::Monitor,
+            allowlist_common::Mode::Enforce => Mode::Enforce,
+        }
+    }
+
+    /// Prefixes per family (IPv4, IPv6) in the list the kernel judges by now.
+    pub fn entry_counts(&self) -> (usize, usize) {
+        let slot = &self.maps.slots[self.control.active_slot as usize % SLOTS];
+        (slot.v4.held().len(), slot.v6.held().len())
+    }
+
+    /// Turns features (`FEATURE_*`) on or off for the next packet.
+    pub fn set_features(&mut self, features: u32) -> Result<()> {
+        if self.control.features != features {
+            self.write_control(Control {
+                features,
+                ..self.control
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Records flows the host opened before tracking began (e.g. a download running when
+    /// the daemon starts), so their replies pass too.
+    pub fn seed_flows(&mut self, flows: &[FlowKey]) -> Result<usize> {
+        let now = boot_time_ns();
+        for flow in flows {
+            self.maps
+                .flows
+                .insert(flow, FlowState { last_seen_ns: now }, 0)
+                .map_err(kernel_error("seeding the flow table"))?;
+        }
+        Ok(flows.len())
+    }
+
+    pub fn attached(&self) -> &BTreeMap<String, AttachedMode> {
+        &self.attached
+    }
+
+    /// Makes the kernel judge by `list`, atomically: the inactive slot is brought to
+    /// `list`, the program is pointed at it, and only after every packet in flight has
+    /// finished with the old slot is that one brought up to date too.
+    pub fn apply(&mut self, list: &CompiledList) -> Result<ApplyReport> {
+        let started = Instant::now();
+        let list = KernelSlot::from_list(list)?;
+        let screens = Screens::of(&list);
+        let active = self.control.active_slot as usize % SLOTS;
+        let standby = 1 - active;
+        self.write_slot(standby, &list, &screens)?;
+        self.write_control(Control {
+            active_slot: standby as u32,
+            ..self.control
+        })?;
+        wait_for_packets_in_flight();
+        // The old slot is idle now; keep it identical so the next change is a small diff.
+        // Its diff is exactly what changed from the previous list.
+        let mut report = self.write_slot(active, &list, &screens)?;
+        report.took = started.elapsed();
+        Ok(report)
+    }
+
+    /// Applies a change confined to `region` (one entry added, updated or removed) to
+    /// both slots in place, without the flip and its wait: `list` is the whole new list,
+    /// equal to the one in force outside `region`. This is what keeps one change to a
+    /// list of millions in the milliseconds.
+    ///
+    /// Each key is replaced atomically, screen bits are set before the prefixes that
+    /// need them (and left set after a removal: a set bit only means "look further",
+    /// until the next whole apply clears it), and prefixes are written longest first,
+    /// so a packet meets its source's old verdict or its new one.
+    pub fn apply_region(&mut self, list: &CompiledList, region: IpNet) -> Result<ApplyReport> {
+        if self.maps.slots[0].port_sets != self.maps.slots[1].port_sets {
+            // Only after a start that found slots from another version: rewrite whole.
+            return self.apply(list);
+        }
+        let started = Instant::now();
+        let mut report = match region.trunc() {
+            IpNet::V4(region) => self.write_region(&list.v4, region)?,
+            IpNet::V6(region) => self.write_region(&list.v6, region)?,
+        };
+        report.took = started.elapsed();
+        Ok(report)
+    }
+
+    /// One family's part of [`Filter::apply_region`]; `compiled` is that family's list.
+    fn write_region<P: Prefix>(
+        &mut self,
+        compiled: &[(P, Reach)],
+        region: P,
+    ) -> Result<ApplyReport> {
+        let range = region_range(compiled, &region, |net| region.covers(net));
+        let wanted = self.rules_for(&compiled[range])?;
+        let mut report = ApplyReport::default();
+        for slot in &mut self.maps.slots {
+            // Both slots get the same change, so either's report is the change's.
+            report = P::in_slot(slot).write_region(&region, &wanted)?;
+        }
+        Ok(report)
+    }
+
+    /// Kernel rules for compiled prefixes; a port set neither slot has yet is added to
+    /// both before any rule points at it.
+    fn rules_for<P: Copy>(&mut self, prefixes: &[(P, Reach)]) -> Result<Vec<(P, AllowRule)>> {
+        let mut rules = Vec::with_capacity(prefixes.len());
+        for (net, reach) in prefixes {
+            let rule = match reach {
+                Reach::All => AllowRule::ALLOW_ALL,
+                Reach::Ports(ranges) => {
+                    let set = port_set(ranges);
+                    let known = &self.maps.slots[0].port_sets;
+                    let id = match known.iter().skip(1).position(|known| *known == set) {
+                        Some(index) => index + 1,
+                        None => self.add_port_set(set)?,
+                    };
+                    AllowRule {
+                        flags: RULE_PORTS,
+                        port_set: id as u32,
+                    }
+                }
+            };
+            rules.push((*net, rule));
+        }
+        Ok(rules)
+    }
+
+    fn add_port_set(&mut self, set: PortSet) -> Result<usize> {
+        let id = self.maps.slots[0].port_sets.len();
+        if id >= MAX_PORT_SETS as usize {
+            return Err(too_many_port_sets("adding a port scope"));
+        }
+        for slot in &mut self.maps.slots {
+            slot.push_port_set(set)?;
+        }
+        Ok(id)
+    }
+
+    pub fn set_mode(&mut self, mode: Mode) -> Result<()> {
+        let raw = allowlist_common::Mode::from(mode) as u32;
+        if self.control.mode != raw {
+            self.write_control(Control {
+                mode: raw,
+                ..self.control
+            })?;
+            wait_for_packets_in_flight();
+        }
+        Ok(())
+    }
+
+    /// Pins the program loaded now, replacing a previous daemon's pin.
+    pub fn pin_program(&mut self) -> Result<()> {
+        let path = self.pins.program();
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error(format!("removing {}", path.display()))(error)),
+        }
+        program_of(&mut self.ebpf)?
+            .pin(&path)
+            .map_err(kernel_error(format!(
+                "pinning the program at {}",
+                path.display()
+            )))
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        let mut counters = Counters::new();
+        for reason in Reason::ALL {
+            let per_cpu = self
+                .maps
+                .counters
+                .get(&(reason as u32), 0)
+                .map_err(kernel_error("reading counters"))?;
+            let total = per_cpu.iter().fold(Counter::default(), |sum, cpu| Counter {
+                packets: sum.packets + cpu.packets,
+                bytes: sum.bytes + cpu.bytes,
+            });
+            counters.insert(reason.name(), total);
+        }
+        Ok(counters)
+    }
+
+    /// The loaded program, for `BPF_PROG_TEST_RUN`.
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        program_of(&mut self.ebpf)
+    }
+
+    fn write_control(&mut self, control: Control) -> Result<()> {
+        self.maps
+            .control
+            .set(0, control, 0)
+            .map_err(kernel_error("writing the control record"))?;
+        self.control = control;
+        Ok(())
+    }
+
+    fn write_slot(
+        &mut self,
+        slot: usize,
+        list: &KernelSlot,
+        screens: &Screens,
+    ) -> Result<ApplyReport> {
+        let slot = &mut self.maps.slots[slot];
+        // Port sets first: rules written below may point at them.
+        slot.write_port_sets(&list.port_sets)?;
+        let v4 = slot.v4.write_whole(&list.v4, &screens.v4)?;
+        let v6 = slot.v6.write_whole(&list.v6, &screens.v6)?;
+        Ok(ApplyReport {
+            added: v4.added + v6.added,
+            removed: v4.removed + v6.removed,
+            took: Duration::ZERO,
+        })
+    }
+}
+
+/// CLOCK_BOOTTIME in nanoseconds: the clock of bpf_ktime_get_boot_ns.
+fn boot_time_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|time| time.tv_sec() as u64 * 1_000_000_000 + time.tv_nsec() as u64)
+        .unwrap_or(0)
+}
+
+/// Forwards the program's aya-log records to this process's log (target
+/// `allowlist_ebpf`) from a thread of its own, so the kernel side can be debugged live.
+fn forward_program_log(ebpf: &mut Ebpf) -> Result<()> {
+    use std::os::fd::AsFd as _;
+    let mut logger =
+        aya_log::EbpfLogger::init(ebpf).map_err(kernel_error("starting the XDP program's log"))?;
+    std::thread::Builder::new()
+        .name("ebpf-log".into())
+        .spawn(move || loop {
+            let mut fds = [nix::poll::PollFd::new(
+                logger.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            if nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)).is_err() {
+                return;
+            }
+            logger.flush();
+        })
+        .map_err(io_error("starting the XDP log thread"))?;
+    Ok(())
+}
+
+/// Waits until no packet can still be judged by what the control record said before.
+///
+/// The program runs inside an RCU read-side critical section, and the global membarrier
+/// command waits for an RCU grace period (synchronize_rcu), so once it returns every
+/// program run that read the old record has finished.
+fn wait_for_packets_in_flight() {
+    const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
+    // SAFETY: membarrier takes no pointers.
+    let result = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+    if result != 0 {
+        // Only refused on nohz_full kernels; a program run lasts microseconds.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
