@@ -1,7 +1,7 @@
 //! The rules that keep an operator from locking anyone out: enforcing needs entries, and
 //! no change may start dropping the caller's session or an established connection.
 
-use super::{Daemon, Refusal};
+use super::{Daemon, Kernel, Refusal};
 use crate::{
     allowlist::{Allowlist, Entry},
     compile::CompiledList,
@@ -10,7 +10,7 @@ use crate::{
     safety::{cut_off, people_at_risk, AtRisk, Verdicts},
 };
 
-impl Daemon {
+impl<K: Kernel> Daemon<K> {
     /// Refuses a change that would drop someone whose traffic passes now.
     pub(super) fn check_lockout(
         &self,

@@ -9,7 +9,12 @@
 //! protected. Every change is applied to the kernel, then made durable, then reported.
 
 mod guards;
+mod kernel;
 mod requests;
+#[cfg(test)]
+mod tests;
+
+pub use kernel::Kernel;
 
 use std::path::Path;
 
@@ -75,15 +80,16 @@ impl From<ListError> for Refusal {
     }
 }
 
-/// The daemon's state: the config, the allowlist and mode it enforces, and the kernel.
-pub struct Daemon {
+/// The daemon's state: the config, the allowlist and mode it enforces, and the kernel
+/// (the real [`Filter`], or a fake in unit tests).
+pub struct Daemon<K: Kernel = Filter> {
     config: Config,
     allowlist: Allowlist,
     mode: Mode,
     /// The config file's `mode` when `mode` was last decided (see State::config_mode).
     config_mode: Mode,
     pending_confirm: Option<PendingConfirm>,
-    filter: Filter,
+    filter: K,
     /// `allowlist` compiled, as the kernel judges by it; kept so that requests and
     /// lockout checks read it instead of compiling the whole list again.
     compiled: CompiledList,
@@ -94,14 +100,14 @@ pub struct Daemon {
     /// Who may use the control socket; reload changes it for every connection.
     access: SharedAccess,
     /// Held for the daemon's life: no second daemon on this pin path or state dir.
-    _instance: InstanceLock,
+    _instance: Option<InstanceLock>,
 }
 
 /// Journaled changes after which the state file is written whole again (so a restart
 /// never replays more than this).
 const JOURNAL_COMPACT_AT: usize = 4_096;
 
-impl Daemon {
+impl Daemon<Filter> {
     /// Restores the saved state on top of `config` and applies it to the kernel: loads
     /// (or takes over) the filter, fills the list, sets the mode, attaches everywhere.
     pub fn start(config: Config, ebpf_debug_log: bool) -> Result<Daemon, DaemonError> {
@@ -146,6 +152,18 @@ impl Daemon {
             let (ipv4, ipv6) = filter.entry_counts();
             info!(mode = %filter.mode(), ipv4, ipv6, "found a pinned filter still enforcing; taking it over");
         }
+        Daemon::assemble(plan, filter, Some(instance))
+    }
+}
+
+impl<K: Kernel> Daemon<K> {
+    /// Brings `kernel` in line with `plan`: the list and mode first, then the interfaces,
+    /// then the program pinned and the state written.
+    fn assemble(
+        plan: StartPlan,
+        kernel: K,
+        instance: Option<InstanceLock>,
+    ) -> Result<Daemon<K>, DaemonError> {
         let StartPlan {
             config,
             allowlist,
@@ -165,7 +183,7 @@ impl Daemon {
             mode,
             config_mode,
             pending_confirm,
-            filter,
+            filter: kernel,
             compiled: CompiledList::default(),
             journaled: 0,
             generation: saved.as_ref().map_or(0, |saved| saved.generation),

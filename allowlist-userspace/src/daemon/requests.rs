@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use super::{Daemon, DaemonError, Refusal};
+use super::{Daemon, DaemonError, Kernel, Refusal};
 use crate::{
     allowlist::{check_description, check_import_rows, EntryUpdate, ImportRow},
     clock::{self, format_time, now},
@@ -20,7 +20,7 @@ use crate::{
     verdict::{self, Destination},
 };
 
-impl Daemon {
+impl<K: Kernel> Daemon<K> {
     pub fn status(&self) -> Status {
         let (ipv4, ipv6) = self.filter.entry_counts();
         Status {

@@ -1,0 +1,95 @@
+//! What the daemon asks of the kernel layer, as one trait: the real [`Filter`], or in
+//! unit tests a fake that records what it was told, so that the state transitions (add,
+//! remove, import, expiry, rollback) are tested without root. The end-to-end tests keep
+//! the real one honest.
+
+use std::collections::BTreeMap;
+
+use allowlist_common::FlowKey;
+use ipnet::IpNet;
+
+use crate::{
+    compile::CompiledList,
+    config::{Mode, XdpMode},
+    filter::{ApplyReport, AttachedMode, Counters, Filter, FilterError},
+};
+
+pub trait Kernel {
+    /// Makes the kernel judge by `list`, atomically.
+    fn apply(&mut self, list: &CompiledList) -> Result<ApplyReport, FilterError>;
+    /// Applies a change confined to `region` in place (see [`Filter::apply_region`]).
+    fn apply_region(
+        &mut self,
+        list: &CompiledList,
+        region: IpNet,
+    ) -> Result<ApplyReport, FilterError>;
+    fn set_mode(&mut self, mode: Mode) -> Result<(), FilterError>;
+    fn set_features(&mut self, features: u32) -> Result<(), FilterError>;
+    /// The mode the kernel is in now.
+    fn mode(&self) -> Mode;
+    /// Prefixes per family (IPv4, IPv6) the kernel judges by now.
+    fn entry_counts(&self) -> (usize, usize);
+    fn counters(&self) -> Result<Counters, FilterError>;
+    /// Attaches to `interface` (or takes over its pinned link), given the mode recorded
+    /// for it earlier.
+    fn attach(
+        &mut self,
+        interface: &str,
+        wanted: XdpMode,
+        recorded: Option<AttachedMode>,
+    ) -> Result<AttachedMode, FilterError>;
+    /// Detaches from every interface not in `keep`.
+    fn detach_others(&mut self, keep: &[String]) -> Result<(), FilterError>;
+    fn attached(&self) -> &BTreeMap<String, AttachedMode>;
+    fn seed_flows(&mut self, flows: &[FlowKey]) -> Result<usize, FilterError>;
+    /// Pins the program loaded now, so the filter outlives the daemon.
+    fn pin_program(&mut self) -> Result<(), FilterError>;
+}
+
+impl Kernel for Filter {
+    fn apply(&mut self, list: &CompiledList) -> Result<ApplyReport, FilterError> {
+        Filter::apply(self, list)
+    }
+    fn apply_region(
+        &mut self,
+        list: &CompiledList,
+        region: IpNet,
+    ) -> Result<ApplyReport, FilterError> {
+        Filter::apply_region(self, list, region)
+    }
+    fn set_mode(&mut self, mode: Mode) -> Result<(), FilterError> {
+        Filter::set_mode(self, mode)
+    }
+    fn set_features(&mut self, features: u32) -> Result<(), FilterError> {
+        Filter::set_features(self, features)
+    }
+    fn mode(&self) -> Mode {
+        Filter::mode(self)
+    }
+    fn entry_counts(&self) -> (usize, usize) {
+        Filter::entry_counts(self)
+    }
+    fn counters(&self) -> Result<Counters, FilterError> {
+        Filter::counters(self)
+    }
+    fn attach(
+        &mut self,
+        interface: &str,
+        wanted: XdpMode,
+        recorded: Option<AttachedMode>,
+    ) -> Result<AttachedMode, FilterError> {
+        Filter::attach(self, interface, wanted, recorded)
+    }
+    fn detach_others(&mut self, keep: &[String]) -> Result<(), FilterError> {
+        Filter::detach_others(self, keep)
+    }
+    fn attached(&self) -> &BTreeMap<String, AttachedMode> {
+        Filter::attached(self)
+    }
+    fn seed_flows(&mut self, flows: &[FlowKey]) -> Result<usize, FilterError> {
+        Filter::seed_flows(self, flows)
+    }
+    fn pin_program(&mut self) -> Result<(), FilterError> {
+        Filter::pin_program(self)
+    }
+}
