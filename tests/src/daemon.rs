@@ -4,7 +4,6 @@
 //! directory, log and config live in a per-daemon temp dir, and its pins under a unique
 //! directory of the bpffs, so daemons of parallel tests never meet.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -14,13 +13,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use allowlist_userspace::config::{EncapsulatedIp, Mode, XdpMode};
+use allowlist_userspace::control;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::Value;
 use tempfile::TempDir;
 
 use crate::netns::Netns;
 use crate::process::{output_with_timeout, run_checked, wait_with_deadline, COMMAND_TIMEOUT};
-use crate::topology::Topology;
+use crate::topology::{Topology, ALLOWED_LINK};
 
 /// How long a daemon may take from spawn to answering `status`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -60,31 +61,13 @@ impl Binaries {
     }
 }
 
-/// What the XDP program does with packets (the config's `mode`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    Off,
-    Monitor,
-    Enforce,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Off => "off",
-            Mode::Monitor => "monitor",
-            Mode::Enforce => "enforce",
-        }
-    }
-}
-
 /// A daemon config. The per-daemon paths (socket, pin_path, state_dir) are filled in
 /// from [`DaemonFiles`] when rendered.
 #[derive(Clone, Debug)]
 pub struct ConfigBuilder {
     interfaces: Vec<String>,
     mode: Mode,
-    xdp_mode: String,
+    xdp_mode: XdpMode,
     allow: Vec<(String, String)>,
     always: Vec<(String, String)>,
     socket_group: Option<String>,
@@ -93,7 +76,7 @@ pub struct ConfigBuilder {
     allow_ports: Vec<(usize, Vec<String>)>,
     return_traffic: Option<bool>,
     public_ports: Vec<String>,
-    encapsulated_ip: Option<String>,
+    encapsulated_ip: Option<EncapsulatedIp>,
 }
 
 impl ConfigBuilder {
@@ -102,7 +85,7 @@ impl ConfigBuilder {
         Self {
             interfaces: interfaces.iter().map(|name| name.to_string()).collect(),
             mode: Mode::Enforce,
-            xdp_mode: "auto".into(),
+            xdp_mode: XdpMode::Auto,
             allow: Vec::new(),
             always: Vec::new(),
             socket_group: None,
@@ -119,13 +102,32 @@ impl ConfigBuilder {
         Self::new(&topology.guarded_interfaces())
     }
 
+    /// The set-up most tests start from: guards `topology`, enforcing, with the allowed
+    /// client listed by its IPv4 /32 ("allowed client v4") and IPv6 /128 ("allowed client
+    /// v6"), for all ports; the blocked client is on no list.
+    pub fn allowed_client(topology: &Topology) -> Self {
+        Self::allowed_client_v4(topology).allow(
+            format!("{}/128", ALLOWED_LINK.client_v6),
+            "allowed client v6",
+        )
+    }
+
+    /// As [`ConfigBuilder::allowed_client`] with the allowed client's IPv4 address alone
+    /// listed: its IPv6 traffic is judged like the blocked client's.
+    pub fn allowed_client_v4(topology: &Topology) -> Self {
+        Self::for_topology(topology).mode(Mode::Enforce).allow(
+            format!("{}/32", ALLOWED_LINK.client_v4),
+            "allowed client v4",
+        )
+    }
+
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
         self
     }
 
-    pub fn xdp_mode(mut self, xdp_mode: &str) -> Self {
-        self.xdp_mode = xdp_mode.into();
+    pub fn xdp_mode(mut self, xdp_mode: XdpMode) -> Self {
+        self.xdp_mode = xdp_mode;
         self
     }
 
@@ -180,8 +182,8 @@ impl ConfigBuilder {
     }
 
     /// `encapsulated_ip = "drop"|"pass"` (the daemon's default is drop).
-    pub fn encapsulated_ip(mut self, value: &str) -> Self {
-        self.encapsulated_ip = Some(value.into());
+    pub fn encapsulated_ip(mut self, value: EncapsulatedIp) -> Self {
+        self.encapsulated_ip = Some(value);
         self
     }
 
@@ -201,7 +203,7 @@ impl ConfigBuilder {
             "interfaces = [{}]\nmode = {}\nxdp_mode = {}\n{}",
             interfaces.join(", "),
             toml_string(self.mode.as_str()),
-            toml_string(&self.xdp_mode),
+            toml_string(&config_name(self.xdp_mode)),
             files.paths_toml()
         );
         // Optional keys are written only when set, so configs of tests that do not use
@@ -215,8 +217,11 @@ impl ConfigBuilder {
         if let Some(enabled) = self.return_traffic {
             toml.push_str(&format!("return_traffic = {enabled}\n"));
         }
-        if let Some(value) = &self.encapsulated_ip {
-            toml.push_str(&format!("encapsulated_ip = {}\n", toml_string(value)));
+        if let Some(value) = self.encapsulated_ip {
+            toml.push_str(&format!(
+                "encapsulated_ip = {}\n",
+                toml_string(&config_name(value))
+            ));
         }
         if !self.public_ports.is_empty() {
             toml.push_str(&format!(
@@ -242,6 +247,16 @@ impl ConfigBuilder {
             ));
         }
         toml
+    }
+}
+
+/// The name the config file gives `value` (`generic`, `pass`, …), from the same serde
+/// derive the daemon reads it with, so the harness never writes a name the daemon would
+/// not read.
+fn config_name(value: impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(name)) => name,
+        other => panic!("not a config keyword: {other:?}"),
     }
 }
 
@@ -407,24 +422,13 @@ fn is_bpffs(path: &Path) -> Result<bool> {
     Ok(info.f_type as libc::c_long == BPF_FS_MAGIC)
 }
 
-/// One counter of `allowlistctl stats`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counter {
-    pub packets: u64,
-    pub bytes: u64,
-}
+/// One counter of `allowlistctl stats` (packets and bytes): the daemon's own reply type.
+pub use allowlist_userspace::control::CounterValue as Counter;
 
-impl Counter {
-    pub fn new(packets: u64, bytes: u64) -> Self {
-        Self { packets, bytes }
-    }
-}
-
-/// The counters of `allowlistctl stats --json`, by reason.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Stats {
-    counters: BTreeMap<String, Counter>,
-}
+/// The counters of `allowlistctl stats --json`, by reason: the daemon's reply, read with
+/// its own type, and what tests ask of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats(control::Stats);
 
 impl Stats {
     /// Every reason the interface documents; a daemon leaving one out is a bug.
@@ -448,33 +452,21 @@ impl Stats {
     ];
 
     pub fn from_json(json: &Value) -> Result<Self> {
-        let object = json["counters"]
-            .as_object()
-            .with_context(|| format!("no \"counters\" object in {json}"))?;
-        let mut counters = BTreeMap::new();
-        for (reason, counter) in object {
-            let field = |name: &str| {
-                counter[name]
-                    .as_u64()
-                    .with_context(|| format!("counter {reason}.{name} missing in {json}"))
-            };
-            counters.insert(
-                reason.clone(),
-                Counter::new(field("packets")?, field("bytes")?),
-            );
-        }
+        let stats: control::Stats = serde_json::from_value(json.clone())
+            .with_context(|| format!("not the stats of allowlistctl: {json}"))?;
         for reason in Self::REASONS {
             ensure!(
-                counters.contains_key(reason),
+                stats.counters.contains_key(reason),
                 "reason {reason} missing in {json}"
             );
         }
-        Ok(Self { counters })
+        Ok(Self(stats))
     }
 
     /// The counter for `reason`; panics for a reason the daemon did not report.
     pub fn get(&self, reason: &str) -> Counter {
         *self
+            .0
             .counters
             .get(reason)
             .unwrap_or_else(|| panic!("no counter {reason:?} in {self:?}"))
@@ -484,23 +476,28 @@ impl Stats {
     /// back (say, was reset by a restart) fails the test here.
     pub fn since(&self, earlier: &Stats) -> Stats {
         let counters = self
+            .0
             .counters
             .iter()
             .map(|(reason, now)| {
-                let before = earlier.counters.get(reason).copied().unwrap_or_default();
+                let before = earlier.0.counters.get(reason).copied().unwrap_or_default();
                 assert!(
                     now.packets >= before.packets && now.bytes >= before.bytes,
                     "counter {reason} went backwards: {before:?} -> {now:?}"
                 );
-                let delta = Counter::new(now.packets - before.packets, now.bytes - before.bytes);
+                let delta = Counter {
+                    packets: now.packets - before.packets,
+                    bytes: now.bytes - before.bytes,
+                };
                 (reason.clone(), delta)
             })
             .collect();
-        Stats { counters }
+        Stats(control::Stats { counters })
     }
 
     pub fn reasons(&self) -> impl Iterator<Item = (&str, Counter)> {
-        self.counters
+        self.0
+            .counters
             .iter()
             .map(|(reason, counter)| (reason.as_str(), *counter))
     }

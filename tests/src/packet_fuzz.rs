@@ -33,6 +33,13 @@ use allowlist_userspace::{
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
+use crate::frames::{
+    self, Ipv4Header, Ipv6Header, VlanTag, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4,
+    ETH_P_IPV6, ETH_P_LLDP, ETH_P_MPLS_MULTICAST, ETH_P_MPLS_UNICAST, ETH_P_PPPOE_DISCOVERY,
+    ETH_P_PPPOE_SESSION, ETH_P_QINQ_LEGACY, IPPROTO_DESTINATION_OPTIONS, IPPROTO_FRAGMENT,
+    IPPROTO_HOP_BY_HOP, IPPROTO_ROUTING, PPP_IPCP, PPP_IPV4, PPP_IPV6, PPP_LCP, TEST_DST_MAC,
+    TEST_SRC_MAC,
+};
 use crate::reference::{Flow, Policy};
 use crate::rng::Rng;
 
@@ -334,12 +341,16 @@ pub fn random_policy(rng: &mut Rng) -> (Policy, Vec<IpNet>) {
     (policy, networks)
 }
 
+/// The host's own addresses in the frames (their destination).
+const LOCAL_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const LOCAL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+
 /// The host's own address in the frames (their destination).
 pub fn local_address(v6: bool) -> IpAddr {
     if v6 {
-        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))
+        LOCAL_V6.into()
     } else {
-        IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))
+        LOCAL_V4.into()
     }
 }
 
@@ -464,69 +475,72 @@ impl<'a> FrameMaker<'a> {
 
     /// One frame: structure first, then (sometimes) mutation.
     pub fn frame(&mut self, rng: &mut Rng) -> Vec<u8> {
-        let mut frame = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
-        for _ in 0..[0, 0, 0, 1, 1, 2, 3][rng.below(7) as usize] {
-            let tpid: u16 = [0x8100, 0x88a8, 0x9100][rng.below(3) as usize];
-            frame.extend_from_slice(&tpid.to_be_bytes());
-            frame.extend_from_slice(&(rng.below(4096) as u16).to_be_bytes());
-        }
-        match rng.below(20) {
+        // The order of the draws from `rng` is what a seed replays: keep it.
+        let tags: Vec<VlanTag> = (0..[0, 0, 0, 1, 1, 2, 3][rng.below(7) as usize])
+            .map(|_| VlanTag {
+                tpid: [ETH_P_8021Q, ETH_P_8021AD, ETH_P_QINQ_LEGACY][rng.below(3) as usize],
+                vid: rng.below(4096) as u16,
+            })
+            .collect();
+        let (ether_type, payload): (u16, Vec<u8>) = match rng.below(20) {
             0 => {
                 // ARP, LLDP or anything else that is not IP.
                 let ether_type: u16 =
-                    [0x0806, 0x88cc, rng.next_u64() as u16][rng.below(3) as usize];
-                frame.extend_from_slice(&ether_type.to_be_bytes());
-                frame.extend((0..28).map(|_| rng.next_u64() as u8));
+                    [ETH_P_ARP, ETH_P_LLDP, rng.next_u64() as u16][rng.below(3) as usize];
+                (ether_type, (0..28).map(|_| rng.next_u64() as u8).collect())
             }
             1 => {
-                // A PPPoE session carrying IP or link control, or PPPoE discovery.
-                let ether_type: u16 = if rng.below(4) == 0 { 0x8863 } else { 0x8864 };
-                frame.extend_from_slice(&ether_type.to_be_bytes());
-                frame.extend_from_slice(&[0x11, 0, 0x12, 0x34, 0, 40]);
-                let ppp: u16 = [0x0021, 0x0057, 0xc021, 0x8021][rng.below(4) as usize];
-                frame.extend_from_slice(&ppp.to_be_bytes());
-                frame.extend(self.ip_packet(rng, ppp == 0x0057));
+                // A PPPoE session carrying IP or link control, or PPPoE discovery; its
+                // length field says 40 whatever follows.
+                let ether_type = if rng.below(4) == 0 {
+                    ETH_P_PPPOE_DISCOVERY
+                } else {
+                    ETH_P_PPPOE_SESSION
+                };
+                let mut session = vec![0x11, 0, 0x12, 0x34, 0, 40];
+                let ppp = [PPP_IPV4, PPP_IPV6, PPP_LCP, PPP_IPCP][rng.below(4) as usize];
+                session.extend_from_slice(&ppp.to_be_bytes());
+                session.extend(self.ip_packet(rng, ppp == PPP_IPV6));
+                (ether_type, session)
             }
             2 => {
                 // MPLS.
-                let ether_type: u16 = if rng.below(2) == 0 { 0x8847 } else { 0x8848 };
-                frame.extend_from_slice(&ether_type.to_be_bytes());
-                frame.extend_from_slice(&[0, 0x3e, 0x81, 64]);
-                frame.extend(self.ip_packet(rng, false));
+                let ether_type = if rng.below(2) == 0 {
+                    ETH_P_MPLS_UNICAST
+                } else {
+                    ETH_P_MPLS_MULTICAST
+                };
+                (ether_type, frames::mpls(1000, &self.ip_packet(rng, false)))
             }
             6 | 7 if !self.trains.is_empty() => {
                 // A later fragment of a datagram whose first fragment went before.
                 let (source, protocol, id) =
                     self.trains[rng.below(self.trains.len() as u64) as usize];
-                let ether_type: u16 = if source.is_ipv6() { 0x86dd } else { 0x0800 };
-                frame.extend_from_slice(&ether_type.to_be_bytes());
                 let offset = 1 + rng.below(0x1fff) as u16;
                 let more = if rng.below(2) == 0 { 0x2000 } else { 0 };
                 let payload = (0..8).map(|_| rng.next_u64() as u8).collect();
-                frame.extend(ip_header(
+                let packet = ip_header(
                     source,
                     local_address(source.is_ipv6()),
                     protocol,
                     more | offset,
                     id,
                     payload,
-                ));
+                );
+                (ether_type_of(source), packet)
             }
             3..=5 if !self.policy.flows.is_empty() => {
                 // A reply to a flow the host opened (or nearly: a field may be off).
                 let flow = self.policy.flows[rng.below(self.policy.flows.len() as u64) as usize];
-                let v6 = flow.remote.is_ipv6();
-                let ether_type: u16 = if v6 { 0x86dd } else { 0x0800 };
-                frame.extend_from_slice(&ether_type.to_be_bytes());
-                frame.extend(self.reply(rng, &flow));
+                (ether_type_of(flow.remote), self.reply(rng, &flow))
             }
             _ => {
                 let v6 = rng.below(2) == 0;
-                let ether_type: u16 = if v6 { 0x86dd } else { 0x0800 };
-                frame.extend_from_slice(&ether_type.to_be_bytes());
-                frame.extend(self.ip_packet(rng, v6));
+                let ether_type = if v6 { ETH_P_IPV6 } else { ETH_P_IPV4 };
+                (ether_type, self.ip_packet(rng, v6))
             }
-        }
+        };
+        let mut frame = frames::ethernet(TEST_DST_MAC, TEST_SRC_MAC, &tags, ether_type, &payload);
         mutate(&mut frame, rng);
         frame
     }
@@ -543,8 +557,7 @@ impl<'a> FrameMaker<'a> {
         let transport = match flow.protocol {
             1 | 58 => {
                 let reply_type = if flow.protocol == 1 { 0 } else { 129 };
-                let id = flow.local_port.to_be_bytes();
-                vec![reply_type, 0, 0, 0, id[0], id[1], 0, 1]
+                frames::icmp_echo(reply_type, flow.local_port, 1)
             }
             protocol => {
                 let mut header = flow.remote_port.to_be_bytes().to_vec();
@@ -571,7 +584,6 @@ impl<'a> FrameMaker<'a> {
     fn ip_packet(&mut self, rng: &mut Rng, v6: bool) -> Vec<u8> {
         let source = self.source(rng, v6);
         let protocol: u8 = [6, 6, 17, 17, 1, 58, rng.next_u64() as u8][rng.below(7) as usize];
-        let mut packet = Vec::new();
         match source {
             IpAddr::V4(source) => {
                 let most_words = if rng.below(4) == 0 { 11 } else { 1 };
@@ -588,18 +600,12 @@ impl<'a> FrameMaker<'a> {
                     self.trains.push((IpAddr::V4(source), protocol, id));
                 }
                 let transport = self.transport(rng, protocol, v6);
-                let header_len = 20 + options;
-                let total = (header_len + transport.len()) as u16;
-                packet.push(0x40 | (header_len / 4) as u8);
-                packet.push(0);
-                packet.extend_from_slice(&total.to_be_bytes());
-                packet.extend_from_slice(&id.to_be_bytes());
-                packet.extend_from_slice(&fragment.to_be_bytes());
-                packet.extend_from_slice(&[64, protocol, 0, 0]);
-                packet.extend_from_slice(&source.octets());
-                packet.extend_from_slice(&[10, 0, 0, 1]);
-                packet.extend((0..options).map(|_| 1u8));
-                packet.extend(transport);
+                // Options of type 1 (no-operation), which any parser must step over.
+                Ipv4Header::new(source, LOCAL_V4, protocol)
+                    .id(id)
+                    .fragment(fragment)
+                    .options(&vec![1; options])
+                    .packet(&transport)
             }
             IpAddr::V6(source) => {
                 let hop_limit = if rng.below(3) == 0 { 255 } else { 64 };
@@ -609,18 +615,21 @@ impl<'a> FrameMaker<'a> {
                 let count = [0, 0, 0, 1, 1, 2, 3, 4, 5, 6][rng.below(10) as usize];
                 let mut headers: Vec<(u8, Vec<u8>)> = Vec::new();
                 for _ in 0..count {
-                    let kind: u8 = [0, 43, 44, 60][rng.below(4) as usize];
-                    let body = if kind == 44 {
+                    let kind = [
+                        IPPROTO_HOP_BY_HOP,
+                        IPPROTO_ROUTING,
+                        IPPROTO_FRAGMENT,
+                        IPPROTO_DESTINATION_OPTIONS,
+                    ][rng.below(4) as usize];
+                    let body = if kind == IPPROTO_FRAGMENT {
                         let offset_flags: u16 = match rng.below(4) {
                             0 => 1,
                             1 => ((1 + rng.below(0x1fff)) as u16) << 3,
                             2 => (((1 + rng.below(0x1fff)) as u16) << 3) | 1,
                             _ => 0,
                         };
-                        let mut body = vec![0, 0];
-                        body.extend_from_slice(&offset_flags.to_be_bytes());
-                        body.extend_from_slice(&(rng.below(4) as u32).to_be_bytes());
-                        body
+                        // Its next header is filled in when the chain is linked.
+                        frames::ipv6_fragment_header(0, offset_flags, rng.below(4) as u32)
                     } else {
                         let units = rng.below(2) as u8;
                         let mut body = vec![0, units];
@@ -638,15 +647,11 @@ impl<'a> FrameMaker<'a> {
                     chain = linked;
                 }
                 chain.extend(self.transport(rng, protocol, v6));
-                packet.extend_from_slice(&[0x60, 0, 0, 0]);
-                packet.extend_from_slice(&(chain.len() as u16).to_be_bytes());
-                packet.extend_from_slice(&[next, hop_limit]);
-                packet.extend_from_slice(&source.octets());
-                packet.extend_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets());
-                packet.extend(chain);
+                Ipv6Header::new(source, LOCAL_V6, next)
+                    .hop_limit(hop_limit)
+                    .packet(&chain)
             }
         }
-        packet
     }
 
     fn transport(&self, rng: &mut Rng, protocol: u8, v6: bool) -> Vec<u8> {
@@ -669,7 +674,9 @@ impl<'a> FrameMaker<'a> {
                 } else {
                     [0, 8, 128, 129, rng.next_u64() as u8][rng.below(5) as usize]
                 };
-                vec![icmp_type, 0, 0, 0, 0x12, 0x34, 0, 1]
+                // An echo's identifier and sequence number; other types take them as
+                // whatever their header's second word means.
+                frames::icmp(icmp_type, 0, [0x12, 0x34, 0, 1], &[])
             }
             _ => (0..8).map(|_| rng.next_u64() as u8).collect(),
         }
@@ -687,41 +694,36 @@ fn ip_header(
     id: u16,
     transport: Vec<u8>,
 ) -> Vec<u8> {
-    let mut packet = Vec::new();
     match (source, destination) {
         (IpAddr::V4(source), IpAddr::V4(destination)) => {
-            packet.extend_from_slice(&[0x45, 0]);
-            packet.extend_from_slice(&((20 + transport.len()) as u16).to_be_bytes());
-            packet.extend_from_slice(&id.to_be_bytes());
-            packet.extend_from_slice(&fragment.to_be_bytes());
-            packet.extend_from_slice(&[64, protocol, 0, 0]);
-            packet.extend_from_slice(&source.octets());
-            packet.extend_from_slice(&destination.octets());
+            Ipv4Header::new(source, destination, protocol)
+                .id(id)
+                .fragment(fragment)
+                .packet(&transport)
         }
         (IpAddr::V6(source), IpAddr::V6(destination)) => {
-            let mut payload = Vec::new();
-            let next = if fragment != 0 {
+            let (next, mut payload) = if fragment != 0 {
                 let more = u16::from(fragment & 0x2000 != 0);
                 let offset_flags = ((fragment & 0x1fff) << 3) | more;
-                payload.extend_from_slice(&[protocol, 0]);
-                payload.extend_from_slice(&offset_flags.to_be_bytes());
-                payload.extend_from_slice(&u32::from(id).to_be_bytes());
-                44
+                let header = frames::ipv6_fragment_header(protocol, offset_flags, u32::from(id));
+                (IPPROTO_FRAGMENT, header)
             } else {
-                protocol
+                (protocol, Vec::new())
             };
             payload.extend(transport);
-            packet.extend_from_slice(&[0x60, 0, 0, 0]);
-            packet.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-            packet.extend_from_slice(&[next, 64]);
-            packet.extend_from_slice(&source.octets());
-            packet.extend_from_slice(&destination.octets());
-            return [packet, payload].concat();
+            Ipv6Header::new(source, destination, next).packet(&payload)
         }
-        _ => return Vec::new(),
+        _ => Vec::new(),
     }
-    packet.extend(transport);
-    packet
+}
+
+/// The ether type of IP packets from `source`.
+fn ether_type_of(source: IpAddr) -> u16 {
+    if source.is_ipv6() {
+        ETH_P_IPV6
+    } else {
+        ETH_P_IPV4
+    }
 }
 
 /// Cuts the frame anywhere, overwrites bytes, or leaves it whole.

@@ -18,23 +18,20 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
+use crate::frames::{
+    self, Ipv4Header, Mac, VlanTag, BROADCAST_MAC, ETHERNET_HEADER_LEN, ETH_P_8021AD, ETH_P_8021Q,
+    ETH_P_ARP, ETH_P_IPV4, ETH_P_MPLS_MULTICAST, ETH_P_MPLS_UNICAST, ETH_P_PPPOE_SESSION,
+    ETH_P_QINQ_LEGACY, IPPROTO_UDP, IPV4_HEADER_LEN, MPLS_LABEL_LEN, PPPOE_HEADER_LEN, PPP_IPV4,
+    PPP_PROTOCOL_LEN, UDP_HEADER_LEN, VLAN_TAG_LEN,
+};
 use crate::netns::{in_netns, Netns};
 use crate::traffic::{record_of, SourceRecord, MIN_UDP_PAYLOAD, UDP_PACING};
 
-pub const TPID_8021Q: u16 = 0x8100;
-pub const TPID_8021AD: u16 = 0x88a8;
-/// The pre-802.1ad service tag.
-pub const TPID_QINQ_LEGACY: u16 = 0x9100;
-const ETHERTYPE_IPV4: u16 = 0x0800;
-const ETHERTYPE_ARP: u16 = 0x0806;
-const ETHERTYPE_PPPOE_SESSION: u16 = 0x8864;
-const ETHERTYPE_MPLS_UNICAST: u16 = 0x8847;
-const ETHERTYPE_MPLS_MULTICAST: u16 = 0x8848;
-const PPP_IPV4: u16 = 0x0021;
+/// Every protocol, for a packet socket that taps all of an interface's frames.
 const ETH_P_ALL: u16 = 0x0003;
 
 /// A MAC address parsed from `aa:bb:cc:dd:ee:ff`.
-pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
+pub fn parse_mac(text: &str) -> Result<Mac> {
     let octets: Vec<u8> = text
         .split(':')
         .map(|octet| u8::from_str_radix(octet, 16))
@@ -44,37 +41,6 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6]> {
         .try_into()
         .ok()
         .with_context(|| format!("bad MAC {text:?}"))
-}
-
-/// One VLAN tag: its TPID (0x8100 or 0x88a8) and VLAN id.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct VlanTag {
-    pub tpid: u16,
-    pub vid: u16,
-}
-
-impl VlanTag {
-    pub fn dot1q(vid: u16) -> Self {
-        Self {
-            tpid: TPID_8021Q,
-            vid,
-        }
-    }
-
-    pub fn dot1ad(vid: u16) -> Self {
-        Self {
-            tpid: TPID_8021AD,
-            vid,
-        }
-    }
-
-    /// A tag with the legacy QinQ TPID 0x9100.
-    pub fn legacy_qinq(vid: u16) -> Self {
-        Self {
-            tpid: TPID_QINQ_LEGACY,
-            vid,
-        }
-    }
 }
 
 /// What sits between the VLAN tags and the IPv4 header of a [`UdpFrame`].
@@ -93,8 +59,8 @@ impl Encapsulation {
     fn header_len(self) -> usize {
         match self {
             Encapsulation::None => 0,
-            Encapsulation::PppoeSession { .. } => 6 + 2,
-            Encapsulation::Mpls { .. } => 4,
+            Encapsulation::PppoeSession { .. } => PPPOE_HEADER_LEN + PPP_PROTOCOL_LEN,
+            Encapsulation::Mpls { .. } => MPLS_LABEL_LEN,
         }
     }
 }
@@ -102,8 +68,8 @@ impl Encapsulation {
 /// An IPv4/UDP frame to build; `tags` are written outermost first.
 #[derive(Clone, Debug)]
 pub struct UdpFrame {
-    pub src_mac: [u8; 6],
-    pub dst_mac: [u8; 6],
+    pub src_mac: Mac,
+    pub dst_mac: Mac,
     pub tags: Vec<VlanTag>,
     pub encapsulation: Encapsulation,
     pub src: Ipv4Addr,
@@ -116,72 +82,35 @@ pub struct UdpFrame {
 impl UdpFrame {
     /// Length of the frame on the wire (no FCS): what XDP counts.
     pub fn frame_len(&self) -> usize {
-        14 + 4 * self.tags.len() + self.encapsulation.header_len() + 20 + 8 + self.payload_len
+        ETHERNET_HEADER_LEN
+            + VLAN_TAG_LEN * self.tags.len()
+            + self.encapsulation.header_len()
+            + IPV4_HEADER_LEN
+            + UDP_HEADER_LEN
+            + self.payload_len
     }
 
-    /// The frame bytes, carrying `sequence` in the first 8 payload bytes.
+    /// The frame bytes, carrying `sequence` in the first 8 payload bytes (and, cut to 16
+    /// bits, in the IPv4 identification). Don't fragment is set; the IPv4 header has its
+    /// checksum (the host's stack checks it), the UDP datagram none (legal on IPv4).
     pub fn build(&self, sequence: u64) -> Vec<u8> {
-        let mut frame = Vec::with_capacity(self.frame_len());
-        frame.extend_from_slice(&self.dst_mac);
-        frame.extend_from_slice(&self.src_mac);
-        for tag in &self.tags {
-            frame.extend_from_slice(&tag.tpid.to_be_bytes());
-            frame.extend_from_slice(&(tag.vid & 0x0fff).to_be_bytes());
-        }
-        let ip_len = (20 + 8 + self.payload_len) as u16;
-        match self.encapsulation {
-            Encapsulation::None => frame.extend_from_slice(&ETHERTYPE_IPV4.to_be_bytes()),
-            Encapsulation::PppoeSession { session_id } => {
-                frame.extend_from_slice(&ETHERTYPE_PPPOE_SESSION.to_be_bytes());
-                // Version 1, type 1, code 0 (session data), session id, then the length
-                // of the PPP frame: its protocol field and the IPv4 packet.
-                frame.extend_from_slice(&[0x11, 0x00]);
-                frame.extend_from_slice(&session_id.to_be_bytes());
-                frame.extend_from_slice(&(2 + ip_len).to_be_bytes());
-                frame.extend_from_slice(&PPP_IPV4.to_be_bytes());
-            }
-            Encapsulation::Mpls { label } => {
-                frame.extend_from_slice(&ETHERTYPE_MPLS_UNICAST.to_be_bytes());
-                // Label (20 bits), traffic class 0, bottom of stack, TTL 64.
-                let entry = (label & 0xf_ffff) << 12 | 1 << 8 | 64;
-                frame.extend_from_slice(&entry.to_be_bytes());
-            }
-        }
-
-        let mut ip = [0u8; 20];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-        ip[4..6].copy_from_slice(&(sequence as u16).to_be_bytes());
-        ip[6] = 0x40; // don't fragment
-        ip[8] = 64;
-        ip[9] = 17; // UDP
-        ip[12..16].copy_from_slice(&self.src.octets());
-        ip[16..20].copy_from_slice(&self.dst.octets());
-        let checksum = internet_checksum(&ip);
-        ip[10..12].copy_from_slice(&checksum.to_be_bytes());
-        frame.extend_from_slice(&ip);
-
-        frame.extend_from_slice(&self.src_port.to_be_bytes());
-        frame.extend_from_slice(&self.dst_port.to_be_bytes());
-        frame.extend_from_slice(&((8 + self.payload_len) as u16).to_be_bytes());
-        frame.extend_from_slice(&0u16.to_be_bytes()); // no UDP checksum (legal on IPv4)
-
         let mut payload = vec![0xa5; self.payload_len];
         payload[..8].copy_from_slice(&sequence.to_be_bytes());
-        frame.extend_from_slice(&payload);
-        frame
+        let ip = Ipv4Header::new(self.src, self.dst, IPPROTO_UDP)
+            .id(sequence as u16)
+            .dont_fragment()
+            .with_checksum()
+            .packet(&frames::udp(self.src_port, self.dst_port, &payload));
+        let (ether_type, packet) = match self.encapsulation {
+            Encapsulation::None => (ETH_P_IPV4, ip),
+            Encapsulation::PppoeSession { session_id } => (
+                ETH_P_PPPOE_SESSION,
+                frames::pppoe_session(session_id, PPP_IPV4, &ip),
+            ),
+            Encapsulation::Mpls { label } => (ETH_P_MPLS_UNICAST, frames::mpls(label, &ip)),
+        };
+        frames::ethernet(self.dst_mac, self.src_mac, &self.tags, ether_type, &packet)
     }
-}
-
-fn internet_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 fn packet_socket(protocol: u16) -> io::Result<OwnedFd> {
@@ -259,12 +188,7 @@ pub fn send_frames(netns: &Netns, dev: &str, frame: &UdpFrame, count: u64) -> Re
 /// Writes already-built frames (any protocol) onto `dev` in `netns`, in order, paced
 /// like [`send_frames`]. For frames [`UdpFrame`] cannot describe (IPv6, fragments,
 /// extension headers).
-pub fn send_raw_frames(
-    netns: &Netns,
-    dev: &str,
-    dst_mac: [u8; 6],
-    frames: &[Vec<u8>],
-) -> Result<()> {
+pub fn send_raw_frames(netns: &Netns, dev: &str, dst_mac: Mac, frames: &[Vec<u8>]) -> Result<()> {
     // Protocol 0: this socket only sends, it must not queue up received frames.
     let (socket, index) = bound_packet_socket(netns, dev, 0)?;
     let mut address = link_address(index, 0);
@@ -291,17 +215,14 @@ pub fn send_raw_frames(
 }
 
 /// An ARP request from `src_mac` (who has `target`, tell `sender`), broadcast.
-pub fn arp_request(src_mac: [u8; 6], sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
-    let mut frame = vec![0xff; 6];
-    frame.extend_from_slice(&src_mac);
-    frame.extend_from_slice(&ETHERTYPE_ARP.to_be_bytes());
-    // Ethernet, IPv4, 6-byte and 4-byte addresses, request.
-    frame.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4, 0, 1]);
-    frame.extend_from_slice(&src_mac);
-    frame.extend_from_slice(&sender.octets());
-    frame.extend_from_slice(&[0; 6]);
-    frame.extend_from_slice(&target.octets());
-    frame
+pub fn arp_request(src_mac: Mac, sender: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    frames::ethernet(
+        BROADCAST_MAC,
+        src_mac,
+        &[],
+        ETH_P_ARP,
+        &frames::arp_request(src_mac, sender, target),
+    )
 }
 
 /// Records IPv4/UDP frames received on one interface, per source address, after XDP:
@@ -449,7 +370,7 @@ fn be16_at(frame: &[u8], offset: usize) -> Option<u16> {
 fn after_tags(frame: &[u8]) -> Option<(u16, usize)> {
     let mut offset = 12;
     let mut ethertype = be16_at(frame, offset)?;
-    while matches!(ethertype, TPID_8021Q | TPID_8021AD | TPID_QINQ_LEGACY) {
+    while matches!(ethertype, ETH_P_8021Q | ETH_P_8021AD | ETH_P_QINQ_LEGACY) {
         offset += 4;
         ethertype = be16_at(frame, offset)?;
     }
@@ -459,7 +380,7 @@ fn after_tags(frame: &[u8]) -> Option<(u16, usize)> {
 /// The sender protocol address of an ARP frame for IPv4 (behind any VLAN tags).
 fn parse_arp_sender(frame: &[u8]) -> Option<Ipv4Addr> {
     let (ethertype, offset) = after_tags(frame)?;
-    if ethertype != ETHERTYPE_ARP || be16_at(frame, offset + 2)? != ETHERTYPE_IPV4 {
+    if ethertype != ETH_P_ARP || be16_at(frame, offset + 2)? != ETH_P_IPV4 {
         return None;
     }
     let sender: [u8; 4] = frame.get(offset + 14..offset + 18)?.try_into().ok()?;
@@ -472,16 +393,16 @@ fn parse_arp_sender(frame: &[u8]) -> Option<Ipv4Addr> {
 fn parse_udp(frame: &[u8], dst_port: u16) -> Option<(Ipv4Addr, u64, usize)> {
     let (ethertype, mut offset) = after_tags(frame)?;
     match ethertype {
-        ETHERTYPE_IPV4 => {}
-        ETHERTYPE_PPPOE_SESSION => {
-            if be16_at(frame, offset + 6)? != PPP_IPV4 {
+        ETH_P_IPV4 => {}
+        ETH_P_PPPOE_SESSION => {
+            if be16_at(frame, offset + PPPOE_HEADER_LEN)? != PPP_IPV4 {
                 return None;
             }
-            offset += 6 + 2;
+            offset += PPPOE_HEADER_LEN + PPP_PROTOCOL_LEN;
         }
-        ETHERTYPE_MPLS_UNICAST | ETHERTYPE_MPLS_MULTICAST => loop {
+        ETH_P_MPLS_UNICAST | ETH_P_MPLS_MULTICAST => loop {
             let bottom_of_stack = frame.get(offset + 2)? & 1 != 0;
-            offset += 4;
+            offset += MPLS_LABEL_LEN;
             if bottom_of_stack {
                 break;
             }
@@ -493,7 +414,7 @@ fn parse_udp(frame: &[u8], dst_port: u16) -> Option<(Ipv4Addr, u64, usize)> {
         return None;
     }
     let header_len = usize::from(ip.first()? & 0x0f) * 4;
-    if ip.get(9)? != &17 {
+    if ip.get(9)? != &IPPROTO_UDP {
         return None;
     }
     let source: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
@@ -532,7 +453,7 @@ mod tests {
         assert_eq!(parse_udp(&bytes, 7003), Some((frame.src, 42, 64)));
         assert_eq!(parse_udp(&bytes, 7004), None);
         // A valid IPv4 header sums to zero including its checksum.
-        assert_eq!(internet_checksum(&bytes[22..42]), 0);
+        assert_eq!(frames::internet_checksum(&bytes[22..42]), 0);
     }
 
     #[test]

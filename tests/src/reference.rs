@@ -443,6 +443,7 @@ fn transport(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frames::{self, Ipv4Header};
 
     fn policy(mode: Mode) -> Policy {
         Policy {
@@ -463,14 +464,10 @@ mod tests {
     }
 
     fn udp4(source: [u8; 4], destination_port: u16) -> Vec<u8> {
-        let mut frame = vec![0; 12];
-        frame.extend_from_slice(&[0x08, 0x00, 0x45, 0, 0, 28, 0, 1, 0, 0, 64, 17, 0, 0]);
-        frame.extend_from_slice(&source);
-        frame.extend_from_slice(&[10, 0, 0, 1]);
-        frame.extend_from_slice(&1234u16.to_be_bytes());
-        frame.extend_from_slice(&destination_port.to_be_bytes());
-        frame.extend_from_slice(&[0, 8, 0, 0]);
-        frame
+        let packet = Ipv4Header::new(source.into(), Ipv4Addr::new(10, 0, 0, 1), UDP)
+            .id(1)
+            .packet(&frames::udp(1234, destination_port, &[]));
+        frames::ethernet([0; 6], [0; 6], &[], frames::ETH_P_IPV4, &packet)
     }
 
     #[test]

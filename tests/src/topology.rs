@@ -16,8 +16,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 
+use crate::frames::VlanTag;
 use crate::netns::Netns;
-use crate::raw::{parse_mac, send_frames, Encapsulation, FrameTap, UdpFrame, VlanTag};
+use crate::raw::{parse_mac, send_frames, Encapsulation, FrameTap, UdpFrame};
 
 /// One veth pair between the host and a client.
 #[derive(Clone, Copy, Debug)]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::frames::{ETHERNET_HEADER_LEN, IPV4_HEADER_LEN, UDP_HEADER_LEN, VLAN_TAG_LEN};
 use crate::netns::{in_netns, Netns};
 use crate::process::output_with_timeout;
 
@@ -29,12 +30,12 @@ pub const MIN_UDP_PAYLOAD: usize = 8;
 /// Bytes XDP sees for one untagged IPv4 UDP datagram: Ethernet + IPv4 + UDP headers
 /// plus the payload (veths neither pad short frames nor append an FCS).
 pub fn udp_ipv4_frame_len(payload_len: usize) -> u64 {
-    (14 + 20 + 8 + payload_len) as u64
+    (ETHERNET_HEADER_LEN + IPV4_HEADER_LEN + UDP_HEADER_LEN + payload_len) as u64
 }
 
 /// As [`udp_ipv4_frame_len`], for a frame carrying one 802.1Q tag.
 pub fn vlan_udp_ipv4_frame_len(payload_len: usize) -> u64 {
-    udp_ipv4_frame_len(payload_len) + 4
+    udp_ipv4_frame_len(payload_len) + VLAN_TAG_LEN as u64
 }
 
 /// Folds IPv4-mapped IPv6 addresses (what a dual-stack socket reports for IPv4 peers)

@@ -245,9 +245,7 @@ fn enforce_with_an_empty_list_is_refused() {
 #[test]
 fn reload_of_a_bad_config_is_refused_and_the_running_list_stays_in_force() {
     let topology = Topology::new().unwrap();
-    let good = ConfigBuilder::for_topology(&topology)
-        .mode(Mode::Enforce)
-        .allow(format!("{}/32", ALLOWED_LINK.client_v4), "allowed client");
+    let good = ConfigBuilder::allowed_client_v4(&topology);
     let daemon = Daemon::start(&topology, &good).unwrap();
     let status_before = daemon.status();
 

@@ -16,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use allowlist_common::{IPPROTO_TCP, IPPROTO_UDP, MAX_EXACT_V6};
 use allowlist_tests::{
+    frames::{self, Ipv4Header, Ipv6Header, TEST_DST_MAC, TEST_SRC_MAC},
     rng::Rng,
     test_filter::{TestFilter, Verdict},
 };
@@ -216,42 +217,30 @@ impl Generator {
 // Frames
 // ---------------------------------------------------------------------------------------
 
-/// An Ethernet frame carrying a TCP or UDP header from `source` to `port`. Checksums are
-/// left zero: the program never looks at them.
+/// An Ethernet frame carrying a TCP SYN or a UDP header from `source` (port 40000) to
+/// `port` of 10.99.99.99 or 2001:db8:ffff::1. Checksums are left zero: the program never
+/// looks at them.
 fn frame(source: IpAddr, protocol: u8, port: u16) -> Vec<u8> {
-    let mut transport = Vec::new();
-    transport.extend_from_slice(&40000u16.to_be_bytes());
-    transport.extend_from_slice(&port.to_be_bytes());
-    if protocol == IPPROTO_TCP {
-        // Sequence, acknowledgement, data offset 5 words, flags SYN, window, checksum, urgent.
-        transport.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff]);
-        transport.extend_from_slice(&[0, 0, 0, 0]);
+    let transport = if protocol == IPPROTO_TCP {
+        frames::tcp_syn(40000, port)
     } else {
-        transport.extend_from_slice(&8u16.to_be_bytes());
-        transport.extend_from_slice(&[0, 0]);
-    }
-    let mut frame = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
-    match source {
-        IpAddr::V4(source) => {
-            frame.extend_from_slice(&0x0800u16.to_be_bytes());
-            let total_len = (20 + transport.len()) as u16;
-            frame.extend_from_slice(&[0x45, 0]);
-            frame.extend_from_slice(&total_len.to_be_bytes());
-            frame.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, protocol, 0, 0]);
-            frame.extend_from_slice(&source.octets());
-            frame.extend_from_slice(&[10, 99, 99, 99]);
-        }
-        IpAddr::V6(source) => {
-            frame.extend_from_slice(&0x86ddu16.to_be_bytes());
-            frame.extend_from_slice(&[0x60, 0, 0, 0]);
-            frame.extend_from_slice(&(transport.len() as u16).to_be_bytes());
-            frame.extend_from_slice(&[protocol, 64]);
-            frame.extend_from_slice(&source.octets());
-            frame.extend_from_slice(&"2001:db8:ffff::1".parse::<Ipv6Addr>().unwrap().octets());
-        }
-    }
-    frame.extend_from_slice(&transport);
-    frame
+        frames::udp(40000, port, &[])
+    };
+    let (ether_type, packet) = match source {
+        IpAddr::V4(source) => (
+            frames::ETH_P_IPV4,
+            Ipv4Header::new(source, Ipv4Addr::new(10, 99, 99, 99), protocol)
+                .id(0x1234)
+                .dont_fragment()
+                .packet(&transport),
+        ),
+        IpAddr::V6(source) => (
+            frames::ETH_P_IPV6,
+            Ipv6Header::new(source, "2001:db8:ffff::1".parse().unwrap(), protocol)
+                .packet(&transport),
+        ),
+    };
+    frames::ethernet(TEST_DST_MAC, TEST_SRC_MAC, &[], ether_type, &packet)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,25 +3,15 @@
 //! what it added, and a reload keeps those.
 
 use allowlist_tests::{
-    assert_exit_code, Client, ConfigBuilder, Daemon, Mode, Probe, Topology, Verdict, ALLOWED_LINK,
-    BLOCKED_LINK,
+    assert_exit_code, Client, ConfigBuilder, Daemon, Mode, Probe, Topology, Verdict, BLOCKED_LINK,
 };
 
 const PROBE_PORT: u16 = 7106;
 
-fn enforcing_allowed_client_v4(topology: &Topology) -> ConfigBuilder {
-    ConfigBuilder::for_topology(topology)
-        .mode(Mode::Enforce)
-        .allow(
-            format!("{}/32", ALLOWED_LINK.client_v4),
-            "allowed client v4",
-        )
-}
-
 #[test]
 fn reload_applies_hand_edits_keeps_cli_entries_and_config_entries_cannot_be_removed_from_the_cli() {
     let topology = Topology::new().unwrap();
-    let config = enforcing_allowed_client_v4(&topology);
+    let config = ConfigBuilder::allowed_client_v4(&topology);
     let daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     daemon.ctl_ok(&["add", "fd10:1::2", "-d", "added with the CLI"]);
@@ -87,7 +77,7 @@ fn reload_applies_hand_edits_keeps_cli_entries_and_config_entries_cannot_be_remo
 #[test]
 fn always_entries_are_listed_pass_after_import_replace_and_cannot_be_removed() {
     let topology = Topology::new().unwrap();
-    let config = enforcing_allowed_client_v4(&topology)
+    let config = ConfigBuilder::allowed_client_v4(&topology)
         .always(format!("{}/128", BLOCKED_LINK.client_v6), "management host")
         .always("169.254.169.254", "metadata");
     let daemon = Daemon::start(&topology, &config).unwrap();
@@ -189,7 +179,7 @@ fn always_entries_do_not_count_toward_a_non_empty_list() {
 #[test]
 fn an_edited_config_mode_wins_over_the_cli_mode_at_reload() {
     let topology = Topology::new().unwrap();
-    let config = enforcing_allowed_client_v4(&topology).mode(Mode::Monitor);
+    let config = ConfigBuilder::allowed_client_v4(&topology).mode(Mode::Monitor);
     let daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
 

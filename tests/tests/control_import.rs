@@ -5,24 +5,10 @@
 use std::path::PathBuf;
 
 use allowlist_tests::{
-    assert_exit_code, Client, ConfigBuilder, Daemon, ListedEntry, Mode, Probe, Topology, Verdict,
-    ALLOWED_LINK,
+    assert_exit_code, Client, ConfigBuilder, Daemon, ListedEntry, Probe, Topology, Verdict,
 };
 
 const PROBE_PORT: u16 = 7102;
-
-fn enforcing_allowed_client(topology: &Topology) -> ConfigBuilder {
-    ConfigBuilder::for_topology(topology)
-        .mode(Mode::Enforce)
-        .allow(
-            format!("{}/32", ALLOWED_LINK.client_v4),
-            "allowed client v4",
-        )
-        .allow(
-            format!("{}/128", ALLOWED_LINK.client_v6),
-            "allowed client v6",
-        )
-}
 
 fn write_csv(daemon: &Daemon, name: &str, text: &str) -> PathBuf {
     let path = daemon.files().dir().join(name);
@@ -49,7 +35,7 @@ const GOOD_CSV: &str = "\u{feff}ip_address,description\r\n\
 #[test]
 fn import_adds_quoted_descriptions_ipv6_and_duplicates_and_the_listed_sources_pass() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     assert_eq!(probe.verdict(Client::Blocked, true), Verdict::Drop);
 
@@ -103,7 +89,7 @@ fn import_adds_quoted_descriptions_ipv6_and_duplicates_and_the_listed_sources_pa
 #[test]
 fn import_with_bad_rows_lists_every_bad_row_and_changes_nothing() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     daemon.ctl_ok(&["add", "10.10.2.2", "-d", "blocked client v4"]);
     let list_before = daemon.list();
@@ -166,7 +152,7 @@ fn import_with_bad_rows_lists_every_bad_row_and_changes_nothing() {
 #[test]
 fn import_dry_run_prints_the_plan_and_replace_makes_the_file_the_whole_list() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     daemon.ctl_ok(&["add", "10.10.2.2", "-d", "blocked client, added by hand"]);
     let seed = write_csv(
@@ -252,7 +238,7 @@ fn a_large_import_is_one_request_and_works() {
     // ~5000 rows make a request of a few hundred KiB: over the read-only clients' limit,
     // well within a writer's.
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     let mut csv = String::from("ip_address,description\n");
     for i in 0..5000u32 {
@@ -278,7 +264,7 @@ fn a_large_import_is_one_request_and_works() {
 #[test]
 fn export_carries_ports_and_expiry_and_import_restores_them() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     daemon.ctl_ok(&[
         "add",
@@ -371,7 +357,7 @@ fn export_carries_ports_and_expiry_and_import_restores_them() {
 #[test]
 fn import_tells_what_differs_from_the_file_and_needs_force_for_everyone() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let file = write_csv(
         &daemon,
         "odd.csv",

@@ -6,25 +6,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use allowlist_tests::{
     assert_exit_code, Binaries, Client, ConfigBuilder, Daemon, ListedEntry, Mode, Probe, Topology,
-    Verdict, ALLOWED_LINK, BLOCKED_LINK,
+    Verdict, BLOCKED_LINK,
 };
 
 const PROBE_PORT: u16 = 7101;
-
-/// Enforcing, with the allowed client listed by the config (v4 and v6) and the blocked
-/// client listed nowhere.
-fn enforcing_allowed_client(topology: &Topology) -> ConfigBuilder {
-    ConfigBuilder::for_topology(topology)
-        .mode(Mode::Enforce)
-        .allow(
-            format!("{}/32", ALLOWED_LINK.client_v4),
-            "allowed client v4",
-        )
-        .allow(
-            format!("{}/128", ALLOWED_LINK.client_v6),
-            "allowed client v6",
-        )
-}
 
 /// The network `list` shows for a single address.
 fn host_network(v6: bool) -> String {
@@ -78,7 +63,7 @@ fn rfc3339_to_unix(text: &str) -> u64 {
 #[test]
 fn add_lets_a_source_through_re_add_changes_only_what_is_given_and_remove_drops_it_again() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
 
     for v6 in [false, true] {
@@ -171,7 +156,7 @@ fn add_lets_a_source_through_re_add_changes_only_what_is_given_and_remove_drops_
 #[test]
 fn add_with_expires_passes_until_the_entry_expires_and_list_shows_when() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
 
     let added_at = unix_now();
@@ -341,7 +326,7 @@ fn check_names_the_longest_matching_entry_and_the_verdict_the_kernel_gives() {
 #[test]
 fn export_then_import_replace_leaves_the_list_exactly_as_it_was() {
     let topology = Topology::new().unwrap();
-    let config = enforcing_allowed_client(&topology).always("169.254.169.254", "metadata");
+    let config = ConfigBuilder::allowed_client(&topology).always("169.254.169.254", "metadata");
     let daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     daemon.ctl_ok(&[
@@ -404,7 +389,7 @@ fn concurrent_clients_adding_at_once_all_get_their_entries() {
     const THREADS: u8 = 8;
     const PER_THREAD: u8 = 25;
     let topology = Topology::new().unwrap();
-    let mut daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let mut daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     let network = |thread: u8, n: u8| format!("10.100.{thread}.{n}/32");
 
@@ -500,11 +485,8 @@ fn raw_request(daemon: &Daemon, line: &str) -> serde_json::Value {
 #[test]
 fn durations_beyond_their_maximum_are_refused_and_no_expiry_time_can_stop_the_timers() {
     let topology = Topology::new().unwrap();
-    let mut daemon = Daemon::start(
-        &topology,
-        &enforcing_allowed_client(&topology).mode(Mode::Monitor),
-    )
-    .unwrap();
+    let config = ConfigBuilder::allowed_client(&topology).mode(Mode::Monitor);
+    let mut daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
 
     // From the CLI: a usage error that says what the limit is, and nothing is added.
@@ -589,7 +571,7 @@ fn durations_beyond_their_maximum_are_refused_and_no_expiry_time_can_stop_the_ti
 #[test]
 fn what_is_listed_is_what_was_meant_or_the_operator_is_told() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
 
     // Host bits: listed as the network, and said so.
@@ -640,7 +622,7 @@ fn what_is_listed_is_what_was_meant_or_the_operator_is_told() {
 #[test]
 fn descriptions_reach_a_terminal_escaped_and_json_exactly() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let description = "evil\u{1b}[2J\u{1b}]0;owned\u{7}\r\nline\u{202e}gpj.exe";
     daemon.ctl_ok(&["add", "192.0.2.9", "-d", description]);
 

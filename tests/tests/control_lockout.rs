@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use allowlist_tests::{
     assert_exit_code, in_netns, Client, ConfigBuilder, Daemon, Mode, Probe, Topology, Verdict,
-    ALLOWED_LINK, BLOCKED_LINK,
+    BLOCKED_LINK,
 };
 
 const PROBE_PORT: u16 = 7104;
@@ -17,19 +17,6 @@ const SERVICE_PORT: u16 = 7105;
 /// The blocked client as the SSH client of the operator running allowlistctl.
 const SSH_FROM_BLOCKED_V4: &str = "10.10.2.2 50000 10.10.2.1 22";
 const SSH_FROM_BLOCKED_V6: &str = "fd10:2::2 50000 fd10:2::1 22";
-
-fn allowed_client_listed(topology: &Topology, mode: Mode) -> ConfigBuilder {
-    ConfigBuilder::for_topology(topology)
-        .mode(mode)
-        .allow(
-            format!("{}/32", ALLOWED_LINK.client_v4),
-            "allowed client v4",
-        )
-        .allow(
-            format!("{}/128", ALLOWED_LINK.client_v6),
-            "allowed client v6",
-        )
-}
 
 fn mode(daemon: &Daemon) -> String {
     daemon.status()["mode"]
@@ -41,8 +28,8 @@ fn mode(daemon: &Daemon) -> String {
 #[test]
 fn activate_refuses_to_cut_off_the_callers_ssh_session_unless_forced() {
     let topology = Topology::new().unwrap();
-    let daemon =
-        Daemon::start(&topology, &allowed_client_listed(&topology, Mode::Monitor)).unwrap();
+    let config = ConfigBuilder::allowed_client(&topology).mode(Mode::Monitor);
+    let daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     let ssh = [("SSH_CONNECTION", SSH_FROM_BLOCKED_V4)];
 
@@ -88,8 +75,7 @@ fn activate_refuses_to_cut_off_the_callers_ssh_session_unless_forced() {
 #[test]
 fn remove_refuses_to_cut_off_the_callers_ssh_session_unless_forced() {
     let topology = Topology::new().unwrap();
-    let daemon =
-        Daemon::start(&topology, &allowed_client_listed(&topology, Mode::Enforce)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     daemon.ctl_ok(&["add", "10.10.2.2", "-d", "operator laptop v4"]);
     daemon.ctl_ok(&["add", "fd10:2::2", "-d", "operator laptop v6"]);
@@ -133,8 +119,7 @@ fn remove_refuses_to_cut_off_the_callers_ssh_session_unless_forced() {
 #[test]
 fn import_replace_refuses_to_drop_the_callers_address_unless_forced() {
     let topology = Topology::new().unwrap();
-    let daemon =
-        Daemon::start(&topology, &allowed_client_listed(&topology, Mode::Enforce)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     daemon.ctl_ok(&["add", "10.10.2.2", "-d", "operator laptop"]);
     let file = daemon.files().dir().join("without-me.csv");
@@ -196,8 +181,8 @@ fn connect(
 #[test]
 fn activate_refuses_while_an_unlisted_peer_has_an_established_tcp_connection() {
     let topology = Topology::new().unwrap();
-    let daemon =
-        Daemon::start(&topology, &allowed_client_listed(&topology, Mode::Monitor)).unwrap();
+    let config = ConfigBuilder::allowed_client(&topology).mode(Mode::Monitor);
+    let daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     // Dual-stack: IPv4 peers show up in /proc/net/tcp6 as ::ffff:10.10.2.2.
     let listener = in_netns(topology.host(), || {
@@ -248,8 +233,8 @@ fn activate_refuses_while_an_unlisted_peer_has_an_established_tcp_connection() {
 #[test]
 fn activate_ignores_an_ssh_session_from_the_host_itself() {
     let topology = Topology::new().unwrap();
-    let daemon =
-        Daemon::start(&topology, &allowed_client_listed(&topology, Mode::Monitor)).unwrap();
+    let config = ConfigBuilder::allowed_client(&topology).mode(Mode::Monitor);
+    let daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     for ssh in [
         "127.0.0.1 50000 127.0.0.1 22",
@@ -271,8 +256,8 @@ fn activate_ignores_an_ssh_session_from_the_host_itself() {
 #[test]
 fn a_caller_listed_only_for_other_ports_is_protected_on_the_port_of_its_session() {
     let topology = Topology::new().unwrap();
-    let daemon =
-        Daemon::start(&topology, &allowed_client_listed(&topology, Mode::Monitor)).unwrap();
+    let config = ConfigBuilder::allowed_client(&topology).mode(Mode::Monitor);
+    let daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     daemon.ctl_ok(&["add", "10.10.2.2", "--ports", "443/tcp", "-d", "web only"]);
     let ssh_on_22 = [("SSH_CONNECTION", SSH_FROM_BLOCKED_V4)];
@@ -326,8 +311,7 @@ fn a_caller_listed_only_for_other_ports_is_protected_on_the_port_of_its_session(
 #[test]
 fn narrowing_the_callers_entry_by_ports_or_an_expiry_is_refused_unless_forced() {
     let topology = Topology::new().unwrap();
-    let daemon =
-        Daemon::start(&topology, &allowed_client_listed(&topology, Mode::Enforce)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     daemon.ctl_ok(&["add", "10.10.2.2", "-d", "operator laptop"]);
     let ssh = [("SSH_CONNECTION", SSH_FROM_BLOCKED_V4)];

@@ -5,18 +5,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use allowlist_tests::{
     assert_exit_code, wait_until, Client, ConfigBuilder, Daemon, ListedEntry, Mode, Probe,
-    Topology, Verdict, ALLOWED_LINK,
+    Topology, Verdict,
 };
 
 const PROBE_PORT: u16 = 7103;
 /// How long a revert may take past its deadline (the deadline has 1 s resolution).
 const REVERT_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn monitoring_allowed_client(topology: &Topology) -> ConfigBuilder {
-    ConfigBuilder::for_topology(topology)
-        .mode(Mode::Monitor)
-        .allow(format!("{}/32", ALLOWED_LINK.client_v4), "allowed client")
-}
 
 fn mode(daemon: &Daemon) -> String {
     daemon.status()["mode"]
@@ -97,7 +91,8 @@ fn activate_is_refused_on_an_empty_list_and_deactivate_keeps_the_list() {
 #[test]
 fn activate_with_confirm_reverts_to_the_previous_mode_unless_confirmed() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &monitoring_allowed_client(&topology)).unwrap();
+    let config = ConfigBuilder::allowed_client_v4(&topology).mode(Mode::Monitor);
+    let daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
 
     let (_, stderr) =
@@ -142,7 +137,8 @@ fn activate_with_confirm_reverts_to_the_previous_mode_unless_confirmed() {
 #[test]
 fn a_confirmed_activation_stays_enforcing_past_the_deadline() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &monitoring_allowed_client(&topology)).unwrap();
+    let config = ConfigBuilder::allowed_client_v4(&topology).mode(Mode::Monitor);
+    let daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
 
     daemon.ctl_ok(&["activate", "--confirm", "2s"]);
@@ -165,7 +161,8 @@ fn a_confirmed_activation_stays_enforcing_past_the_deadline() {
 #[test]
 fn a_pending_confirm_survives_a_daemon_restart() {
     let topology = Topology::new().unwrap();
-    let mut daemon = Daemon::start(&topology, &monitoring_allowed_client(&topology)).unwrap();
+    let config = ConfigBuilder::allowed_client_v4(&topology).mode(Mode::Monitor);
+    let mut daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
 
     daemon.ctl_ok(&["activate", "--confirm", "5s"]);
@@ -207,7 +204,8 @@ fn list_without_config_times(daemon: &Daemon) -> Vec<ListedEntry> {
 #[test]
 fn restart_and_kill_9_keep_the_list_and_the_mode() {
     let topology = Topology::new().unwrap();
-    let mut daemon = Daemon::start(&topology, &monitoring_allowed_client(&topology)).unwrap();
+    let config = ConfigBuilder::allowed_client_v4(&topology).mode(Mode::Monitor);
+    let mut daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
 
     daemon.ctl_ok(&["add", "fd10:2::2", "-d", "blocked client v6, let in"]);
@@ -262,7 +260,8 @@ fn restart_and_kill_9_keep_the_list_and_the_mode() {
 #[test]
 fn restart_keeps_when_config_entries_were_added() {
     let topology = Topology::new().unwrap();
-    let mut daemon = Daemon::start(&topology, &monitoring_allowed_client(&topology)).unwrap();
+    let config = ConfigBuilder::allowed_client_v4(&topology).mode(Mode::Monitor);
+    let mut daemon = Daemon::start(&topology, &config).unwrap();
     let before = daemon.listed("10.10.1.2/32");
     assert_eq!(before.len(), 1, "{before:?}");
     // Make sure the clock moves past the second the entry was first seen in.

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use allowlist_tests::process::wait_with_deadline;
 use allowlist_tests::{
-    as_user, assert_exit_code, Client, ConfigBuilder, Daemon, Mode, Probe, Topology, Verdict,
-    ALLOWED_LINK,
+    as_user, assert_exit_code, Client, ConfigBuilder, Daemon, Probe, Topology, Verdict,
 };
 use serde_json::Value;
 
@@ -21,12 +20,6 @@ const NOGROUP: u32 = 65534;
 /// `users` on Debian: a primary group that grants nothing here.
 const USERS: u32 = 100;
 
-fn enforcing_allowed_client(topology: &Topology) -> ConfigBuilder {
-    ConfigBuilder::for_topology(topology)
-        .mode(Mode::Enforce)
-        .allow(format!("{}/32", ALLOWED_LINK.client_v4), "allowed client")
-}
-
 fn socket_mode_and_owner(daemon: &Daemon) -> (u32, u32, u32) {
     let meta = std::fs::metadata(&daemon.files().socket).unwrap();
     (meta.permissions().mode() & 0o7777, meta.uid(), meta.gid())
@@ -35,7 +28,7 @@ fn socket_mode_and_owner(daemon: &Daemon) -> (u32, u32, u32) {
 #[test]
 fn unprivileged_users_cannot_use_the_default_socket() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client_v4(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     daemon.open_socket_dir();
     assert_eq!(socket_mode_and_owner(&daemon), (0o660, 0, 0));
@@ -71,7 +64,7 @@ fn unprivileged_users_cannot_use_the_default_socket() {
 #[test]
 fn with_socket_readable_by_all_an_unprivileged_user_may_read_but_not_change() {
     let topology = Topology::new().unwrap();
-    let config = enforcing_allowed_client(&topology).socket_readable_by_all(true);
+    let config = ConfigBuilder::allowed_client_v4(&topology).socket_readable_by_all(true);
     let daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     daemon.open_socket_dir();
@@ -123,7 +116,7 @@ fn with_socket_readable_by_all_an_unprivileged_user_may_read_but_not_change() {
 #[test]
 fn members_of_socket_group_may_change_the_list() {
     let topology = Topology::new().unwrap();
-    let config = enforcing_allowed_client(&topology).socket_group("nogroup");
+    let config = ConfigBuilder::allowed_client_v4(&topology).socket_group("nogroup");
     let daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     daemon.open_socket_dir();
@@ -171,7 +164,7 @@ fn exchange(reader: &mut BufReader<UnixStream>, line: &[u8]) -> Value {
 #[test]
 fn garbage_requests_get_an_error_reply_and_the_daemon_keeps_serving() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client_v4(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     let list = daemon.list();
     let stream = UnixStream::connect(&daemon.files().socket).unwrap();
@@ -230,7 +223,7 @@ fn garbage_requests_get_an_error_reply_and_the_daemon_keeps_serving() {
 #[test]
 fn silent_and_half_finished_clients_do_not_block_others() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client_v4(&topology)).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     let _silent = UnixStream::connect(&daemon.files().socket).unwrap();
     let half = UnixStream::connect(&daemon.files().socket).unwrap();
@@ -257,7 +250,7 @@ fn silent_and_half_finished_clients_do_not_block_others() {
 #[test]
 fn an_oversized_request_from_a_read_only_client_is_refused_and_the_daemon_keeps_serving() {
     let topology = Topology::new().unwrap();
-    let config = enforcing_allowed_client(&topology).socket_readable_by_all(true);
+    let config = ConfigBuilder::allowed_client_v4(&topology).socket_readable_by_all(true);
     let daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
     daemon.open_socket_dir();
@@ -325,7 +318,7 @@ const ADD: &str = "{\"command\":\"add\",\"network\":\"10.10.2.2/32\"}\n";
 #[test]
 fn reload_takes_socket_access_away_from_new_and_already_open_connections() {
     let topology = Topology::new().unwrap();
-    let open = enforcing_allowed_client(&topology)
+    let open = ConfigBuilder::allowed_client_v4(&topology)
         .socket_readable_by_all(true)
         .socket_group("nogroup");
     let daemon = Daemon::start(&topology, &open).unwrap();
@@ -339,7 +332,7 @@ fn reload_takes_socket_access_away_from_new_and_already_open_connections() {
         .remove(0);
     assert_eq!(ask_on(&reader, STATUS).unwrap()["ok"], true);
 
-    daemon.apply(&enforcing_allowed_client(&topology));
+    daemon.apply(&ConfigBuilder::allowed_client_v4(&topology));
     assert_eq!(
         socket_mode_and_owner(&daemon),
         (0o660, 0, 0),
@@ -377,7 +370,7 @@ fn reload_takes_socket_access_away_from_new_and_already_open_connections() {
 #[test]
 fn a_local_user_holding_many_idle_connections_cannot_lock_root_out() {
     let topology = Topology::new().unwrap();
-    let config = enforcing_allowed_client(&topology).socket_readable_by_all(true);
+    let config = ConfigBuilder::allowed_client_v4(&topology).socket_readable_by_all(true);
     // systemd's default: a soft limit of 1024 under a higher hard one.
     let daemon = Daemon::start_with(
         topology.host(),

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use allowlist_tests::{
-    udp_ipv4_frame_len, udp_send, ConfigBuilder, Counter, Daemon, Mode, Topology, UdpSink,
-    ALLOWED_LINK, BLOCKED_LINK,
+    udp_ipv4_frame_len, udp_send, ConfigBuilder, Counter, Daemon, Topology, UdpSink, ALLOWED_LINK,
+    BLOCKED_LINK,
 };
 
 const UDP_PORT: u16 = 7001;
@@ -19,9 +19,7 @@ fn counters_match_udp_traffic_exactly_in_packets_and_bytes() {
     // MLD, no ARP refreshes.
     topology.disable_ipv6().unwrap();
     topology.pin_client_neighbours().unwrap();
-    let config = ConfigBuilder::for_topology(&topology)
-        .mode(Mode::Enforce)
-        .allow(format!("{}/32", ALLOWED_LINK.client_v4), "allowed client");
+    let config = ConfigBuilder::allowed_client_v4(&topology);
     let daemon = Daemon::start(&topology, &config).unwrap();
     let sink = UdpSink::start(
         topology.host(),
@@ -59,18 +57,18 @@ fn counters_match_udp_traffic_exactly_in_packets_and_bytes() {
     assert_eq!(sink.count_from(BLOCKED_LINK.client_v4.into()), 0);
     assert_eq!(
         counted.get("passed_listed"),
-        Counter::new(
-            allowed_count,
-            allowed_count * udp_ipv4_frame_len(allowed_payload)
-        ),
+        Counter {
+            packets: allowed_count,
+            bytes: allowed_count * udp_ipv4_frame_len(allowed_payload)
+        },
         "{counted:?}"
     );
     assert_eq!(
         counted.get("dropped_not_listed"),
-        Counter::new(
-            blocked_count,
-            blocked_count * udp_ipv4_frame_len(blocked_payload)
-        ),
+        Counter {
+            packets: blocked_count,
+            bytes: blocked_count * udp_ipv4_frame_len(blocked_payload)
+        },
         "{counted:?}"
     );
     for (reason, counter) in counted.reasons() {

@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use allowlist_tests::{
-    arp_request, raw::parse_mac, send_raw_frames, ConfigBuilder, Counter, Daemon, Encapsulation,
-    FrameTap, Mode, Stats, Topology, UdpFrame, VlanTag, ALLOWED_LINK, VLAN_LINK,
+    arp_request, raw::parse_mac, send_raw_frames, ConfigBuilder, Counter, Daemon, EncapsulatedIp,
+    Encapsulation, FrameTap, Stats, Topology, UdpFrame, VlanTag, VLAN_LINK,
 };
 
 /// One destination port per kind of frame, each watched by its own tap, so that frames
@@ -28,16 +28,10 @@ const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The VLAN source every frame comes from is listed: only the encapsulation can drop it.
 fn config(topology: &Topology) -> ConfigBuilder {
-    ConfigBuilder::for_topology(topology)
-        .mode(Mode::Enforce)
-        .allow(
-            format!("{}/32", ALLOWED_LINK.client_v4),
-            "allowed client v4",
-        )
-        .allow(
-            format!("{}/32", VLAN_LINK.listed_client_v4),
-            "allowed client on VLAN 100",
-        )
+    ConfigBuilder::allowed_client_v4(topology).allow(
+        format!("{}/32", VLAN_LINK.listed_client_v4),
+        "allowed client on VLAN 100",
+    )
 }
 
 /// A frame of one kind, its tap, and the name it is reported by.
@@ -178,7 +172,10 @@ fn enforce_drops_ip_it_cannot_see_into_and_passes_it_with_encapsulated_ip_pass()
     let config = config(&topology);
     let daemon = Daemon::start(&topology, &config).unwrap();
     let frames = Frames::new(&topology);
-    let plain = Counter::new(FRAMES, FRAMES * frames.plain.frame.frame_len() as u64);
+    let plain = Counter {
+        packets: FRAMES,
+        bytes: FRAMES * frames.plain.frame.frame_len() as u64,
+    };
 
     // The default, encapsulated_ip = "drop": none of them arrives, ARP does.
     let before = daemon.stats();
@@ -199,7 +196,7 @@ fn enforce_drops_ip_it_cannot_see_into_and_passes_it_with_encapsulated_ip_pass()
 
     // The operator opts out: `check` accepts the key, `reload` applies it, and the same
     // frames arrive, counted as passed_encapsulated.
-    let passing = config.clone().encapsulated_ip("pass");
+    let passing = config.clone().encapsulated_ip(EncapsulatedIp::Pass);
     daemon.write_config(&passing);
     let check = daemon
         .files()

@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use allowlist_tests::{
-    neighbour_resolved, ping, tcp_connects, udp_send, ConfigBuilder, Counter, Daemon, Mode,
-    TcpServer, Topology, UdpSink, VlanTag, ALLOWED_LINK, BLOCKED_LINK, VLAN_LINK,
+    neighbour_resolved, ping, tcp_connects, udp_send, ConfigBuilder, Counter, Daemon, TcpServer,
+    Topology, UdpSink, VlanTag, XdpMode, ALLOWED_LINK, BLOCKED_LINK, VLAN_LINK,
 };
 
 const TCP_PORT: u16 = 7000;
@@ -21,20 +21,10 @@ const BLOCKED_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// The allowed client by /32 and /128 plus the listed VLAN address; the blocked client
 /// and the second VLAN address are on no list.
 fn allowed_client_only(topology: &Topology) -> ConfigBuilder {
-    ConfigBuilder::for_topology(topology)
-        .mode(Mode::Enforce)
-        .allow(
-            format!("{}/32", ALLOWED_LINK.client_v4),
-            "allowed client v4",
-        )
-        .allow(
-            format!("{}/128", ALLOWED_LINK.client_v6),
-            "allowed client v6",
-        )
-        .allow(
-            format!("{}/32", VLAN_LINK.listed_client_v4),
-            "allowed client on VLAN 100",
-        )
+    ConfigBuilder::allowed_client(topology).allow(
+        format!("{}/32", VLAN_LINK.listed_client_v4),
+        "allowed client on VLAN 100",
+    )
 }
 
 fn any_port(port: u16) -> SocketAddr {
@@ -250,7 +240,7 @@ fn enforce_judges_vlan_tagged_frames_by_their_inner_source() {
 #[test]
 fn enforce_works_the_same_with_generic_xdp() {
     let topology = Topology::new().unwrap();
-    let config = allowed_client_only(&topology).xdp_mode("generic");
+    let config = allowed_client_only(&topology).xdp_mode(XdpMode::Generic);
     let daemon = Daemon::start(&topology, &config).unwrap();
     let status = daemon.status();
     let modes: Vec<&str> = status["interfaces"]

@@ -461,10 +461,7 @@ fn same(model: &BTreeMap<IpNet, Listed>, daemon: &BTreeMap<IpNet, Listed>) -> bo
 #[test]
 fn any_request_is_answered_and_the_daemon_keeps_exactly_the_accepted_changes() {
     let topology = Topology::new().unwrap();
-    let config = ConfigBuilder::for_topology(&topology)
-        .mode(Mode::Monitor)
-        .allow(format!("{}/32", ALLOWED_LINK.client_v4), "from the config")
-        .allow(format!("{}/128", ALLOWED_LINK.client_v6), "from the config");
+    let config = ConfigBuilder::allowed_client(&topology).mode(Mode::Monitor);
     let daemon = Daemon::start(&topology, &config).unwrap();
     let seed = seed();
     eprintln!(

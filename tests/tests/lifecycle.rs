@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use allowlist_tests::{
-    ping, udp_ipv4_frame_len, udp_send, ConfigBuilder, Counter, Daemon, DaemonFiles, Mode,
-    Topology, UdpSink, ALLOWED_LINK, BLOCKED_LINK,
+    ping, udp_ipv4_frame_len, udp_send, ConfigBuilder, Counter, Daemon, DaemonFiles, Topology,
+    UdpSink, ALLOWED_LINK, BLOCKED_LINK,
 };
 
 const UDP_PORT: u16 = 7001;
@@ -43,9 +43,7 @@ fn filter_keeps_enforcing_after_kill_9_and_a_restarted_daemon_takes_over_with_co
     let topology = Topology::new().unwrap();
     topology.disable_ipv6().unwrap();
     topology.pin_client_neighbours().unwrap();
-    let config = ConfigBuilder::for_topology(&topology)
-        .mode(Mode::Enforce)
-        .allow(format!("{}/32", ALLOWED_LINK.client_v4), "allowed client");
+    let config = ConfigBuilder::allowed_client_v4(&topology);
     let mut daemon = Daemon::start(&topology, &config).unwrap();
     let sink = UdpSink::start(
         topology.host(),
@@ -53,7 +51,10 @@ fn filter_keeps_enforcing_after_kill_9_and_a_restarted_daemon_takes_over_with_co
     )
     .unwrap();
     let count = 25;
-    let per_phase = Counter::new(count, count * udp_ipv4_frame_len(PAYLOAD));
+    let per_phase = Counter {
+        packets: count,
+        bytes: count * udp_ipv4_frame_len(PAYLOAD),
+    };
 
     send_and_check_enforcement(&topology, &sink, count, "daemon running");
     let before_kill = daemon.stats();
@@ -88,18 +89,18 @@ fn filter_keeps_enforcing_after_kill_9_and_a_restarted_daemon_takes_over_with_co
     let echo_request_frame = 14 + 20 + 8 + 56;
     assert_eq!(
         while_dead.get("passed_listed"),
-        Counter::new(
-            per_phase.packets + 2,
-            per_phase.bytes + 2 * echo_request_frame
-        ),
+        Counter {
+            packets: per_phase.packets + 2,
+            bytes: per_phase.bytes + 2 * echo_request_frame
+        },
         "{while_dead:?}"
     );
     assert_eq!(
         while_dead.get("dropped_not_listed"),
-        Counter::new(
-            per_phase.packets + 2,
-            per_phase.bytes + 2 * echo_request_frame
-        ),
+        Counter {
+            packets: per_phase.packets + 2,
+            bytes: per_phase.bytes + 2 * echo_request_frame
+        },
         "{while_dead:?}"
     );
 
@@ -115,9 +116,7 @@ fn sigterm_exits_0_and_leaves_the_filter_enforcing() {
     let topology = Topology::new().unwrap();
     topology.disable_ipv6().unwrap();
     topology.pin_client_neighbours().unwrap();
-    let config = ConfigBuilder::for_topology(&topology)
-        .mode(Mode::Enforce)
-        .allow(format!("{}/32", ALLOWED_LINK.client_v4), "allowed client");
+    let config = ConfigBuilder::allowed_client_v4(&topology);
     let mut daemon = Daemon::start(&topology, &config).unwrap();
     let sink = UdpSink::start(
         topology.host(),
@@ -139,9 +138,7 @@ fn sigterm_exits_0_and_leaves_the_filter_enforcing() {
 #[test]
 fn uninstall_refuses_while_the_daemon_runs_then_detaches_and_removes_the_pins() {
     let topology = Topology::new().unwrap();
-    let config = ConfigBuilder::for_topology(&topology)
-        .mode(Mode::Enforce)
-        .allow(format!("{}/32", ALLOWED_LINK.client_v4), "allowed client");
+    let config = ConfigBuilder::allowed_client_v4(&topology);
     let mut daemon = Daemon::start(&topology, &config).unwrap();
     assert!(
         daemon.pin_path().exists(),
@@ -195,9 +192,7 @@ fn uninstall_refuses_while_the_daemon_runs_then_detaches_and_removes_the_pins() 
 #[test]
 fn a_second_daemon_on_the_same_pins_or_state_dir_is_refused_naming_the_first() {
     let topology = Topology::new().unwrap();
-    let config = ConfigBuilder::for_topology(&topology)
-        .mode(Mode::Enforce)
-        .allow(format!("{}/32", ALLOWED_LINK.client_v4), "allowed client");
+    let config = ConfigBuilder::allowed_client_v4(&topology);
     let first = Daemon::start(&topology, &config).unwrap();
     let first_pid = first.pid().unwrap();
     let first_socket = first.files().socket.display().to_string();

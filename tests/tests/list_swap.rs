@@ -171,12 +171,18 @@ fn thousands_of_list_swaps_under_traffic_never_let_an_unlisted_packet_through_no
     let counted = daemon.stats().since(&before);
     assert_eq!(
         counted.get("passed_listed"),
-        Counter::new(allowed_sent, allowed_sent * udp_ipv4_frame_len(PAYLOAD)),
+        Counter {
+            packets: allowed_sent,
+            bytes: allowed_sent * udp_ipv4_frame_len(PAYLOAD)
+        },
         "{counted:?}"
     );
     assert_eq!(
         counted.get("dropped_not_listed"),
-        Counter::new(blocked_sent, blocked_sent * udp_ipv4_frame_len(PAYLOAD)),
+        Counter {
+            packets: blocked_sent,
+            bytes: blocked_sent * udp_ipv4_frame_len(PAYLOAD)
+        },
         "{counted:?}"
     );
     assert!(

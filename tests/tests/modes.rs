@@ -14,12 +14,6 @@ const UDP_PORT: u16 = 7001;
 const SETTLE: Duration = Duration::from_millis(300);
 const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(3);
 
-fn allowed_client_listed(topology: &Topology, mode: Mode) -> ConfigBuilder {
-    ConfigBuilder::for_topology(topology)
-        .mode(mode)
-        .allow(format!("{}/32", ALLOWED_LINK.client_v4), "allowed client")
-}
-
 /// A topology without IPv6 and without ARP refreshes, so the host receives nothing but
 /// what a test sends and counters can be compared exactly.
 fn quiet_topology() -> Topology {
@@ -69,14 +63,17 @@ fn assert_only_these_counted(counted: &Stats, expected: &[(&str, Counter)]) {
 }
 
 fn frames(count: u64, payload_len: usize) -> Counter {
-    Counter::new(count, count * udp_ipv4_frame_len(payload_len))
+    Counter {
+        packets: count,
+        bytes: count * udp_ipv4_frame_len(payload_len),
+    }
 }
 
 #[test]
 fn monitor_passes_everything_and_counts_would_be_drops() {
     let topology = quiet_topology();
-    let daemon =
-        Daemon::start(&topology, &allowed_client_listed(&topology, Mode::Monitor)).unwrap();
+    let config = ConfigBuilder::allowed_client_v4(&topology).mode(Mode::Monitor);
+    let daemon = Daemon::start(&topology, &config).unwrap();
     assert_eq!(daemon.status()["mode"], "monitor");
     let server = TcpServer::start(topology.host(), any_v4(TCP_PORT)).unwrap();
     let sink = UdpSink::start(topology.host(), any_v4(UDP_PORT)).unwrap();
@@ -111,7 +108,8 @@ fn monitor_passes_everything_and_counts_would_be_drops() {
 #[test]
 fn off_passes_everything_and_counts_it_as_passed_off() {
     let topology = quiet_topology();
-    let daemon = Daemon::start(&topology, &allowed_client_listed(&topology, Mode::Off)).unwrap();
+    let config = ConfigBuilder::allowed_client_v4(&topology).mode(Mode::Off);
+    let daemon = Daemon::start(&topology, &config).unwrap();
     assert_eq!(daemon.status()["mode"], "off");
     let server = TcpServer::start(topology.host(), any_v4(TCP_PORT)).unwrap();
     let sink = UdpSink::start(topology.host(), any_v4(UDP_PORT)).unwrap();
@@ -140,7 +138,7 @@ fn off_passes_everything_and_counts_it_as_passed_off() {
 #[test]
 fn reload_switches_monitor_to_enforce_and_back_at_once() {
     let topology = quiet_topology();
-    let monitor = allowed_client_listed(&topology, Mode::Monitor);
+    let monitor = ConfigBuilder::allowed_client_v4(&topology).mode(Mode::Monitor);
     let daemon = Daemon::start(&topology, &monitor).unwrap();
     let sink = UdpSink::start(topology.host(), any_v4(UDP_PORT)).unwrap();
     let blocked_source = BLOCKED_LINK.client_v4.into();
@@ -153,7 +151,7 @@ fn reload_switches_monitor_to_enforce_and_back_at_once() {
     );
 
     // reload is synchronous: the very next packet is judged by the new mode.
-    daemon.apply(&allowed_client_listed(&topology, Mode::Enforce));
+    daemon.apply(&ConfigBuilder::allowed_client_v4(&topology));
     assert_eq!(daemon.status()["mode"], "enforce");
     udp_send(topology.blocked(), None, to_host, 10, 64).unwrap();
     std::thread::sleep(SETTLE);

@@ -15,6 +15,13 @@ use allowlist_common::{
     FEATURE_PASS_ENCAPSULATED, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONTROL, MAP_EXACT_V4, MAP_EXACT_V6,
     MAP_SCREEN_V4, MAP_SCREEN_V6,
 };
+use allowlist_tests::frames::{
+    self, Ipv4Header, Ipv6Header, VlanTag, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4,
+    ETH_P_IPV6, ETH_P_LLDP, ETH_P_MPLS_MULTICAST, ETH_P_MPLS_UNICAST, ETH_P_PPPOE_DISCOVERY,
+    ETH_P_PPPOE_SESSION, ETH_P_QINQ_LEGACY, IPPROTO_ICMPV6, IPPROTO_NONE, IPPROTO_UDP,
+    PPPOE_HEADER_LEN, PPP_CHAP, PPP_IPCP, PPP_IPV4, PPP_IPV6, PPP_IPV6CP, PPP_LCP, PPP_PAP,
+    TEST_DST_MAC, TEST_SRC_MAC,
+};
 use allowlist_tests::test_filter::{delta, TestFilter, Verdict};
 use allowlist_userspace::config::Mode;
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData};
@@ -47,42 +54,19 @@ fn with_list(mode: Mode) -> TestFilter {
 }
 
 // ---------------------------------------------------------------------------------------
-// Frames, built by hand. Checksums are left zero: the program never looks at them.
+// Frames, built with the harness's builders. Checksums are left zero: the program never
+// looks at them.
 // ---------------------------------------------------------------------------------------
-
-const ETH_P_IPV4: u16 = 0x0800;
-const ETH_P_ARP: u16 = 0x0806;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88a8;
-const ETH_P_QINQ_LEGACY: u16 = 0x9100;
-const ETH_P_LLDP: u16 = 0x88cc;
-const ETH_P_PPPOE_DISCOVERY: u16 = 0x8863;
-const ETH_P_PPPOE_SESSION: u16 = 0x8864;
-const ETH_P_MPLS_UNICAST: u16 = 0x8847;
-const ETH_P_MPLS_MULTICAST: u16 = 0x8848;
 
 /// Every TPID a VLAN tag may carry.
 const VLAN_TPIDS: [u16; 3] = [ETH_P_8021Q, ETH_P_8021AD, ETH_P_QINQ_LEGACY];
 
-const PPP_IPV4: u16 = 0x0021;
-const PPP_IPV6: u16 = 0x0057;
-const PPP_LCP: u16 = 0xc021;
-const PPP_PAP: u16 = 0xc023;
-const PPP_CHAP: u16 = 0xc223;
-const PPP_IPCP: u16 = 0x8021;
-const PPP_IPV6CP: u16 = 0x8057;
-const PPPOE_HEADER_LEN: usize = 6;
 const PPPOE_PADI: u8 = 0x09;
 const PPPOE_PADS: u8 = 0x65;
 
-const ETH_LEN: usize = 14;
-const IPV4_LEN: usize = 20;
-const IPV6_LEN: usize = 40;
-
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_ICMPV6: u8 = 58;
-const IPPROTO_NONE: u8 = 59;
+const ETH_LEN: usize = frames::ETHERNET_HEADER_LEN;
+const IPV4_LEN: usize = frames::IPV4_HEADER_LEN;
+const IPV6_LEN: usize = frames::IPV6_HEADER_LEN;
 
 const ICMPV6_ECHO_REQUEST: u8 = 128;
 const ND_ROUTER_SOLICIT: u8 = 133;
@@ -102,59 +86,39 @@ fn v6(addr: &str) -> Ipv6Addr {
 /// Ethernet header, then one 4-byte tag per TPID in `tags` (outermost first, VLAN ids
 /// 100, 101, ...), then `ether_type` and `payload`.
 fn ethernet(tags: &[u16], ether_type: u16, payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
-    for (i, tpid) in tags.iter().enumerate() {
-        frame.extend_from_slice(&tpid.to_be_bytes());
-        frame.extend_from_slice(&(100 + i as u16).to_be_bytes());
-    }
-    frame.extend_from_slice(&ether_type.to_be_bytes());
-    frame.extend_from_slice(payload);
-    frame
+    let tags: Vec<VlanTag> = (100..)
+        .zip(tags)
+        .map(|(vid, &tpid)| VlanTag { tpid, vid })
+        .collect();
+    frames::ethernet(TEST_DST_MAC, TEST_SRC_MAC, &tags, ether_type, payload)
 }
 
-/// IPv4 header (IHL from the options, which must be whole words) with `payload`;
-/// total length = header + payload.
+/// IPv4/UDP header to 10.99.99.99 (IHL from the options, which must be whole words)
+/// with `payload`; total length = header + payload.
 fn ipv4(src: Ipv4Addr, options: &[u8], payload: &[u8]) -> Vec<u8> {
-    assert!(options.len().is_multiple_of(4) && options.len() <= 40);
-    let header_len = IPV4_LEN + options.len();
-    let total_len = (header_len + payload.len()) as u16;
-    let mut packet = vec![0x40 | (header_len / 4) as u8, 0];
-    packet.extend_from_slice(&total_len.to_be_bytes());
-    packet.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, 64, IPPROTO_UDP, 0, 0]);
-    packet.extend_from_slice(&src.octets());
-    packet.extend_from_slice(&[10, 99, 99, 99]);
-    packet.extend_from_slice(options);
-    packet.extend_from_slice(payload);
-    packet
+    Ipv4Header::new(src, v4("10.99.99.99"), IPPROTO_UDP)
+        .id(0x1234)
+        .dont_fragment()
+        .options(options)
+        .packet(payload)
 }
 
-/// IPv6 header with `payload`; payload length = payload.
+/// IPv6 header to 2001:db8:ffff::1 with `payload`; payload length = payload.
 fn ipv6(src: Ipv6Addr, next_header: u8, hop_limit: u8, payload: &[u8]) -> Vec<u8> {
-    let mut packet = vec![0x60, 0, 0, 0];
-    packet.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    packet.extend_from_slice(&[next_header, hop_limit]);
-    packet.extend_from_slice(&src.octets());
-    packet.extend_from_slice(&v6("2001:db8:ffff::1").octets());
-    packet.extend_from_slice(payload);
-    packet
+    Ipv6Header::new(src, v6("2001:db8:ffff::1"), next_header)
+        .hop_limit(hop_limit)
+        .packet(payload)
 }
 
+/// A UDP datagram from port 40000 to 53.
 fn udp(payload: &[u8]) -> Vec<u8> {
-    let mut datagram = Vec::new();
-    datagram.extend_from_slice(&40000u16.to_be_bytes());
-    datagram.extend_from_slice(&53u16.to_be_bytes());
-    datagram.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
-    datagram.extend_from_slice(&[0, 0]);
-    datagram.extend_from_slice(payload);
-    datagram
+    frames::udp(40000, 53, payload)
 }
 
 /// ICMPv6 message of `icmp_type`, code 0, with a 20-byte body (the size of a neighbour
 /// solicitation's reserved word + target address).
 fn icmpv6(icmp_type: u8) -> Vec<u8> {
-    let mut message = vec![icmp_type, 0, 0, 0, 0, 0, 0, 0];
-    message.extend_from_slice(&v6("fe80::1").octets());
-    message
+    frames::icmp(icmp_type, 0, [0; 4], &v6("fe80::1").octets())
 }
 
 /// An untagged UDP/IPv4 frame from `src`.
@@ -189,10 +153,8 @@ fn icmp6(src: &str, icmp_type: u8, hop_limit: u8) -> Vec<u8> {
 
 /// An ARP request (who has 192.0.2.1, tell 203.0.113.5).
 fn arp() -> Vec<u8> {
-    let mut body = vec![0, 1, 0x08, 0x00, 6, 4, 0, 1];
-    body.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02, 203, 0, 113, 5]);
-    body.extend_from_slice(&[0, 0, 0, 0, 0, 0, 192, 0, 2, 1]);
-    ethernet(&[], ETH_P_ARP, &body)
+    let request = frames::arp_request(TEST_SRC_MAC, v4("203.0.113.5"), v4("192.0.2.1"));
+    ethernet(&[], ETH_P_ARP, &request)
 }
 
 /// An LLDP frame (chassis id, port id, TTL, end).
@@ -210,10 +172,7 @@ fn lldp() -> Vec<u8> {
 
 /// A PPPoE session frame (behind `tags`) whose PPP frame is `ppp_protocol` + `payload`.
 fn pppoe_session(tags: &[u16], ppp_protocol: u16, payload: &[u8]) -> Vec<u8> {
-    let mut session = vec![0x11, 0x00, 0x12, 0x34];
-    session.extend_from_slice(&(2 + payload.len() as u16).to_be_bytes());
-    session.extend_from_slice(&ppp_protocol.to_be_bytes());
-    session.extend_from_slice(payload);
+    let session = frames::pppoe_session(0x1234, ppp_protocol, payload);
     ethernet(tags, ETH_P_PPPOE_SESSION, &session)
 }
 
@@ -247,10 +206,7 @@ fn pppoe_discovery(code: u8) -> Vec<u8> {
 /// An MPLS frame of `ether_type` (unicast, multicast) behind `tags`: one label (bottom
 /// of stack, TTL 64), then `payload`.
 fn mpls(tags: &[u16], ether_type: u16, payload: &[u8]) -> Vec<u8> {
-    let label: u32 = 1000;
-    let mut labelled = (label << 12 | 1 << 8 | 64).to_be_bytes().to_vec();
-    labelled.extend_from_slice(payload);
-    ethernet(tags, ether_type, &labelled)
+    ethernet(tags, ether_type, &frames::mpls(1000, payload))
 }
 
 /// The frames that carry IP where the program cannot see it, from listed and unlisted

@@ -22,10 +22,11 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use allowlist_tests::frames::{self, Ipv6Header, Mac};
 use allowlist_tests::raw::parse_mac;
 use allowlist_tests::{
-    in_netns, ping, send_raw_frames, tcp_connects, udp_send, ConfigBuilder, Daemon, Mode, Netns,
-    Stats, TcpServer, Topology, UdpSink, ALLOWED_LINK, BLOCKED_LINK,
+    in_netns, ping, send_raw_frames, tcp_connects, udp_send, ConfigBuilder, Daemon, Netns, Stats,
+    TcpServer, Topology, UdpSink, ALLOWED_LINK, BLOCKED_LINK,
 };
 
 /// A dropped SYN looks like a connect timeout; passed ones connect in microseconds.
@@ -46,20 +47,6 @@ fn family(v6: bool) -> &'static str {
     } else {
         "IPv4"
     }
-}
-
-/// Enforcing, with only the allowed client listed (v4 and v6, for everything).
-fn allowed_client_only(topology: &Topology) -> ConfigBuilder {
-    ConfigBuilder::for_topology(topology)
-        .mode(Mode::Enforce)
-        .allow(
-            format!("{}/32", ALLOWED_LINK.client_v4),
-            "allowed client v4",
-        )
-        .allow(
-            format!("{}/128", ALLOWED_LINK.client_v6),
-            "allowed client v6",
-        )
 }
 
 /// A TCP server that writes [`BULK_BYTES`] (a counting pattern) to every connection
@@ -211,7 +198,7 @@ fn counter(stats: &Stats, reason: &str) -> u64 {
 #[test]
 fn host_initiated_flows_get_replies_from_unlisted_hosts_but_unlisted_hosts_cannot_initiate() {
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &allowed_client_only(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let before = daemon.stats();
 
     let _bulk = BulkServer::start(topology.blocked(), any_port(9100));
@@ -277,7 +264,7 @@ fn host_initiated_flows_get_replies_from_unlisted_hosts_but_unlisted_hosts_canno
 #[test]
 fn without_return_traffic_the_hosts_own_connections_to_unlisted_hosts_fail() {
     let topology = Topology::new().unwrap();
-    let config = allowed_client_only(&topology).return_traffic(false);
+    let config = ConfigBuilder::allowed_client(&topology).return_traffic(false);
     let daemon = Daemon::start(&topology, &config).unwrap();
     let _server = TcpServer::start(topology.blocked(), any_port(9200)).unwrap();
     let before = daemon.stats();
@@ -309,7 +296,7 @@ fn without_return_traffic_the_hosts_own_connections_to_unlisted_hosts_fail() {
 #[test]
 fn port_scoped_entries_admit_only_their_ports_and_combine_with_allow_all_entries() {
     let topology = Topology::new().unwrap();
-    let config = allowed_client_only(&topology).allow_ports(
+    let config = ConfigBuilder::allowed_client(&topology).allow_ports(
         format!("{}/32", BLOCKED_LINK.client_v4),
         "",
         &["9001/tcp"],
@@ -380,7 +367,7 @@ fn port_scoped_entries_admit_only_their_ports_and_combine_with_allow_all_entries
 #[test]
 fn public_ports_are_reachable_from_any_source_and_no_others() {
     let topology = Topology::new().unwrap();
-    let config = allowed_client_only(&topology).public_ports(&["8443/tcp"]);
+    let config = ConfigBuilder::allowed_client(&topology).public_ports(&["8443/tcp"]);
     let daemon = Daemon::start(&topology, &config).unwrap();
     let public = TcpServer::start(topology.host(), any_port(8443)).unwrap();
     let private = TcpServer::start(topology.host(), any_port(8444)).unwrap();
@@ -454,7 +441,7 @@ fn fragmented_datagrams_pass_whole_to_public_ports_and_from_allow_all_sources_on
     const DATAGRAMS: u64 = 5;
     const PAYLOAD: usize = 3000;
     let topology = Topology::new().unwrap();
-    let config = allowed_client_only(&topology).public_ports(&["9301/udp"]);
+    let config = ConfigBuilder::allowed_client(&topology).public_ports(&["9301/udp"]);
     let daemon = Daemon::start(&topology, &config).unwrap();
     let public = UdpSink::start(topology.host(), any_port(PUBLIC_UDP)).unwrap();
     let private = UdpSink::start(topology.host(), any_port(PRIVATE_UDP)).unwrap();
@@ -522,14 +509,15 @@ fn fragmented_datagrams_pass_whole_to_public_ports_and_from_allow_all_sources_on
     }
 }
 
-const HOP_BY_HOP: u8 = 0;
-const DESTINATION_OPTIONS: u8 = 60;
-const UDP: u8 = 17;
+const HOP_BY_HOP: u8 = frames::IPPROTO_HOP_BY_HOP;
+const DESTINATION_OPTIONS: u8 = frames::IPPROTO_DESTINATION_OPTIONS;
+const UDP: u8 = frames::IPPROTO_UDP;
 
-/// An Ethernet frame with an IPv6/UDP datagram from `src` to `dst`, with the given
-/// extension headers (each 8 bytes of PadN) before the UDP header.
+/// An Ethernet frame (`macs`: source, destination) with an IPv6/UDP datagram from `src`
+/// to `dst`, with the given extension headers (each 8 bytes of PadN) before the UDP
+/// header. The UDP checksum is filled in: the host's stack delivers these datagrams.
 fn ipv6_udp_frame(
-    macs: ([u8; 6], [u8; 6]),
+    macs: (Mac, Mac),
     (src, dst): (Ipv6Addr, Ipv6Addr),
     extensions: &[u8],
     dst_port: u16,
@@ -537,31 +525,8 @@ fn ipv6_udp_frame(
 ) -> Vec<u8> {
     let mut payload = vec![0x5a; 32];
     payload[..8].copy_from_slice(&sequence.to_be_bytes());
-    let udp_len = (8 + payload.len()) as u16;
-    let mut udp = Vec::new();
-    udp.extend_from_slice(&40000u16.to_be_bytes());
-    udp.extend_from_slice(&dst_port.to_be_bytes());
-    udp.extend_from_slice(&udp_len.to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(&payload);
-    // Checksum over the pseudo header (RFC 8200 §8.1) and the datagram.
-    let mut pseudo = Vec::new();
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&u32::from(udp_len).to_be_bytes());
-    pseudo.extend_from_slice(&[0, 0, 0, UDP]);
-    pseudo.extend_from_slice(&udp);
-    let mut sum: u32 = pseudo
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let checksum = match !(sum as u16) {
-        0 => 0xffff,
-        other => other,
-    };
+    let mut udp = frames::udp(40000, dst_port, &payload);
+    let checksum = frames::ipv6_udp_checksum(src, dst, &udp);
     udp[6..8].copy_from_slice(&checksum.to_be_bytes());
 
     let mut chain = Vec::new();
@@ -570,21 +535,10 @@ fn ipv6_udp_frame(
         // Next header, length 0 (8 bytes), PadN of 4 bytes.
         chain.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]);
     }
+    chain.extend_from_slice(&udp);
     let first = extensions.first().copied().unwrap_or(UDP);
-
-    let mut frame = Vec::new();
-    frame.extend_from_slice(&macs.1);
-    frame.extend_from_slice(&macs.0);
-    frame.extend_from_slice(&0x86ddu16.to_be_bytes());
-    frame.extend_from_slice(&[0x60, 0, 0, 0]);
-    frame.extend_from_slice(&((chain.len() + udp.len()) as u16).to_be_bytes());
-    frame.push(first);
-    frame.push(64);
-    frame.extend_from_slice(&src.octets());
-    frame.extend_from_slice(&dst.octets());
-    frame.extend_from_slice(&chain);
-    frame.extend_from_slice(&udp);
-    frame
+    let packet = Ipv6Header::new(src, dst, first).packet(&chain);
+    frames::ethernet(macs.1, macs.0, &[], frames::ETH_P_IPV6, &packet)
 }
 
 #[test]
@@ -593,7 +547,7 @@ fn ipv6_extension_headers_are_walked_to_find_public_ports() {
     const PRIVATE_UDP: u16 = 9402;
     const FRAMES: u64 = 5;
     let topology = Topology::new().unwrap();
-    let config = allowed_client_only(&topology).public_ports(&["9401/udp"]);
+    let config = ConfigBuilder::allowed_client(&topology).public_ports(&["9401/udp"]);
     let daemon = Daemon::start(&topology, &config).unwrap();
     let public = UdpSink::start(topology.host(), any_port(PUBLIC_UDP)).unwrap();
     let private = UdpSink::start(topology.host(), any_port(PRIVATE_UDP)).unwrap();
@@ -707,7 +661,7 @@ fn an_established_connection_survives_a_flood_of_new_flows() {
     const FLOOD_SOCKETS: usize = 3;
     const FLOOD_BASE_PORT: u16 = 10_000;
     let topology = Topology::new().unwrap();
-    let daemon = Daemon::start(&topology, &allowed_client_only(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let _server = TcpServer::start(topology.blocked(), any_port(9500)).unwrap();
     let remote = BLOCKED_LINK.client_ip(false);
     let started = Instant::now();
@@ -838,7 +792,7 @@ fn connections_the_host_opened_before_the_daemon_started_keep_working() {
         socket
     });
 
-    let daemon = Daemon::start(&topology, &allowed_client_only(&topology)).unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let before = daemon.stats();
     for (v6, stream) in &mut streams {
         stream.write_all(b"after start\n").unwrap();

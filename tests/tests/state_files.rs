@@ -9,20 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use allowlist_tests::{
-    assert_exit_code, Client, ConfigBuilder, Daemon, DaemonFiles, Mode, Probe, Topology, Verdict,
-    ALLOWED_LINK,
+    assert_exit_code, Client, ConfigBuilder, Daemon, DaemonFiles, Probe, Topology, Verdict,
 };
 
 const PROBE_PORT: u16 = 7107;
-
-fn enforcing_allowed_client(topology: &Topology) -> ConfigBuilder {
-    ConfigBuilder::for_topology(topology)
-        .mode(Mode::Enforce)
-        .allow(
-            format!("{}/32", ALLOWED_LINK.client_v4),
-            "allowed client v4",
-        )
-}
 
 fn mode_of(path: &Path) -> u32 {
     fs::symlink_metadata(path)
@@ -43,7 +33,7 @@ fn the_state_dir_is_private_and_one_others_could_write_or_a_symlink_is_refused()
     fs::set_permissions(&files.state_dir, fs::Permissions::from_mode(0o755)).unwrap();
     let mut daemon = Daemon::start_with(
         topology.host(),
-        &enforcing_allowed_client(&topology),
+        &ConfigBuilder::allowed_client_v4(&topology),
         files,
         None,
     )
@@ -93,7 +83,8 @@ fn the_state_dir_is_private_and_one_others_could_write_or_a_symlink_is_refused()
 #[test]
 fn symlinks_planted_in_the_state_dir_are_never_written_through() {
     let topology = Topology::new().unwrap();
-    let mut daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let mut daemon =
+        Daemon::start(&topology, &ConfigBuilder::allowed_client_v4(&topology)).unwrap();
     let victim = daemon.files().dir().join("victim");
     fs::write(&victim, "precious\n").unwrap();
     let state_dir = daemon.files().state_dir.clone();
@@ -201,7 +192,7 @@ fn a_full_disk_refuses_changes_cleanly_and_never_loses_or_corrupts_acknowledged_
     let disk = SmallDisk::mount(&files.state_dir, "256k");
     let mut daemon = Daemon::start_with(
         topology.host(),
-        &enforcing_allowed_client(&topology),
+        &ConfigBuilder::allowed_client_v4(&topology),
         files,
         None,
     )
@@ -277,7 +268,8 @@ fn a_full_disk_refuses_changes_cleanly_and_never_loses_or_corrupts_acknowledged_
 #[test]
 fn a_journal_without_its_state_file_stops_the_start_and_says_what_to_do() {
     let topology = Topology::new().unwrap();
-    let mut daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let mut daemon =
+        Daemon::start(&topology, &ConfigBuilder::allowed_client_v4(&topology)).unwrap();
     daemon.ctl_ok(&["add", "192.0.2.1", "-d", "journaled, acknowledged"]);
     daemon.terminate().unwrap();
     let state = daemon.files().state_dir.join("state.json");
@@ -304,7 +296,8 @@ fn a_journal_without_its_state_file_stops_the_start_and_says_what_to_do() {
 fn a_journal_line_torn_by_a_crash_is_left_out_with_a_word_in_the_log() {
     use std::io::Write;
     let topology = Topology::new().unwrap();
-    let mut daemon = Daemon::start(&topology, &enforcing_allowed_client(&topology)).unwrap();
+    let mut daemon =
+        Daemon::start(&topology, &ConfigBuilder::allowed_client_v4(&topology)).unwrap();
     daemon.ctl_ok(&["add", "192.0.2.1", "-d", "complete"]);
     daemon.kill9();
     fs::OpenOptions::new()

@@ -1,12 +1,7 @@
 //! The few libc calls xtask needs. std already links libc, so declaring them here keeps
 //! xtask free of dependencies (it must build before anything else is installed).
 
-use std::{
-    process::Child,
-    sync::atomic::{AtomicBool, Ordering},
-    thread,
-    time::{Duration, Instant},
-};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{ensure, Result};
 
@@ -15,7 +10,6 @@ const SIGTERM: i32 = 15;
 
 unsafe extern "C" {
     fn geteuid() -> u32;
-    fn kill(pid: i32, signal: i32) -> i32;
     fn signal(signum: i32, handler: extern "C" fn(i32)) -> usize;
 }
 
@@ -52,24 +46,4 @@ pub fn catch_interrupts() {
 
 pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
-}
-
-/// Asks the child to exit with SIGTERM; kills it if it is still there after `grace`.
-pub fn terminate(child: &mut Child, grace: Duration) {
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    if let Ok(pid) = i32::try_from(child.id()) {
-        // SAFETY: plain syscall; the pid is our own unreaped child, so it cannot be reused.
-        unsafe { kill(pid, SIGTERM) };
-    }
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -8,8 +8,7 @@ pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
     sys::require_root(
         "cargo xtask test",
         "the integration tests attach XDP programs inside network namespaces (the unit tests \
-         alone run without root: `cargo test --workspace --exclude allowlist-tests \
-         --exclude allowlist-ebpf`)",
+         alone run without root: plain `cargo test` at the workspace root)",
     )?;
     let mut summary = Summary::new("cargo xtask test");
     let ready = summary.step("setup", setup::setup)
@@ -44,8 +43,11 @@ pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
 }
 
 fn run_unit_tests(test_args: &[String]) -> Result<()> {
-    // allowlist-ebpf is excluded too: it is a no_std, no_main program for the BPF target and
-    // cannot be compiled as a host test binary.
+    // The same crates as plain `cargo test` (the workspace's default members), named
+    // explicitly so that a crate added to the workspace is unit-tested here even before
+    // it is made a default member. allowlist-ebpf is a no_std, no_main program for the BPF
+    // target and cannot be compiled as a host test binary; allowlist-tests needs root and
+    // runs next.
     let mut cmd = workspace::cargo();
     cmd.args(["test", "--workspace"]).args([
         "--exclude",

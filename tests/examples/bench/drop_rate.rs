@@ -31,6 +31,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use allowlist_tests::raw::parse_mac;
 use allowlist_tests::{in_netns, Netns};
 use allowlist_userspace::compile::CompiledList;
 use anyhow::{ensure, Context, Result};
@@ -514,17 +515,6 @@ fn nft_counters(table: &str) -> Result<u64> {
         }
     }
     Ok(total)
-}
-
-fn parse_mac(text: &str) -> Result<frames::Mac> {
-    let bytes: Vec<u8> = text
-        .split(':')
-        .map(|byte| u8::from_str_radix(byte, 16))
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("bad MAC address {text}"))?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("bad MAC address {text}"))
 }
 
 fn ifindex(netns: &Netns, dev: &str) -> Result<u32> {

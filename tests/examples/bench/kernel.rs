@@ -23,8 +23,7 @@ use aya::{
 /// unlisted packets cost what they cost in a default deployment.
 pub const DEFAULT_FEATURES: u32 = FEATURE_RETURN_TRAFFIC | FEATURE_DHCP_CLIENT;
 
-pub const XDP_DROP: u32 = 1;
-pub const XDP_PASS: u32 = 2;
+pub use allowlist_tests::test_filter::{XDP_DROP, XDP_PASS};
 
 /// Slots of the generator's `SOURCES` map (see allowlist-ebpf/src/bench.rs).
 pub const SOURCE_SLOTS: u32 = 1 << 16;

@@ -24,7 +24,6 @@ mod tools;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{bail, Context, Result};
 
@@ -80,34 +79,12 @@ fn main() -> ExitCode {
     }
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn note_interrupt(_signal: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 /// Fails once Ctrl-C or SIGTERM has arrived, so the run stops at the next step and its
-/// guards remove namespaces, pins and daemons on the way out. (A signal also makes a
-/// running BPF_PROG_TEST_RUN return early with an error, which ends the run the same way.)
-pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
+/// guards remove namespaces, pins and daemons on the way out.
+pub use allowlist_tests::interrupt::check as check_interrupted;
 
 fn run() -> Result<()> {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGINT,
-            note_interrupt as *const () as libc::sighandler_t,
-        );
-        libc::signal(
-            libc::SIGTERM,
-            note_interrupt as *const () as libc::sighandler_t,
-        );
-    }
+    allowlist_tests::interrupt::catch();
     let mut out = None;
     let mut bin_dir = None;
     let mut quick = false;

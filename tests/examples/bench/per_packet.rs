@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use allowlist_tests::frames::{TEST_DST_MAC, TEST_SRC_MAC};
 use anyhow::{ensure, Result};
 
 use crate::frames;
@@ -13,15 +14,12 @@ use crate::lists::{self, Shape};
 use crate::results::Results;
 use crate::Options;
 
-const DST_MAC: frames::Mac = [0x02, 0, 0, 0, 0, 1];
-const SRC_MAC: frames::Mac = [0x02, 0, 0, 0, 0, 2];
-
 fn frame(source: IpAddr) -> Vec<u8> {
     let destination: IpAddr = match source {
         IpAddr::V4(_) => Ipv4Addr::new(198, 18, 0, 1).into(),
         IpAddr::V6(_) => "2001:db8::1".parse::<Ipv6Addr>().unwrap().into(),
     };
-    frames::udp(DST_MAC, SRC_MAC, source, destination)
+    frames::udp(TEST_DST_MAC, TEST_SRC_MAC, source, destination)
 }
 
 pub fn run(options: &Options, results: &mut Results) -> Result<()> {

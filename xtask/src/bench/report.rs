@@ -1,13 +1,13 @@
 //! The tables of `cargo xtask bench` and BENCHMARKS.md, from the figures of one run.
 //!
-//! Everything here is generated: the method text, the figures, whether each target is met,
-//! and for a missed target by how much, why and what would close it. The "why" rests on
-//! figures of the same run where one exists (e.g. the kernel layer's share of an apply);
-//! the rest is what the code does, as the text says.
+//! Generated here: the method text, the figures, whether each target is met and by how
+//! much it is missed, and for each target's topic the figures its analysis rests on. The
+//! analyses themselves — why a target is missed, what would close it — are written by
+//! hand in BENCHMARKS.md and carried over unchanged ([`super::analysis`]).
 
 use std::fmt::Write as _;
 
-use super::{results::Results, Machine};
+use super::{analysis::Analyses, results::Results, Machine};
 
 const SHAPES: [(&str, &str); 3] = [
     ("v4_dense32", "IPv4, all /32 (dense)"),
@@ -43,7 +43,7 @@ enum Goal {
     AtMost(f64),
 }
 
-/// Which explanation a missed target gets.
+/// What a target is about: the targets of one topic share its analysis.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Topic {
     DropRate,
@@ -53,6 +53,50 @@ enum Topic {
     Memory,
     ConfigLoad,
 }
+
+impl Topic {
+    const ALL: [Topic; 6] = [
+        Topic::DropRate,
+        Topic::PerPacketGrowth,
+        Topic::ApplyWhole,
+        Topic::ApplyIncremental,
+        Topic::Memory,
+        Topic::ConfigLoad,
+    ];
+
+    /// The key of its analysis in BENCHMARKS.md (`<!-- analysis:KEY -->`).
+    fn key(self) -> &'static str {
+        match self {
+            Topic::DropRate => "drop-rate",
+            Topic::PerPacketGrowth => "per-packet-growth",
+            Topic::ApplyWhole => "apply-whole",
+            Topic::ApplyIncremental => "apply-incremental",
+            Topic::Memory => "memory",
+            Topic::ConfigLoad => "config-load",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Topic::DropRate => "Drop rate",
+            Topic::PerPacketGrowth => "Per-packet cost at 1M against 100 entries",
+            Topic::ApplyWhole => "Applying a whole new list",
+            Topic::ApplyIncremental => "One incremental add",
+            Topic::Memory => "Daemon memory",
+            Topic::ConfigLoad => "Loading a large config file",
+        }
+    }
+}
+
+/// Fails for an analysis in BENCHMARKS.md that no topic would write back.
+pub fn check_analyses(analyses: &Analyses) -> anyhow::Result<()> {
+    analyses.check_keys(&Topic::ALL.map(Topic::key))
+}
+
+/// Above the analyses, for whoever edits the file.
+const ANALYSES_NOTE: &str = "<!-- The text between each `analysis:KEY` marker and the \
+    `/analysis` marker after it is written by hand: `cargo xtask bench` carries it over \
+    unchanged when it rewrites this file, and generates everything else. -->\n\n";
 
 struct Target {
     what: String,
@@ -95,7 +139,8 @@ impl<'a> Report<'a> {
         out
     }
 
-    pub fn markdown(&self) -> String {
+    /// BENCHMARKS.md, with `analyses` (those of the file it replaces) carried over.
+    pub fn markdown(&self, analyses: &Analyses) -> String {
         let r = self.results;
         let m = self.machine;
         let runs = r.note("runs").unwrap_or("?");
@@ -257,7 +302,26 @@ impl<'a> Report<'a> {
         doc.push_str(&self.config_table());
 
         doc.push_str("\n## Missed targets: why, and what would close them\n\n");
-        doc.push_str(&self.missed_targets());
+        doc.push_str(ANALYSES_NOTE);
+        let missed = self.missed_topics();
+        if missed.is_empty() {
+            doc.push_str("None: every target measured in this run is met.\n\n");
+        }
+        for &topic in &missed {
+            doc.push_str(&self.topic_section(topic, analyses));
+        }
+        doc.push_str(
+            "## The other targets' analyses\n\n\
+             Targets met (or not measured) in this run: what was written when a run missed \
+             them, kept for when one is missed again.\n\n",
+        );
+        for topic in Topic::ALL {
+            if !missed.contains(&topic) {
+                doc.push_str(&self.topic_section(topic, analyses));
+            }
+        }
+        doc.truncate(doc.trim_end().len());
+        doc.push('\n');
         doc
     }
 
@@ -701,143 +765,99 @@ impl<'a> Report<'a> {
 
     // ---- explanations ------------------------------------------------------------------
 
-    fn missed_targets(&self) -> String {
+    /// Topics with a missed target, in the order of their targets.
+    fn missed_topics(&self) -> Vec<Topic> {
+        let mut topics = Vec::new();
+        for target in self.targets() {
+            let missed = matches!(self.verdict(&target), Some((false, _)));
+            if missed && !topics.contains(&target.topic) {
+                topics.push(target.topic);
+            }
+        }
+        topics
+    }
+
+    /// A topic's heading, its missed targets, the figures its analysis rests on, and the
+    /// analysis.
+    fn topic_section(&self, topic: Topic, analyses: &Analyses) -> String {
+        let mut out = format!("### {}\n\n", topic.title());
         let targets = self.targets();
-        let mut out = String::new();
-        let mut explained = Vec::new();
-        for target in &targets {
-            let Some((false, _)) = self.verdict(target) else {
-                continue;
-            };
-            if explained.contains(&target.topic) {
-                continue;
-            }
-            explained.push(target.topic);
-            let missed: Vec<String> = targets
-                .iter()
-                .filter(|t| t.topic == target.topic)
-                .filter_map(|t| match self.verdict(t) {
-                    Some((false, verdict)) => Some(format!(
-                        "{}: {} — {}",
-                        t.what,
-                        (t.show)(self.results.median(&t.key)?),
-                        verdict.replace("**", "")
-                    )),
-                    _ => None,
-                })
-                .collect();
-            let _ = write!(out, "### {}\n\n", topic_title(target.topic));
-            for line in missed {
-                let _ = writeln!(out, "- {line}");
-            }
+        let missed: Vec<String> = targets
+            .iter()
+            .filter(|t| t.topic == topic)
+            .filter_map(|t| match self.verdict(t) {
+                Some((false, verdict)) => Some(format!(
+                    "- {}: {} — {}\n",
+                    t.what,
+                    (t.show)(self.results.median(&t.key)?),
+                    verdict.replace("**", "")
+                )),
+                _ => None,
+            })
+            .collect();
+        if !missed.is_empty() {
+            out.push_str(&missed.concat());
             out.push('\n');
-            out.push_str(&self.explain(target.topic));
-            out.push_str("\n\n");
         }
-        if out.is_empty() {
-            out.push_str("None: every target measured in this run is met.\n");
-        }
+        let _ = write!(
+            out,
+            "Figures of this run: {}\n\n{}\n\n",
+            self.figures(topic),
+            analyses.block(topic.key())
+        );
         out
     }
 
-    fn explain(&self, topic: Topic) -> String {
+    /// The figures of this run a topic's analysis rests on, as a sentence.
+    fn figures(&self, topic: Topic) -> String {
         let r = self.results;
         let fig = |key: &str, show: fn(f64) -> String| {
             r.median(key).map(show).unwrap_or_else(|| "—".into())
         };
         match topic {
             Topic::DropRate => format!(
-                "**Why.** At 100k prefixes the filter judged {ours} on its core, the XDP drop-all \
-                 floor {floor}, nftables {nft}, iptables-legacy + ipset {ipset}. \
-                 Per unlisted packet the filter reads the control record, parses the headers and \
-                 reads one bit of the screen bitmap (a clear bit means no listed prefix overlaps \
-                 the source's /24, so neither the host hash nor the trie is consulted); the packet \
-                 not being allowed, it then parses UDP/TCP, looks up the flow table for a reply \
-                 to a connection the host opened, and checks the public ports. Each of the two \
-                 lookups is one or two dependent loads, but with 65,536 random sources they miss \
-                 the cache: the screen is 2 MiB (one bit per /24) and the flow table's buckets \
-                 1 MiB, and in this virtual machine a miss that also misses the TLB costs \
-                 hundreds of nanoseconds. Without the flow lookup (`return_traffic` off) the \
-                 filter judged {plain}. Section 1 shows the same program at {warm} per unlisted \
-                 packet when both are in cache. The drop-all floor does none of this, and in \
-                 this harness every receiver also pays for veth's ring and for returning each \
-                 page to the generator's page pool on the other core, which makes a floor that \
-                 does nothing else the hardest target.\n\n\
-                 **What would close it.** Keep the unlisted fast path in cache: a first-level \
-                 screen of one bit per /20 (128 KiB, resident in L2) in front of the /24 one, so \
-                 only sources near a listed prefix touch the big bitmap; and a small hint bitmap \
-                 of remote addresses the host has open flows with, set by the egress program, so \
-                 an unlisted source the host never talked to skips the flow-table lookup. On a \
-                 NIC with native XDP, where pages are recycled in the driver, the measured floor \
-                 and the ratios would also move apart.",
+                "at 100k prefixes this filter judged {ours} on its core, {plain} with \
+                 `return_traffic` and `dhcp_client` off (no flow lookup); the XDP drop-all \
+                 floor {floor}, nftables {nft}, iptables-legacy + ipset {ipset}. In cache \
+                 (section 1, IPv4 mixed, 100k), an unlisted packet costs {warm}.",
                 ours = fig("drop_rate.100000.allowlist.mpps", mpps),
+                plain = fig("drop_rate.100000.allowlist_no_return_traffic.mpps", mpps),
                 floor = fig("drop_rate.100000.xdp_drop_all.mpps", mpps),
                 nft = fig("drop_rate.100000.nft_set.mpps", mpps),
                 ipset = fig("drop_rate.100000.iptables_legacy_ipset.mpps", mpps),
-                plain = fig("drop_rate.100000.allowlist_no_return_traffic.mpps", mpps),
                 warm = fig("per_packet.v4_mixed.100000.unlisted", nanos),
             ),
             Topic::PerPacketGrowth => format!(
-                "**Why.** Listed hosts (/32, /128) are answered by the exact-host hash and most \
-                 unlisted sources by the screen bitmap, both flat in the list's size: the dense \
-                 /32 listed source costs {d100} at 100 and {d1m} at 1M (the published plain \
-                 trie: {p100} and {p1m}). What still grows is a listed source whose longest \
-                 match is a network: it walks the kernel's LPM trie, a binary trie about log2(n) \
-                 levels deep (about 7 at 100, about 20 at 1M), a dependent load and a prefix \
-                 comparison per level. Fixed costs (parsing, control record, counters, the no-op \
-                 floor of {noop}) make the ratio smaller than the trie's own growth.\n\n\
-                 **What would close it.** Take the common network lengths out of the trie too: \
-                 a hash of /24 networks that have no longer prefix inside them (a hit is then \
-                 the longest match, as for hosts), or a bounded-depth structure for IPv4 \
-                 (DIR-24-8: two loads at most; 64 MiB for the first level); for IPv6 a hash per \
-                 prefix length in use (real lists use few).",
+                "a listed source costs {d100} at 100 entries and {d1m} at 1M in the dense /32 \
+                 list (the published plain trie: {p100} and {p1m}), {m100} and {m1m} in the \
+                 IPv4 mixed one; the no-op floor is {noop}.",
                 d100 = fig("per_packet.v4_dense32.100.listed", nanos),
                 d1m = fig("per_packet.v4_dense32.1000000.listed", nanos),
-                p100 = "62 ns",
-                p1m = "665 ns",
+                p100 = published_lpm(100),
+                p1m = published_lpm(1_000_000),
+                m100 = fig("per_packet.v4_mixed.100.listed", nanos),
+                m1m = fig("per_packet.v4_mixed.1000000.listed", nanos),
                 noop = fig("per_packet.noop", nanos),
             ),
             Topic::ApplyWhole => format!(
-                "**Why.** A whole new list of 1M reached the kernel after {judged1m} ({judged100} \
-                 at 100k); the kernel layer alone flips after {lib1m} ({lib100}). That layer \
-                 writes the standby slot by difference: for a list sharing nothing with the old \
-                 one that is one `BPF_MAP_DELETE_ELEM` per old prefix and one \
-                 `BPF_MAP_UPDATE_ELEM` per new one, each a syscall and a trie or hash insert or \
-                 delete (~{per_entry} each here), before the flip; after it, the same again for \
-                 the old slot. The rest of the daemon's time before the flip is its own: \
-                 `allowlistctl` parses the CSV and sends it as one JSON request, and the daemon \
-                 parses it, clones its allowlist, imports the rows and compiles the result. After \
-                 the flip it syncs the old slot and writes and fsyncs its state file, so the \
-                 command returns after {ret1m}.\n\n\
-                 **What would close it.** Write a whole new list into a fresh, empty map and swap \
-                 the map the program reads (an array-of-maps slot), which needs no deletes and \
-                 no second pass over the old slot; batch the host hashes' writes \
-                 (`BPF_MAP_UPDATE_BATCH`); stream an import row by row instead of one request \
-                 and skip the clone. Below the floor of one kernel operation per prefix, a \
-                 structure userspace fills with memory writes (as it already does the screens, \
-                 through `mmap`) applies 1M prefixes in well under a second.",
+                "a whole new list of 1M reached the kernel after {judged1m} ({judged100} at \
+                 100k) and the command returned after {ret1m}; the kernel layer alone flipped \
+                 after {lib1m} ({lib100} at 100k), about {per_entry} for each of the 2M map \
+                 writes before the flip (1M deletes, 1M inserts).",
                 judged1m = fig("apply.1000000.allowlist.replace_judged", seconds),
                 judged100 = fig("apply.100000.allowlist.replace_judged", seconds),
+                ret1m = fig("apply.1000000.allowlist.replace_returned", seconds),
                 lib1m = fig("apply.1000000.filter_apply.replace_judged", seconds),
                 lib100 = fig("apply.100000.filter_apply.replace_judged", seconds),
-                ret1m = fig("apply.1000000.allowlist.replace_returned", seconds),
                 per_entry = r
                     .median("apply.1000000.filter_apply.replace_judged")
                     .map(|s| format!("{:.1} µs", s / 2e6 * 1e6))
                     .unwrap_or_else(|| "—".into()),
             ),
             Topic::ApplyIncremental => format!(
-                "**Why.** Adding one entry to a list of 1M reached the kernel after {judged} and \
-                 the command returned after {returned}. The daemon recompiles only the added \
-                 network's region and writes its prefixes into both slots in place, then appends \
-                 the change to its journal and fsyncs it. What remains proportional to the list \
-                 is memory movement: the compiled list and each slot's mirror are sorted vectors, \
-                 so inserting a prefix moves the entries after it (32 and 16 bytes each). \
-                 nftables pays a price that grows with the set too (`nft add element` took \
-                 {nft100} at 100k{nft1m}: `nft` fetches an interval set's elements before adding \
-                 to it); ipset does not ({ipset}).\n\n\
-                 **What would close it.** Keep the compiled list and the mirrors in B-trees \
-                 instead of sorted vectors, and the journal on a disk with a fast fsync.",
+                "one add to a list of 1M reached the kernel after {judged} and the command \
+                 returned after {returned}; `nft add element` took {nft100} at 100k{nft1m}, \
+                 `ipset add` {ipset} at 1M.",
                 judged = fig("apply.1000000.allowlist.add_judged", seconds),
                 returned = fig("apply.1000000.allowlist.add_returned", seconds),
                 nft100 = fig("apply.100000.nft.add", seconds),
@@ -848,33 +868,15 @@ impl<'a> Report<'a> {
                 ipset = fig("apply.1000000.ipset.add", seconds),
             ),
             Topic::Memory => format!(
-                "**Why.** With 1M entries the daemon's resident set is {rss} (peak {peak}), \
-                 against {tries} in the kernel for the lookup maps. The daemon holds the list \
-                 several times over: each entry with its description, origin and times in a \
-                 B-tree (over 100 bytes an entry); the compiled list (32 bytes a prefix); and the \
-                 filter's mirror of each of its two slots (16 bytes a prefix each), which a \
-                 whole-list change diffs against. During an import the request of every row and \
-                 the clone of the allowlist come on top (the peak). The allocator is asked to \
-                 return freed memory after such a change (`malloc_trim`), but it can only return \
-                 whole pages, and the import's many small allocations are interleaved with the \
-                 entries that stay, so much of the peak stays resident.\n\n\
-                 **What would close it.** Keep one mirror of the slots (they are identical after \
-                 every change) in a compact form (an IPv4 prefix and its rule fit in 8 bytes), \
-                 derive the compiled list from it rather than keep both, keep descriptions in one \
-                 arena, and stream an import row by row instead of one request.",
+                "with 1M entries the daemon's resident set is {rss} (peak {peak}), against \
+                 {tries} in the kernel for the lookup maps.",
                 rss = fig("memory.1000000.allowlistd.rss", mib),
                 peak = fig("memory.1000000.allowlistd.rss_peak", mib),
                 tries = fig("memory.1000000.kernel.tries", mib),
             ),
             Topic::ConfigLoad => format!(
-                "**Why.** `allowlistd check` of 1M entries took {took} with a peak of {peak}. \
-                 The TOML crate parses the whole file into a document of tables before the \
-                 entries are read out of it, so time and memory go to building and dropping \
-                 that document rather than to validating entries (which is linear: line \
-                 numbers come from one index of line starts).\n\n\
-                 **What would close it.** Read the `[[allow]]` array with a streaming \
-                 deserializer, or keep lists that large out of the config file (`allowlistctl \
-                 import`, which reads CSV row by row).",
+                "`allowlistd check` of 1M entries took {took}, with a peak resident set of \
+                 {peak}.",
                 took = fig("config.1000000.check", seconds),
                 peak = fig("config.1000000.check_rss_peak", mib),
             ),
@@ -882,15 +884,13 @@ impl<'a> Report<'a> {
     }
 }
 
-fn topic_title(topic: Topic) -> &'static str {
-    match topic {
-        Topic::DropRate => "Drop rate",
-        Topic::PerPacketGrowth => "Per-packet cost at 1M against 100 entries",
-        Topic::ApplyWhole => "Applying a whole new list",
-        Topic::ApplyIncremental => "One incremental add",
-        Topic::Memory => "Daemon memory",
-        Topic::ConfigLoad => "Loading a large config file",
-    }
+/// The published per-packet cost of the plain LPM trie at `entries`, as the report shows it.
+fn published_lpm(entries: usize) -> String {
+    PUBLISHED_LPM_NS
+        .iter()
+        .find(|(n, _)| *n == entries)
+        .map(|(_, ns)| format!("~{ns:.0} ns"))
+        .unwrap_or_else(|| "—".into())
 }
 
 // ---- formatting ---------------------------------------------------------------------
@@ -949,5 +949,75 @@ mod tests {
         assert_eq!(count(100_000), "100k");
         assert_eq!(count(1_000_000), "1M");
         assert_eq!(percent(0.064), "6%");
+    }
+
+    fn machine() -> Machine {
+        Machine {
+            date: "2026-01-01 00:00 UTC".into(),
+            kernel: "6.1".into(),
+            cpu: "a CPU".into(),
+            cpus: 2,
+            memory: "8.0 GiB".into(),
+            virtualization: "none detected".into(),
+            commit: "abc1234".into(),
+            tools: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn rewriting_benchmarks_md_carries_every_analysis_over_unchanged() {
+        // A run that misses the memory target and meets the config-load one.
+        let results = Results::parse(
+            "figure\tmemory.1000000.allowlistd.rss\tMiB\t633\t633\t633\t1\n\
+             figure\tconfig.1000000.check\ts\t3.7\t3.6\t4.3\t5\n",
+        )
+        .unwrap();
+        let earlier = "# Benchmarks\n\nold figures\n\n\
+            <!-- analysis:memory -->\n**Why.** Entries, *twice*.\n<!-- /analysis -->\n\
+            <!-- analysis:config-load -->\nTOML builds a document.\n<!-- /analysis -->\n";
+        let analyses = Analyses::parse(earlier).unwrap();
+        let machine = machine();
+        let written = Report::new(&results, &machine, false).markdown(&analyses);
+
+        let rewritten = Analyses::parse(&written).unwrap();
+        for topic in Topic::ALL {
+            assert_eq!(
+                rewritten.block(topic.key()),
+                analyses.block(topic.key()),
+                "{}",
+                topic.key()
+            );
+        }
+        // The missed target's analysis sits under the missed targets, after this run's
+        // figures; the met one's with the others.
+        let missed = written.find("## Missed targets").unwrap();
+        let others = written.find("## The other targets' analyses").unwrap();
+        let figures = written.find("resident set is 633 MiB").unwrap();
+        let memory = written.find("**Why.** Entries, *twice*.").unwrap();
+        let config = written.find("TOML builds a document.").unwrap();
+        assert!(
+            missed < figures && figures < memory && memory < others,
+            "{written}"
+        );
+        assert!(others < config, "{written}");
+        // Written again from its own output, the file does not change.
+        assert_eq!(
+            Report::new(&results, &machine, false).markdown(&rewritten),
+            written
+        );
+    }
+
+    #[test]
+    fn the_committed_benchmarks_md_has_an_analysis_for_every_topic() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+        let analyses = Analyses::read(&path).unwrap();
+        check_analyses(&analyses).unwrap();
+        for topic in Topic::ALL {
+            assert!(
+                !analyses.block(topic.key()).contains("Not analysed yet"),
+                "BENCHMARKS.md has no analysis {:?}",
+                topic.key()
+            );
+        }
     }
 }
