@@ -4,9 +4,10 @@
 //! private, symlink-proof files) → compile (minimal prefix sets; verdict judges a packet
 //! by them as the kernel does) → filter (the kernel maps, program and links, in
 //! `filter/`; screen maps its bitmaps) → startup (what a start would enforce, also for
-//! `allowlistd check`) → daemon (state transitions; instance keeps it alone on its pins
-//! and state) → control (the socket protocol) and server (serving it; access and safety
-//! guard it). clock bounds every time an input can carry.
+//! `allowlistd check`) → daemon (state transitions, requests and guards, over a Kernel
+//! trait; instance keeps it alone on its pins and state) → control (the socket protocol)
+//! and server (serving it; access and safety guard it, sockets reads the host's own
+//! connections). clock bounds every time an input can carry.
 //! The binaries `allowlistd` and `allowlistctl` are thin shells over these.
 
 // Dependencies of the binaries only (cargo has no per-binary dependencies), named here

@@ -8,6 +8,7 @@
 //! program is attached anywhere; the socket only answers once every interface is
 //! protected. Every change is applied to the kernel, then made durable, then reported.
 
+mod durability;
 mod guards;
 mod kernel;
 mod requests;
@@ -30,8 +31,8 @@ use crate::{
     durable,
     filter::{self, Filter, FilterError, Pins},
     instance::{self, InstanceLock, LockError},
-    startup::{self, PlanError, Saved, StartPlan},
-    state::{self, Change, PendingConfirm, State, StateError},
+    startup::{self, PlanError, StartPlan},
+    state::{self, Change, PendingConfirm, StateError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -102,10 +103,6 @@ pub struct Daemon<K: Kernel = Filter> {
     /// Held for the daemon's life: no second daemon on this pin path or state dir.
     _instance: Option<InstanceLock>,
 }
-
-/// Journaled changes after which the state file is written whole again (so a restart
-/// never replays more than this).
-const JOURNAL_COMPACT_AT: usize = 4_096;
 
 impl Daemon<Filter> {
     /// Restores the saved state on top of `config` and applies it to the kernel: loads
@@ -363,52 +360,6 @@ impl<K: Kernel> Daemon<K> {
         Ok(())
     }
 
-    fn state(&self) -> State {
-        let mut state = State::new(
-            self.mode,
-            self.config_mode,
-            self.allowlist.managed().cloned().collect(),
-        );
-        state.pending_confirm = self.pending_confirm;
-        state.config_first_seen = self.allowlist.config_first_seen();
-        state
-    }
-
-    fn persist(&mut self) -> Result<(), DaemonError> {
-        let mut state = self.state();
-        state.generation = self.generation.wrapping_add(1);
-        state.store(&self.config.state_dir)?;
-        self.generation = state.generation;
-        self.journaled = 0;
-        Ok(())
-    }
-
-    /// Writes the state whole at start, folding in the journal. The list on disk (state
-    /// file plus journal) is already the list the daemon enforces, so when nothing
-    /// changed nothing is written, and when writing fails (a full disk: the rewrite
-    /// needs room for a second copy) the daemon still comes up, keeps the journal and
-    /// says so. Only a first start, with no list on disk yet, must write.
-    fn persist_at_start(&mut self, saved: Option<Saved>) -> Result<(), DaemonError> {
-        let Some(saved) = saved else {
-            return self.persist();
-        };
-        self.journaled = saved.replay.changes;
-        let unchanged = saved.replay.changes == 0
-            && saved.replay.stale == 0
-            && saved.normalized == 0
-            && saved.mode == self.mode
-            && saved.config_mode == self.config_mode
-            && saved.pending_confirm == self.pending_confirm
-            && saved.config_first_seen == self.allowlist.config_first_seen();
-        if unchanged {
-            return Ok(());
-        }
-        if let Err(error) = self.persist() {
-            warn!(%error, journaled = saved.replay.changes, "could not rewrite the state file at start; the saved list (state file and journal) is intact and enforced, and will be written whole at the next change that can");
-        }
-        Ok(())
-    }
-
     /// Applies a change to one network, already made to `self.allowlist`: recompiles
     /// that network's region, writes it into the kernel in place and journals it. If a
     /// step fails, the network's entry goes back to `previous`, in memory and in the
@@ -446,20 +397,6 @@ impl<K: Kernel> Daemon<K> {
             }
             return Err(error);
         }
-        Ok(())
-    }
-
-    fn journal(&mut self, change: &Change) -> Result<(), DaemonError> {
-        if self.journaled >= JOURNAL_COMPACT_AT {
-            return self.persist();
-        }
-        if let Err(error) = state::journal(&self.config.state_dir, self.generation, change) {
-            // Whatever the failed append left, the next change rewrites the state whole
-            // (which also starts a fresh journal) instead of appending after it.
-            self.journaled = JOURNAL_COMPACT_AT;
-            return Err(error.into());
-        }
-        self.journaled += 1;
         Ok(())
     }
 

@@ -1,0 +1,77 @@
+//! Making the daemon's state durable: the state file written whole (with its
+//! generation), single changes appended to the journal, and the write at start that
+//! folds the journal in without needing room for a second copy.
+
+use tracing::warn;
+
+use super::{Daemon, DaemonError, Kernel};
+use crate::{
+    startup::Saved,
+    state::{self, Change, State},
+};
+
+/// Journaled changes after which the state file is written whole again (so a restart
+/// never replays more than this).
+const JOURNAL_COMPACT_AT: usize = 4_096;
+
+impl<K: Kernel> Daemon<K> {
+    pub(super) fn state(&self) -> State {
+        let mut state = State::new(
+            self.mode,
+            self.config_mode,
+            self.allowlist.managed().cloned().collect(),
+        );
+        state.pending_confirm = self.pending_confirm;
+        state.config_first_seen = self.allowlist.config_first_seen();
+        state
+    }
+
+    pub(super) fn persist(&mut self) -> Result<(), DaemonError> {
+        let mut state = self.state();
+        state.generation = self.generation.wrapping_add(1);
+        state.store(&self.config.state_dir)?;
+        self.generation = state.generation;
+        self.journaled = 0;
+        Ok(())
+    }
+
+    /// Writes the state whole at start, folding in the journal. The list on disk (state
+    /// file plus journal) is already the list the daemon enforces, so when nothing
+    /// changed nothing is written, and when writing fails (a full disk: the rewrite
+    /// needs room for a second copy) the daemon still comes up, keeps the journal and
+    /// says so. Only a first start, with no list on disk yet, must write.
+    pub(super) fn persist_at_start(&mut self, saved: Option<Saved>) -> Result<(), DaemonError> {
+        let Some(saved) = saved else {
+            return self.persist();
+        };
+        self.journaled = saved.replay.changes;
+        let unchanged = saved.replay.changes == 0
+            && saved.replay.stale == 0
+            && saved.normalized == 0
+            && saved.mode == self.mode
+            && saved.config_mode == self.config_mode
+            && saved.pending_confirm == self.pending_confirm
+            && saved.config_first_seen == self.allowlist.config_first_seen();
+        if unchanged {
+            return Ok(());
+        }
+        if let Err(error) = self.persist() {
+            warn!(%error, journaled = saved.replay.changes, "could not rewrite the state file at start; the saved list (state file and journal) is intact and enforced, and will be written whole at the next change that can");
+        }
+        Ok(())
+    }
+
+    pub(super) fn journal(&mut self, change: &Change) -> Result<(), DaemonError> {
+        if self.journaled >= JOURNAL_COMPACT_AT {
+            return self.persist();
+        }
+        if let Err(error) = state::journal(&self.config.state_dir, self.generation, change) {
+            // Whatever the failed append left, the next change rewrites the state whole
+            // (which also starts a fresh journal) instead of appending after it.
+            self.journaled = JOURNAL_COMPACT_AT;
+            return Err(error.into());
+        }
+        self.journaled += 1;
+        Ok(())
+    }
+}
