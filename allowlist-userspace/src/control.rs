@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     allowlist::{Entry, ImportPlan, ImportRow},
     config::Mode,
-    filter::AttachedMode,
+    filter::{AttachedMode, EgressMechanism},
     ports::PortSpec,
     safety::AtRisk,
 };
@@ -240,12 +240,19 @@ pub struct Status {
     pub entries: EntryCounts,
     pub pin_path: String,
     pub config: String,
+    /// The running kernel's release.
+    #[serde(default)]
+    pub kernel: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceStatus {
     pub name: String,
     pub xdp_mode: AttachedMode,
+    /// How the flow tracker is attached to the interface's egress (`tcx` on Linux 6.6+,
+    /// `tc` before), or `None` when it is not.
+    #[serde(default)]
+    pub egress: Option<EgressMechanism>,
 }
 
 /// Prefixes in the kernel's active list, after compiling.

@@ -27,11 +27,18 @@ pub fn mapped(address: IpAddr) -> Ipv6Octets {
 }
 
 /// Every TCP socket, IPv4 and IPv6; a table that cannot be read counts as empty (an
-/// IPv6-less kernel has no tcp6).
+/// IPv6-less kernel has no tcp6), with a word in the log.
 fn tcp_sockets() -> Vec<TcpNetEntry> {
-    let v4 = procfs::net::tcp().unwrap_or_default();
-    let v6 = procfs::net::tcp6().unwrap_or_default();
+    let v4 = readable("/proc/net/tcp", procfs::net::tcp());
+    let v6 = readable("/proc/net/tcp6", procfs::net::tcp6());
     v4.into_iter().chain(v6).collect()
+}
+
+fn readable<T>(table: &str, read: procfs::ProcResult<Vec<T>>) -> Vec<T> {
+    read.unwrap_or_else(|error| {
+        tracing::warn!(table, %error, "cannot read the host's sockets");
+        Vec::new()
+    })
 }
 
 fn listening_ports(sockets: &[TcpNetEntry]) -> BTreeSet<u16> {
@@ -74,10 +81,9 @@ pub fn outbound_flows() -> Vec<FlowKey> {
         .filter(|socket| socket.state == TcpState::Established)
         .filter(|socket| !listening.contains(&socket.local_address.port()))
         .map(|socket| flow(IPPROTO_TCP, socket.local_address, socket.remote_address));
-    let udp: Vec<FlowKey> = procfs::net::udp()
-        .unwrap_or_default()
+    let udp: Vec<FlowKey> = readable("/proc/net/udp", procfs::net::udp())
         .into_iter()
-        .chain(procfs::net::udp6().unwrap_or_default())
+        .chain(readable("/proc/net/udp6", procfs::net::udp6()))
         .filter(|socket| socket.state == UdpState::Established)
         .map(|socket| flow(IPPROTO_UDP, socket.local_address, socket.remote_address))
         .collect();

@@ -127,7 +127,9 @@ fn accept_until_stopped(listener: TcpListener, accepted: &Mutex<Vec<IpAddr>>, st
 
 fn greet_and_echo(mut stream: TcpStream) {
     let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    // Long enough for a daemon to start between two lines of a conversation, also in an
+    // emulated guest (`cargo xtask vm`), which is many times slower.
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
     if stream.write_all(TcpServer::GREETING).is_err() {
         return;
     }

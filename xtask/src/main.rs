@@ -14,6 +14,7 @@ mod setup;
 mod summary;
 mod sys;
 mod test_suite;
+mod vm;
 mod workspace;
 
 use std::{ffi::OsString, process::ExitCode};
@@ -72,6 +73,22 @@ enum Task {
     },
     /// Check formatting and run clippy with warnings denied, on userspace and the XDP program
     Lint,
+    /// Run the integration tests in a QEMU guest on another kernel (as root): Debian 12's
+    /// 6.1 by default
+    Vm {
+        /// A kernel image (bzImage) to boot instead; needs --modules
+        #[arg(long, value_name = "BZIMAGE")]
+        kernel: Option<std::path::PathBuf>,
+        /// Its modules: the lib/modules/VERSION directory
+        #[arg(long, value_name = "DIR")]
+        modules: Option<std::path::PathBuf>,
+        /// Every integration test, not the subset that covers the kernel-dependent paths
+        #[arg(long)]
+        all: bool,
+        /// Only these test binaries (e.g. --only lifecycle --only enforce)
+        #[arg(long, value_name = "TEST")]
+        only: Vec<String>,
+    },
     /// Fuzz every untrusted input against a model (as root): packets through the real XDP
     /// program, requests to a running daemon, the config and CSV parsers under libFuzzer
     Fuzz {
@@ -109,5 +126,16 @@ fn perform(task: Task) -> anyhow::Result<()> {
         Task::Bench { quick } => bench::bench(quick),
         Task::Lint => lint::lint(),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
+        Task::Vm {
+            kernel,
+            modules,
+            all,
+            only,
+        } => vm::vm(&vm::Options {
+            kernel,
+            modules,
+            all,
+            only,
+        }),
     }
 }

@@ -27,6 +27,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "ipset",
     "iptables",
     "g++",
+    // cargo xtask vm: the emulator, a static busybox for the guest's init, cpio to pack it
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

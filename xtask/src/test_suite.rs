@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use crate::{fuzz, lint, process, setup, summary::Summary, sys, workspace};
+use crate::{fuzz, lint, process, setup, summary::Summary, sys, vm, workspace};
 
 pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
     sys::require_root(
@@ -22,9 +22,10 @@ pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
     }
     if ready {
         summary.step("unit tests", || run_unit_tests(test_args));
-        summary.step("integration tests", || {
-            run_integration_tests(test_threads, test_args)
-        });
+        summary.step(
+            &format!("integration tests (Linux {})", sys::kernel_release()),
+            || run_integration_tests(test_threads, test_args),
+        );
         // The packet and control fuzzers are integration tests (ALLOWLIST_FUZZ_SECONDS,
         // default 30 s each); the parsers run under libFuzzer here. A name filter given to
         // the test run selects tests, not fuzzers: then they are left out.
@@ -34,6 +35,16 @@ pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
                     fuzz::run(target, fuzz::TEST_SECONDS)
                 });
             }
+            // The kernel-dependent tests again, on the kernel Debian 12 hosts run.
+            vm::step(
+                &mut summary,
+                &vm::Options {
+                    kernel: None,
+                    modules: None,
+                    all: false,
+                    only: Vec::new(),
+                },
+            );
         }
     } else {
         summary.skip("unit tests");

@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use crate::{
     compile::CompiledList,
     config::{Mode, XdpMode},
-    filter::{ApplyReport, AttachedMode, Counters, Filter, FilterError},
+    filter::{ApplyReport, AttachedMode, Counters, EgressMechanism, Filter, FilterError},
 };
 
 pub trait Kernel {
@@ -38,6 +38,10 @@ pub trait Kernel {
         wanted: XdpMode,
         recorded: Option<AttachedMode>,
     ) -> Result<AttachedMode, FilterError>;
+    /// Attaches the flow tracker to `interface`'s egress (or takes it over).
+    fn attach_egress(&mut self, interface: &str) -> Result<EgressMechanism, FilterError>;
+    /// How the flow tracker is attached, per interface.
+    fn egress(&self) -> &BTreeMap<String, EgressMechanism>;
     /// Detaches from every interface not in `keep`.
     fn detach_others(&mut self, keep: &[String]) -> Result<(), FilterError>;
     fn attached(&self) -> &BTreeMap<String, AttachedMode>;
@@ -79,6 +83,12 @@ impl Kernel for Filter {
         recorded: Option<AttachedMode>,
     ) -> Result<AttachedMode, FilterError> {
         Filter::attach(self, interface, wanted, recorded)
+    }
+    fn attach_egress(&mut self, interface: &str) -> Result<EgressMechanism, FilterError> {
+        Filter::attach_egress(self, interface)
+    }
+    fn egress(&self) -> &BTreeMap<String, EgressMechanism> {
+        Filter::egress(self)
     }
     fn detach_others(&mut self, keep: &[String]) -> Result<(), FilterError> {
         Filter::detach_others(self, keep)

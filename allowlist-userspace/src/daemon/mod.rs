@@ -258,20 +258,41 @@ impl<K: Kernel> Daemon<K> {
 
     fn attach_interfaces(&mut self) -> Result<(), DaemonError> {
         let recorded = attachments::load(&self.config.state_dir);
-        let mut attach = || -> Result<(), FilterError> {
+        let return_traffic = self.config.return_traffic;
+        let mut attach = || -> Result<(), DaemonError> {
             for interface in &self.config.interfaces {
+                // The flow tracker first, so that the host's replies pass from the first
+                // packet the filter judges.
+                if let Err(error) = self.filter.attach_egress(interface) {
+                    if return_traffic {
+                        return Err(DaemonError::Refused(format!(
+                            "{interface}: return_traffic = true, but the flow tracker cannot be attached on this kernel ({error}); without it the host's own connections lose their replies while enforcing. Set return_traffic = false to go on without it"
+                        )));
+                    }
+                    warn!(interface, %error, "the egress flow tracker cannot be attached; return_traffic is off, so nothing is lost");
+                }
                 let recorded = recorded.get(interface).copied();
                 self.filter
                     .attach(interface, self.config.xdp_mode, recorded)?;
             }
-            self.filter.detach_others(&self.config.interfaces)
+            Ok(self.filter.detach_others(&self.config.interfaces)?)
         };
         let attached = attach();
         // Also after a failure: what did get attached is recorded.
         attachments::store(&self.config.state_dir, self.filter.attached());
         attached?;
         let seeded = self.filter.seed_flows(&crate::sockets::outbound_flows())?;
-        info!(mode = %self.mode, interfaces = ?self.config.interfaces, return_traffic = self.config.return_traffic, encapsulated_ip = ?self.config.encapsulated_ip, seeded_flows = seeded, "enforcing");
+        let mechanisms: Vec<String> = self
+            .config
+            .interfaces
+            .iter()
+            .map(|interface| {
+                let xdp = self.filter.attached().get(interface);
+                let egress = self.filter.egress().get(interface);
+                format!("{interface}: XDP {xdp:?}, flow tracker {egress:?}")
+            })
+            .collect();
+        info!(mode = %self.mode, kernel = %kernel_release(), attached = ?mechanisms, return_traffic = self.config.return_traffic, encapsulated_ip = ?self.config.encapsulated_ip, seeded_flows = seeded, "enforcing");
         Ok(())
     }
 
@@ -473,6 +494,13 @@ impl<K: Kernel> Daemon<K> {
         .flatten()
         .min()
     }
+}
+
+/// The running kernel's release (`uname -r`), for the log and `status`.
+pub fn kernel_release() -> String {
+    nix::sys::utsname::uname()
+        .map(|name| name.release().to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// Hands memory freed by a whole-list change back to the system: the old list, its

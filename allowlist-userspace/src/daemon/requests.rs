@@ -33,11 +33,13 @@ impl<K: Kernel> Daemon<K> {
                 .map(|(name, mode)| InterfaceStatus {
                     name: name.clone(),
                     xdp_mode: *mode,
+                    egress: self.filter.egress().get(name).copied(),
                 })
                 .collect(),
             entries: EntryCounts { ipv4, ipv6 },
             pin_path: self.config.pin_path.display().to_string(),
             config: self.config.path.display().to_string(),
+            kernel: super::kernel_release(),
         }
     }
 

@@ -12,7 +12,7 @@ use crate::{
     compile::CompiledList,
     config::{Config, Mode, XdpMode},
     control::{Request, Safety},
-    filter::{ApplyReport, AttachedMode, Counters, FilterError},
+    filter::{ApplyReport, AttachedMode, Counters, EgressMechanism, FilterError},
     startup::StartPlan,
     state::State,
 };
@@ -25,6 +25,7 @@ struct FakeKernel {
     mode: Option<Mode>,
     features: u32,
     attached: BTreeMap<String, AttachedMode>,
+    egress: BTreeMap<String, EgressMechanism>,
     pinned: bool,
     /// Refuse every apply (whole or in place) from now on.
     failing: bool,
@@ -86,6 +87,14 @@ impl Kernel for FakeKernel {
         let mode = recorded.unwrap_or(AttachedMode::Native);
         self.attached.insert(interface.to_string(), mode);
         Ok(mode)
+    }
+    fn attach_egress(&mut self, interface: &str) -> Result<EgressMechanism, FilterError> {
+        self.egress
+            .insert(interface.to_string(), EgressMechanism::Tc);
+        Ok(EgressMechanism::Tc)
+    }
+    fn egress(&self) -> &BTreeMap<String, EgressMechanism> {
+        &self.egress
     }
     fn detach_others(&mut self, keep: &[String]) -> Result<(), FilterError> {
         self.attached

@@ -2,19 +2,30 @@
 //! link (the filter) and the TC egress link (the flow tracker) of each interface are
 //! pinned, and a starting daemon swaps its program into the pinned links atomically
 //! rather than detach and attach, which would leave the interface unfiltered for a moment.
+//!
+//! The flow tracker attaches with TCX (Linux 6.6+) where the kernel has it. Older kernels
+//! get a clsact qdisc and a tc BPF filter (netlink) instead, at a fixed priority and
+//! handle of ours: such a filter is no link to pin, but it stays in the kernel after the
+//! daemon like a pinned link does, and the next daemon swaps its program into it in
+//! place (`tc filter replace`), so return traffic never stops on either kernel.
 
 use std::fs;
 
 use allowlist_common::PROGRAM_NAME;
 use aya::{
     programs::{
-        links::FdLink, links::PinnedLink, tc::SchedClassifierLink, tc::TcAttachOptions,
-        xdp::XdpLink, xdp::XdpLinkId, xdp::XdpMode as KernelXdpMode, LinkOrder, SchedClassifier,
-        TcAttachType, Xdp,
+        links::FdLink,
+        links::PinnedLink,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
+        xdp::XdpLink,
+        xdp::XdpLinkId,
+        xdp::XdpMode as KernelXdpMode,
+        LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp,
     },
     Ebpf,
 };
-use tracing::{error, info, warn};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 
 use super::{
     error::{io_error, kernel_error, Result},
@@ -23,7 +34,24 @@ use super::{
 use crate::config::XdpMode;
 
 /// Name of the TC egress program that records the flows the host opens.
-const EGRESS_PROGRAM_NAME: &str = "track_flows";
+pub(super) const EGRESS_PROGRAM_NAME: &str = "track_flows";
+
+/// The tc filter's priority and handle on kernels without TCX: fixed, so that the next
+/// daemon (and `uninstall`) finds the filter this one leaves.
+const TC_FILTER_PRIORITY: u16 = 0xa11;
+fn tc_filter_handle() -> TcHandle {
+    TcHandle::new(0, 0xa11)
+}
+
+/// How the flow tracker is attached to an interface's egress.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressMechanism {
+    /// A TCX link (Linux 6.6+), pinned.
+    Tcx,
+    /// A clsact qdisc and a tc BPF filter, for kernels without TCX.
+    Tc,
+}
 
 impl Filter {
     /// Attaches to `interface`, or takes over the link a previous daemon pinned there by
@@ -80,21 +108,20 @@ impl Filter {
             info!(interface, mode = ?mode, "attached the XDP program");
             mode
         };
-        if let Err(error) = self.attach_egress(interface) {
-            // Without the tracker, replies to the host's own connections from unlisted
-            // peers are dropped; that is still safer than no filter at all.
-            error!(interface, %error, "cannot attach the egress flow tracker: replies to connections this host opens will pass only from listed sources");
-        }
         self.attached.insert(interface.to_string(), attached);
         Ok(attached)
     }
 
-    /// Attaches the flow tracker to the interface's egress (TCX, pinned), or swaps this
-    /// program into the link a previous daemon pinned.
-    fn attach_egress(&mut self, interface: &str) -> Result<()> {
+    /// Attaches the flow tracker to `interface`'s egress, before the filter enforces there
+    /// (so the host's replies pass from the first packet), or takes over the one a
+    /// previous daemon left. Returns how it is attached.
+    pub fn attach_egress(&mut self, interface: &str) -> Result<EgressMechanism> {
+        if let Some(mechanism) = self.egress.get(interface) {
+            return Ok(*mechanism);
+        }
         let pin = self.pins.egress_link(interface);
         let program = egress_program_of(&mut self.ebpf)?;
-        if pin.exists() {
+        let mechanism = if pin.exists() {
             let pinned = PinnedLink::from_pin(&pin).map_err(kernel_error(format!(
                 "opening the pinned link {}",
                 pin.display()
@@ -105,28 +132,15 @@ impl Filter {
                 "replacing the egress program on {interface}"
             )))?;
             let _ = program.take_link(id);
-            return Ok(());
-        }
-        let id = program
-            .attach_with_options(
-                interface,
-                TcAttachType::Egress,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(kernel_error(format!(
-                "attaching the TC egress flow tracker to {interface} (needs Linux 6.6+ for TCX)"
-            )))?;
-        let link = program.take_link(id).map_err(kernel_error(format!(
-            "taking the egress link on {interface}"
-        )))?;
-        let fd_link = FdLink::try_from(link).map_err(kernel_error(format!(
-            "the egress link on {interface} cannot be pinned"
-        )))?;
-        fd_link.pin(&pin).map_err(kernel_error(format!(
-            "pinning the egress link at {}",
-            pin.display()
-        )))?;
-        Ok(())
+            EgressMechanism::Tcx
+        } else if replace_tc_filter(program, interface)? {
+            EgressMechanism::Tc
+        } else {
+            attach_egress_new(program, interface, &pin)?
+        };
+        info!(interface, mechanism = ?mechanism, "the egress flow tracker is attached");
+        self.egress.insert(interface.to_string(), mechanism);
+        Ok(mechanism)
     }
 
     /// Detaches from pinned interfaces that are no longer configured.
@@ -136,7 +150,9 @@ impl Filter {
                 let pin = self.pins.link(&interface);
                 fs::remove_file(&pin).map_err(io_error(format!("removing {}", pin.display())))?;
                 let _ = fs::remove_file(self.pins.egress_link(&interface));
+                detach_tc_filter(&interface);
                 self.attached.remove(&interface);
+                self.egress.remove(&interface);
                 info!(interface, "detached: no longer in the config");
             }
         }
@@ -162,6 +178,105 @@ pub(super) fn egress_program_of(ebpf: &mut Ebpf) -> Result<&mut SchedClassifier>
         })?
         .try_into()
         .map_err(kernel_error("loading the TC egress program"))
+}
+
+/// Swaps this program into the tc filter a previous daemon left on `interface` (kernels
+/// without TCX); false if there is none.
+fn replace_tc_filter(program: &mut SchedClassifier, interface: &str) -> Result<bool> {
+    let link = SchedClassifierLink::attached(
+        interface,
+        TcAttachType::Egress,
+        TC_FILTER_PRIORITY,
+        tc_filter_handle(),
+        None,
+    )
+    .map_err(io_error(format!("finding {interface}")))?;
+    match program.attach_to_link(link) {
+        Ok(id) => {
+            keep_after_exit(program.take_link(id), interface)?;
+            Ok(true)
+        }
+        // Replacing asks the kernel for an existing filter only; none is there.
+        Err(_) => Ok(false),
+    }
+}
+
+/// A new egress attachment: TCX where the kernel has it (pinned), else a clsact qdisc and
+/// a tc filter.
+fn attach_egress_new(
+    program: &mut SchedClassifier,
+    interface: &str,
+    pin: &std::path::Path,
+) -> Result<EgressMechanism> {
+    let tcx = program.attach_with_options(
+        interface,
+        TcAttachType::Egress,
+        TcAttachOptions::TcxOrder(LinkOrder::default()),
+    );
+    let tcx_error = match tcx {
+        Ok(id) => {
+            let link = program.take_link(id).map_err(kernel_error(format!(
+                "taking the egress link on {interface}"
+            )))?;
+            let fd_link = FdLink::try_from(link).map_err(kernel_error(format!(
+                "the egress link on {interface} cannot be pinned"
+            )))?;
+            fd_link.pin(pin).map_err(kernel_error(format!(
+                "pinning the egress link at {}",
+                pin.display()
+            )))?;
+            return Ok(EgressMechanism::Tcx);
+        }
+        Err(error) => error,
+    };
+    match tc::qdisc_add_clsact(interface) {
+        Ok(()) | Err(TcError::AlreadyAttached) => {}
+        Err(error) if error.to_string().contains("exists") => {}
+        Err(error) => {
+            return Err(kernel_error(format!(
+                "adding the clsact qdisc to {interface} (the kernel refused TCX too: {tcx_error})"
+            ))(error))
+        }
+    }
+    let id = program
+        .attach_with_options(
+            interface,
+            TcAttachType::Egress,
+            TcAttachOptions::Netlink(NlOptions {
+                priority: TC_FILTER_PRIORITY,
+                handle: tc_filter_handle(),
+                classid: None,
+            }),
+        )
+        .map_err(|error: ProgramError| {
+            kernel_error(format!(
+                "attaching the egress flow tracker to {interface} as a tc filter (the kernel refused TCX too: {tcx_error})"
+            ))(error)
+        })?;
+    keep_after_exit(program.take_link(id), interface)?;
+    Ok(EgressMechanism::Tc)
+}
+
+/// A tc filter must outlive the daemon as a pinned link does; aya detaches a link it
+/// still owns when it is dropped, so this one is let go of instead.
+fn keep_after_exit(
+    link: std::result::Result<SchedClassifierLink, ProgramError>,
+    interface: &str,
+) -> Result<()> {
+    let link = link.map_err(kernel_error(format!(
+        "taking the egress filter on {interface}"
+    )))?;
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// Removes the tc filter of ours from `interface`'s egress, if there is one.
+pub(super) fn detach_tc_filter(interface: &str) {
+    match tc::qdisc_detach_program(interface, TcAttachType::Egress, EGRESS_PROGRAM_NAME) {
+        Ok(()) => info!(interface, "removed the egress tc filter"),
+        Err(TcError::IoError(error)) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => warn!(interface, %error, "could not remove the egress tc filter"),
+    }
 }
 
 /// Attaches in the mode wanted; `auto` tries native first and falls back to generic.

@@ -22,6 +22,7 @@ mod error;
 mod family;
 mod maps;
 mod pins;
+mod probe;
 mod slots;
 
 use std::{
@@ -38,6 +39,12 @@ use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use self::{
+    attach::EgressMechanism,
+    error::FilterError,
+    pins::{prepare_pin_root, uninstall, Pins},
+    probe::OLDEST_KERNEL,
+};
 use self::{
     attach::{egress_program_of, program_of},
     error::{io_error, kernel_error, Result},
@@ -45,10 +52,6 @@ use self::{
     maps::Maps,
     pins::ensure_bpffs,
     slots::{port_set, too_many_port_sets, KernelSlot, Screens},
-};
-pub use self::{
-    error::FilterError,
-    pins::{prepare_pin_root, uninstall, Pins},
 };
 use crate::{
     compile::{region_range, CompiledList, Reach},
@@ -78,6 +81,8 @@ pub struct Filter {
     maps: Maps,
     control: Control,
     attached: BTreeMap<String, AttachedMode>,
+    /// How the flow tracker is attached to each interface's egress.
+    egress: BTreeMap<String, EgressMechanism>,
 }
 
 /// Counters summed over CPUs, by reason.
@@ -95,6 +100,7 @@ impl Filter {
     /// Loads the program and opens the maps pinned under `pins` (creating them the first
     /// time). Nothing is attached and no verdict changes yet.
     pub fn open(pins: Pins, ebpf_debug_log: bool) -> Result<Filter> {
+        probe::require_kernel_features()?;
         ensure_bpffs(pins.root())?;
         for dir in [
             pins.root().to_path_buf(),
@@ -133,6 +139,7 @@ impl Filter {
             maps,
             control,
             attached: BTreeMap::new(),
+            egress: BTreeMap::new(),
         })
     }
 
@@ -177,6 +184,11 @@ impl Filter {
                 .map_err(kernel_error("seeding the flow table"))?;
         }
         Ok(flows.len())
+    }
+
+    /// How the flow tracker is attached to each interface it is on.
+    pub fn egress(&self) -> &BTreeMap<String, EgressMechanism> {
+        &self.egress
     }
 
     pub fn attached(&self) -> &BTreeMap<String, AttachedMode> {

@@ -130,9 +130,13 @@ fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Detaches the filter everywhere and removes every pin: the documented way to remove
-/// allowlist from a host. Pinned links are released by unlinking their pins.
+/// allowlist from a host. Pinned links are released by unlinking their pins; the egress
+/// tc filters of kernels without TCX are removed by name.
 pub fn uninstall(pins: &Pins) -> Result<Vec<String>> {
     let interfaces = pins.pinned_interfaces()?;
+    for interface in &interfaces {
+        super::attach::detach_tc_filter(interface);
+    }
     if pins.root().exists() {
         fs::remove_dir_all(pins.root())
             .map_err(io_error(format!("removing {}", pins.root().display())))?;

@@ -8,6 +8,7 @@ use allowlist_userspace::{
     clock::format_time,
     config::Mode,
     control::{CheckResult, Reply, Stats, Status},
+    filter::EgressMechanism,
 };
 use ipnet::IpNet;
 
@@ -191,9 +192,18 @@ pub fn print_status(status: &Status) {
     );
     println!("config:     {}", status.config);
     println!("pins:       {}", status.pin_path);
+    println!("kernel:     {}", status.kernel);
     println!("interfaces:");
     for interface in &status.interfaces {
-        println!("  {:<16} {:?} XDP", interface.name, interface.xdp_mode);
+        let egress = match interface.egress {
+            Some(EgressMechanism::Tcx) => "flow tracker on TCX",
+            Some(EgressMechanism::Tc) => "flow tracker on a tc filter (no TCX)",
+            None => "no flow tracker",
+        };
+        println!(
+            "  {:<16} {:?} XDP, {egress}",
+            interface.name, interface.xdp_mode
+        );
     }
 }
 
