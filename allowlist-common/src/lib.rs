@@ -42,6 +42,9 @@ pub const MAP_FLOWS: &str = "FLOWS";
 /// Per-slot arrays of [`PortSet`], indexed by [`AllowRule::port_set`]; index
 /// [`PUBLIC_PORT_SET`] holds the ports open to every source.
 pub const MAP_PORT_SETS: [&str; SLOTS] = ["PORT_SETS_0", "PORT_SETS_1"];
+/// Array map with a single [`Revert`] at index 0: what the program switches back to on
+/// its own when a change made with `--confirm` is not confirmed in time.
+pub const MAP_REVERT: &str = "REVERT";
 /// LRU hash of IP fragment trains whose first fragment passed: [`FragmentKey`] → [`FlowState`].
 /// Later fragments carry no ports, so they pass if their train's first fragment did.
 pub const MAP_FRAGMENTS: &str = "FRAGMENTS";
@@ -283,6 +286,30 @@ pub const FEATURE_DHCP_CLIENT: u32 = 2;
 /// (`encapsulated_ip = "pass"`).
 pub const FEATURE_PASS_ENCAPSULATED: u32 = 4;
 
+/// A change made with `--confirm` is waiting for confirmation: the program reads
+/// [`MAP_REVERT`] and, once its deadline has passed, reverts the mode itself. This is what
+/// makes commit-confirm hold when the daemon is killed or userspace hangs. Only while this
+/// bit is set does a packet pay for the extra lookup.
+pub const FEATURE_REVERT_PENDING: u32 = 8;
+
+/// The mode to go back to if a change made with `--confirm` is not confirmed by
+/// `deadline_ns`. Layout: `deadline_ns: u64` at 0, `mode: u32` at 8, `fired: u32` at 12
+/// (16 bytes).
+///
+/// The first packet judged at or after the deadline writes `mode` into the control
+/// record, clears [`FEATURE_REVERT_PENDING`] there and sets `fired`, so a daemon that
+/// was not running can tell on its next start that the kernel reverted.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Revert {
+    /// `bpf_ktime_get_boot_ns` (CLOCK_BOOTTIME) time of the deadline.
+    pub deadline_ns: u64,
+    /// A [`Mode`] as `u32`.
+    pub mode: u32,
+    /// 1 once the program has reverted; the daemon writes 0 when it arms a new deadline.
+    pub fired: u32,
+}
+
 /// Packets and bytes counted for one [`Reason`] on one CPU.
 /// Layout: `packets: u64` at 0, `bytes: u64` at 8 (16 bytes). Bytes are whole frames
 /// as XDP sees them: Ethernet header included, FCS excluded.
@@ -397,6 +424,7 @@ impl Reason {
 
 const _: () = assert!(size_of::<AllowRule>() == 8);
 const _: () = assert!(size_of::<Control>() == 16);
+const _: () = assert!(size_of::<Revert>() == 16);
 const _: () = assert!(size_of::<PortRange>() == 8);
 const _: () = assert!(size_of::<PortSet>() == 8 + 8 * MAX_PORT_RANGES);
 const _: () = assert!(size_of::<FlowKey>() == 40);
@@ -417,6 +445,8 @@ mod pod {
     unsafe impl aya::Pod for super::Control {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Counter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::Revert {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PortSet {}
     // SAFETY: as above.

@@ -14,12 +14,12 @@ use allowlist_ebpf as _;
 
 use allowlist_common::{
     screen_bit_v4, screen_bit_v6, AllowRule, Control, Counter, FlowKey, FlowState, FragmentKey,
-    Ipv4Octets, Ipv6Octets, Mode, PortSet, Reason, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC,
+    Ipv4Octets, Ipv6Octets, Mode, PortSet, Reason, Revert, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC,
     COUNTER_SLOTS, FEATURE_DHCP_CLIENT, FEATURE_PASS_ENCAPSULATED, FEATURE_RETURN_TRAFFIC,
-    FRAGMENT_IDLE_NS, ICMP_IDLE_NS, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    MAX_ENTRIES_PER_FAMILY, MAX_EXACT_V4, MAX_EXACT_V6, MAX_FLOWS, MAX_FRAGMENT_TRAINS,
-    MAX_PORT_SETS, PUBLIC_PORT_SET, RULE_ALLOW_ALL, RULE_PORTS, SCREEN_WORDS, TCP_IDLE_NS,
-    UDP_IDLE_NS,
+    FEATURE_REVERT_PENDING, FRAGMENT_IDLE_NS, ICMP_IDLE_NS, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_ENTRIES_PER_FAMILY, MAX_EXACT_V4, MAX_EXACT_V6, MAX_FLOWS,
+    MAX_FRAGMENT_TRAINS, MAX_PORT_SETS, PUBLIC_PORT_SET, RULE_ALLOW_ALL, RULE_PORTS, SCREEN_WORDS,
+    TCP_IDLE_NS, UDP_IDLE_NS,
 };
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
@@ -67,6 +67,8 @@ static PORT_SETS_0: Array<PortSet> = Array::pinned(MAX_PORT_SETS, 0);
 static PORT_SETS_1: Array<PortSet> = Array::pinned(MAX_PORT_SETS, 0);
 #[map]
 static CONTROL: Array<Control> = Array::pinned(1, 0);
+#[map]
+static REVERT: Array<Revert> = Array::pinned(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 #[map]
@@ -140,12 +142,15 @@ pub fn allowlist(ctx: XdpContext) -> u32 {
 fn judge(ctx: &XdpContext) -> Reason {
     // A missing control record cannot happen (array maps always hold their slots); if
     // it did, enforcing is the safe reading.
-    let control = CONTROL.get(0).copied().unwrap_or(Control {
+    let mut control = CONTROL.get(0).copied().unwrap_or(Control {
         mode: Mode::Enforce as u32,
         active_slot: 0,
         features: 0,
         _pad: 0,
     });
+    if control.features & FEATURE_REVERT_PENDING != 0 {
+        control = revert_if_due(control);
+    }
     let mode = Mode::from_raw(control.mode);
     if mode == Mode::Off {
         return Reason::PassedOff;
@@ -200,6 +205,34 @@ fn judge(ctx: &XdpContext) -> Reason {
     } else {
         by_mode(mode, Reason::DroppedNotListed, Reason::MonitorNotListed)
     }
+}
+
+/// Commit-confirm in the kernel: a change made with `--confirm` that nobody confirmed by
+/// its deadline is undone here, by the first packet after the deadline, so it reverts
+/// even when the daemon was killed or userspace hangs. Every CPU that gets here writes
+/// the same record, so racing packets agree.
+#[inline(always)]
+fn revert_if_due(control: Control) -> Control {
+    let Some(revert) = REVERT.get_ptr_mut(0) else {
+        return control;
+    };
+    // SAFETY: the pointer is to the map's single element, valid for the program's run.
+    let revert = unsafe { &mut *revert };
+    // SAFETY: a helper without arguments.
+    if unsafe { bpf_ktime_get_boot_ns() } < revert.deadline_ns {
+        return control;
+    }
+    let reverted = Control {
+        mode: revert.mode,
+        features: control.features & !FEATURE_REVERT_PENDING,
+        ..control
+    };
+    if let Some(record) = CONTROL.get_ptr_mut(0) {
+        // SAFETY: as above, the control map's single element.
+        unsafe { *record = reverted };
+    }
+    revert.fired = 1;
+    reverted
 }
 
 /// The ways a packet passes without an allow-all entry for its source: a port its

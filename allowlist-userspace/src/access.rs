@@ -25,6 +25,8 @@ pub struct Access {
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub uid: u32,
+    /// The connecting process, for the log only: it may be gone and its PID reused.
+    pub pid: i32,
     pub gid: u32,
     /// Supplementary groups (SO_PEERGROUPS).
     pub groups: Vec<u32>,
@@ -37,6 +39,7 @@ impl Peer {
             nix::sys::socket::getsockopt(&socket, nix::sys::socket::sockopt::PeerCredentials)?;
         Ok(Peer {
             uid: cred.uid(),
+            pid: cred.pid(),
             gid: cred.gid(),
             groups: peer_groups(socket)?,
         })

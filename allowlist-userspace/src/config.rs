@@ -183,12 +183,15 @@ struct RawAllow {
 
 impl Config {
     /// Reads and validates the config at `path`.
+    /// Reads and validates the file at `path`, which is kept absolute: `status` and
+    /// every message name it so it can be found from anywhere.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|cause| ConfigError::Read {
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let text = fs::read_to_string(&path).map_err(|cause| ConfigError::Read {
             path: path.display().to_string(),
             cause,
         })?;
-        Self::parse(path, &text)
+        Self::parse(&path, &text)
     }
 
     /// Validates `text` as the contents of `path`.
@@ -334,6 +337,15 @@ fn default_socket() -> PathBuf {
 
 fn default_pin_path() -> PathBuf {
     DEFAULT_PIN_PATH.into()
+}
+
+impl Default for Locations {
+    fn default() -> Self {
+        Locations {
+            socket: default_socket(),
+            pin_path: default_pin_path(),
+        }
+    }
 }
 
 impl Locations {

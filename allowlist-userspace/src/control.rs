@@ -72,6 +72,10 @@ pub enum Request {
     },
     Remove {
         network: IpNet,
+        /// An entry that is not listed is no error: nothing to do (scripts converging a
+        /// list). One the config file lists is still refused.
+        #[serde(default)]
+        if_present: bool,
         #[serde(default)]
         safety: Safety,
     },
@@ -278,11 +282,17 @@ pub struct Stats {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(
-        "cannot reach allowlistd at {socket}: {cause} (is the daemon running? is --socket right?)"
+        "cannot reach allowlistd at {socket}: {cause} (is the daemon running? is --socket or ALLOWLIST_SOCKET right?)"
     )]
     Connect {
         socket: String,
         cause: std::io::Error,
+    },
+    #[error("permission denied: {socket} {detail}; run as root{hint}")]
+    PermissionDenied {
+        socket: String,
+        detail: String,
+        hint: String,
     },
     #[error("talking to allowlistd at {socket}: {cause}")]
     Io {
@@ -293,6 +303,54 @@ pub enum ClientError {
     BadReply { socket: String, detail: String },
 }
 
+/// Says whose the socket (or the directory in the way) is and what would let this user in.
+fn permission_denied(socket: &Path) -> ClientError {
+    use std::os::unix::fs::MetadataExt as _;
+    let describe = |path: &Path| {
+        std::fs::metadata(path).ok().map(|meta| {
+            let name = |gid| {
+                nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid))
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| gid.to_string(), |group| group.name)
+            };
+            let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(meta.uid()))
+                .ok()
+                .flatten()
+                .map_or_else(|| meta.uid().to_string(), |user| user.name);
+            let group = name(meta.gid());
+            let owners = format!("{user}:{group} {:04o}", meta.mode() & 0o7777);
+            (owners, group, meta.mode() & 0o070 != 0)
+        })
+    };
+    let (detail, group) = match describe(socket) {
+        Some((owners, group, group_access)) => {
+            (format!("is {owners}"), group_access.then_some(group))
+        }
+        None => {
+            let dir = socket.parent().unwrap_or(Path::new("/"));
+            match describe(dir) {
+                Some((owners, group, group_access)) => (
+                    format!(
+                        "is in {} ({owners}), which this user may not enter",
+                        dir.display()
+                    ),
+                    group_access.then_some(group),
+                ),
+                None => ("cannot be reached by this user".into(), None),
+            }
+        }
+    };
+    ClientError::PermissionDenied {
+        socket: socket.display().to_string(),
+        detail,
+        hint: group
+            .filter(|group| group != "root")
+            .map(|group| format!(" or join group {group} (socket_group in the config)"))
+            .unwrap_or_default(),
+    }
+}
+
 /// Sends one request and waits for its reply.
 pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, ClientError> {
     let shown = socket.display().to_string();
@@ -300,9 +358,15 @@ pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Re
         socket: shown.clone(),
         cause,
     };
-    let stream = UnixStream::connect(socket).map_err(|cause| ClientError::Connect {
-        socket: shown.clone(),
-        cause,
+    let stream = UnixStream::connect(socket).map_err(|cause| {
+        if cause.kind() == std::io::ErrorKind::PermissionDenied {
+            permission_denied(socket)
+        } else {
+            ClientError::Connect {
+                socket: shown.clone(),
+                cause,
+            }
+        }
     })?;
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     let mut line = serde_json::to_vec(request).map_err(|error| ClientError::BadReply {

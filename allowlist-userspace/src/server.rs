@@ -28,7 +28,7 @@ use crate::{
     access::{Access, Peer, SharedAccess},
     clock,
     control::{self, Reply, Request},
-    daemon::{Daemon, DaemonError},
+    daemon::{Actor, Daemon, DaemonError},
 };
 
 /// Connections one user other than root may hold open at once.
@@ -112,7 +112,7 @@ pub async fn serve(daemon: Daemon) -> Result<(), DaemonError> {
             _ = hangup.recv() => {
                 info!("SIGHUP: reloading the config");
                 let daemon = Arc::clone(&daemon);
-                let _ = tokio::task::spawn_blocking(move || lock(&daemon).handle(Request::Reload)).await;
+                let _ = tokio::task::spawn_blocking(move || lock(&daemon).handle(Request::Reload, &Actor::Config)).await;
                 changed.notify_one();
             }
             _ = terminate.recv() => break,
@@ -335,16 +335,20 @@ async fn serve_client(
                 // Re-read: a reload may have changed the policy while this one waited.
                 Ok(request) if !permitted(&client.access.get(), &peer, &request) => {
                     warn!(
-                        uid = peer.uid,
+                        by = %Actor::client(&peer),
                         "refused a request from a client without permission"
                     );
                     permission_denied(&client.access.get(), &peer, &request)
                 }
                 Ok(request) => {
                     let daemon = Arc::clone(&daemon);
-                    let reply = tokio::task::spawn_blocking(move || lock(&daemon).handle(request))
-                        .await
-                        .unwrap_or_else(|error| Reply::failed(format!("internal error: {error}")));
+                    let by = Actor::client(&peer);
+                    let reply =
+                        tokio::task::spawn_blocking(move || lock(&daemon).handle(request, &by))
+                            .await
+                            .unwrap_or_else(|error| {
+                                Reply::failed(format!("internal error: {error}"))
+                            });
                     changed.notify_one();
                     reply
                 }

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use crate::{
     allowlist::Allowlist,
+    clock::now,
     compile::{CompiledList, TooManyPortRanges},
     config::{Config, Mode},
     durable,
@@ -20,6 +21,9 @@ pub struct StartPlan {
     /// The config file's `mode` (see [`State::config_mode`]).
     pub config_mode: Mode,
     pub pending_confirm: Option<PendingConfirm>,
+    /// A saved `--confirm` change whose deadline passed while no daemon ran: it is
+    /// reverted (`mode` is its `revert_to`), as the kernel did if packets came.
+    pub reverted_while_stopped: Option<PendingConfirm>,
     pub compiled: CompiledList,
     /// What was on disk, `None` on a first start.
     pub saved: Option<Saved>,
@@ -75,12 +79,16 @@ impl StartPlan {
             }
             None => (Vec::new(), None),
         };
-        let (mode, pending_confirm) = match &saved {
+        let (mut mode, mut pending_confirm) = match &saved {
             // An edited `mode =` in the file wins over the mode last set with the CLI.
             Some(saved) if saved.config_mode == config.mode => (saved.mode, saved.pending_confirm),
             Some(saved) => (config.mode, saved.pending_confirm),
             None => (config.mode, None),
         };
+        let reverted_while_stopped = pending_confirm.filter(|pending| pending.deadline <= now());
+        if let Some(pending) = reverted_while_stopped {
+            (mode, pending_confirm) = (pending.revert_to, None);
+        }
         let first_seen = saved
             .as_ref()
             .map(|saved| saved.config_first_seen.clone())
@@ -116,6 +124,7 @@ impl StartPlan {
             allowlist,
             mode,
             pending_confirm,
+            reverted_while_stopped,
             compiled,
             saved,
         })

@@ -561,6 +561,8 @@ pub struct Daemon<'netns> {
     starts: usize,
     /// RLIMIT_NOFILE (soft, hard) the daemon is started with, if not inherited.
     descriptor_limit: Option<(u64, u64)>,
+    /// Arguments after `--config CONFIG` (e.g. `--log-format json`).
+    args: Vec<String>,
 }
 
 impl<'netns> Daemon<'netns> {
@@ -590,6 +592,28 @@ impl<'netns> Daemon<'netns> {
             child: None,
             starts: 0,
             descriptor_limit,
+            args: Vec::new(),
+        };
+        daemon.spawn_and_wait_ready()?;
+        Ok(daemon)
+    }
+
+    /// As [`Daemon::start`], with `args` after `--config CONFIG` at every start.
+    pub fn start_with_args(
+        topology: &'netns Topology,
+        config: &ConfigBuilder,
+        args: &[&str],
+    ) -> Result<Self> {
+        let files = DaemonFiles::new()?;
+        files.write_config(&config.render(&files))?;
+        let mut daemon = Self {
+            host: topology.host(),
+            binaries: Binaries::locate()?,
+            files,
+            child: None,
+            starts: 0,
+            descriptor_limit: None,
+            args: args.iter().map(ToString::to_string).collect(),
         };
         daemon.spawn_and_wait_ready()?;
         Ok(daemon)
@@ -628,7 +652,8 @@ impl<'netns> Daemon<'netns> {
             "===== harness: allowlistd start #{} =====",
             self.starts
         )?;
-        let mut command = self.files.daemon_command(self.host, &self.binaries, &[]);
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let mut command = self.files.daemon_command(self.host, &self.binaries, &args);
         if let Some((soft, hard)) = self.descriptor_limit {
             use std::os::unix::process::CommandExt;
             let limit = libc::rlimit {
@@ -770,6 +795,46 @@ impl<'netns> Daemon<'netns> {
         })
     }
 
+    /// `allowlistctl check ARGS...`: its text, after checking that the exit code tells the
+    /// verdict (0 pass, 4 drop), as scripts read it.
+    pub fn check(&self, args: &[&str]) -> String {
+        let mut all = vec!["check"];
+        all.extend_from_slice(args);
+        let output = self.ctl(&all);
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let expected = if stdout.contains(": DROP") { 4 } else { 0 };
+        assert_eq!(
+            output.status.code(),
+            Some(expected),
+            "allowlistctl {all:?}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
+    /// `allowlistctl check ARGS... --json`, parsed, after checking the exit code against
+    /// the verdict (0 pass, 4 drop).
+    pub fn check_json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["check"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let output = self.ctl(&all);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let json: Value = serde_json::from_str(&stdout).unwrap_or_else(|error| {
+            panic!(
+                "allowlistctl {all:?} printed no JSON ({error}): {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        let expected = if json["verdict"] == "drop" { 4 } else { 0 };
+        assert_eq!(
+            output.status.code(),
+            Some(expected),
+            "allowlistctl {all:?}: {json}"
+        );
+        json
+    }
+
     /// `allowlistctl list --json`, entry by entry.
     pub fn list(&self) -> Vec<ListedEntry> {
         let json = self.ctl_json(&["list"]);
@@ -864,7 +929,16 @@ impl<'netns> Daemon<'netns> {
 impl Drop for Daemon<'_> {
     fn drop(&mut self) {
         self.kill9();
-        match self.uninstall() {
+        // By pin path: the test may have broken the config, and the daemon would then
+        // fall back to the default pin path, which is not this test's.
+        let pin_path = self.files.pin_path.display().to_string();
+        let uninstall = self.files.run_daemon_to_exit(
+            self.host,
+            &self.binaries,
+            &["uninstall", "--pin-path", &pin_path],
+            COMMAND_TIMEOUT,
+        );
+        match uninstall {
             Ok(output) if output.status.success() => {}
             Ok(output) => eprintln!(
                 "warning: allowlistd uninstall failed ({}): {}",

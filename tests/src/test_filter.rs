@@ -14,6 +14,7 @@ use allowlist_userspace::{
     compile::CompiledList,
     config::Mode,
     filter::{self, Counters, Filter, Pins},
+    state::PendingConfirm,
 };
 use aya::{
     maps::{Map, MapData},
@@ -76,8 +77,20 @@ impl TestFilter {
 
     pub fn set_mode(&mut self, mode: Mode) {
         self.filter()
-            .set_mode(mode)
+            .set_mode(mode, None)
             .unwrap_or_else(|error| panic!("setting mode {mode}: {error}"));
+    }
+
+    /// Sets `mode` as `activate --confirm` does: the program reverts to `revert_to` by
+    /// itself once `deadline` (Unix seconds) passes.
+    pub fn set_mode_with_revert(&mut self, mode: Mode, revert_to: Mode, deadline: u64) {
+        let pending = PendingConfirm {
+            revert_to,
+            deadline,
+        };
+        self.filter()
+            .set_mode(mode, Some(pending))
+            .unwrap_or_else(|error| panic!("setting mode {mode} until {deadline}: {error}"));
     }
 
     /// Sets the control record's feature bits (`FEATURE_*`); a fresh program has none.

@@ -252,7 +252,7 @@ fn check_names_the_longest_matching_entry_and_the_verdict_the_kernel_gives() {
     daemon.ctl_ok(&["add", "10.10.1.2/32", "-d", "allowed client"]);
 
     // The /32 decides for the client, although the /24 covers it too.
-    let text = daemon.ctl_ok(&["check", "10.10.1.2"]);
+    let text = daemon.check(&["10.10.1.2"]);
     assert!(text.contains("PASS"), "{text}");
     assert!(text.contains("10.10.1.2/32"), "{text}");
     assert!(text.contains("allowed client"), "{text}");
@@ -261,7 +261,7 @@ fn check_names_the_longest_matching_entry_and_the_verdict_the_kernel_gives() {
         !text.contains("10.10.1.0/24"),
         "the /24 does not decide: {text}"
     );
-    let json = daemon.ctl_json(&["check", "10.10.1.2"]);
+    let json = daemon.check_json(&["10.10.1.2"]);
     assert_eq!(json["address"], "10.10.1.2", "{json}");
     assert_eq!(json["mode"], "enforce", "{json}");
     assert_eq!(json["verdict"], "pass", "{json}");
@@ -272,11 +272,11 @@ fn check_names_the_longest_matching_entry_and_the_verdict_the_kernel_gives() {
     assert_eq!(probe.verdict(Client::Allowed, false), Verdict::Pass);
 
     // Another address of the subnet: the /24 from the config decides.
-    let json = daemon.ctl_json(&["check", "10.10.1.77"]);
+    let json = daemon.check_json(&["10.10.1.77"]);
     assert_eq!(json["verdict"], "pass", "{json}");
     assert_eq!(json["entry"]["network"], "10.10.1.0/24", "{json}");
     assert_eq!(json["entry"]["origin"], "config", "{json}");
-    let json = daemon.ctl_json(&["check", "fd10:1::2"]);
+    let json = daemon.check_json(&["fd10:1::2"]);
     assert_eq!(json["verdict"], "pass", "{json}");
     assert_eq!(json["entry"]["network"], "fd10:1::/64", "{json}");
     assert_eq!(probe.verdict(Client::Allowed, true), Verdict::Pass);
@@ -284,11 +284,11 @@ fn check_names_the_longest_matching_entry_and_the_verdict_the_kernel_gives() {
     // Unlisted while enforcing: DROP, and the kernel agrees.
     for v6 in [false, true] {
         let blocked = BLOCKED_LINK.client_ip(v6).to_string();
-        let text = daemon.ctl_ok(&["check", &blocked]);
+        let text = daemon.check(&[&blocked]);
         assert!(text.contains("DROP"), "{text}");
         assert!(text.contains("not listed"), "{text}");
         assert!(text.contains("dropped_not_listed"), "{text}");
-        let json = daemon.ctl_json(&["check", &blocked]);
+        let json = daemon.check_json(&[&blocked]);
         assert_eq!(json["verdict"], "drop", "{json}");
         assert_eq!(json["reason"], "dropped_not_listed", "{json}");
         assert!(json["entry"].is_null(), "{json}");
@@ -297,10 +297,10 @@ fn check_names_the_longest_matching_entry_and_the_verdict_the_kernel_gives() {
 
     // Monitor: passes, counted as monitor_would_drop, and the counter moves.
     daemon.ctl_ok(&["monitor"]);
-    let text = daemon.ctl_ok(&["check", "10.10.2.2"]);
+    let text = daemon.check(&["10.10.2.2"]);
     assert!(text.contains("PASS"), "{text}");
     assert!(text.contains("monitor_would_drop"), "{text}");
-    let json = daemon.ctl_json(&["check", "10.10.2.2"]);
+    let json = daemon.check_json(&["10.10.2.2"]);
     assert_eq!(json["mode"], "monitor", "{json}");
     assert_eq!(json["verdict"], "pass", "{json}");
     assert_eq!(json["reason"], "monitor_would_drop", "{json}");
@@ -311,12 +311,12 @@ fn check_names_the_longest_matching_entry_and_the_verdict_the_kernel_gives() {
         counted.get("monitor_would_drop").packets >= Probe::DATAGRAMS,
         "{counted:?}"
     );
-    let json = daemon.ctl_json(&["check", "10.10.1.2"]);
+    let json = daemon.check_json(&["10.10.1.2"]);
     assert_eq!(json["reason"], "passed_listed", "{json}");
 
     // Off: everything passes as passed_off.
     daemon.ctl_ok(&["deactivate"]);
-    let json = daemon.ctl_json(&["check", "10.10.2.2"]);
+    let json = daemon.check_json(&["10.10.2.2"]);
     assert_eq!(json["mode"], "off", "{json}");
     assert_eq!(json["verdict"], "pass", "{json}");
     assert_eq!(json["reason"], "passed_off", "{json}");
@@ -424,7 +424,7 @@ fn concurrent_clients_adding_at_once_all_get_their_entries() {
         1 + u64::from(THREADS) * u64::from(PER_THREAD),
         "{status}"
     );
-    let check = daemon.ctl_json(&["check", "10.100.7.25"]);
+    let check = daemon.check_json(&["10.100.7.25"]);
     assert_eq!(check["entry"]["network"], "10.100.7.25/32", "{check}");
     assert_eq!(probe.verdict(Client::Allowed, false), Verdict::Pass);
     assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Drop);
@@ -634,7 +634,7 @@ fn descriptions_reach_a_terminal_escaped_and_json_exactly() {
         );
     }
     assert!(table.contains("evil\\u{1b}[2J"), "{table}");
-    let check = daemon.ctl_ok(&["check", "192.0.2.9"]);
+    let check = daemon.check(&["192.0.2.9"]);
     assert!(!check.contains('\u{1b}'), "{check:?}");
     assert_eq!(daemon.listed("192.0.2.9/32")[0].description, description);
 }

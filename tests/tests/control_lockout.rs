@@ -273,7 +273,7 @@ fn a_caller_listed_only_for_other_ports_is_protected_on_the_port_of_its_session(
         "{stderr}"
     );
     assert_eq!(mode(&daemon), "monitor");
-    let check = daemon.ctl_json(&["check", "10.10.2.2", "--port", "22/tcp"]);
+    let check = daemon.check_json(&["10.10.2.2", "--port", "22/tcp"]);
     assert_eq!(check["reason"], "monitor_port_not_allowed", "{check}");
 
     assert_exit_code(
@@ -282,7 +282,7 @@ fn a_caller_listed_only_for_other_ports_is_protected_on_the_port_of_its_session(
         "activate for a caller whose session is on a port its entry allows",
     );
     assert_eq!(mode(&daemon), "enforce");
-    let check = daemon.ctl_json(&["check", "10.10.2.2", "--port", "22/tcp"]);
+    let check = daemon.check_json(&["10.10.2.2", "--port", "22/tcp"]);
     assert_eq!(check["verdict"], "drop", "{check}");
 
     // Replacing the list with one that moves the caller to yet another port.

@@ -186,6 +186,57 @@ fn a_pending_confirm_survives_a_daemon_restart() {
     assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
 }
 
+/// Commit-confirm must not depend on the daemon: the deadline is in the kernel, and the
+/// XDP program reverts by itself when it passes unconfirmed, here with the daemon killed.
+/// The next daemon takes the revert as the state.
+#[test]
+fn an_unconfirmed_activation_reverts_in_the_kernel_on_time_with_the_daemon_killed() {
+    let topology = Topology::new().unwrap();
+    let config = ConfigBuilder::allowed_client_v4(&topology).mode(Mode::Monitor);
+    let mut daemon = Daemon::start(&topology, &config).unwrap();
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+
+    daemon.ctl_ok(&["activate", "--confirm", "4s"]);
+    let deadline = daemon.status()["confirm_deadline"].as_u64().unwrap();
+    daemon.kill9();
+    assert!(!daemon.is_running());
+    assert_eq!(
+        probe.verdict(Client::Blocked, false),
+        Verdict::Drop,
+        "enforcing until the deadline, with or without a daemon"
+    );
+    assert!(
+        unix_now() < deadline,
+        "too slow to look before the deadline"
+    );
+
+    assert!(
+        wait_until(REVERT_TIMEOUT, || probe.passes(Client::Blocked, false)),
+        "with no daemon running, the kernel did not revert to monitor"
+    );
+    let reverted_at = unix_now();
+    assert!(
+        reverted_at >= deadline,
+        "reverted at {reverted_at}, before the deadline {deadline}"
+    );
+    assert_eq!(probe.verdict(Client::Allowed, false), Verdict::Pass);
+
+    daemon.restart().unwrap();
+    let status = daemon.status();
+    assert_eq!(status["mode"], "monitor", "{status}");
+    assert!(status["confirm_deadline"].is_null(), "{status}");
+    let log = daemon.log();
+    assert!(
+        log.contains("was not confirmed by its deadline"),
+        "the restarted daemon does not say the change was reverted:\n{log}"
+    );
+    assert_eq!(
+        probe.verdict(Client::Blocked, false),
+        Verdict::Pass,
+        "the restarted daemon enforced the unconfirmed activation again"
+    );
+}
+
 /// `list --json`, everything but the `added_at` of entries from the config file, which
 /// [`restart_keeps_when_config_entries_were_added`] checks on its own.
 fn list_without_config_times(daemon: &Daemon) -> Vec<ListedEntry> {

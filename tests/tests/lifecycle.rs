@@ -186,6 +186,96 @@ fn uninstall_refuses_while_the_daemon_runs_then_detaches_and_removes_the_pins() 
     );
 }
 
+/// The config may be what is broken when an operator needs the filter gone, so
+/// `uninstall --pin-path` reads no config at all; and since that path comes from a
+/// person's hands, only a directory holding nothing but a filter's pins is removed.
+#[test]
+fn uninstall_with_pin_path_needs_no_config_and_never_removes_what_is_not_a_filter() {
+    let topology = Topology::new().unwrap();
+    let config = ConfigBuilder::allowed_client_v4(&topology);
+    let mut daemon = Daemon::start(&topology, &config).unwrap();
+    daemon.kill9();
+    let files = daemon.files();
+    std::fs::write(&files.config, "this is not TOML [").unwrap();
+    let pin_path = daemon.pin_path().display().to_string();
+    let binaries = daemon.binaries().clone();
+
+    // Not a filter's pin directory: a bpffs directory with something else in it.
+    let foreign = std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/allowlist-test-foreign-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(foreign.join("someone-elses")).unwrap();
+    let refused = files
+        .run_daemon_to_exit(
+            topology.host(),
+            &binaries,
+            &["uninstall", "--pin-path", &foreign.display().to_string()],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr).into_owned();
+    let kept = foreign.join("someone-elses").exists();
+    let _ = std::fs::remove_dir_all(&foreign);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing was removed"), "{stderr}");
+    assert!(kept, "uninstall removed another tool's pins");
+    for dev in topology.guarded_interfaces() {
+        assert!(topology.host().xdp_attached(dev).unwrap(), "{dev} detached");
+    }
+
+    let uninstalled = files
+        .run_daemon_to_exit(
+            topology.host(),
+            &binaries,
+            &["uninstall", "--pin-path", &pin_path],
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert!(
+        uninstalled.status.success(),
+        "uninstall --pin-path with a broken config: {}",
+        String::from_utf8_lossy(&uninstalled.stderr)
+    );
+    for dev in topology.guarded_interfaces() {
+        assert!(
+            !topology.host().xdp_attached(dev).unwrap(),
+            "uninstall left a program on {dev}"
+        );
+    }
+    assert!(!daemon.pin_path().exists());
+    assert_eq!(
+        ping(topology.blocked(), BLOCKED_LINK.host_v4.into(), 2).unwrap(),
+        2
+    );
+}
+
+/// The runbook's last resort without the binary: with no daemon running, removing the
+/// pin directory releases the links, and the host is open again.
+#[test]
+fn removing_the_pins_by_hand_with_no_daemon_running_detaches_the_filter() {
+    let topology = Topology::new().unwrap();
+    let config = ConfigBuilder::allowed_client_v4(&topology);
+    let mut daemon = Daemon::start(&topology, &config).unwrap();
+    assert_eq!(
+        ping(topology.blocked(), BLOCKED_LINK.host_v4.into(), 1).unwrap(),
+        0,
+        "enforcing before"
+    );
+    daemon.kill9();
+    std::fs::remove_dir_all(daemon.pin_path()).unwrap();
+    for dev in topology.guarded_interfaces() {
+        assert!(
+            !topology.host().xdp_attached(dev).unwrap(),
+            "{dev} still has the program with its pins gone"
+        );
+    }
+    assert_eq!(
+        ping(topology.blocked(), BLOCKED_LINK.host_v4.into(), 2).unwrap(),
+        2
+    );
+}
+
 /// Two daemons on one filter would take turns rewriting its slots (one says PASS while
 /// the kernel drops), two on one state directory would overwrite each other's list: a
 /// second daemon is refused, naming the first one's PID and control socket.

@@ -341,6 +341,46 @@ fn enforce_does_not_let_an_ipv4_entry_cover_its_ipv4_mapped_ipv6_address() {
     );
 }
 
+/// `activate --confirm` keeps its deadline in the kernel: until then enforce judges, and
+/// the first packet after it finds the mode reverted, judges by the reverted mode, and
+/// leaves a mark the next daemon reads.
+#[test]
+fn the_first_packet_after_an_unconfirmed_deadline_reverts_the_mode_in_the_kernel() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut filter = with_list(Mode::Monitor);
+    filter.set_mode_with_revert(Mode::Enforce, Mode::Monitor, now + 3600);
+    assert_eq!(
+        filter.judge(&udp4(UNLISTED_V4)),
+        (Drop, Reason::DroppedNotListed),
+        "before the deadline"
+    );
+    assert_eq!(filter.filter().reverted_in_kernel().unwrap(), None);
+
+    filter.set_mode_with_revert(Mode::Enforce, Mode::Monitor, now.saturating_sub(1));
+    assert_eq!(
+        filter.judge(&udp4(UNLISTED_V4)),
+        (Pass, Reason::MonitorNotListed),
+        "the packet after the deadline"
+    );
+    assert_eq!(
+        filter.filter().reverted_in_kernel().unwrap(),
+        Some(Mode::Monitor)
+    );
+    assert_eq!(filter.filter().mode(), Mode::Monitor);
+    assert_eq!(
+        filter.judge(&udp4(UNLISTED_V4)),
+        (Pass, Reason::MonitorNotListed),
+        "and every packet after it"
+    );
+    assert_eq!(
+        filter.judge(&udp4(LISTED_V4_HOST)),
+        (Pass, Reason::PassedListed)
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // VLAN tags
 // ---------------------------------------------------------------------------------------

@@ -311,7 +311,7 @@ fn port_scoped_entries_admit_only_their_ports_and_combine_with_allow_all_entries
             BLOCKED_CONNECT_TIMEOUT,
         )
     };
-    let check = |address: &str, port: &str| daemon.ctl_ok(&["check", address, "--port", port]);
+    let check = |address: &str, port: &str| daemon.check(&[address, "--port", port]);
 
     // From the config.
     let before = daemon.stats();
@@ -404,9 +404,9 @@ fn public_ports_are_reachable_from_any_source_and_no_others() {
         counter(&delta, "dropped_not_listed") >= 2,
         "SYNs to 8444: {delta:?}"
     );
-    let text = daemon.ctl_ok(&["check", "10.10.2.2", "--port", "8443/tcp"]);
+    let text = daemon.check(&["10.10.2.2", "--port", "8443/tcp"]);
     assert!(text.contains("PASS"), "{text}");
-    let text = daemon.ctl_ok(&["check", "10.10.2.2", "--port", "8444/tcp"]);
+    let text = daemon.check(&["10.10.2.2", "--port", "8444/tcp"]);
     assert!(text.contains("DROP"), "{text}");
 
     // DHCP replies to the host's client (server port 67 to client port 68) pass from

@@ -28,7 +28,8 @@ use crate::{process, setup, summary::Summary, sys, workspace};
 /// What runs in the guest by default: every path that depends on the kernel — the
 /// packet tests through `BPF_PROG_TEST_RUN`, loading and attaching in native and generic
 /// XDP mode, return traffic (the host's own TCP, UDP and ping while enforcing), atomic
-/// list swaps under traffic, pins surviving kill -9, counters — sized for TCG.
+/// list swaps under traffic, pins surviving kill -9, commit-confirm reverting in the
+/// kernel, counters — sized for TCG.
 /// `--all` runs every integration test instead.
 const SUBSET: &[(&str, &[&str])] = &[
     ("packet_path", &[]),
@@ -41,7 +42,8 @@ const SUBSET: &[(&str, &[&str])] = &[
             "connections_the_host_opened_before",
         ],
     ),
-    ("lifecycle", &["kill_9", "uninstall"]),
+    ("lifecycle", &["kill_9", "uninstall", "removing_the_pins"]),
+    ("control_modes", &["reverts_in_the_kernel"]),
     ("kernels", &[]),
     ("list_swap", &[]),
 ];

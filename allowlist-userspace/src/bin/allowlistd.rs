@@ -2,7 +2,11 @@
 // The library's dependencies are every binary's too; the library checks they are used.
 #![allow(unused_crate_dependencies)]
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    io::IsTerminal as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use allowlist_userspace::{
     config::{Config, Locations, DEFAULT_CONFIG},
@@ -12,19 +16,24 @@ use allowlist_userspace::{
     startup::StartPlan,
 };
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tracing::info;
+use tracing_subscriber::EnvFilter;
 
 /// Lets in only the sources on the allowlist, enforced in the kernel at XDP.
 #[derive(Parser)]
 #[command(
+    name = "allowlistd",
     version,
     after_help = "Examples:
   allowlistd --config /etc/allowlist/allowlist.toml            run the daemon
   allowlistd --config /etc/allowlist/allowlist.toml check      validate the config only
   allowlistd --config /etc/allowlist/allowlist.toml uninstall  detach and remove every pin
+  allowlistd uninstall --pin-path /sys/fs/bpf/allowlist        the same without reading a config
+  allowlistd --log-format json                                 one JSON object per log line
 
-Stopping the daemon leaves the filter enforcing the last applied list; only `uninstall` removes it."
+Stopping the daemon leaves the filter enforcing the last applied list; only `uninstall` removes it.
+The log goes to stderr; RUST_LOG sets its level (default info, e.g. RUST_LOG=debug)."
 )]
 struct Cli {
     /// The allowlist config (TOML).
@@ -37,6 +46,11 @@ struct Cli {
     /// Turn on the XDP program's debug log (aya-log); costly, for diagnosis only.
     #[arg(long)]
     ebpf_log: bool,
+    /// How log lines on stderr look: `text` (coloured only on a terminal, without
+    /// timestamps under journald, which adds its own) or `json` (one object per line,
+    /// for log shippers).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text, env = "ALLOWLIST_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -46,18 +60,24 @@ enum Command {
     /// Validate the config and exit: 0 valid, 1 not.
     Check,
     /// Detach the filter from every interface and remove its pins. Stop the daemon first.
-    Uninstall,
+    Uninstall {
+        /// Where the filter is pinned. Given, the config is not read at all, so this works
+        /// when the config is broken or gone; otherwise its `pin_path` is used (or the
+        /// default, /sys/fs/bpf/allowlist, if the config cannot be read).
+        #[arg(long, value_name = "PATH")]
+        pin_path: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -69,7 +89,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::Uninstall) => uninstall(&Locations::load(&cli.config)?),
+        Some(Command::Uninstall { pin_path }) => {
+            uninstall(&uninstall_locations(&cli.config, pin_path))
+        }
         Some(Command::Check) => check(Config::load(&cli.config)?),
         None => run_daemon(Config::load(&cli.config)?, cli.ebpf_log),
     }
@@ -82,6 +104,12 @@ fn check(config: Config) -> anyhow::Result<()> {
         eprintln!("warning: {warning}");
     }
     let plan = StartPlan::new(config)?;
+    if let Some(pending) = plan.reverted_while_stopped {
+        println!(
+            "note: the saved change made with --confirm passed its deadline unconfirmed; a start reverts it to mode {}",
+            pending.revert_to
+        );
+    }
     let config = &plan.config;
     println!(
         "{}: valid ({} entries in the file, {} saved; mode {}; interfaces {}; {} IPv4 and {} IPv6 prefixes after compiling)",
@@ -107,6 +135,58 @@ fn run_daemon(config: Config, ebpf_log: bool) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(server::serve(daemon))?;
     Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => {
+            // A redirected log must not fill with escape codes.
+            let builder = builder.with_ansi(std::io::stderr().is_terminal());
+            if stderr_is_journald() {
+                builder.without_time().init();
+            } else {
+                builder.init();
+            }
+        }
+    }
+}
+
+/// Whether stderr is connected to journald: systemd sets JOURNAL_STREAM to the
+/// stream's `device:inode`.
+fn stderr_is_journald() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2")
+        .is_ok_and(|stderr| stream == format!("{}:{}", stderr.dev(), stderr.ino()))
+}
+
+/// The pins and socket `uninstall` works on. The config may be what is broken, so it is
+/// only read when `--pin-path` is not given, and an unreadable one falls back to the
+/// defaults (and says so) rather than leaving an operator unable to uninstall.
+fn uninstall_locations(config: &Path, pin_path: Option<PathBuf>) -> Locations {
+    match (Locations::load(config), pin_path) {
+        (Ok(found), None) => found,
+        (Ok(found), Some(pin_path)) => Locations { pin_path, ..found },
+        (Err(_), Some(pin_path)) => Locations {
+            pin_path,
+            ..Locations::default()
+        },
+        (Err(error), None) => {
+            let defaults = Locations::default();
+            eprintln!(
+                "allowlistd: note: {error}; uninstalling from the default pin_path {} (pass --pin-path if the config named another)",
+                defaults.pin_path.display()
+            );
+            defaults
+        }
+    }
 }
 
 fn uninstall(config: &Locations) -> anyhow::Result<()> {

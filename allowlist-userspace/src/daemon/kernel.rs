@@ -12,6 +12,7 @@ use crate::{
     compile::CompiledList,
     config::{Mode, XdpMode},
     filter::{ApplyReport, AttachedMode, Counters, EgressMechanism, Filter, FilterError},
+    state::PendingConfirm,
 };
 
 pub trait Kernel {
@@ -23,7 +24,13 @@ pub trait Kernel {
         list: &CompiledList,
         region: IpNet,
     ) -> Result<ApplyReport, FilterError>;
-    fn set_mode(&mut self, mode: Mode) -> Result<(), FilterError>;
+    /// Sets the mode; with `pending`, the kernel reverts on its own at the deadline.
+    /// Returns the mode the kernel is in afterwards (see [`Filter::set_mode`]).
+    fn set_mode(
+        &mut self,
+        mode: Mode,
+        pending: Option<PendingConfirm>,
+    ) -> Result<Mode, FilterError>;
     fn set_features(&mut self, features: u32) -> Result<(), FilterError>;
     /// The mode the kernel is in now.
     fn mode(&self) -> Mode;
@@ -61,8 +68,12 @@ impl Kernel for Filter {
     ) -> Result<ApplyReport, FilterError> {
         Filter::apply_region(self, list, region)
     }
-    fn set_mode(&mut self, mode: Mode) -> Result<(), FilterError> {
-        Filter::set_mode(self, mode)
+    fn set_mode(
+        &mut self,
+        mode: Mode,
+        pending: Option<PendingConfirm>,
+    ) -> Result<Mode, FilterError> {
+        Filter::set_mode(self, mode, pending)
     }
     fn set_features(&mut self, features: u32) -> Result<(), FilterError> {
         Filter::set_features(self, features)

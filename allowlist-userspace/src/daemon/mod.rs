@@ -8,6 +8,7 @@
 //! program is attached anywhere; the socket only answers once every interface is
 //! protected. Every change is applied to the kernel, then made durable, then reported.
 
+mod actor;
 mod durability;
 mod guards;
 mod kernel;
@@ -15,11 +16,15 @@ mod requests;
 #[cfg(test)]
 mod tests;
 
+pub use actor::Actor;
 pub use kernel::Kernel;
 
-use std::path::Path;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     access::{Access, SharedAccess},
@@ -100,6 +105,8 @@ pub struct Daemon<K: Kernel = Filter> {
     generation: u64,
     /// Who may use the control socket; reload changes it for every connection.
     access: SharedAccess,
+    /// Time the kernel took for the change being made, for its log line.
+    kernel_took: Duration,
     /// Held for the daemon's life: no second daemon on this pin path or state dir.
     _instance: Option<InstanceLock>,
 }
@@ -144,10 +151,19 @@ impl Daemon<Filter> {
         }
 
         let taking_over = Filter::is_pinned(&pins)?;
-        let filter = Filter::open(pins, ebpf_debug_log)?;
+        let mut filter = Filter::open(pins, ebpf_debug_log)?;
+        let mut plan = plan;
         if taking_over {
             let (ipv4, ipv6) = filter.entry_counts();
             info!(mode = %filter.mode(), ipv4, ipv6, "found a pinned filter still enforcing; taking it over");
+            if let (Some(pending), Some(_)) = (plan.pending_confirm, filter.reverted_in_kernel()?) {
+                // The kernel's clock decided, whatever the wall clock says now.
+                (plan.mode, plan.pending_confirm) = (pending.revert_to, None);
+                plan.reverted_while_stopped = Some(pending);
+            }
+        }
+        if let Some(pending) = plan.reverted_while_stopped {
+            warn!(by = %Actor::ConfirmDeadline, "a change made with --confirm was not confirmed by its deadline ({}) while the daemon was not running; it is reverted: mode {}", crate::clock::format_time(pending.deadline), pending.revert_to);
         }
         Daemon::assemble(plan, filter, Some(instance))
     }
@@ -167,6 +183,7 @@ impl<K: Kernel> Daemon<K> {
             mode,
             config_mode,
             pending_confirm,
+            reverted_while_stopped: _,
             compiled,
             saved,
         } = plan;
@@ -185,6 +202,7 @@ impl<K: Kernel> Daemon<K> {
             journaled: 0,
             generation: saved.as_ref().map_or(0, |saved| saved.generation),
             access,
+            kernel_took: Duration::ZERO,
             _instance: instance,
         };
         daemon.apply_compiled(compiled)?;
@@ -292,7 +310,12 @@ impl<K: Kernel> Daemon<K> {
                 format!("{interface}: XDP {xdp:?}, flow tracker {egress:?}")
             })
             .collect();
-        info!(mode = %self.mode, kernel = %kernel_release(), attached = ?mechanisms, return_traffic = self.config.return_traffic, encapsulated_ip = ?self.config.encapsulated_ip, seeded_flows = seeded, "enforcing");
+        let verdicts = match self.mode {
+            Mode::Enforce => "dropping unlisted sources",
+            Mode::Monitor => "passing everything, counting what enforce would drop",
+            Mode::Off => "passing everything (mode off)",
+        };
+        info!(mode = %self.mode, kernel = %kernel_release(), attached = ?mechanisms, return_traffic = self.config.return_traffic, encapsulated_ip = ?self.config.encapsulated_ip, seeded_flows = seeded, "attached; {verdicts}");
         Ok(())
     }
 
@@ -309,8 +332,9 @@ impl<K: Kernel> Daemon<K> {
 
     /// As [`Daemon::apply_to_kernel`], with the allowlist compiled already.
     fn apply_compiled(&mut self, list: CompiledList) -> Result<(), DaemonError> {
+        let started = Instant::now();
         let applied = self.filter.apply(&list)?;
-        info!(
+        debug!(
             ipv4 = list.v4.len(),
             ipv6 = list.v6.len(),
             added = applied.added,
@@ -320,7 +344,8 @@ impl<K: Kernel> Daemon<K> {
         );
         self.compiled = list;
         self.filter.set_features(self.features())?;
-        self.filter.set_mode(self.mode)?;
+        self.filter.set_mode(self.mode, self.pending_confirm)?;
+        self.kernel_took += started.elapsed();
         Ok(())
     }
 
@@ -371,7 +396,7 @@ impl<K: Kernel> Daemon<K> {
         let result = applied.and_then(|()| self.persist());
         return_freed_memory();
         if let Err(error) = result {
-            error!(%error, "the change failed; restoring the previous list and mode");
+            error!(%error, by = "rollback", "the change failed; restoring the previous list and mode");
             (self.allowlist, self.mode, self.pending_confirm) = previous;
             if let Err(restore) = self.apply_to_kernel() {
                 error!(error = %restore, "restoring the previous list failed too; the kernel keeps whichever list it last applied whole");
@@ -401,11 +426,12 @@ impl<K: Kernel> Daemon<K> {
             .apply_region(&self.compiled, network)
             .map_err(DaemonError::from)
             .and_then(|applied| {
-                info!(%network, added = applied.added, removed = applied.removed, took = ?applied.took, "the kernel judges by the changed entry");
+                debug!(%network, added = applied.added, removed = applied.removed, took = ?applied.took, "the kernel judges by the changed entry");
+                self.kernel_took += applied.took;
                 self.journal(&change)
             });
         if let Err(error) = result {
-            error!(%error, %network, "the change failed; restoring the previous entry");
+            error!(%error, %network, by = "rollback", "the change failed; restoring the previous entry");
             self.allowlist.restore_managed(network, previous);
             let around = self.allowlist.entries_around(network);
             let restored = self
@@ -456,30 +482,33 @@ impl<K: Kernel> Daemon<K> {
     /// false if that could not be applied (the timer retries).
     pub(crate) fn tick(&mut self) -> bool {
         let now = now();
+        self.kernel_took = Duration::ZERO;
         let mut allowlist = self.allowlist.clone();
         let expired = allowlist.expire(now);
         let (mut mode, pending) = match self.pending_confirm {
-            Some(pending) if pending.deadline <= now => {
-                warn!(reverted_to = %pending.revert_to, "activation was not confirmed in time; reverting");
-                (pending.revert_to, None)
-            }
+            Some(pending) if pending.deadline <= now => (pending.revert_to, None),
             other => (self.mode, other),
         };
+        let reverting = pending != self.pending_confirm;
         if allowlist.locks_everyone_out(mode) {
             // Expiry is on a timer, not an operator's command, so it must not lock
             // everyone out: monitor keeps counting what enforce would drop.
-            error!("the last entry of the allowlist expired while enforcing; switching to monitor so the host stays reachable. Add entries and `allowlistctl activate` to enforce again");
+            error!(by = %Actor::Expiry, "the last entry of the allowlist expired while enforcing; switching to monitor so the host stays reachable. Add entries and `allowlistctl activate` to enforce again");
             mode = Mode::Monitor;
         }
-        if expired.is_empty() && pending == self.pending_confirm {
+        if expired.is_empty() && !reverting {
             return true;
         }
-        for entry in &expired {
-            info!(network = %entry.network, description = ?entry.description, "entry expired");
-        }
+        let previous = self.mode;
         if let Err(error) = self.commit(allowlist, mode, pending) {
             error!(%error, "applying expiry failed; will retry");
             return false;
+        }
+        for entry in &expired {
+            info!(by = %Actor::Expiry, kernel_took = ?self.kernel_took, description = ?entry.description, "expired: removed {}", entry.network);
+        }
+        if reverting {
+            warn!(by = %Actor::ConfirmDeadline, kernel_took = ?self.kernel_took, "not confirmed in time: mode {mode} (was {previous})");
         }
         true
     }

@@ -4,9 +4,11 @@
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use super::{Daemon, DaemonError, Kernel, Refusal};
+use std::time::Duration;
+
+use super::{Actor, Daemon, DaemonError, Kernel, Refusal};
 use crate::{
-    allowlist::{check_description, check_import_rows, EntryUpdate, ImportRow},
+    allowlist::{check_description, check_import_rows, EntryUpdate, ImportRow, ListError},
     clock::{self, format_time, now},
     compile::Reach,
     config::{self, Mode},
@@ -88,7 +90,11 @@ impl<K: Kernel> Daemon<K> {
         })
     }
 
-    pub(crate) fn handle(&mut self, request: Request) -> Reply {
+    /// Answers `request`, made `by` a client (or the daemon itself); every change and
+    /// every refusal is logged with who asked and how long the kernel took.
+    pub(crate) fn handle(&mut self, request: Request, by: &Actor) -> Reply {
+        self.kernel_took = Duration::ZERO;
+        let changes = !request.is_read_only();
         let result = match request {
             Request::Status => Ok(Reply::with_status(self.status())),
             Request::Stats => self.stats().map(Reply::with_stats).map_err(Refusal::from),
@@ -111,7 +117,11 @@ impl<K: Kernel> Daemon<K> {
                 ports,
                 &safety,
             ),
-            Request::Remove { network, safety } => self.remove(network, &safety),
+            Request::Remove {
+                network,
+                if_present,
+                safety,
+            } => self.remove(network, if_present, &safety),
             Request::Import {
                 rows,
                 replace,
@@ -127,17 +137,17 @@ impl<K: Kernel> Daemon<K> {
         };
         match result {
             Ok(reply) => {
-                if let Some(message) = &reply.message {
-                    info!("{message}");
+                if let (true, Some(message)) = (changes, &reply.message) {
+                    info!(by = %by, kernel_took = ?self.kernel_took, "{message}");
                 }
                 reply
             }
             Err(Refusal::Error(message)) => {
-                warn!("refused: {message}");
+                warn!(by = %by, "refused: {message}");
                 Reply::failed(message)
             }
             Err(Refusal::Unsafe(message, at_risk)) => {
-                warn!("{message}");
+                warn!(by = %by, "refused: {message}");
                 Reply::unsafe_change(message, at_risk)
             }
         }
@@ -206,9 +216,21 @@ impl<K: Kernel> Daemon<K> {
         )))
     }
 
-    fn remove(&mut self, network: IpNet, safety: &Safety) -> Result<Reply, Refusal> {
+    fn remove(
+        &mut self,
+        network: IpNet,
+        if_present: bool,
+        safety: &Safety,
+    ) -> Result<Reply, Refusal> {
         let network = config::normalize(network);
-        let removed = self.allowlist.remove(network)?;
+        let removed = match self.allowlist.remove(network) {
+            Err(ListError::NotListed(_)) if if_present => {
+                return Ok(Reply::done(format!(
+                    "{network} is not on the allowlist; nothing to remove"
+                )))
+            }
+            removed => removed?,
+        };
         let checked = self
             .refuse_empty_enforce(&self.allowlist, self.mode, &format!("removing {network}"))
             .and_then(|()| {
@@ -327,12 +349,31 @@ impl<K: Kernel> Daemon<K> {
     }
 
     fn confirm(&mut self) -> Result<Reply, Refusal> {
-        if self.pending_confirm.is_none() {
+        let Some(pending) = self.pending_confirm else {
             return Err(Refusal::Error(
                 "nothing to confirm: no `activate --confirm` is pending".into(),
             ));
+        };
+        let too_late = || {
+            Refusal::Error(format!(
+                "too late: the deadline ({}) passed and mode {} is back; activate again to enforce",
+                format_time(pending.deadline),
+                pending.revert_to
+            ))
+        };
+        if pending.deadline <= now() {
+            // The timer is about to revert (the kernel may have already).
+            self.tick();
+            return Err(too_late());
         }
         self.commit(self.allowlist.clone(), self.mode, None)?;
+        if self.filter.mode() != self.mode {
+            // The program reverted on its deadline while this confirmation was being
+            // written: the kernel's revert stands, and the daemon follows it.
+            warn!(by = %Actor::ConfirmDeadline, "the kernel reverted to mode {} on the deadline as the confirmation arrived", pending.revert_to);
+            self.commit(self.allowlist.clone(), pending.revert_to, None)?;
+            return Err(too_late());
+        }
         Ok(Reply::done(format!("confirmed: mode {} stays", self.mode)))
     }
 }

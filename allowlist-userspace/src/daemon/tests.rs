@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use allowlist_common::FlowKey;
 use ipnet::IpNet;
 
-use super::{Daemon, Kernel};
+use super::{Actor, Daemon, Kernel};
 use crate::{
     allowlist::{ImportRow, Origin},
     compile::CompiledList,
@@ -14,8 +14,11 @@ use crate::{
     control::{Request, Safety},
     filter::{ApplyReport, AttachedMode, Counters, EgressMechanism, FilterError},
     startup::StartPlan,
-    state::State,
+    state::{PendingConfirm, State},
 };
+
+/// Requests in these tests come from root's CLI.
+const ROOT: Actor = Actor::Client { uid: 0, pid: 1 };
 
 /// Remembers what the daemon made the kernel judge by; fails on request.
 #[derive(Default)]
@@ -23,6 +26,10 @@ struct FakeKernel {
     /// The list as the last whole apply and the in-place changes since left it.
     list: CompiledList,
     mode: Option<Mode>,
+    /// The revert armed in the kernel.
+    pending: Option<PendingConfirm>,
+    /// The deadline of the armed revert passes in the kernel before the next mode write.
+    deadline_passes: bool,
     features: u32,
     attached: BTreeMap<String, AttachedMode>,
     egress: BTreeMap<String, EgressMechanism>,
@@ -61,9 +68,20 @@ impl Kernel for FakeKernel {
         self.region_applies += 1;
         Ok(ApplyReport::default())
     }
-    fn set_mode(&mut self, mode: Mode) -> Result<(), FilterError> {
+    fn set_mode(
+        &mut self,
+        mode: Mode,
+        pending: Option<PendingConfirm>,
+    ) -> Result<Mode, FilterError> {
+        // The program's own revert on the deadline, crossing a confirmation in flight.
+        if let (Some(armed), None, true) = (self.pending, pending, self.deadline_passes) {
+            self.mode = Some(armed.revert_to);
+            self.pending = None;
+            return Ok(armed.revert_to);
+        }
         self.mode = Some(mode);
-        Ok(())
+        self.pending = pending;
+        Ok(mode)
     }
     fn set_features(&mut self, features: u32) -> Result<(), FilterError> {
         self.features = features;
@@ -165,7 +183,7 @@ fn a_start_applies_the_list_and_mode_attaches_pins_and_saves() {
 #[test]
 fn add_and_remove_change_the_kernel_in_place_and_are_saved() {
     let (mut daemon, _dir) = daemon("enforce");
-    assert!(daemon.handle(add("198.51.100.7")).ok);
+    assert!(daemon.handle(add("198.51.100.7"), &ROOT).ok);
     assert!(covers(&daemon, "198.51.100.7"));
     assert_eq!(
         daemon.filter.region_applies, 1,
@@ -178,9 +196,10 @@ fn add_and_remove_change_the_kernel_in_place_and_are_saved() {
 
     let remove = Request::Remove {
         network: "198.51.100.7/32".parse().unwrap(),
+        if_present: false,
         safety: Safety::default(),
     };
-    assert!(daemon.handle(remove).ok);
+    assert!(daemon.handle(remove, &ROOT).ok);
     assert!(!covers(&daemon, "198.51.100.7"));
     assert!(saved(&daemon).is_empty());
 }
@@ -189,7 +208,7 @@ fn add_and_remove_change_the_kernel_in_place_and_are_saved() {
 fn a_change_the_kernel_refuses_is_undone_in_memory_and_not_saved() {
     let (mut daemon, _dir) = daemon("enforce");
     daemon.filter.failing = true;
-    let reply = daemon.handle(add("198.51.100.7"));
+    let reply = daemon.handle(add("198.51.100.7"), &ROOT);
     assert!(!reply.ok, "{reply:?}");
     assert!(daemon
         .allowlist
@@ -208,16 +227,19 @@ fn a_change_the_kernel_refuses_is_undone_in_memory_and_not_saved() {
         dry_run: false,
         safety: Safety::default(),
     };
-    assert!(!daemon.handle(import).ok);
+    assert!(!daemon.handle(import, &ROOT).ok);
     assert_eq!(daemon.allowlist.managed().count(), 0);
     daemon.filter.failing = false;
-    assert!(daemon.handle(add("198.51.100.7")).ok, "the daemon goes on");
+    assert!(
+        daemon.handle(add("198.51.100.7"), &ROOT).ok,
+        "the daemon goes on"
+    );
 }
 
 #[test]
 fn a_change_that_cannot_be_saved_is_taken_back_out_of_the_kernel() {
     let (mut daemon, _dir) = daemon("enforce");
-    assert!(daemon.handle(add("198.51.100.7")).ok);
+    assert!(daemon.handle(add("198.51.100.7"), &ROOT).ok);
     // The state file cannot be replaced: a directory stands where it would be renamed.
     let state_file = crate::state::path(&daemon.config.state_dir);
     std::fs::remove_file(&state_file).unwrap();
@@ -233,7 +255,7 @@ fn a_change_that_cannot_be_saved_is_taken_back_out_of_the_kernel() {
         dry_run: false,
         safety: Safety::default(),
     };
-    let reply = daemon.handle(import);
+    let reply = daemon.handle(import, &ROOT);
     assert!(!reply.ok, "{reply:?}");
     assert!(
         covers(&daemon, "198.51.100.7") && !covers(&daemon, "203.0.113.1"),
@@ -253,13 +275,13 @@ fn an_expired_entry_leaves_the_kernel_and_the_last_one_switches_enforcing_to_mon
     config.allow.clear();
     daemon.allowlist.set_config(&config);
     daemon.config = config;
-    assert!(daemon.handle(add("198.51.100.7")).ok);
+    assert!(daemon.handle(add("198.51.100.7"), &ROOT).ok);
     let activate = Request::SetMode {
         mode: Mode::Enforce,
         confirm_secs: None,
         safety: Safety::default(),
     };
-    assert!(daemon.handle(activate).ok);
+    assert!(daemon.handle(activate, &ROOT).ok);
     // Its time is up.
     let mut entry = daemon
         .allowlist
@@ -287,7 +309,7 @@ fn an_expired_entry_leaves_the_kernel_and_the_last_one_switches_enforcing_to_mon
 #[test]
 fn re_adding_keeps_what_is_not_given_and_the_origin() {
     let (mut daemon, _dir) = daemon("enforce");
-    assert!(daemon.handle(add("198.51.100.7")).ok);
+    assert!(daemon.handle(add("198.51.100.7"), &ROOT).ok);
     let again = Request::Add {
         network: "198.51.100.7/32".parse().unwrap(),
         description: None,
@@ -296,7 +318,7 @@ fn re_adding_keeps_what_is_not_given_and_the_origin() {
         ports: None,
         safety: Safety::default(),
     };
-    assert!(daemon.handle(again).ok);
+    assert!(daemon.handle(again, &ROOT).ok);
     let entry = daemon
         .allowlist
         .managed_entry("198.51.100.7/32".parse().unwrap())
@@ -304,4 +326,59 @@ fn re_adding_keeps_what_is_not_given_and_the_origin() {
     assert_eq!(entry.description, "added");
     assert_eq!(entry.origin, Origin::Cli);
     assert!(entry.expires_at.is_some());
+}
+
+#[test]
+fn a_confirm_deadline_is_armed_in_the_kernel_and_a_confirmation_disarms_it() {
+    let (mut daemon, _dir) = daemon("monitor");
+    let activate = Request::SetMode {
+        mode: Mode::Enforce,
+        confirm_secs: Some(60),
+        safety: Safety::default(),
+    };
+    assert!(daemon.handle(activate, &ROOT).ok);
+    let armed = daemon
+        .filter
+        .pending
+        .expect("the kernel holds the deadline");
+    assert_eq!(armed.revert_to, Mode::Monitor);
+    assert!(daemon.handle(add("198.51.100.7"), &ROOT).ok);
+    assert_eq!(
+        daemon.filter.pending,
+        Some(armed),
+        "a list change keeps it armed"
+    );
+
+    let reply = daemon.handle(Request::Confirm, &ROOT);
+    assert!(reply.ok, "{reply:?}");
+    assert_eq!(daemon.filter.pending, None);
+    assert_eq!(daemon.filter.mode, Some(Mode::Enforce));
+}
+
+#[test]
+fn a_confirmation_that_crosses_the_kernels_revert_is_too_late_and_the_daemon_follows_the_kernel() {
+    let (mut daemon, _dir) = daemon("monitor");
+    let activate = Request::SetMode {
+        mode: Mode::Enforce,
+        confirm_secs: Some(60),
+        safety: Safety::default(),
+    };
+    assert!(daemon.handle(activate, &ROOT).ok);
+    daemon.filter.deadline_passes = true;
+
+    let reply = daemon.handle(Request::Confirm, &ROOT);
+    assert!(!reply.ok, "{reply:?}");
+    assert!(
+        reply
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("too late"),
+        "{reply:?}"
+    );
+    assert_eq!(daemon.mode, Mode::Monitor);
+    assert_eq!(daemon.filter.mode, Some(Mode::Monitor));
+    assert_eq!(daemon.pending_confirm, None);
+    let (state, _) = State::load(&daemon.config.state_dir).unwrap().unwrap();
+    assert_eq!((state.mode, state.pending_confirm), (Mode::Monitor, None));
 }

@@ -3,8 +3,8 @@
 //! lookups behind [`SlotMaps`].
 
 use allowlist_common::{
-    AllowRule, Control, Counter, FlowKey, FlowState, PortSet, MAP_CONTROL, MAP_COUNTERS, MAP_FLOWS,
-    MAP_PORT_SETS, SLOTS,
+    AllowRule, Control, Counter, FlowKey, FlowState, PortSet, Revert, MAP_CONTROL, MAP_COUNTERS,
+    MAP_FLOWS, MAP_PORT_SETS, MAP_REVERT, SLOTS,
 };
 use aya::{
     maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
@@ -23,6 +23,7 @@ use crate::screen::{MappedScreen, ScreenBits};
 pub(super) struct Maps {
     pub slots: Vec<Slot>,
     pub control: Array<MapData, Control>,
+    pub revert: Array<MapData, Revert>,
     pub counters: PerCpuArray<MapData, Counter>,
     pub flows: BpfHashMap<MapData, FlowKey, FlowState>,
 }
@@ -96,6 +97,7 @@ impl Maps {
             slots,
             flows: BpfHashMap::try_from(take(MAP_FLOWS)?).map_err(kernel_error(MAP_FLOWS))?,
             control: Array::try_from(take(MAP_CONTROL)?).map_err(kernel_error(MAP_CONTROL))?,
+            revert: Array::try_from(take(MAP_REVERT)?).map_err(kernel_error(MAP_REVERT))?,
             counters: PerCpuArray::try_from(take(MAP_COUNTERS)?)
                 .map_err(kernel_error(MAP_COUNTERS))?,
         })

@@ -32,8 +32,8 @@ use std::{
 };
 
 use allowlist_common::{
-    AllowRule, Control, Counter, FlowKey, FlowState, PortSet, Reason, MAX_PORT_SETS, RULE_PORTS,
-    SLOTS,
+    AllowRule, Control, Counter, FlowKey, FlowState, PortSet, Reason, Revert,
+    FEATURE_REVERT_PENDING, MAX_PORT_SETS, RULE_PORTS, SLOTS,
 };
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use ipnet::IpNet;
@@ -54,8 +54,10 @@ use self::{
     slots::{port_set, too_many_port_sets, KernelSlot, Screens},
 };
 use crate::{
+    clock,
     compile::{region_range, CompiledList, Reach},
     config::Mode,
+    state::PendingConfirm,
 };
 
 /// The compiled XDP program, embedded so the installed daemon is self-contained.
@@ -149,11 +151,22 @@ impl Filter {
     }
 
     pub fn mode(&self) -> Mode {
-        match allowlist_common::Mode::from_raw(self.control.mode) {
-            allowlist_common::Mode::Off => Mode::Off,
-            allowlist_common::Mode::Monitor => Mode::Monitor,
-            allowlist_common::Mode::Enforce => Mode::Enforce,
+        mode_of(self.control.mode)
+    }
+
+    /// Whether the program itself reverted a `--confirm` change whose deadline passed
+    /// (since the daemon last armed one), and to which mode.
+    pub fn reverted_in_kernel(&mut self) -> Result<Option<Mode>> {
+        let revert = self
+            .maps
+            .revert
+            .get(&0, 0)
+            .map_err(kernel_error("reading the revert record"))?;
+        if revert.fired == 0 {
+            return Ok(None);
         }
+        self.refresh_control()?;
+        Ok(Some(mode_of(revert.mode)))
     }
 
     /// Prefixes per family (IPv4, IPv6) in the list the kernel judges by now.
@@ -162,8 +175,12 @@ impl Filter {
         (slot.v4.held().len(), slot.v6.held().len())
     }
 
-    /// Turns features (`FEATURE_*`) on or off for the next packet.
+    /// Turns features (`FEATURE_*`) on or off for the next packet. A pending revert is
+    /// not a feature the config sets: it is kept as it is.
     pub fn set_features(&mut self, features: u32) -> Result<()> {
+        self.refresh_control()?;
+        let features =
+            (features & !FEATURE_REVERT_PENDING) | (self.control.features & FEATURE_REVERT_PENDING);
         if self.control.features != features {
             self.write_control(Control {
                 features,
@@ -202,6 +219,7 @@ impl Filter {
         let started = Instant::now();
         let list = KernelSlot::from_list(list)?;
         let screens = Screens::of(&list);
+        self.refresh_control()?;
         let active = self.control.active_slot as usize % SLOTS;
         let standby = 1 - active;
         self.write_slot(standby, &list, &screens)?;
@@ -292,14 +310,55 @@ impl Filter {
         Ok(id)
     }
 
-    pub fn set_mode(&mut self, mode: Mode) -> Result<()> {
-        let raw = allowlist_common::Mode::from(mode) as u32;
-        if self.control.mode != raw {
-            self.write_control(Control {
-                mode: raw,
-                ..self.control
-            })?;
+    /// Sets the mode; with `pending`, the program itself goes back to its `revert_to`
+    /// when its deadline passes unconfirmed (see [`allowlist_common::Revert`]), so the
+    /// revert does not depend on this process being alive then.
+    ///
+    /// Returns the mode the kernel ends up in: a confirmation that crossed the kernel's
+    /// own revert on the deadline finds the reverted mode there, and the caller must take
+    /// that as the outcome.
+    pub fn set_mode(&mut self, mode: Mode, pending: Option<PendingConfirm>) -> Result<Mode> {
+        self.refresh_control()?;
+        let mut control = Control {
+            mode: allowlist_common::Mode::from(mode) as u32,
+            features: self.control.features & !FEATURE_REVERT_PENDING,
+            ..self.control
+        };
+        if let Some(pending) = pending {
+            let revert = Revert {
+                deadline_ns: boot_time_of(pending.deadline),
+                mode: allowlist_common::Mode::from(pending.revert_to) as u32,
+                fired: 0,
+            };
+            // The deadline before the bit that makes the program read it.
+            self.maps
+                .revert
+                .set(0, revert, 0)
+                .map_err(kernel_error("writing the revert record"))?;
+            control.features |= FEATURE_REVERT_PENDING;
+        }
+        let was_pending = self.control.features & FEATURE_REVERT_PENDING != 0;
+        if self.control != control {
+            self.write_control(control)?;
             wait_for_packets_in_flight();
+        }
+        if was_pending && pending.is_none() {
+            // A packet that read the record before our write may have reverted it after;
+            // every such packet has finished now (the wait above), so this read is final.
+            self.refresh_control()?;
+        }
+        Ok(self.mode())
+    }
+
+    /// Re-reads the control record while a revert is pending: the program may have
+    /// rewritten it, and a write built on a stale copy would undo that revert.
+    fn refresh_control(&mut self) -> Result<()> {
+        if self.control.features & FEATURE_REVERT_PENDING != 0 {
+            self.control = self
+                .maps
+                .control
+                .get(&0, 0)
+                .map_err(kernel_error("reading the control record"))?;
         }
         Ok(())
     }
@@ -368,6 +427,21 @@ impl Filter {
             took: Duration::ZERO,
         })
     }
+}
+
+fn mode_of(raw: u32) -> Mode {
+    match allowlist_common::Mode::from_raw(raw) {
+        allowlist_common::Mode::Off => Mode::Off,
+        allowlist_common::Mode::Monitor => Mode::Monitor,
+        allowlist_common::Mode::Enforce => Mode::Enforce,
+    }
+}
+
+/// A wall-clock deadline (Unix seconds) on the program's clock, CLOCK_BOOTTIME, which
+/// counts suspend and does not jump; one already passed is due now.
+fn boot_time_of(deadline: u64) -> u64 {
+    let left = deadline.saturating_sub(clock::now());
+    boot_time_ns().saturating_add(left.saturating_mul(1_000_000_000))
 }
 
 /// CLOCK_BOOTTIME in nanoseconds: the clock of bpf_ktime_get_boot_ns.

@@ -132,14 +132,48 @@ fn is_bpffs(path: &Path) -> bool {
 /// Detaches the filter everywhere and removes every pin: the documented way to remove
 /// allowlist from a host. Pinned links are released by unlinking their pins; the egress
 /// tc filters of kernels without TCX are removed by name.
+///
+/// The path may come straight from the command line, so only a directory on bpffs that
+/// holds nothing but a filter's pins is removed: `--pin-path /sys/fs/bpf` by mistake
+/// must not take other tools' pins with it.
 pub fn uninstall(pins: &Pins) -> Result<Vec<String>> {
+    let root = pins.root();
+    if !root.exists() {
+        return Ok(Vec::new());
+    }
+    check_removable(root)?;
     let interfaces = pins.pinned_interfaces()?;
     for interface in &interfaces {
         super::attach::detach_tc_filter(interface);
     }
-    if pins.root().exists() {
-        fs::remove_dir_all(pins.root())
-            .map_err(io_error(format!("removing {}", pins.root().display())))?;
-    }
+    fs::remove_dir_all(root).map_err(io_error(format!("removing {}", root.display())))?;
     Ok(interfaces)
+}
+
+/// The names a filter's pin directory holds (see [`Pins`]).
+const PIN_NAMES: [&str; 4] = ["program", "maps", "links", "egress"];
+
+fn check_removable(root: &Path) -> Result<()> {
+    let refuse = |message: String| FilterError::Kernel {
+        context: format!("uninstalling from {}", root.display()),
+        message,
+    };
+    if !is_bpffs(root) {
+        return Err(refuse(
+            "is not on a BPF filesystem, so it holds no allowlist pins; nothing was removed".into(),
+        ));
+    }
+    let entries = fs::read_dir(root).map_err(io_error(format!("listing {}", root.display())))?;
+    for entry in entries {
+        let name = entry
+            .map_err(io_error(format!("listing {}", root.display())))?
+            .file_name();
+        if !PIN_NAMES.iter().any(|ours| name == *ours) {
+            return Err(refuse(format!(
+                "holds {:?}, which allowlist never pins, so this is not (only) an allowlist pin directory; nothing was removed. Pass the `pin_path` of the config (default /sys/fs/bpf/allowlist)",
+                name
+            )));
+        }
+    }
+    Ok(())
 }

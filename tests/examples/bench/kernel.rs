@@ -66,7 +66,10 @@ impl PinnedFilter {
         self.filter()
             .set_features(features)
             .context("setting features")?;
-        self.filter().set_mode(Mode::Enforce).context("enforcing")
+        self.filter()
+            .set_mode(Mode::Enforce, None)
+            .map(drop)
+            .context("enforcing")
     }
 
     /// Attaches in driver mode to `interface` of the calling thread's network namespace.

@@ -11,6 +11,7 @@ use crate::input::{parse_confirm, parse_expiry, parse_ports, Expiry, Ports};
 /// Manage the allowlist enforced by allowlistd.
 #[derive(Parser)]
 #[command(
+    name = "allowlistctl",
     version,
     after_help = "Examples:
   allowlistctl add 203.0.113.0/24 --description \"office VPN\"
@@ -18,10 +19,13 @@ use crate::input::{parse_confirm, parse_expiry, parse_ports, Expiry, Ports};
   allowlistctl list
   allowlistctl check 203.0.113.9
   allowlistctl import allowlist.csv --dry-run
-  allowlistctl activate --confirm 60s && allowlistctl confirm
+  allowlistctl activate --confirm 120s   # then, from a NEW ssh session: allowlistctl confirm
 
 Exit codes: 0 ok, 1 error, 2 usage, 3 refused for safety (the change would cut off
-your SSH session or an established connection; --force overrides)."
+your SSH session or an established connection; --force overrides), 4 `check`: the
+kernel drops that source now.
+
+Environment: ALLOWLIST_SOCKET is the socket when --socket is not given."
 )]
 pub struct Cli {
     /// The daemon's control socket.
@@ -29,6 +33,7 @@ pub struct Cli {
         long,
         global = true,
         value_name = "PATH",
+        env = "ALLOWLIST_SOCKET",
         default_value = "/run/allowlist/control.sock"
     )]
     pub socket: PathBuf,
@@ -51,16 +56,17 @@ Adding a listed network changes only what you give: its description, ports and e
 stay as they are unless -d, --ports or --expires is given (-d \"\" clears the
 description). 0.0.0.0/0 and ::/0 allow every source and need --force.")]
     Add {
-        /// IPv4/IPv6 address or CIDR network.
+        /// IPv4/IPv6 address or CIDR network, e.g. 203.0.113.7 or 2001:db8::/48.
         network: String,
-        /// Free text; -d \"\" clears it.
-        #[arg(long, short)]
+        /// What the entry is for, shown by `list` and exported (at most 4096 bytes);
+        /// -d "" clears it.
+        #[arg(long, short, value_name = "TEXT")]
         description: Option<String>,
         /// Make the entry temporary: 30s, 15m, 2h, 7d, … (at most 365d), or `never`.
-        #[arg(long, value_parser = parse_expiry)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_expiry)]
         expires: Option<Expiry>,
         /// Limit the entry to destination ports: 22/tcp,5985-5986/tcp, or `all`.
-        #[arg(long, value_parser = parse_ports)]
+        #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
         ports: Option<Ports>,
         /// List 0.0.0.0/0 or ::/0, which allow every source, or narrow an entry even if
         /// that cuts off your session or an established connection.
@@ -70,9 +76,17 @@ description). 0.0.0.0/0 and ::/0 allow every source and need --force.")]
     /// Remove an address or network added with allowlistctl.
     #[command(after_help = "Examples:
   allowlistctl remove 203.0.113.0/24
-  allowlistctl remove 198.51.100.7 --force   # even if it cuts off a live session")]
+  allowlistctl remove 198.51.100.7 --if-present   # in scripts: absent is fine
+  allowlistctl remove 198.51.100.7 --force        # even if it cuts off a live session
+
+Removing a network that is not listed is an error (exit 1) unless --if-present; one the
+config file lists is always an error: edit the file and reload.")]
     Remove {
+        /// The listed address or network, as `list` shows it.
         network: String,
+        /// Succeed without change when the network is not listed.
+        #[arg(long)]
+        if_present: bool,
         /// Remove even if this cuts off your session or an established connection.
         #[arg(long)]
         force: bool,
@@ -82,18 +96,26 @@ description). 0.0.0.0/0 and ::/0 allow every source and need --force.")]
         after_help = "Examples:\n  allowlistctl list\n  allowlistctl list --json | jq '.[].network'"
     )]
     List {
+        /// Print a JSON array of entries instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// The verdict the kernel gives a source now, and the entry that decides it.
-    #[command(
-        after_help = "Examples:\n  allowlistctl check 203.0.113.9\n  allowlistctl check 192.0.2.10 --port 22/tcp\n  allowlistctl check 2001:db8::1 --json"
-    )]
+    /// Exits 0 when it passes, 4 when it is dropped (like `ipset test`).
+    #[command(after_help = "Examples:
+  allowlistctl check 203.0.113.9
+  allowlistctl check 192.0.2.10 --port 22/tcp
+  allowlistctl check 2001:db8::1 --json
+  allowlistctl check 203.0.113.9 >/dev/null || echo \"203.0.113.9 is dropped\"
+
+In monitor mode nothing is dropped (exit 0); the reason says what enforce would do.")]
     Check {
+        /// The source address to judge.
         address: IpAddr,
         /// Judge a packet to this destination port, e.g. 22/tcp.
-        #[arg(long)]
+        #[arg(long, value_name = "PORT/PROTO")]
         port: Option<PortSpec>,
+        /// Print the verdict as a JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -121,6 +143,7 @@ listed with its line number.")]
         /// lists 0.0.0.0/0 or ::/0.
         #[arg(long)]
         force: bool,
+        /// Print what changed (or would) as a JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -131,11 +154,16 @@ listed with its line number.")]
     /// Enforce: drop IP traffic from unlisted sources. Refused while the list is empty.
     #[command(after_help = "Examples:
   allowlistctl activate
-  allowlistctl activate --confirm 60s   # reverts in 60 s unless `allowlistctl confirm`")]
+  allowlistctl activate --confirm 120s
+
+With --confirm, open a NEW ssh session to the host within the time and run
+`allowlistctl confirm` from it: getting in proves the change did not lock you out.
+Unconfirmed, the kernel itself goes back to the previous mode at the deadline, even if
+the daemon is dead or the host's userspace hangs.")]
     Activate {
         /// Revert automatically unless `allowlistctl confirm` arrives within this time
         /// (at most 24h).
-        #[arg(long, value_parser = parse_confirm)]
+        #[arg(long, value_name = "DURATION", value_parser = parse_confirm)]
         confirm: Option<Duration>,
         /// Activate even if this cuts off your session or an established connection.
         #[arg(long)]
@@ -148,19 +176,27 @@ listed with its line number.")]
     #[command(after_help = "Example:\n  allowlistctl monitor && sleep 600 && allowlistctl stats")]
     Monitor,
     /// Keep a pending `activate --confirm`.
-    #[command(
-        after_help = "Example:\n  allowlistctl activate --confirm 60s && allowlistctl confirm"
-    )]
+    #[command(after_help = "Example:
+  allowlistctl activate --confirm 120s     # in your current ssh session
+  ssh admin@host allowlistctl confirm      # from a new one: you can still get in")]
     Confirm,
     /// Mode, protected interfaces (with the XDP mode attached) and entries per family.
     #[command(after_help = "Example:\n  allowlistctl status --json | jq .mode")]
     Status {
+        /// Print the status as a JSON object.
         #[arg(long)]
         json: bool,
     },
-    /// Packets and bytes by verdict reason, summed over CPUs.
-    #[command(after_help = "Example:\n  watch -n1 allowlistctl stats")]
+    /// Packets and bytes by verdict reason, summed over CPUs: passes, then what monitor
+    /// would have dropped, then drops.
+    #[command(
+        after_help = "Examples:\n  watch -n1 allowlistctl stats\n  allowlistctl stats --json | jq .counters.dropped_not_listed.packets"
+    )]
     Stats {
+        /// Show reasons that counted nothing too.
+        #[arg(long)]
+        all: bool,
+        /// Print every counter as a JSON object (zeros included).
         #[arg(long)]
         json: bool,
     },
@@ -173,5 +209,38 @@ listed with its line number.")]
     #[command(
         after_help = "Example:\n  allowlistctl completions bash > /etc/bash_completion.d/allowlistctl"
     )]
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `--help` is the manual: an option or argument without help text is a hole in it.
+    #[test]
+    fn every_argument_of_every_command_has_help() {
+        let mut missing = Vec::new();
+        let root = Cli::command();
+        let mut commands = vec![root.clone()];
+        commands.extend(root.get_subcommands().cloned());
+        for command in &commands {
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{} {}", command.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "no help text: {missing:?}");
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -31,6 +31,8 @@ use output::{
 const EXIT_ERROR: u8 = 1;
 const EXIT_USAGE: u8 = 2;
 const EXIT_REFUSED_FOR_SAFETY: u8 = 3;
+/// `check`: the kernel drops packets from that source now (as `ipset test` fails).
+const EXIT_CHECK_DROPS: u8 = 4;
 
 /// A failure with the exit code it maps to.
 pub struct Failure {
@@ -63,7 +65,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("allowlistctl: {}", failure.message);
+            if !failure.message.is_empty() {
+                eprintln!("allowlistctl: {}", failure.message);
+            }
             ExitCode::from(failure.code)
         }
     }
@@ -104,10 +108,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             print_message(&reply);
             Ok(())
         }
-        Command::Remove { network, force } => {
+        Command::Remove {
+            network,
+            if_present,
+            force,
+        } => {
             let network = network_argument(&network)?;
             print_message(&ask(&Request::Remove {
                 network,
+                if_present,
                 safety: safety(force),
             })?);
             Ok(())
@@ -135,6 +144,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 print_json(&CheckView::from(&check));
             } else {
                 print_check(&check);
+            }
+            if check.verdict == "drop" {
+                // The verdict is on stdout already; the code is for scripts.
+                return Err(Failure {
+                    code: EXIT_CHECK_DROPS,
+                    message: String::new(),
+                });
             }
             Ok(())
         }
@@ -198,14 +214,14 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Stats { json } => {
+        Command::Stats { all, json } => {
             let stats = ask(&Request::Stats)?
                 .stats
                 .ok_or_else(|| Failure::error("the daemon sent no counters"))?;
             if json {
                 print_json(&stats);
             } else {
-                print_stats(&stats);
+                print_stats(&stats, all);
             }
             Ok(())
         }

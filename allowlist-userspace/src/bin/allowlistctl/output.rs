@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use allowlist_common::Reason;
 use allowlist_userspace::{
     allowlist::{Entry, ImportPlan},
     clock::format_time,
@@ -207,9 +208,16 @@ pub fn print_status(status: &Status) {
     }
 }
 
-pub fn print_stats(stats: &Stats) {
+/// Counters in [`reading_order`]; rows that counted nothing are left out unless `all`.
+pub fn print_stats(stats: &Stats, all: bool) {
     let mut out = table(&["REASON", "PACKETS", "BYTES"]);
-    for (reason, counter) in &stats.counters {
+    let mut rows: Vec<_> = stats
+        .counters
+        .iter()
+        .filter(|(_, counter)| all || counter.packets > 0)
+        .collect();
+    rows.sort_by_key(|(reason, _)| reading_order(reason));
+    for (reason, counter) in rows {
         out.add_row(vec![
             reason.clone(),
             counter.packets.to_string(),
@@ -217,4 +225,21 @@ pub fn print_stats(stats: &Stats) {
         ]);
     }
     println!("{out}");
+}
+
+/// Where a counter goes in `stats`: passes, then what monitor would have dropped, then
+/// drops; within each, in the order `Reason::ALL` lists them.
+fn reading_order(reason: &str) -> (u8, usize) {
+    let group = if reason.starts_with("passed_") {
+        0
+    } else if reason.starts_with("monitor_") {
+        1
+    } else {
+        2
+    };
+    let position = Reason::ALL
+        .iter()
+        .position(|known| known.name() == reason)
+        .unwrap_or(usize::MAX);
+    (group, position)
 }
