@@ -29,6 +29,7 @@ use crate::{
     clock,
     control::{self, Reply, Request},
     daemon::{Daemon, DaemonError},
+    service,
 };
 
 /// Connections one user other than root may hold open at once.
@@ -78,6 +79,7 @@ pub async fn serve(daemon: Daemon) -> Result<(), DaemonError> {
     let access = daemon.access();
     let listener = bind_control_socket(&socket, &access.get())?;
     info!(socket = %socket.display(), access = %access.get(), "ready");
+    service::ready(&daemon.status());
     let daemon = Arc::new(Mutex::new(daemon));
     let changed = Arc::new(Notify::new());
     tokio::spawn(run_timers(Arc::clone(&daemon), Arc::clone(&changed)));
@@ -112,13 +114,14 @@ pub async fn serve(daemon: Daemon) -> Result<(), DaemonError> {
             _ = hangup.recv() => {
                 info!("SIGHUP: reloading the config");
                 let daemon = Arc::clone(&daemon);
-                let _ = tokio::task::spawn_blocking(move || lock(&daemon).handle(Request::Reload)).await;
+                let _ = tokio::task::spawn_blocking(move || service::reload(&mut lock(&daemon))).await;
                 changed.notify_one();
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
+    service::stopping();
     let _ = std::fs::remove_file(&socket);
     info!("stopping; the filter stays attached and keeps enforcing the last applied list");
     Ok(())

@@ -18,6 +18,7 @@ use tracing::info;
 /// Lets in only the sources on the allowlist, enforced in the kernel at XDP.
 #[derive(Parser)]
 #[command(
+    name = "allowlistd",
     version,
     after_help = "Examples:
   allowlistd --config /etc/allowlist/allowlist.toml            run the daemon
@@ -89,7 +90,11 @@ fn check(config: Config) -> anyhow::Result<()> {
         config.allow.len() + config.always.len(),
         plan.allowlist.managed().count(),
         plan.mode,
-        config.interfaces.join(", "),
+        if config.interfaces.is_empty() {
+            "none (attached nowhere, no traffic is judged)".to_string()
+        } else {
+            config.interfaces.join(", ")
+        },
         plan.compiled.v4.len(),
         plan.compiled.v6.len(),
     );
@@ -97,6 +102,7 @@ fn check(config: Config) -> anyhow::Result<()> {
 }
 
 fn run_daemon(config: Config, ebpf_log: bool) -> anyhow::Result<()> {
+    allowlist_userspace::capabilities::check(&config)?;
     allowlist_userspace::daemon::limit_allocator_arenas();
     server::raise_descriptor_limit();
     let daemon = Daemon::start(config, ebpf_log)?;

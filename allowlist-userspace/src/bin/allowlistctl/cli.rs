@@ -11,6 +11,7 @@ use crate::input::{parse_confirm, parse_expiry, parse_ports, Expiry, Ports};
 /// Manage the allowlist enforced by allowlistd.
 #[derive(Parser)]
 #[command(
+    name = "allowlistctl",
     version,
     after_help = "Examples:
   allowlistctl add 203.0.113.0/24 --description \"office VPN\"
