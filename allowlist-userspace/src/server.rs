@@ -141,7 +141,8 @@ const TIMER_MAX_SLEEP: Duration = Duration::from_secs(3600);
 /// Wait before trying again after expiry or a revert could not be applied.
 const TIMER_RETRY: Duration = Duration::from_secs(5);
 
-/// Wakes at the next expiry or confirm deadline, or when a change may have moved it.
+/// Wakes at the next expiry or confirm deadline, or when a change may have moved it (and
+/// then updates the service manager's status line).
 /// Nothing an entry holds can end this loop: waits are computed saturating, and a tick
 /// that fails (or panics) is retried after [`TIMER_RETRY`].
 async fn run_timers(daemon: Arc<Mutex<Daemon>>, changed: Arc<Notify>) {
@@ -150,7 +151,9 @@ async fn run_timers(daemon: Arc<Mutex<Daemon>>, changed: Arc<Notify>) {
         let wait = if retry {
             TIMER_RETRY
         } else {
-            lock(&daemon)
+            let daemon = lock(&daemon);
+            service::update(&daemon.status());
+            daemon
                 .next_deadline()
                 .map_or(TIMER_MAX_SLEEP, |at| clock::until(at, TIMER_MAX_SLEEP))
         };

@@ -1,7 +1,10 @@
 //! Telling the service manager where the daemon is in its life (sd_notify): READY=1 once
 //! the kernel judges by the list and the control socket answers, RELOADING=1 … READY=1
 //! around a SIGHUP reload, STOPPING=1 on the way out, and a STATUS= line that
-//! `systemctl status` shows. Outside systemd (no NOTIFY_SOCKET) every call does nothing.
+//! `systemctl status` shows, kept up with every change. Outside systemd (no
+//! NOTIFY_SOCKET) every call does nothing.
+
+use std::sync::Mutex;
 
 use sd_notify::NotifyState;
 use tracing::warn;
@@ -16,16 +19,25 @@ use crate::{
 /// The daemon is ready: the list and mode are in the kernel, every interface is
 /// attached, and the control socket accepts connections.
 pub fn ready(status: &Status) {
-    notify(&[
-        NotifyState::Ready,
-        NotifyState::Status(&status_line(status)),
-    ]);
+    let line = status_line(status);
+    notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
+    remember(line);
 }
 
-/// Re-reads the config as SIGHUP asks, bracketed by RELOADING=1 and READY=1, so that
-/// `systemctl reload` waits for the kernel to judge by the new config (systemd ≥ 253
-/// needs MONOTONIC_USEC with RELOADING=1 to match the two). A refused reload keeps the
-/// running state, which the STATUS line says.
+/// Sends the STATUS= line for `status` if it says something new: after requests,
+/// expiry and reverted activations.
+pub fn update(status: &Status) {
+    let line = status_line(status);
+    if last_sent().as_deref() != Some(line.as_str()) {
+        notify(&[NotifyState::Status(&line)]);
+        remember(line);
+    }
+}
+
+/// Re-reads the config as SIGHUP asks, bracketed by RELOADING=1 and READY=1, so that the
+/// unit shows "reloading" until the kernel judges by the new config (systemd ≥ 253 wants
+/// MONOTONIC_USEC with RELOADING=1). A refused reload keeps the running state, which the
+/// STATUS line says.
 pub fn reload<K: Kernel>(daemon: &mut Daemon<K>) -> Reply {
     let reloading = NotifyState::monotonic_usec_now();
     let mut states = vec![
@@ -46,6 +58,7 @@ pub fn reload<K: Kernel>(daemon: &mut Daemon<K>) -> Reply {
         ),
     };
     notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
+    remember(line);
     reply
 }
 
@@ -90,6 +103,22 @@ pub fn status_line(status: &Status) -> String {
         ));
     }
     line
+}
+
+/// The STATUS= line last sent, so that an unchanged one is not sent again.
+static LAST_STATUS: Mutex<Option<String>> = Mutex::new(None);
+
+fn last_sent() -> Option<String> {
+    LAST_STATUS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
+fn remember(line: String) {
+    *LAST_STATUS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(line);
 }
 
 fn notify(states: &[NotifyState]) {

@@ -57,13 +57,26 @@ impl NotifyListener {
     /// Every notification until one carries `KEY=1` (included, last); fails after
     /// `timeout` with what did arrive.
     pub fn until(&self, key: &str, timeout: Duration) -> Result<Vec<Notification>> {
+        self.until_one(&format!("{key}=1"), timeout, |notification| {
+            notification.says(key)
+        })
+    }
+
+    /// Every notification until one for which `last` holds (included, last); fails after
+    /// `timeout`, saying it waited for `what`, with what did arrive.
+    pub fn until_one(
+        &self,
+        what: &str,
+        timeout: Duration,
+        last: impl Fn(&Notification) -> bool,
+    ) -> Result<Vec<Notification>> {
         let deadline = Instant::now() + timeout;
         let mut received = Vec::new();
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!("no {key}=1 within {timeout:?}; received {received:?}");
+                bail!("no {what} within {timeout:?}; received {received:?}");
             }
             self.socket.set_read_timeout(Some(left))?;
             let length = match self.socket.recv(&mut buffer) {
@@ -79,7 +92,7 @@ impl NotifyListener {
                 Err(error) => return Err(error).context("receiving a notification"),
             };
             let notification = Notification::parse(&String::from_utf8_lossy(&buffer[..length]));
-            let done = notification.says(key);
+            let done = last(&notification);
             received.push(notification);
             if done {
                 return Ok(received);

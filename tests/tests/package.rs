@@ -16,10 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use allowlist_tests::process::{output_with_timeout, run_checked, COMMAND_TIMEOUT};
+use allowlist_tests::process::{output_with_timeout, run_checked, wait_until, COMMAND_TIMEOUT};
 use allowlist_tests::{
     udp_send, Binaries, ConfigBuilder, Daemon, DaemonFiles, Netns, Notification, NotifyListener,
-    Topology, UdpSink, ALLOWED_LINK, BLOCKED_LINK,
+    Systemd, Topology, UdpSink, ALLOWED_LINK, BLOCKED_LINK,
 };
 use allowlist_userspace::config::{
     Config, Mode, DEFAULT_CONFIG, DEFAULT_PIN_PATH, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
@@ -365,6 +365,41 @@ fn ready_is_notified_only_once_the_kernel_drops_unlisted_sources_and_the_socket_
 }
 
 #[test]
+fn the_status_line_follows_changes_made_with_allowlistctl() {
+    let _installed = Installed::new();
+    let topology = Topology::new().unwrap();
+    let files = DaemonFiles::new().unwrap();
+    let listener = NotifyListener::bind(files.dir()).unwrap();
+    let config = ConfigBuilder::allowed_client_v4(&topology).mode(Mode::Monitor);
+    let daemon = Daemon::launch(
+        topology.host(),
+        Some(&config),
+        files,
+        installed_notifying(&listener),
+    )
+    .unwrap();
+    listener.until("READY", NOTIFY_TIMEOUT).unwrap();
+
+    for (args, expected) in [
+        (
+            vec!["add", "192.0.2.7"],
+            "monitor on to_allowed, to_blocked: 2 prefixes, counting what enforce would drop",
+        ),
+        (
+            vec!["activate", "--force"],
+            "enforcing 2 prefixes on to_allowed, to_blocked",
+        ),
+    ] {
+        daemon.ctl_ok(&args);
+        listener
+            .until_one(&format!("STATUS={expected}"), NOTIFY_TIMEOUT, |n| {
+                n.get("STATUS") == Some(expected)
+            })
+            .unwrap();
+    }
+}
+
+#[test]
 fn a_sighup_reload_is_bracketed_by_reloading_and_ready_and_judged_by_the_new_list_by_then() {
     let _installed = Installed::new();
     let (topology, sink) = topology_with_sink();
@@ -506,4 +541,78 @@ fn removing_detaches_the_filter_and_keeps_config_and_state_purging_deletes_them(
     }
     assert_eq!(package_status(), "");
     drop(installed);
+}
+
+/// Waits until the unit's `property` is `expected`; fails with the unit's status and log.
+fn wait_for_property(systemd: &Systemd, property: &str, expected: &str) {
+    let unit = "allowlist.service";
+    let reached = wait_until(NOTIFY_TIMEOUT, || {
+        systemd
+            .property(unit, property)
+            .is_ok_and(|value| value == expected)
+    });
+    if !reached {
+        let status = systemd.systemctl(&["status", "--no-pager", unit]).unwrap();
+        panic!(
+            "{property} of {unit} is not {expected:?}:\n{}\nits log:\n{}",
+            stdout(&status),
+            systemd.log(unit)
+        );
+    }
+}
+
+/// The unit as the package installs it, run by systemd (PID 1 of namespaces of the test's
+/// own): its sandbox and capabilities still let the daemon start, attach and enforce.
+#[test]
+fn under_systemd_the_unit_starts_reloads_into_enforcing_and_stopping_leaves_the_filter() {
+    let _installed = Installed::new();
+    let (topology, sink) = topology_with_sink();
+    let systemd = Systemd::boot(topology.host(), &["allowlist.service"]).unwrap();
+    wait_for_property(&systemd, "ActiveState", "active");
+    wait_for_property(
+        &systemd,
+        "StatusText",
+        &format!(
+            "monitor, attached nowhere: {DEFAULT_CONFIG} names no interfaces, so no traffic is judged"
+        ),
+    );
+
+    // The operator names the interfaces, lists the allowed client and enforces.
+    let files = DaemonFiles::at_default_paths().unwrap();
+    files
+        .write_config(&ConfigBuilder::allowed_client_v4(&topology).render(&files))
+        .unwrap();
+    let reload = systemd.systemctl(&["reload", "allowlist.service"]).unwrap();
+    assert!(reload.status.success(), "{}", stderr(&reload));
+    wait_for_property(
+        &systemd,
+        "StatusText",
+        "enforcing 1 prefix on to_allowed, to_blocked",
+    );
+    wait_for_property(&systemd, "ActiveState", "active");
+    let (allowed_arrived, blocked_arrived) = judged_now(&topology, &sink);
+    assert!(allowed_arrived && blocked_arrived == 0, "not enforcing");
+
+    let stop = systemd.systemctl(&["stop", "allowlist.service"]).unwrap();
+    assert!(stop.status.success(), "{}", stderr(&stop));
+    wait_for_property(&systemd, "ActiveState", "inactive");
+    for dev in topology.guarded_interfaces() {
+        assert!(
+            topology.host().xdp_attached(dev).unwrap(),
+            "stop detached {dev}"
+        );
+    }
+    assert_eq!(
+        judged_now(&topology, &sink).1,
+        0,
+        "stopped: unlisted got in"
+    );
+
+    let start = systemd.systemctl(&["start", "allowlist.service"]).unwrap();
+    assert!(start.status.success(), "{}", stderr(&start));
+    assert_eq!(
+        systemd.property("allowlist.service", "StatusText").unwrap(),
+        "enforcing 1 prefix on to_allowed, to_blocked",
+        "`systemctl start` returned before READY=1"
+    );
 }
