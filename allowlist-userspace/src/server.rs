@@ -77,12 +77,8 @@ fn descriptor_limit() -> u64 {
 pub async fn serve(daemon: Daemon) -> Result<(), DaemonError> {
     let socket = daemon.socket().to_path_buf();
     let access = daemon.access();
-    let listener = bind_control_socket(&socket, &access.get())?;
-    info!(socket = %socket.display(), access = %access.get(), "ready");
-    service::ready(&daemon.status());
-    let daemon = Arc::new(Mutex::new(daemon));
-    let changed = Arc::new(Notify::new());
-    tokio::spawn(run_timers(Arc::clone(&daemon), Arc::clone(&changed)));
+    // Before READY=1: a SIGHUP (systemctl reload) that came before its handler would
+    // end the daemon.
     let socket_error = |error: io::Error| DaemonError::Socket {
         path: socket.display().to_string(),
         message: error.to_string(),
@@ -90,6 +86,12 @@ pub async fn serve(daemon: Daemon) -> Result<(), DaemonError> {
     let mut hangup = signal(SignalKind::hangup()).map_err(socket_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(socket_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(socket_error)?;
+    let listener = bind_control_socket(&socket, &access.get())?;
+    info!(socket = %socket.display(), access = %access.get(), "ready");
+    service::ready(&daemon.status());
+    let daemon = Arc::new(Mutex::new(daemon));
+    let changed = Arc::new(Notify::new());
+    tokio::spawn(run_timers(Arc::clone(&daemon), Arc::clone(&changed)));
     let mut admission = Admission::new(descriptor_limit());
     let mut accept_errors = RateLimited::new(WARNING_INTERVAL);
     let mut backoff = Duration::ZERO;
