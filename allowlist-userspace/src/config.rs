@@ -207,10 +207,13 @@ impl Config {
 
         let interfaces_span = raw.interfaces.span();
         let interfaces = raw.interfaces.into_inner();
+        let mut warnings = Vec::new();
+        // Allowed so that a freshly installed package can run its service without
+        // guessing which interface carries the operator's own session.
         if interfaces.is_empty() {
-            return Err(invalid(
-                interfaces_span,
-                "`interfaces` is empty: name at least one interface to protect, e.g. interfaces = [\"eth0\"]".into(),
+            warnings.push(format!(
+                "{shown}:{}: interfaces = []: the filter is attached nowhere and judges no traffic; name the interfaces to protect, e.g. interfaces = [\"eth0\"], and reload",
+                lines.line_of(interfaces_span.start)
             ));
         }
         let mut names = Vec::with_capacity(interfaces.len());
@@ -231,7 +234,6 @@ impl Config {
             names.push(name);
         }
 
-        let mut warnings = Vec::new();
         // Where each network was first listed, to name both lines of a duplicate.
         let mut seen: HashMap<IpNet, (usize, &'static str)> = HashMap::new();
         let mut entries = |raw: Vec<RawAllow>,
@@ -556,6 +558,34 @@ cidr = "2001:db8::1"
         .unwrap();
         assert_eq!(config.mode, Mode::Monitor);
         assert_eq!(config.encapsulated_ip, EncapsulatedIp::Drop);
+    }
+
+    #[test]
+    fn no_interfaces_is_valid_with_a_warning_that_nothing_is_judged() {
+        let config = parse("mode = \"monitor\"\ninterfaces = []\n").unwrap();
+        assert!(config.interfaces.is_empty());
+        assert_eq!(config.warnings.len(), 1, "{:?}", config.warnings);
+        assert!(
+            config.warnings[0].starts_with("/etc/allowlist.toml:2: ")
+                && config.warnings[0].contains("attached nowhere"),
+            "{:?}",
+            config.warnings
+        );
+    }
+
+    #[test]
+    fn the_packaged_config_monitors_on_no_interface() {
+        let config = Config::parse(
+            Path::new("debian/allowlist.toml"),
+            include_str!("../debian/allowlist.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.mode, Mode::Monitor);
+        assert!(config.interfaces.is_empty());
+        assert!(config.allow.is_empty() && config.always.is_empty());
+        assert_eq!(config.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!(config.pin_path, Path::new(DEFAULT_PIN_PATH));
+        assert_eq!(config.state_dir, Path::new(DEFAULT_STATE_DIR));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! `allowlistd check`) → daemon (state transitions, requests and guards, over a Kernel
 //! trait; instance keeps it alone on its pins and state) → control (the socket protocol)
 //! and server (serving it; access and safety guard it, sockets reads the host's own
-//! connections). clock bounds every time an input can carry.
+//! connections; service tells systemd where the daemon is in its life; capabilities checks
+//! it may do its work). clock bounds every time an input can carry.
 //! The binaries `allowlistd` and `allowlistctl` are thin shells over these.
 
 // Dependencies of the binaries only (cargo has no per-binary dependencies), named here
@@ -20,6 +21,7 @@ use {
 pub mod access;
 pub mod allowlist;
 pub mod attachments;
+pub mod capabilities;
 pub mod clock;
 pub mod compile;
 pub mod config;
@@ -33,6 +35,7 @@ pub mod ports;
 pub mod safety;
 pub mod screen;
 pub mod server;
+pub mod service;
 pub mod sockets;
 pub mod startup;
 pub mod state;

@@ -29,6 +29,7 @@ use crate::{
     clock,
     control::{self, Reply, Request},
     daemon::{Actor, Daemon, DaemonError},
+    service,
 };
 
 /// Connections one user other than root may hold open at once.
@@ -76,11 +77,8 @@ fn descriptor_limit() -> u64 {
 pub async fn serve(daemon: Daemon) -> Result<(), DaemonError> {
     let socket = daemon.socket().to_path_buf();
     let access = daemon.access();
-    let listener = bind_control_socket(&socket, &access.get())?;
-    info!(socket = %socket.display(), access = %access.get(), "ready");
-    let daemon = Arc::new(Mutex::new(daemon));
-    let changed = Arc::new(Notify::new());
-    tokio::spawn(run_timers(Arc::clone(&daemon), Arc::clone(&changed)));
+    // Before READY=1: a SIGHUP (systemctl reload) that came before its handler would
+    // end the daemon.
     let socket_error = |error: io::Error| DaemonError::Socket {
         path: socket.display().to_string(),
         message: error.to_string(),
@@ -88,6 +86,12 @@ pub async fn serve(daemon: Daemon) -> Result<(), DaemonError> {
     let mut hangup = signal(SignalKind::hangup()).map_err(socket_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(socket_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(socket_error)?;
+    let listener = bind_control_socket(&socket, &access.get())?;
+    info!(socket = %socket.display(), access = %access.get(), "ready");
+    service::ready(&daemon.status());
+    let daemon = Arc::new(Mutex::new(daemon));
+    let changed = Arc::new(Notify::new());
+    tokio::spawn(run_timers(Arc::clone(&daemon), Arc::clone(&changed)));
     let mut admission = Admission::new(descriptor_limit());
     let mut accept_errors = RateLimited::new(WARNING_INTERVAL);
     let mut backoff = Duration::ZERO;
@@ -112,13 +116,14 @@ pub async fn serve(daemon: Daemon) -> Result<(), DaemonError> {
             _ = hangup.recv() => {
                 info!("SIGHUP: reloading the config");
                 let daemon = Arc::clone(&daemon);
-                let _ = tokio::task::spawn_blocking(move || lock(&daemon).handle(Request::Reload, &Actor::Config)).await;
+                let _ = tokio::task::spawn_blocking(move || service::reload(&mut lock(&daemon))).await;
                 changed.notify_one();
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
+    service::stopping();
     let _ = std::fs::remove_file(&socket);
     info!("stopping; the filter stays attached and keeps enforcing the last applied list");
     Ok(())
@@ -138,7 +143,8 @@ const TIMER_MAX_SLEEP: Duration = Duration::from_secs(3600);
 /// Wait before trying again after expiry or a revert could not be applied.
 const TIMER_RETRY: Duration = Duration::from_secs(5);
 
-/// Wakes at the next expiry or confirm deadline, or when a change may have moved it.
+/// Wakes at the next expiry or confirm deadline, or when a change may have moved it (and
+/// then updates the service manager's status line).
 /// Nothing an entry holds can end this loop: waits are computed saturating, and a tick
 /// that fails (or panics) is retried after [`TIMER_RETRY`].
 async fn run_timers(daemon: Arc<Mutex<Daemon>>, changed: Arc<Notify>) {
@@ -147,7 +153,9 @@ async fn run_timers(daemon: Arc<Mutex<Daemon>>, changed: Arc<Notify>) {
         let wait = if retry {
             TIMER_RETRY
         } else {
-            lock(&daemon)
+            let daemon = lock(&daemon);
+            service::update(&daemon.status());
+            daemon
                 .next_deadline()
                 .map_or(TIMER_MAX_SLEEP, |at| clock::until(at, TIMER_MAX_SLEEP))
         };

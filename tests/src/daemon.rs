@@ -4,6 +4,7 @@
 //! directory, log and config live in a per-daemon temp dir, and its pins under a unique
 //! directory of the bpffs, so daemons of parallel tests never meet.
 
+use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -33,11 +34,16 @@ const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
 
 static NEXT_DAEMON: AtomicUsize = AtomicUsize::new(0);
 
-/// The two binaries under test.
-#[derive(Clone, Debug)]
+/// The two binaries under test, and how the daemon is run.
+#[derive(Clone, Debug, Default)]
 pub struct Binaries {
     pub daemon: PathBuf,
     pub ctl: PathBuf,
+    /// A command the daemon runs under, its command line appended (e.g. `setpriv
+    /// --bounding-set=…`); none by default.
+    pub daemon_prefix: Vec<OsString>,
+    /// Environment variables for the daemon only (e.g. `NOTIFY_SOCKET`).
+    pub daemon_env: Vec<(OsString, OsString)>,
 }
 
 impl Binaries {
@@ -46,18 +52,31 @@ impl Binaries {
         let dir = std::env::var_os("ALLOWLIST_BIN_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"));
-        let binaries = Self {
-            daemon: dir.join("allowlistd"),
-            ctl: dir.join("allowlistctl"),
-        };
-        for binary in [&binaries.daemon, &binaries.ctl] {
-            ensure!(
-                binary.is_file(),
-                "{} not found: run `cargo build -p allowlist-userspace` or set ALLOWLIST_BIN_DIR",
-                binary.display()
-            );
+        Self::at(
+            dir.join("allowlistd"),
+            dir.join("allowlistctl"),
+            "run `cargo build -p allowlist-userspace` or set ALLOWLIST_BIN_DIR",
+        )
+    }
+
+    /// Where the Debian package installs them.
+    pub fn installed() -> Result<Self> {
+        Self::at(
+            "/usr/sbin/allowlistd".into(),
+            "/usr/bin/allowlistctl".into(),
+            "is the package installed?",
+        )
+    }
+
+    fn at(daemon: PathBuf, ctl: PathBuf, hint: &str) -> Result<Self> {
+        for binary in [&daemon, &ctl] {
+            ensure!(binary.is_file(), "{} not found: {hint}", binary.display());
         }
-        Ok(binaries)
+        Ok(Self {
+            daemon,
+            ctl,
+            ..Self::default()
+        })
     }
 }
 
@@ -326,6 +345,23 @@ impl DaemonFiles {
         })
     }
 
+    /// The paths an installed package uses: /etc/allowlist/allowlist.toml and the
+    /// defaults it leaves in force (socket, pins, state). System-wide, so only for tests
+    /// that hold the machine to themselves; the log and the bpffs carrier stay in a temp
+    /// dir.
+    pub fn at_default_paths() -> Result<Self> {
+        use allowlist_userspace::config::{
+            DEFAULT_CONFIG, DEFAULT_PIN_PATH, DEFAULT_SOCKET, DEFAULT_STATE_DIR,
+        };
+        Ok(Self {
+            config: DEFAULT_CONFIG.into(),
+            socket: DEFAULT_SOCKET.into(),
+            state_dir: DEFAULT_STATE_DIR.into(),
+            pin_path: DEFAULT_PIN_PATH.into(),
+            ..Self::new()?
+        })
+    }
+
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
@@ -343,7 +379,8 @@ impl DaemonFiles {
     /// Replaces the config file atomically, so a daemon reading it concurrently sees
     /// either the old or the new text, never half of one.
     pub fn write_config(&self, text: &str) -> Result<()> {
-        let staging = self.dir.path().join("allowlist.toml.new");
+        // Beside the config, so that the rename stays on one file system.
+        let staging = self.config.with_extension("toml.new");
         fs::write(&staging, text)?;
         fs::rename(&staging, &self.config)?;
         Ok(())
@@ -368,7 +405,9 @@ impl DaemonFiles {
             )
             .arg("sh")
             .arg(&self.bpffs_carrier)
+            .args(&binaries.daemon_prefix)
             .arg(&binaries.daemon)
+            .envs(binaries.daemon_env.iter().map(|(key, value)| (key, value)))
             .arg("--config")
             .arg(&self.config)
             .args(args);
@@ -584,18 +623,45 @@ impl<'netns> Daemon<'netns> {
         files: DaemonFiles,
         descriptor_limit: Option<(u64, u64)>,
     ) -> Result<Self> {
-        files.write_config(&config.render(&files))?;
-        let mut daemon = Self {
+        let mut daemon = Self::prepare(host, Some(config), files, Binaries::locate()?)?;
+        daemon.descriptor_limit = descriptor_limit;
+        daemon.spawn_and_wait_ready()?;
+        Ok(daemon)
+    }
+
+    /// Writes `config` (or, given `None`, uses the config file already at
+    /// `files.config`, e.g. a package's conffile) and starts `binaries`' daemon without
+    /// waiting for it, for tests that watch it get ready themselves
+    /// ([`Daemon::wait_ready`] waits as `start` does).
+    pub fn launch(
+        host: &'netns Netns,
+        config: Option<&ConfigBuilder>,
+        files: DaemonFiles,
+        binaries: Binaries,
+    ) -> Result<Self> {
+        let mut daemon = Self::prepare(host, config, files, binaries)?;
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    fn prepare(
+        host: &'netns Netns,
+        config: Option<&ConfigBuilder>,
+        files: DaemonFiles,
+        binaries: Binaries,
+    ) -> Result<Self> {
+        if let Some(config) = config {
+            files.write_config(&config.render(&files))?;
+        }
+        Ok(Self {
             host,
-            binaries: Binaries::locate()?,
+            binaries,
             files,
             child: None,
             starts: 0,
-            descriptor_limit,
+            descriptor_limit: None,
             args: Vec::new(),
-        };
-        daemon.spawn_and_wait_ready()?;
-        Ok(daemon)
+        })
     }
 
     /// As [`Daemon::start`], with `args` after `--config CONFIG` at every start.
@@ -604,17 +670,13 @@ impl<'netns> Daemon<'netns> {
         config: &ConfigBuilder,
         args: &[&str],
     ) -> Result<Self> {
-        let files = DaemonFiles::new()?;
-        files.write_config(&config.render(&files))?;
-        let mut daemon = Self {
-            host: topology.host(),
-            binaries: Binaries::locate()?,
-            files,
-            child: None,
-            starts: 0,
-            descriptor_limit: None,
-            args: args.iter().map(ToString::to_string).collect(),
-        };
+        let mut daemon = Self::prepare(
+            topology.host(),
+            Some(config),
+            DaemonFiles::new()?,
+            Binaries::locate()?,
+        )?;
+        daemon.args = args.iter().map(ToString::to_string).collect();
         daemon.spawn_and_wait_ready()?;
         Ok(daemon)
     }
@@ -642,6 +704,11 @@ impl<'netns> Daemon<'netns> {
     }
 
     fn spawn_and_wait_ready(&mut self) -> Result<()> {
+        self.spawn()?;
+        self.wait_ready()
+    }
+
+    fn spawn(&mut self) -> Result<()> {
         self.starts += 1;
         let mut log = OpenOptions::new()
             .create(true)
@@ -678,10 +745,11 @@ impl<'netns> Daemon<'netns> {
             .spawn()
             .context("spawning allowlistd")?;
         self.child = Some(child);
-        self.wait_ready()
+        Ok(())
     }
 
-    fn wait_ready(&mut self) -> Result<()> {
+    /// Waits until `allowlistctl status` answers; fails if the daemon exits first.
+    pub fn wait_ready(&mut self) -> Result<()> {
         let deadline = std::time::Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
@@ -886,6 +954,22 @@ impl<'netns> Daemon<'netns> {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+
+    /// Waits for the daemon to exit on its own (a start it refuses, say); returns its
+    /// exit status, or fails if it still runs after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let mut child = self.child.take().context("daemon is not running")?;
+        match wait_with_deadline(&mut child, timeout)? {
+            Some(status) => Ok(status),
+            None => {
+                self.child = Some(child);
+                bail!(
+                    "allowlistd still runs after {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
         }
     }
 

@@ -10,6 +10,9 @@
 //! hand-built frame — those, the packet-level tests', the fuzzer's, the benchmarks' — is
 //! laid out by [`frames`].
 //!
+//! Tests of the installed package point the daemon at a [`NotifyListener`], which stands
+//! in for systemd's end of sd_notify, and run its unit under a [`Systemd`] of their own.
+//!
 //! Everything is named uniquely per process and per object, and everything is torn down
 //! on `Drop`, so tests run in parallel and clean up after themselves even when they fail.
 //! The examples (the benchmark runner, the demo) are built on the same harness and catch
@@ -20,12 +23,14 @@ pub mod daemon;
 pub mod frames;
 pub mod interrupt;
 pub mod netns;
+pub mod notify;
 pub mod packet_fuzz;
 pub mod probe;
 pub mod process;
 pub mod raw;
 pub mod reference;
 pub mod rng;
+pub mod systemd;
 pub mod test_filter;
 pub mod topology;
 pub mod traffic;
@@ -37,9 +42,11 @@ pub use daemon::{
 };
 pub use frames::VlanTag;
 pub use netns::{in_netns, Netns};
+pub use notify::{Notification, NotifyListener};
 pub use probe::{Client, Probe, Verdict};
 pub use process::{assert_exit_code, connect_as, wait_until};
 pub use raw::{arp_request, send_frames, send_raw_frames, Encapsulation, FrameTap, UdpFrame};
+pub use systemd::Systemd;
 pub use topology::{Link, Topology, VlanLink, ALLOWED_LINK, BLOCKED_LINK, VLAN_LINK};
 pub use traffic::{
     neighbour_resolved, ping, ping_from, tcp_connects, udp_ipv4_frame_len, udp_send,

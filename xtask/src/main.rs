@@ -8,6 +8,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod lint;
+mod package;
 mod process;
 mod run;
 mod setup;
@@ -34,8 +35,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing need (nightly rust-src, Debian tools, bpf-linker);
-    /// skips what is already there
+    /// Install what building, testing and packaging need (nightly rust-src, Debian tools,
+    /// bpf-linker, cargo-fuzz, cargo-deb); skips what is already there
     Setup,
     /// Set up, then build allowlistd and allowlistctl (the XDP program is built into allowlistd)
     Build {
@@ -43,6 +44,9 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
+    /// Set up, make a release build and the Debian package from it
+    /// (target/debian/allowlist_VERSION-1_ARCH.deb)
+    Package,
     /// Set up, build, then run allowlistd (as root) with the arguments after `--`
     Run {
         /// Build and run the optimised daemon (target/release)
@@ -52,7 +56,8 @@ enum Task {
         #[arg(last = true, value_name = "ALLOWLISTD_ARGS")]
         args: Vec<OsString>,
     },
-    /// Set up, build, run the unit tests, then the integration tests (as root)
+    /// Set up, build, lint, run the unit tests, build the Debian package, then run the
+    /// integration tests (as root)
     Test {
         /// Threads for the integration tests (each test builds its own network namespaces)
         #[arg(long, default_value_t = 4, value_name = "N")]
@@ -119,6 +124,10 @@ fn perform(task: Task) -> anyhow::Result<()> {
         Task::Build { release } => {
             setup::setup()?;
             workspace::build_userspace(release)
+        }
+        Task::Package => {
+            setup::setup()?;
+            package::package().map(drop)
         }
         Task::Run { release, args } => run::run_daemon(release, &args),
         Task::Test { test_threads, args } => test_suite::test(test_threads, &args),

@@ -31,36 +31,42 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    // systemd-analyze, to verify the packaged unit (systemd need not be PID 1)
+    "systemd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Runs the libFuzzer targets of `cargo xtask fuzz` (and of `cargo xtask test`).
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
+/// Builds the Debian package (`cargo xtask package`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 pub fn setup() -> Result<()> {
     ensure_nightly_rust_src()?;
     ensure_debian_packages()?;
     ensure_bpf_linker()?;
-    ensure_cargo_fuzz()?;
+    ensure_cargo_subcommand("fuzz", "cargo-fuzz", CARGO_FUZZ_VERSION)?;
+    ensure_cargo_subcommand("deb", "cargo-deb", CARGO_DEB_VERSION)?;
     Ok(())
 }
 
-fn ensure_cargo_fuzz() -> Result<()> {
-    let installed = capture(Command::new("cargo").args(["fuzz", "--version"]));
-    if let Ok(version) = &installed {
-        if version.contains(CARGO_FUZZ_VERSION) {
-            println!("ok: {}", version.trim());
+/// Installs the cargo subcommand `name` from `krate` at exactly `version`, unless that
+/// version is what `cargo NAME --version` reports already.
+fn ensure_cargo_subcommand(name: &str, krate: &str, version: &str) -> Result<()> {
+    let installed = capture(Command::new("cargo").args([name, "--version"]));
+    if let Ok(reported) = &installed {
+        if reported.split_whitespace().any(|word| word == version) {
+            println!("ok: {}", reported.trim());
             return Ok(());
         }
     }
-    println!("installing: cargo-fuzz {CARGO_FUZZ_VERSION} (a minute or two)");
+    println!("installing: {krate} {version} (a minute or two)");
     process::run(workspace::cargo().args([
         "install",
-        "cargo-fuzz",
-        "--version",
-        CARGO_FUZZ_VERSION,
         "--locked",
+        // Replaces another version already installed.
         "--force",
+        &format!("{krate}@{version}"),
     ]))
 }
 

@@ -1,8 +1,10 @@
 //! `cargo xtask test`: the whole test suite, as CI runs it.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::Result;
 
-use crate::{fuzz, lint, process, setup, summary::Summary, sys, vm, workspace};
+use crate::{fuzz, lint, package, process, setup, summary::Summary, sys, vm, workspace};
 
 pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
     sys::require_root(
@@ -22,9 +24,15 @@ pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
     }
     if ready {
         summary.step("unit tests", || run_unit_tests(test_args));
+        // The package tests install this .deb; without it they fail, the others run.
+        let mut deb: Option<PathBuf> = None;
+        summary.step("Debian package (release build)", || {
+            deb = Some(package::package()?);
+            Ok(())
+        });
         summary.step(
             &format!("integration tests (Linux {})", sys::kernel_release()),
-            || run_integration_tests(test_threads, test_args),
+            || run_integration_tests(test_threads, test_args, deb.as_deref()),
         );
         // The packet and control fuzzers are integration tests (ALLOWLIST_FUZZ_SECONDS,
         // default 30 s each); the parsers run under libFuzzer here. A name filter given to
@@ -72,10 +80,17 @@ fn run_unit_tests(test_args: &[String]) -> Result<()> {
     process::run(&mut cmd)
 }
 
-fn run_integration_tests(test_threads: usize, test_args: &[String]) -> Result<()> {
+fn run_integration_tests(
+    test_threads: usize,
+    test_args: &[String],
+    deb: Option<&Path>,
+) -> Result<()> {
     let mut cmd = workspace::cargo();
     cmd.args(["test", "-p", "allowlist-tests", "--"])
         .env("ALLOWLIST_BIN_DIR", workspace::bin_dir(false));
+    if let Some(deb) = deb {
+        cmd.env("ALLOWLIST_DEB", deb);
+    }
     // libtest rejects an option given twice, so an explicit one in the extra arguments wins.
     if !test_args
         .iter()

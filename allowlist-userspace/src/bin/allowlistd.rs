@@ -117,7 +117,11 @@ fn check(config: Config) -> anyhow::Result<()> {
         config.allow.len() + config.always.len(),
         plan.allowlist.managed().count(),
         plan.mode,
-        config.interfaces.join(", "),
+        if config.interfaces.is_empty() {
+            "none (attached nowhere, no traffic is judged)".to_string()
+        } else {
+            config.interfaces.join(", ")
+        },
         plan.compiled.v4.len(),
         plan.compiled.v6.len(),
     );
@@ -125,6 +129,7 @@ fn check(config: Config) -> anyhow::Result<()> {
 }
 
 fn run_daemon(config: Config, ebpf_log: bool) -> anyhow::Result<()> {
+    allowlist_userspace::capabilities::check(&config)?;
     allowlist_userspace::daemon::limit_allocator_arenas();
     server::raise_descriptor_limit();
     let daemon = Daemon::start(config, ebpf_log)?;

@@ -195,6 +195,9 @@ pub fn print_status(status: &Status) {
     println!("pins:       {}", status.pin_path);
     println!("kernel:     {}", status.kernel);
     println!("interfaces:");
+    if status.interfaces.is_empty() {
+        println!("  none: attached nowhere, no traffic is judged (interfaces = [] in the config)");
+    }
     for interface in &status.interfaces {
         let egress = match interface.egress {
             Some(EgressMechanism::Tcx) => "flow tracker on TCX",
