@@ -8,6 +8,8 @@ use allowlist_ebpf as _;
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
+    // The test builds of the next map layout (see allowlist_common::LAYOUT_VERSION).
+    println!("cargo:rerun-if-env-changed=ALLOWLIST_TEST_LAYOUT");
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

@@ -12,6 +12,54 @@ use core::mem::size_of;
 /// Name of the XDP program in the object file and of its pin under `pin_path`.
 pub const PROGRAM_NAME: &str = "allowlist";
 
+/// Version of everything pinned with the program: which maps there are, their types,
+/// key and value layouts, capacities and flags, and what their values mean. Bump it with
+/// any such change (a unit test in allowlist-userspace fails until you do): a daemon
+/// never opens maps pinned in another layout, it builds its own beside them and switches
+/// the interfaces over (see `allowlist-userspace/src/filter/layout.rs`). Layout 1 is
+/// every version before layouts were stamped.
+///
+/// Test builds set `ALLOWLIST_TEST_LAYOUT` to get the next layout (one more, with
+/// [`COUNTER_SLOTS`] grown), so the upgrade tests move between two real layouts.
+pub const LAYOUT_VERSION: u32 = match option_env!("ALLOWLIST_TEST_LAYOUT") {
+    None => 2,
+    Some(_) => 3,
+};
+
+/// Array map with a single [`LayoutStamp`]: which layout the maps beside it are in and
+/// whether they are live. The program never reads it.
+pub const MAP_LAYOUT: &str = "LAYOUT";
+
+/// Says what a directory of pinned maps is, in a format that never changes, so that every
+/// version can read any other's. Layout: `version: u32` at 0, `state: u32` at 4,
+/// `writer: [u8; 56]` at 8 (64 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LayoutStamp {
+    /// The [`LAYOUT_VERSION`] of the maps; 0 while they are being built.
+    pub version: u32,
+    /// [`LAYOUT_BUILDING`] or [`LAYOUT_LIVE`].
+    pub state: u32,
+    /// Who wrote them, e.g. `allowlistd 0.1.0`, NUL-padded UTF-8.
+    pub writer: [u8; 56],
+}
+
+/// The maps are being filled; no interface may depend on them yet, and a crash leaves
+/// them for the next start to finish or discard.
+pub const LAYOUT_BUILDING: u32 = 0;
+/// Every interface runs the program that uses these maps: they are the filter.
+pub const LAYOUT_LIVE: u32 = 1;
+
+impl Default for LayoutStamp {
+    fn default() -> Self {
+        LayoutStamp {
+            version: 0,
+            state: LAYOUT_BUILDING,
+            writer: [0; 56],
+        }
+    }
+}
+
 /// The allowlist is kept twice per address family ("slots"). The program judges every
 /// packet by the slot [`Control::active_slot`] names; the daemon rewrites the other
 /// slot, flips the index, waits for packets in flight to finish, then brings the old
@@ -364,8 +412,12 @@ pub enum Reason {
 }
 
 /// Number of slots in [`MAP_COUNTERS`]; room is left for reasons added later so the
-/// pinned map keeps its size.
-pub const COUNTER_SLOTS: u32 = 32;
+/// pinned map keeps its size. A reason's value never changes meaning (new reasons take
+/// new values), so an upgrade carries counters over slot by slot.
+pub const COUNTER_SLOTS: u32 = match option_env!("ALLOWLIST_TEST_LAYOUT") {
+    None => 32,
+    Some(_) => 48,
+};
 
 impl Reason {
     pub const ALL: [Reason; 16] = [
@@ -425,6 +477,7 @@ impl Reason {
 const _: () = assert!(size_of::<AllowRule>() == 8);
 const _: () = assert!(size_of::<Control>() == 16);
 const _: () = assert!(size_of::<Revert>() == 16);
+const _: () = assert!(size_of::<LayoutStamp>() == 64);
 const _: () = assert!(size_of::<PortRange>() == 8);
 const _: () = assert!(size_of::<PortSet>() == 8 + 8 * MAX_PORT_RANGES);
 const _: () = assert!(size_of::<FlowKey>() == 40);
@@ -447,6 +500,8 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Revert {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::LayoutStamp {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PortSet {}
     // SAFETY: as above.

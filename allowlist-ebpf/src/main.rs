@@ -14,12 +14,12 @@ use allowlist_ebpf as _;
 
 use allowlist_common::{
     screen_bit_v4, screen_bit_v6, AllowRule, Control, Counter, FlowKey, FlowState, FragmentKey,
-    Ipv4Octets, Ipv6Octets, Mode, PortSet, Reason, Revert, BPF_F_MMAPABLE, BPF_F_NO_PREALLOC,
-    COUNTER_SLOTS, FEATURE_DHCP_CLIENT, FEATURE_PASS_ENCAPSULATED, FEATURE_RETURN_TRAFFIC,
-    FEATURE_REVERT_PENDING, FRAGMENT_IDLE_NS, ICMP_IDLE_NS, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP, IPPROTO_UDP, MAX_ENTRIES_PER_FAMILY, MAX_EXACT_V4, MAX_EXACT_V6, MAX_FLOWS,
-    MAX_FRAGMENT_TRAINS, MAX_PORT_SETS, PUBLIC_PORT_SET, RULE_ALLOW_ALL, RULE_PORTS, SCREEN_WORDS,
-    TCP_IDLE_NS, UDP_IDLE_NS,
+    Ipv4Octets, Ipv6Octets, LayoutStamp, Mode, PortSet, Reason, Revert, BPF_F_MMAPABLE,
+    BPF_F_NO_PREALLOC, COUNTER_SLOTS, FEATURE_DHCP_CLIENT, FEATURE_PASS_ENCAPSULATED,
+    FEATURE_RETURN_TRAFFIC, FEATURE_REVERT_PENDING, FRAGMENT_IDLE_NS, ICMP_IDLE_NS, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_ENTRIES_PER_FAMILY, MAX_EXACT_V4, MAX_EXACT_V6,
+    MAX_FLOWS, MAX_FRAGMENT_TRAINS, MAX_PORT_SETS, PUBLIC_PORT_SET, RULE_ALLOW_ALL, RULE_PORTS,
+    SCREEN_WORDS, TCP_IDLE_NS, UDP_IDLE_NS,
 };
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
@@ -69,6 +69,9 @@ static PORT_SETS_1: Array<PortSet> = Array::pinned(MAX_PORT_SETS, 0);
 static CONTROL: Array<Control> = Array::pinned(1, 0);
 #[map]
 static REVERT: Array<Revert> = Array::pinned(1, 0);
+/// Read and written by the daemon only (see `LayoutStamp`).
+#[map]
+static LAYOUT: Array<LayoutStamp> = Array::pinned(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 #[map]

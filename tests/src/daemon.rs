@@ -59,6 +59,30 @@ impl Binaries {
         )
     }
 
+    /// The next version's binaries for the upgrade tests: another map layout, and crash
+    /// points (`$ALLOWLIST_NEXT_BIN_DIR`, built by `cargo xtask test`).
+    pub fn next_layout() -> Result<Self> {
+        let dir = std::env::var_os("ALLOWLIST_NEXT_BIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/next-layout/debug")
+            });
+        Self::at(
+            dir.join("allowlistd"),
+            dir.join("allowlistctl"),
+            "run `cargo xtask test`, or `ALLOWLIST_TEST_LAYOUT=1 cargo build -p allowlist-userspace \
+             --features crash-points --target-dir target/next-layout` and set ALLOWLIST_NEXT_BIN_DIR",
+        )
+    }
+
+    /// The same binaries, killed as by `kill -9` at `step` of an upgrade (next-layout
+    /// binaries only: they have the crash points).
+    pub fn crashing_at(mut self, step: &str) -> Self {
+        self.daemon_env
+            .push(("ALLOWLIST_CRASH_AT".into(), step.into()));
+        self
+    }
+
     /// Where the Debian package installs them.
     pub fn installed() -> Result<Self> {
         Self::at(
@@ -996,6 +1020,27 @@ impl<'netns> Daemon<'netns> {
             "restart() needs the previous daemon stopped first"
         );
         self.spawn_and_wait_ready()
+    }
+
+    /// Runs `binaries` from now on, with the same files (config, socket, pins, state): an
+    /// upgrade or a downgrade. The previous daemon must be stopped first.
+    pub fn switch_binaries(&mut self, binaries: Binaries) {
+        assert!(
+            self.child.is_none(),
+            "switch_binaries() needs the previous daemon stopped first"
+        );
+        self.binaries = binaries;
+    }
+
+    /// Starts the daemon and waits for it to exit without getting ready (a refusal, or a
+    /// crash point); returns its exit status.
+    pub fn start_until_exit(&mut self) -> Result<ExitStatus> {
+        assert!(
+            self.child.is_none(),
+            "start_until_exit() needs the previous daemon stopped first"
+        );
+        self.spawn()?;
+        self.wait_exit(READY_TIMEOUT)
     }
 
     /// Whether the daemon process is still running.

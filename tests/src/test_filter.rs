@@ -108,7 +108,7 @@ impl TestFilter {
 
     /// One of the filter's maps, opened through its pin as another process would.
     pub fn pinned_map(&self, name: &str) -> Map {
-        let path = self.pins.root().join("maps").join(name);
+        let path = self.pins.maps().join(name);
         let data = MapData::from_pin(&path)
             .unwrap_or_else(|error| panic!("opening {}: {error}", path.display()));
         Map::from_map_data(data).unwrap_or_else(|error| panic!("{name}: {error}"))

@@ -30,9 +30,23 @@ pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
             deb = Some(package::package()?);
             Ok(())
         });
+        // The upgrade tests move from these binaries to the next layout's; without
+        // them those tests fail, the others run.
+        let mut next_layout: Option<PathBuf> = None;
+        summary.step("next layout build (for the upgrade tests)", || {
+            next_layout = Some(workspace::build_next_layout()?);
+            Ok(())
+        });
         summary.step(
             &format!("integration tests (Linux {})", sys::kernel_release()),
-            || run_integration_tests(test_threads, test_args, deb.as_deref()),
+            || {
+                run_integration_tests(
+                    test_threads,
+                    test_args,
+                    deb.as_deref(),
+                    next_layout.as_deref(),
+                )
+            },
         );
         // The packet and control fuzzers are integration tests (ALLOWLIST_FUZZ_SECONDS,
         // default 30 s each); the parsers run under libFuzzer here. A name filter given to
@@ -84,12 +98,16 @@ fn run_integration_tests(
     test_threads: usize,
     test_args: &[String],
     deb: Option<&Path>,
+    next_layout: Option<&Path>,
 ) -> Result<()> {
     let mut cmd = workspace::cargo();
     cmd.args(["test", "-p", "allowlist-tests", "--"])
         .env("ALLOWLIST_BIN_DIR", workspace::bin_dir(false));
     if let Some(deb) = deb {
         cmd.env("ALLOWLIST_DEB", deb);
+    }
+    if let Some(next_layout) = next_layout {
+        cmd.env("ALLOWLIST_NEXT_BIN_DIR", next_layout);
     }
     // libtest rejects an option given twice, so an explicit one in the extra arguments wins.
     if !test_args

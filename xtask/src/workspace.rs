@@ -58,3 +58,24 @@ pub fn build_userspace(release: bool) -> Result<()> {
     }
     process::run(&mut cmd)
 }
+
+/// Builds allowlistd and allowlistctl as the next version would be: a different map layout
+/// (`ALLOWLIST_TEST_LAYOUT`, see allowlist-common's `LAYOUT_VERSION`) and crash points,
+/// for the upgrade tests. In a target directory of its own, so it never replaces the
+/// binaries the other tests run. Returns the directory holding the binaries.
+pub fn build_next_layout() -> Result<PathBuf> {
+    let target = target_dir().join("next-layout");
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "-p",
+        "allowlist-userspace",
+        "--features",
+        "crash-points",
+        "--target-dir",
+    ])
+    .arg(&target)
+    .env("ALLOWLIST_TEST_LAYOUT", "1");
+    process::run(&mut cmd)?;
+    Ok(target.join("debug"))
+}

@@ -55,6 +55,9 @@ pub trait Kernel {
     fn seed_flows(&mut self, flows: &[FlowKey]) -> Result<usize, FilterError>;
     /// Pins the program loaded now, so the filter outlives the daemon.
     fn pin_program(&mut self) -> Result<(), FilterError>;
+    /// Every interface runs this program: retire other map layouts (see
+    /// [`Filter::complete_layout`]).
+    fn complete_layout(&mut self) -> Result<(), FilterError>;
 }
 
 impl Kernel for Filter {
@@ -112,5 +115,8 @@ impl Kernel for Filter {
     }
     fn pin_program(&mut self) -> Result<(), FilterError> {
         Filter::pin_program(self)
+    }
+    fn complete_layout(&mut self) -> Result<(), FilterError> {
+        Filter::complete_layout(self)
     }
 }

@@ -208,6 +208,7 @@ impl<K: Kernel> Daemon<K> {
         daemon.apply_compiled(compiled)?;
         daemon.attach_interfaces()?;
         daemon.filter.pin_program()?;
+        daemon.filter.complete_layout()?;
         daemon.persist_at_start(saved)?;
         Ok(daemon)
     }

@@ -129,6 +129,9 @@ impl Kernel for FakeKernel {
         self.pinned = true;
         Ok(())
     }
+    fn complete_layout(&mut self) -> Result<(), FilterError> {
+        Ok(())
+    }
 }
 
 /// A daemon on `lo` in `mode` with one config entry, its state in a temporary directory.

@@ -92,6 +92,9 @@ impl Filter {
                     "keeping the existing {mode:?} attachment: switching XDP mode would leave the interface unfiltered for a moment; run `allowlistd uninstall` first to change it");
             }
             info!(interface, mode = ?mode, "took over the pinned XDP link");
+            if !self.layouts.ours_live {
+                super::layout::crash_point("layout-one-switched");
+            }
             mode
         } else {
             let (id, mode) = attach_new(program, interface, wanted)?;

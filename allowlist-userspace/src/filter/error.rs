@@ -11,6 +11,12 @@ pub enum FilterError {
     Io { context: String, cause: io::Error },
     #[error("{context}: {message}")]
     Kernel { context: String, message: String },
+    #[error("{pin_path} holds a filter in map layout {version}, written by {writer}: newer than this {ours} (layout {ours_layout}), which cannot read it and has left it untouched, still enforcing. Install {writer} again, or remove the filter with `allowlistd uninstall --pin-path {pin_path}` (the host is unfiltered until a daemon starts)", ours = super::layout::WRITER, ours_layout = allowlist_common::LAYOUT_VERSION)]
+    NewerLayout {
+        pin_path: String,
+        version: u32,
+        writer: String,
+    },
 }
 
 pub(super) type Result<T, E = FilterError> = std::result::Result<T, E>;

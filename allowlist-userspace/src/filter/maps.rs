@@ -3,8 +3,8 @@
 //! lookups behind [`SlotMaps`].
 
 use allowlist_common::{
-    AllowRule, Control, Counter, FlowKey, FlowState, PortSet, Revert, MAP_CONTROL, MAP_COUNTERS,
-    MAP_FLOWS, MAP_PORT_SETS, MAP_REVERT, SLOTS,
+    AllowRule, Control, Counter, FlowKey, FlowState, LayoutStamp, PortSet, Revert, MAP_CONTROL,
+    MAP_COUNTERS, MAP_FLOWS, MAP_LAYOUT, MAP_PORT_SETS, MAP_REVERT, SLOTS,
 };
 use aya::{
     maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
@@ -24,6 +24,7 @@ pub(super) struct Maps {
     pub slots: Vec<Slot>,
     pub control: Array<MapData, Control>,
     pub revert: Array<MapData, Revert>,
+    pub layout: Array<MapData, LayoutStamp>,
     pub counters: PerCpuArray<MapData, Counter>,
     pub flows: BpfHashMap<MapData, FlowKey, FlowState>,
 }
@@ -98,6 +99,7 @@ impl Maps {
             flows: BpfHashMap::try_from(take(MAP_FLOWS)?).map_err(kernel_error(MAP_FLOWS))?,
             control: Array::try_from(take(MAP_CONTROL)?).map_err(kernel_error(MAP_CONTROL))?,
             revert: Array::try_from(take(MAP_REVERT)?).map_err(kernel_error(MAP_REVERT))?,
+            layout: Array::try_from(take(MAP_LAYOUT)?).map_err(kernel_error(MAP_LAYOUT))?,
             counters: PerCpuArray::try_from(take(MAP_COUNTERS)?)
                 .map_err(kernel_error(MAP_COUNTERS))?,
         })

@@ -20,6 +20,7 @@
 mod attach;
 mod error;
 mod family;
+mod layout;
 mod maps;
 mod pins;
 mod probe;
@@ -38,10 +39,12 @@ use allowlist_common::{
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use tracing::info;
 
 pub use self::{
     attach::EgressMechanism,
     error::FilterError,
+    layout::WRITER,
     pins::{prepare_pin_root, uninstall, Pins},
     probe::OLDEST_KERNEL,
 };
@@ -85,6 +88,9 @@ pub struct Filter {
     attached: BTreeMap<String, AttachedMode>,
     /// How the flow tracker is attached to each interface's egress.
     egress: BTreeMap<String, EgressMechanism>,
+    /// Other layouts found pinned, to finish moving from once every interface runs this
+    /// program (see [`Filter::complete_layout`]).
+    layouts: layout::Survey,
 }
 
 /// Counters summed over CPUs, by reason.
@@ -104,6 +110,16 @@ impl Filter {
     pub fn open(pins: Pins, ebpf_debug_log: bool) -> Result<Filter> {
         probe::require_kernel_features()?;
         ensure_bpffs(pins.root())?;
+        // Before anything is created: a newer layout is refused untouched.
+        let mut layouts = layout::survey(&pins)?;
+        if let (false, Some(source)) = (layouts.ours_live, &layouts.source) {
+            info!(
+                from = source.version,
+                to = allowlist_common::LAYOUT_VERSION,
+                "the interfaces run a filter in an older map layout, written by {}; building this version's maps beside it and switching over",
+                source.writer
+            );
+        }
         for dir in [
             pins.root().to_path_buf(),
             pins.maps(),
@@ -130,7 +146,14 @@ impl Filter {
         if ebpf_debug_log {
             forward_program_log(&mut ebpf)?;
         }
-        let maps = Maps::take(&mut ebpf)?;
+        let mut maps = Maps::take(&mut ebpf)?;
+        if !layouts.ours_live {
+            layout::stamp(&mut maps.layout, layout::BUILDING)?;
+            if let Some(source) = &mut layouts.source {
+                source.counters_carried = layout::carry_over_before_switch(source, &maps_dir);
+            }
+            layout::crash_point("layout-built");
+        }
         let control = maps
             .control
             .get(&0, 0)
@@ -142,7 +165,42 @@ impl Filter {
             control,
             attached: BTreeMap::new(),
             egress: BTreeMap::new(),
+            layouts,
         })
+    }
+
+    /// Finishes a start: every interface runs this program now, so this version's maps
+    /// are stamped live and what other layouts left is removed (after carrying over the
+    /// flows the old program recorded since [`Filter::open`]).
+    pub fn complete_layout(&mut self) -> Result<()> {
+        if self.layouts.ours_live && self.layouts.retiring.is_empty() {
+            return Ok(());
+        }
+        layout::crash_point("layout-switched");
+        if let Some(source) = &self.layouts.source {
+            layout::carry_over_after_switch(
+                source,
+                &self.pins.maps(),
+                source.counters_carried.as_ref(),
+            );
+        }
+        layout::stamp(&mut self.maps.layout, layout::LIVE)?;
+        layout::crash_point("layout-live");
+        layout::remove_retired(&self.layouts.retiring)?;
+        if let Some(source) = self.layouts.source.take() {
+            info!(
+                from = source.version,
+                to = allowlist_common::LAYOUT_VERSION,
+                "every interface runs this version's filter; the old layout's maps are removed"
+            );
+        } else if !self.layouts.retiring.is_empty() {
+            info!(removed = ?self.layouts.retiring, "removed maps that an interrupted upgrade left");
+        }
+        self.layouts = layout::Survey {
+            ours_live: true,
+            ..layout::Survey::default()
+        };
+        Ok(())
     }
 
     /// Whether a previous daemon left this filter attached somewhere.

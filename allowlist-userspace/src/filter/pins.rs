@@ -8,11 +8,21 @@ use std::{
 
 use tracing::info;
 
+use allowlist_common::LAYOUT_VERSION;
+
 use super::error::{io_error, FilterError, Result};
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
-/// The paths of everything pinned for one filter instance.
+/// The paths of everything pinned for one filter instance: per layout (see
+/// [`allowlist_common::LAYOUT_VERSION`]) the program and its maps, and beside them the
+/// links, which outlive any one layout.
+///
+/// ```text
+/// pin_path/v2/program   pin_path/v2/maps/NAME     this version's layout
+/// pin_path/program      pin_path/maps/NAME        layout 1 (before stamps)
+/// pin_path/links/IFNAME pin_path/egress/IFNAME
+/// ```
 #[derive(Clone, Debug)]
 pub struct Pins {
     root: PathBuf,
@@ -25,11 +35,20 @@ impl Pins {
     pub fn root(&self) -> &Path {
         &self.root
     }
-    pub(super) fn maps(&self) -> PathBuf {
-        self.root.join("maps")
+    /// Where the maps of this version's layout are pinned.
+    pub fn maps(&self) -> PathBuf {
+        self.layout_dir(LAYOUT_VERSION).join("maps")
     }
     pub(super) fn program(&self) -> PathBuf {
-        self.root.join("program")
+        self.layout_dir(LAYOUT_VERSION).join("program")
+    }
+    /// The directory of one layout's program and maps.
+    pub(super) fn layout_dir(&self, version: u32) -> PathBuf {
+        if version == 1 {
+            self.root.clone()
+        } else {
+            self.root.join(format!("v{version}"))
+        }
     }
     pub(super) fn links(&self) -> PathBuf {
         self.root.join("links")
@@ -150,8 +169,17 @@ pub fn uninstall(pins: &Pins) -> Result<Vec<String>> {
     Ok(interfaces)
 }
 
-/// The names a filter's pin directory holds (see [`Pins`]).
+/// The names a filter's pin directory holds (see [`Pins`]), besides `vN` layout
+/// directories.
 const PIN_NAMES: [&str; 4] = ["program", "maps", "links", "egress"];
+
+/// The layout version a directory named `vN` holds.
+pub(super) fn layout_of_dir_name(name: &str) -> Option<u32> {
+    name.strip_prefix('v')?
+        .parse()
+        .ok()
+        .filter(|version| *version > 1)
+}
 
 fn check_removable(root: &Path) -> Result<()> {
     let refuse = |message: String| FilterError::Kernel {
@@ -168,7 +196,9 @@ fn check_removable(root: &Path) -> Result<()> {
         let name = entry
             .map_err(io_error(format!("listing {}", root.display())))?
             .file_name();
-        if !PIN_NAMES.iter().any(|ours| name == *ours) {
+        let ours = PIN_NAMES.iter().any(|ours| name == *ours)
+            || name.to_str().and_then(layout_of_dir_name).is_some();
+        if !ours {
             return Err(refuse(format!(
                 "holds {:?}, which allowlist never pins, so this is not (only) an allowlist pin directory; nothing was removed. Pass the `pin_path` of the config (default /sys/fs/bpf/allowlist)",
                 name

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use allowlist_common::{AllowRule, Control, Ipv4Octets, MAP_CONTROL, MAP_EXACT_V4};
 use allowlist_tests::{ConfigBuilder, Daemon, Netns};
-use allowlist_userspace::compile::CompiledList;
+use allowlist_userspace::{compile::CompiledList, filter::Pins};
 use anyhow::{bail, ensure, Context, Result};
 use aya::maps::{Array, MapData};
 
@@ -152,7 +152,7 @@ fn daemon(
             &[kib as f64 / 1024.0],
         )?;
     }
-    let (tries, all) = map_memory(&daemon.pin_path().join("maps"))?;
+    let (tries, all) = map_memory(&Pins::new(daemon.pin_path()).maps())?;
     results.figure(
         &format!("memory.{entries}.kernel.tries"),
         "MiB",
@@ -376,7 +376,7 @@ struct Watcher {
 impl Watcher {
     fn start(pin_root: &Path, until: Until) -> Result<Self> {
         let pinned = |name: &str| -> Result<aya::maps::MapData> {
-            let path = pin_root.join("maps").join(name);
+            let path = Pins::new(pin_root).maps().join(name);
             MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))
         };
         let control: Array<MapData, Control> =
