@@ -13,18 +13,27 @@ use core::mem::size_of;
 pub const PROGRAM_NAME: &str = "allowlist";
 
 /// Version of everything pinned with the program: which maps there are, their types,
-/// key and value layouts, capacities and flags, and what their values mean. Bump it with
-/// any such change (a unit test in allowlist-userspace fails until you do): a daemon
-/// never opens maps pinned in another layout, it builds its own beside them and switches
-/// the interfaces over (see `allowlist-userspace/src/filter/layout.rs`). Layout 1 is
-/// every version before layouts were stamped.
+/// key and value layouts, capacities and flags, and what their values mean. Bump
+/// [`RELEASED_LAYOUT`] with any such change (a unit test in allowlist-userspace fails until
+/// you do): a daemon never takes maps pinned in another layout as its own, it builds its
+/// own beside them and switches the interfaces over (see
+/// `allowlist-userspace/src/filter/layout.rs`). Layout 1 is every version before layouts
+/// were stamped.
 ///
-/// Test builds set `ALLOWLIST_TEST_LAYOUT` to get the next layout (one more, with
-/// [`COUNTER_SLOTS`] grown), so the upgrade tests move between two real layouts.
+/// Test builds set `ALLOWLIST_TEST_LAYOUT` to get [`NEXT_TEST_LAYOUT`] (with
+/// [`COUNTER_SLOTS`] grown), so the upgrade tests move between two real layouts; `cargo
+/// xtask package` refuses to build with it set.
 pub const LAYOUT_VERSION: u32 = match option_env!("ALLOWLIST_TEST_LAYOUT") {
-    None => 2,
-    Some(_) => 3,
+    None => RELEASED_LAYOUT,
+    Some(_) => NEXT_TEST_LAYOUT,
 };
+
+/// The layout of released builds.
+pub const RELEASED_LAYOUT: u32 = 2;
+
+/// The test build's layout: a number no released layout will reach, so a test build's
+/// pins are never mistaken for a real later version's.
+pub const NEXT_TEST_LAYOUT: u32 = 1000 + RELEASED_LAYOUT;
 
 /// Array map with a single [`LayoutStamp`]: which layout the maps beside it are in and
 /// whether they are live. The program never reads it.
@@ -82,6 +91,12 @@ pub const MAP_ALLOW_V4: [&str; SLOTS] = ["ALLOW_V4_0", "ALLOW_V4_1"];
 pub const MAP_ALLOW_V6: [&str; SLOTS] = ["ALLOW_V6_0", "ALLOW_V6_1"];
 /// Array map with a single [`Control`] record at index 0.
 pub const MAP_CONTROL: &str = "CONTROL";
+/// Per-CPU array like [`MAP_COUNTERS`], written by the daemon only: during an upgrade, the
+/// older layout's counters as they were when carried over into this layout's, so that
+/// what the old program counts until the switch can be added afterwards, by this start
+/// or, after a crash, the next.
+pub const MAP_CARRIED: &str = "CARRIED";
+
 /// Per-CPU array of [`Counter`], indexed by [`Reason`].
 pub const MAP_COUNTERS: &str = "COUNTERS";
 /// LRU hash of flows the host opened: [`FlowKey`] → [`FlowState`]. Written by the TC

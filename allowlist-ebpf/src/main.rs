@@ -74,6 +74,9 @@ static REVERT: Array<Revert> = Array::pinned(1, 0);
 static LAYOUT: Array<LayoutStamp> = Array::pinned(1, 0);
 #[map]
 static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+/// Read and written by the daemon only, during upgrades (see `MAP_CARRIED`).
+#[map]
+static CARRIED: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(MAX_FLOWS, 0);
 #[map]

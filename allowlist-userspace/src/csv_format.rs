@@ -287,6 +287,16 @@ mod tests {
         assert!(bad[1].problem.contains("found 3"), "{bad:?}");
     }
 
+    /// Fixed with the fuzzers (issue 17): the CSV reader accepted what the daemon refused.
+    #[test]
+    fn a_description_longer_than_the_daemon_keeps_is_refused_with_its_line() {
+        let longest = "d".repeat(crate::allowlist::MAX_DESCRIPTION_BYTES);
+        let file = format!("ip_address,description\n10.0.0.1,{longest}\n10.0.0.2,{longest}d\n");
+        let bad = read(&file).unwrap_err();
+        assert_eq!(bad.iter().map(|b| b.line).collect::<Vec<_>>(), [3]);
+        assert!(bad[0].problem.contains("4097 bytes"), "{bad:?}");
+    }
+
     #[test]
     fn host_bits_and_ipv4_mapped_addresses_are_noted_with_their_line() {
         let file = "ip_address,description\n10.98.6.7/8,typo?\n::ffff:10.99.2.2,mapped\n0.0.0.0/0,everyone\n";

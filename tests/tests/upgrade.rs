@@ -8,13 +8,14 @@
 //! "The next version" is this source built with `ALLOWLIST_TEST_LAYOUT` (one more
 //! layout, more counter slots) and crash points; `cargo xtask test` builds it.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::Duration;
 
 use allowlist_tests::{
-    traffic::UDP_PACING, udp_ipv4_frame_len, udp_send, wait_until, Binaries, Client, ConfigBuilder,
-    Counter, Daemon, Mode, Probe, Topology, UdpSink, UdpStream, ALLOWED_LINK, BLOCKED_LINK,
+    in_netns, traffic::UDP_PACING, udp_ipv4_frame_len, udp_send, wait_until, Binaries, Client,
+    ConfigBuilder, Counter, Daemon, Mode, Probe, Topology, UdpSink, UdpStream, ALLOWED_LINK,
+    BLOCKED_LINK,
 };
 
 const UDP_PORT: u16 = 7201;
@@ -24,6 +25,9 @@ const ARRIVAL_TIMEOUT: Duration = Duration::from_secs(5);
 const SETTLE: Duration = Duration::from_millis(300);
 /// An entry added with allowlistctl, so the list is more than the config file says.
 const ADDED: &str = "198.51.100.7/32";
+
+/// Datagrams a listed client sends while an upgrade is cut short by a crash.
+const CRASHED_DATAGRAMS: u64 = 10;
 
 /// The steps of an upgrade at which the next version's crash points kill it.
 const STEPS: [&str; 4] = [
@@ -59,8 +63,10 @@ fn layouts(pin_path: &Path) -> Vec<String> {
 
 /// The current layout's directory name, and the next one's.
 fn layout_dirs() -> (String, String) {
-    let current = allowlist_common::LAYOUT_VERSION;
-    (format!("v{current}"), format!("v{}", current + 1))
+    (
+        format!("v{}", allowlist_common::LAYOUT_VERSION),
+        format!("v{}", allowlist_common::NEXT_TEST_LAYOUT),
+    )
 }
 
 fn start_current(topology: &Topology) -> Daemon<'_> {
@@ -231,6 +237,58 @@ fn an_unconfirmed_activation_still_reverts_in_the_kernel_after_an_upgrade() {
     );
 }
 
+/// Replies to what the host sent pass by the flow table, which the egress flow tracker
+/// fills: a flow the old tracker recorded must be in the new table, and the new tracker
+/// must fill the table the new program reads. An unconnected UDP socket is not in
+/// /proc/net/udp as a flow, so nothing but the flow table admits the replies.
+#[test]
+fn replies_to_what_the_host_sent_pass_across_an_upgrade_whichever_tracker_recorded_the_flow() {
+    let topology = Topology::new().unwrap();
+    let mut daemon = start_current(&topology);
+    let peer = SocketAddr::new(BLOCKED_LINK.client_v4.into(), 7203);
+    let peer_socket = in_netns(topology.blocked(), || UdpSocket::bind(peer)).unwrap();
+    let host_socket = || {
+        let socket = in_netns(topology.host(), || UdpSocket::bind("0.0.0.0:0")).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(700)))
+            .unwrap();
+        socket
+    };
+    let reply_arrives = |host: &UdpSocket, what: &[u8]| {
+        let port = host.local_addr().unwrap().port();
+        peer_socket
+            .send_to(what, SocketAddr::new(BLOCKED_LINK.host_v4.into(), port))
+            .unwrap();
+        let mut received = [0u8; 64];
+        host.recv_from(&mut received)
+            .is_ok_and(|(len, _)| &received[..len] == what)
+    };
+
+    let before = host_socket();
+    assert!(
+        !reply_arrives(&before, b"unsolicited"),
+        "the unlisted peer got through without a flow"
+    );
+    before.send_to(b"hello", peer).unwrap();
+    std::thread::sleep(SETTLE);
+    daemon.terminate().unwrap();
+    daemon.switch_binaries(next());
+    daemon.restart().unwrap();
+    assert!(
+        reply_arrives(&before, b"reply to a flow from before"),
+        "the flow the old tracker recorded was not carried over"
+    );
+
+    let after = host_socket();
+    assert!(!reply_arrives(&after, b"unsolicited"));
+    after.send_to(b"hello", peer).unwrap();
+    std::thread::sleep(SETTLE);
+    assert!(
+        reply_arrives(&after, b"reply to a flow from after"),
+        "the new flow tracker does not fill the table the new program reads"
+    );
+}
+
 #[test]
 fn a_filter_pinned_before_layouts_were_stamped_is_taken_over_and_its_maps_removed() {
     let topology = Topology::new().unwrap();
@@ -264,6 +322,11 @@ fn a_filter_pinned_before_layouts_were_stamped_is_taken_over_and_its_maps_remove
 fn a_crash_at_any_step_of_an_upgrade_leaves_a_filter_the_next_start_completes_or_rolls_back() {
     let topology = Topology::new().unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    let _sink = UdpSink::start(
+        topology.host(),
+        SocketAddr::new("0.0.0.0".parse().unwrap(), UDP_PORT),
+    )
+    .unwrap();
     let (old_dir, new_dir) = layout_dirs();
     for step in STEPS {
         for resume_with_next in [true, false] {
@@ -272,6 +335,7 @@ fn a_crash_at_any_step_of_an_upgrade_leaves_a_filter_the_next_start_completes_or
                 if resume_with_next { "next" } else { "current" }
             );
             let mut daemon = start_current(&topology);
+            let before = daemon.stats();
             daemon.terminate().unwrap();
             daemon.switch_binaries(next().crashing_at(step));
             let crashed = daemon.start_until_exit().unwrap();
@@ -282,11 +346,26 @@ fn a_crash_at_any_step_of_an_upgrade_leaves_a_filter_the_next_start_completes_or
                 daemon.log()
             );
             assert_enforcing(&probe, &format!("{case}: right after the crash"));
+            // Judged by the old program or the new one, depending on the step.
+            udp_send(
+                topology.allowed(),
+                None,
+                SocketAddr::new(ALLOWED_LINK.host_v4.into(), UDP_PORT),
+                CRASHED_DATAGRAMS,
+                PAYLOAD,
+            )
+            .unwrap();
 
             if resume_with_next {
                 daemon.switch_binaries(next());
                 daemon.restart().unwrap();
                 assert_eq!(layouts(daemon.pin_path()), vec![new_dir.clone()], "{case}");
+                // Whichever program counted them, the finished upgrade has them.
+                let counted = daemon.stats().since(&before).get("passed_listed").packets;
+                assert!(
+                    counted >= CRASHED_DATAGRAMS,
+                    "{case}: only {counted} packets counted since before the upgrade, of at least {CRASHED_DATAGRAMS}"
+                );
             } else if step == "layout-live" {
                 // The next version's maps are live: the current one may not touch them.
                 daemon.switch_binaries(current());

@@ -22,6 +22,11 @@ const COMPLETIONS: &[(&str, &str)] = &[
 
 /// Builds the release binaries and the .deb; returns the .deb's path.
 pub fn package() -> Result<PathBuf> {
+    anyhow::ensure!(
+        std::env::var_os("ALLOWLIST_TEST_LAYOUT").is_none(),
+        "ALLOWLIST_TEST_LAYOUT is set: it builds the upgrade tests' next map layout, which \
+         no package may ship. Unset it and run cargo xtask package again"
+    );
     workspace::build_userspace(true)?;
     write_completions()?;
     let mut cmd = workspace::cargo();

@@ -152,17 +152,31 @@ pub fn run(options: &Options, kernel: &Kernel) -> Result<()> {
     };
     println!("accelerator: {accel}");
     let results = boot(kernel, &initramfs, accel, &work.join("console.log"))?;
-    let failed: Vec<&String> = results
-        .iter()
-        .filter(|(_, passed)| !passed)
-        .map(|(name, _)| name)
-        .collect();
+    let mut failed: Vec<String> = Vec::new();
     println!("\nin the guest (Linux {}):", kernel.version);
-    for (name, passed) in &results {
-        println!("  {} {name}", if *passed { "ok    " } else { "FAILED" });
+    for binary in &results {
+        println!(
+            "  {} {} ({} tests)",
+            if binary.passed { "ok    " } else { "FAILED" },
+            binary.name,
+            binary.tests.len()
+        );
+        for (test, outcome) in &binary.tests {
+            println!("      {outcome:<7} {test}");
+            if outcome == "FAILED" {
+                failed.push(format!("{}::{test}", binary.name));
+            }
+        }
+        if !binary.passed && !binary.tests.iter().any(|(_, outcome)| outcome == "FAILED") {
+            failed.push(format!("{} (exited non-zero)", binary.name));
+        }
+        // A binary that reports passing having run no test ran nothing of the subset.
+        if binary.passed && binary.tests.is_empty() {
+            failed.push(format!("{} (ran no test)", binary.name));
+        }
     }
     let expected: BTreeSet<&str> = tests.iter().map(|test| test.name.as_str()).collect();
-    let reported: BTreeSet<&str> = results.iter().map(|(name, _)| name.as_str()).collect();
+    let reported: BTreeSet<&str> = results.iter().map(|binary| binary.name.as_str()).collect();
     ensure!(
         expected == reported,
         "the guest reported {reported:?}, not every test binary {expected:?}; see {}",
@@ -528,13 +542,31 @@ fn kvm_boots(kernel: &Kernel, work: &Path) -> Result<bool> {
     Ok(booted)
 }
 
+/// What one test binary reported in the guest.
+struct BinaryResult {
+    name: String,
+    passed: bool,
+    /// Each test's name and libtest's word for it (`ok`, `FAILED`, `ignored`), read from
+    /// the console.
+    tests: Vec<(String, String)>,
+}
+
+/// libtest's `test NAME ... ok` line, as (NAME, outcome).
+fn libtest_result(line: &str) -> Option<(String, String)> {
+    let rest = &line[line.find("test ")? + "test ".len()..];
+    let (name, outcome) = rest.split_once(" ... ")?;
+    let outcome = outcome.split_whitespace().next()?;
+    matches!(outcome, "ok" | "FAILED" | "ignored")
+        .then(|| (name.trim().to_string(), outcome.to_string()))
+}
+
 /// Boots the guest, echoes and keeps its console, and returns each binary's result.
 fn boot(
     kernel: &Kernel,
     initramfs: &Path,
     accel: &str,
     console: &Path,
-) -> Result<Vec<(String, bool)>> {
+) -> Result<Vec<BinaryResult>> {
     let started = Instant::now();
     let mut child = qemu(kernel, initramfs, accel)
         .spawn()
@@ -550,6 +582,7 @@ fn boot(
         }
     });
     let mut results = Vec::new();
+    let mut tests_of_this_binary = Vec::new();
     let mut guest_kernel = None;
     loop {
         let left = GUEST_TIMEOUT.saturating_sub(started.elapsed());
@@ -563,9 +596,16 @@ fn boot(
                 if let Some(version) = marked("ALLOWLIST-VM-KERNEL ") {
                     guest_kernel = Some(version.to_string());
                 }
+                if let Some(test) = libtest_result(&line) {
+                    tests_of_this_binary.push(test);
+                }
                 if let Some(result) = marked("ALLOWLIST-VM-RESULT ") {
                     if let Some((name, code)) = result.rsplit_once(' ') {
-                        results.push((name.to_string(), code == "0"));
+                        results.push(BinaryResult {
+                            name: name.to_string(),
+                            passed: code == "0",
+                            tests: std::mem::take(&mut tests_of_this_binary),
+                        });
                     }
                 }
             }
@@ -589,4 +629,23 @@ fn boot(
     );
     println!("guest ran for {:.0?} under {accel}", started.elapsed());
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::libtest_result;
+
+    #[test]
+    fn libtest_lines_are_read_even_behind_console_noise() {
+        assert_eq!(
+            libtest_result("\u{1b}[0mtest lifecycle_kill_9 ... ok"),
+            Some(("lifecycle_kill_9".into(), "ok".into()))
+        );
+        assert_eq!(
+            libtest_result("test a::b ... FAILED"),
+            Some(("a::b".into(), "FAILED".into()))
+        );
+        assert_eq!(libtest_result("test result: ok. 3 passed"), None);
+        assert_eq!(libtest_result("running 3 tests"), None);
+    }
 }

@@ -7,6 +7,10 @@
 //! completely before the kernel is touched; the list and mode are in the maps before the
 //! program is attached anywhere; the socket only answers once every interface is
 //! protected. Every change is applied to the kernel, then made durable, then reported.
+//!
+//! Over 500 lines because start-up, reload and the apply-or-roll-back transition share
+//! the daemon's fields and their ordering rules; split apart, each would need the others'
+//! invariants restated.
 
 mod actor;
 mod durability;
@@ -154,8 +158,10 @@ impl Daemon<Filter> {
         let mut filter = Filter::open(pins, ebpf_debug_log)?;
         let mut plan = plan;
         if taking_over {
-            let (ipv4, ipv6) = filter.entry_counts();
-            info!(mode = %filter.mode(), ipv4, ipv6, "found a pinned filter still enforcing; taking it over");
+            if !filter.switching_layouts() {
+                let (ipv4, ipv6) = filter.entry_counts();
+                info!(mode = %filter.mode(), ipv4, ipv6, "found a pinned filter still enforcing; taking it over");
+            }
             if let (Some(pending), Some(_)) = (plan.pending_confirm, filter.reverted_in_kernel()?) {
                 // The kernel's clock decided, whatever the wall clock says now.
                 (plan.mode, plan.pending_confirm) = (pending.revert_to, None);

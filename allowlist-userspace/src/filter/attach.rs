@@ -68,6 +68,9 @@ impl Filter {
             return Ok(*mode);
         }
         let link_pin = self.pins.link(interface);
+        if link_pin.exists() {
+            self.before_switching();
+        }
         let program = program_of(&mut self.ebpf)?;
         let attached = if link_pin.exists() {
             let pinned = PinnedLink::from_pin(&link_pin).map_err(kernel_error(format!(
@@ -123,6 +126,7 @@ impl Filter {
             return Ok(*mechanism);
         }
         let pin = self.pins.egress_link(interface);
+        self.before_switching();
         let program = egress_program_of(&mut self.ebpf)?;
         let mechanism = if pin.exists() {
             let pinned = PinnedLink::from_pin(&pin).map_err(kernel_error(format!(

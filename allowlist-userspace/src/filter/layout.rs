@@ -17,8 +17,8 @@ use std::{
 };
 
 use allowlist_common::{
-    Counter, FlowKey, FlowState, FragmentKey, LayoutStamp, LAYOUT_BUILDING, LAYOUT_LIVE,
-    LAYOUT_VERSION, MAP_COUNTERS, MAP_FLOWS, MAP_FRAGMENTS, MAP_LAYOUT,
+    Counter, FlowKey, FlowState, FragmentKey, LayoutStamp, Revert, LAYOUT_BUILDING, LAYOUT_LIVE,
+    LAYOUT_VERSION, MAP_CARRIED, MAP_COUNTERS, MAP_FLOWS, MAP_FRAGMENTS, MAP_LAYOUT, MAP_REVERT,
 };
 use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues},
@@ -40,6 +40,12 @@ pub const WRITER: &str = concat!("allowlistd ", env!("CARGO_PKG_VERSION"));
 pub(super) struct Survey {
     /// This version's maps were pinned and live: a plain take-over.
     pub ours_live: bool,
+    /// This version's maps were pinned but not yet live: an upgrade a crash (or a failed
+    /// start) cut short, which this start resumes.
+    pub ours_building: bool,
+    /// Tables were carried over just before the first interface switched (see
+    /// [`carry_tables`]).
+    pub tables_carried: bool,
     /// The layout the interfaces run now, when it is an older one: what to carry
     /// counters and flows over from.
     pub source: Option<OldLayout>,
@@ -53,8 +59,9 @@ pub(super) struct OldLayout {
     pub version: u32,
     pub maps: PathBuf,
     pub writer: String,
-    /// Its counters as carried over before the switch.
-    pub counters_carried: Option<CounterSnapshot>,
+    /// Its kernel-side revert of an unconfirmed `--confirm`, if that fired: what the
+    /// kernel's clock decided while no daemon of this version ran.
+    pub reverted_to: Option<u32>,
 }
 
 /// One layout found on bpffs.
@@ -78,6 +85,7 @@ pub(super) fn survey(pins: &Pins) -> Result<Survey> {
         };
         if layout.version == LAYOUT_VERSION {
             survey.ours_live = layout.live;
+            survey.ours_building = !layout.live;
         } else if layout.version > LAYOUT_VERSION {
             if layout.live {
                 return Err(FilterError::NewerLayout {
@@ -91,11 +99,12 @@ pub(super) fn survey(pins: &Pins) -> Result<Survey> {
             retire(&mut survey);
         } else {
             if layout.live {
+                let maps = layout.dir.join("maps");
                 survey.source = Some(OldLayout {
                     version: layout.version,
-                    maps: layout.dir.join("maps"),
+                    reverted_to: read_fired_revert(&maps.join(MAP_REVERT)),
+                    maps,
                     writer: layout.writer.clone(),
-                    counters_carried: None,
                 });
             }
             retire(&mut survey);
@@ -128,12 +137,14 @@ fn find_layouts(pins: &Pins) -> Result<Vec<Found>> {
             .map_err(io_error(format!("listing {}", root.display())))?
             .file_name();
         let name = name.to_string_lossy();
-        if name == "maps" {
-            // Layout 1 had no stamp; its maps are live if its program is pinned.
+        if name == "maps" || (name == "program" && !root.join("maps").exists()) {
+            // Layout 1 had no stamp. Its maps are what the interfaces run (its program's
+            // pin may be missing after a crash); a program pinned without them is a
+            // leftover to remove.
             found.push(Found {
                 version: 1,
                 dir: root.to_path_buf(),
-                live: root.join("program").exists(),
+                live: name == "maps",
                 writer: "an allowlistd from before layout stamps".into(),
             });
         } else if let Some(version) = layout_of_dir_name(&name) {
@@ -159,6 +170,14 @@ fn read_stamp(path: &Path) -> Result<LayoutStamp> {
     stamps
         .get(&0, 0)
         .map_err(kernel_error(format!("reading {}", path.display())))
+}
+
+/// The mode an older layout's kernel reverted to, if its revert fired. Unreadable (a
+/// layout without one, say) counts as not fired: the wall clock decides then.
+fn read_fired_revert(path: &Path) -> Option<u32> {
+    let reverts: Array<MapData, Revert> = open_pinned(path).ok()?;
+    let revert = reverts.get(&0, 0).ok()?;
+    (revert.fired != 0).then_some(revert.mode)
 }
 
 fn writer_of(stamp: &LayoutStamp) -> String {
@@ -192,58 +211,49 @@ pub(super) fn stamp(stamps: &mut Array<MapData, LayoutStamp>, state: u32) -> Res
 pub(super) const BUILDING: u32 = LAYOUT_BUILDING;
 pub(super) const LIVE: u32 = LAYOUT_LIVE;
 
-/// The old layout's counters, per slot and per CPU, as they were copied into the new
-/// maps before the switch.
-pub(super) type CounterSnapshot = Vec<Vec<Counter>>;
-
 /// First half of carrying what the old layout counted over into this version's fresh
 /// maps, before any interface runs the new program: the counters, slot by slot (a
-/// reason keeps its value across versions), set to the old values; and the flow and
-/// fragment tables. Setting (never adding) makes a repeat after a crash harmless. A map
-/// whose layout changed is not carried over, and the log says so.
-pub(super) fn carry_over_before_switch(source: &OldLayout, ours: &Path) -> Option<CounterSnapshot> {
-    let copied = copy_counters(&source.maps.join(MAP_COUNTERS), &ours.join(MAP_COUNTERS));
-    let snapshot = match copied {
-        Ok(snapshot) => {
-            info!(
-                slots = snapshot.len(),
-                from = source.version,
-                "carried the counters over"
-            );
-            Some(snapshot)
-        }
+/// reason keeps its value across versions), into both this layout's counters and the
+/// record of what was carried. A start that resumes a cut-short upgrade leaves both
+/// alone: its counters already hold what was carried plus what the new program counted.
+/// A map whose layout changed is not carried over, and the log says so.
+pub(super) fn carry_counters_before_switch(source: &OldLayout, ours: &Path, resuming: bool) {
+    if resuming {
+        return;
+    }
+    let old = source.maps.join(MAP_COUNTERS);
+    let copied = copy_counters(&old, &ours.join(MAP_COUNTERS))
+        .and_then(|slots| copy_counters(&old, &ours.join(MAP_CARRIED)).map(|_| slots));
+    match copied {
+        Ok(slots) => info!(slots, from = source.version, "carried the counters over"),
         Err(error) => {
-            warn!(%error, "the counters of layout {} cannot be carried over; they start from zero", source.version);
-            None
+            warn!(%error, "the counters of layout {} cannot be carried over; they start from zero", source.version)
         }
-    };
-    carry_tables(source, ours);
-    snapshot
+    }
 }
 
 /// Second half, once every interface runs the new program: adds what the old program
 /// counted since the first half (it judged packets until its last interface switched),
-/// and copies the flows it recorded meanwhile. A packet the new program counts on the
-/// same CPU between this read and write is lost from the count: a window of
-/// microseconds, where doing nothing would lose the whole switch.
-pub(super) fn carry_over_after_switch(
-    source: &OldLayout,
-    ours: &Path,
-    snapshot: Option<&CounterSnapshot>,
-) {
-    if let Some(snapshot) = snapshot {
-        if let Err(error) = add_counted_since(
-            &source.maps.join(MAP_COUNTERS),
-            &ours.join(MAP_COUNTERS),
-            snapshot,
-        ) {
-            warn!(%error, "the packets the old program counted during the switch are not carried over");
-        }
+/// and copies the flows it recorded meanwhile. The record of what was carried is brought
+/// up to date first, so a crash in between loses those packets from the count rather than
+/// counting them twice. A packet the new program counts on the same CPU between this
+/// read and write is lost from the count: a window of microseconds.
+pub(super) fn carry_over_after_switch(source: &OldLayout, ours: &Path) {
+    let counted = add_counted_since(
+        &source.maps.join(MAP_COUNTERS),
+        &ours.join(MAP_CARRIED),
+        &ours.join(MAP_COUNTERS),
+    );
+    if let Err(error) = counted {
+        warn!(%error, "the packets the old program counted during the switch are not carried over");
     }
     carry_tables(source, ours);
 }
 
-fn carry_tables(source: &OldLayout, ours: &Path) {
+/// Copies the old program's flow and fragment tables into this version's: just before the
+/// first interface switches (so what the host opened while the new maps were filled is
+/// there), and again after the last.
+pub(super) fn carry_tables(source: &OldLayout, ours: &Path) {
     for (name, copy) in [
         (
             MAP_FLOWS,
@@ -260,57 +270,70 @@ fn carry_tables(source: &OldLayout, ours: &Path) {
     }
 }
 
-fn copy_counters(old: &Path, new: &Path) -> Result<CounterSnapshot> {
+fn copy_counters(old: &Path, new: &Path) -> Result<usize> {
     let old: PerCpuArray<MapData, Counter> = open_pinned(old)?;
     let mut new: PerCpuArray<MapData, Counter> = open_pinned(new)?;
     let slots = old.len().min(new.len());
-    let mut snapshot = Vec::with_capacity(slots as usize);
     for index in 0..slots {
-        let values: Vec<Counter> = old
+        let values = old
+            .get(&index, 0)
+            .map_err(kernel_error("reading the old counters"))?;
+        let per_cpu = PerCpuValues::try_from(values.iter().copied().collect::<Vec<_>>())
+            .map_err(io_error("collecting per-CPU counters"))?;
+        new.set(index, per_cpu, 0)
+            .map_err(kernel_error("writing the counters"))?;
+    }
+    Ok(slots as usize)
+}
+
+/// Adds to `counters` what `old` counted since `carried` was taken, and moves `carried`
+/// up to now (before adding: see [`carry_over_after_switch`]).
+fn add_counted_since(old: &Path, carried: &Path, counters: &Path) -> Result<()> {
+    let old: PerCpuArray<MapData, Counter> = open_pinned(old)?;
+    let mut carried: PerCpuArray<MapData, Counter> = open_pinned(carried)?;
+    let mut counters: PerCpuArray<MapData, Counter> = open_pinned(counters)?;
+    let slots = old.len().min(carried.len()).min(counters.len());
+    for index in 0..slots {
+        let now: Vec<Counter> = old
             .get(&index, 0)
             .map_err(kernel_error("reading the old counters"))?
             .iter()
             .copied()
             .collect();
-        let per_cpu = PerCpuValues::try_from(values.clone())
-            .map_err(io_error("collecting per-CPU counters"))?;
-        new.set(index, per_cpu, 0)
-            .map_err(kernel_error("writing the counters"))?;
-        snapshot.push(values);
-    }
-    Ok(snapshot)
-}
-
-fn add_counted_since(old: &Path, new: &Path, snapshot: &CounterSnapshot) -> Result<()> {
-    let old: PerCpuArray<MapData, Counter> = open_pinned(old)?;
-    let mut new: PerCpuArray<MapData, Counter> = open_pinned(new)?;
-    for (index, before) in (0u32..).zip(snapshot) {
-        let now = old
+        let before = carried
             .get(&index, 0)
-            .map_err(kernel_error("reading the old counters"))?;
-        let here = new
-            .get(&index, 0)
-            .map_err(kernel_error("reading the counters"))?;
-        let mut changed = false;
-        let sum: Vec<Counter> = here
+            .map_err(kernel_error("reading the carried counters"))?;
+        let since: Vec<Counter> = now
             .iter()
-            .zip(now.iter().zip(before))
-            .map(|(here, (now, before))| {
-                let packets = now.packets.saturating_sub(before.packets);
-                let bytes = now.bytes.saturating_sub(before.bytes);
-                changed |= packets != 0 || bytes != 0;
-                Counter {
-                    packets: here.packets.saturating_add(packets),
-                    bytes: here.bytes.saturating_add(bytes),
-                }
+            .zip(before.iter())
+            .map(|(now, before)| Counter {
+                packets: now.packets.saturating_sub(before.packets),
+                bytes: now.bytes.saturating_sub(before.bytes),
             })
             .collect();
-        if changed {
-            let per_cpu =
-                PerCpuValues::try_from(sum).map_err(io_error("collecting per-CPU counters"))?;
-            new.set(index, per_cpu, 0)
-                .map_err(kernel_error("writing the counters"))?;
+        if since.iter().all(|counted| *counted == Counter::default()) {
+            continue;
         }
+        let per_cpu = |values: Vec<Counter>| {
+            PerCpuValues::try_from(values).map_err(io_error("collecting per-CPU counters"))
+        };
+        carried
+            .set(index, per_cpu(now)?, 0)
+            .map_err(kernel_error("writing the carried counters"))?;
+        let here = counters
+            .get(&index, 0)
+            .map_err(kernel_error("reading the counters"))?;
+        let sum: Vec<Counter> = here
+            .iter()
+            .zip(&since)
+            .map(|(here, since)| Counter {
+                packets: here.packets.saturating_add(since.packets),
+                bytes: here.bytes.saturating_add(since.bytes),
+            })
+            .collect();
+        counters
+            .set(index, per_cpu(sum)?, 0)
+            .map_err(kernel_error("writing the counters"))?;
     }
     Ok(())
 }
@@ -376,60 +399,107 @@ pub(super) fn crash_point(step: &str) {
 
 #[cfg(test)]
 mod tests {
-    use allowlist_common::LAYOUT_VERSION;
+    use core::mem::{offset_of, size_of};
+
+    use allowlist_common::{
+        AllowRule, Control, Counter, FlowKey, FlowState, FragmentKey, LayoutStamp, Mode, PortRange,
+        PortSet, Reason, Revert, FEATURE_DHCP_CLIENT, FEATURE_PASS_ENCAPSULATED,
+        FEATURE_RETURN_TRAFFIC, FEATURE_REVERT_PENDING, LAYOUT_VERSION, NEXT_TEST_LAYOUT,
+        RELEASED_LAYOUT, RULE_ALLOW_ALL, RULE_PORTS,
+    };
 
     use crate::filter::EBPF_OBJECT;
 
-    /// Every layout's maps as the object file defines them: name, type, key and value
-    /// sizes, capacity, flags. A change to any of them is a new layout. Layout 3 is the
-    /// test build's (`ALLOWLIST_TEST_LAYOUT`): layout 2 with more counter slots.
-    const RECORDED: &[(u32, &str)] = &[(2, LAYOUT_2), (3, LAYOUT_3)];
+    /// Every layout as recorded: its maps as the object file defines them (name, type, key
+    /// and value sizes, capacity, flags) and what their values mean (each kernel-crossing
+    /// struct's size and field offsets, each reason's and mode's number, each flag bit).
+    /// A change to either is a new layout. The test build's layout is the released one
+    /// with more counter slots.
+    const RECORDED: &[(u32, &str, &str)] = &[
+        (RELEASED_LAYOUT, MAPS_2, MEANING_2),
+        (NEXT_TEST_LAYOUT, MAPS_NEXT_TEST, MEANING_2),
+    ];
 
-    const LAYOUT_2: &str = "\
-ALLOW_V4_0 type=11 key=8 value=8 entries=2000000 flags=0x1\n\
-ALLOW_V4_1 type=11 key=8 value=8 entries=2000000 flags=0x1\n\
-ALLOW_V6_0 type=11 key=20 value=8 entries=2000000 flags=0x1\n\
-ALLOW_V6_1 type=11 key=20 value=8 entries=2000000 flags=0x1\n\
-CONTROL type=2 key=4 value=16 entries=1 flags=0x0\n\
-COUNTERS type=6 key=4 value=16 entries=32 flags=0x0\n\
-EXACT_V4_0 type=1 key=4 value=8 entries=1048576 flags=0x1\n\
-EXACT_V4_1 type=1 key=4 value=8 entries=1048576 flags=0x1\n\
-EXACT_V6_0 type=1 key=16 value=8 entries=262144 flags=0x1\n\
-EXACT_V6_1 type=1 key=16 value=8 entries=262144 flags=0x1\n\
-FLOWS type=9 key=40 value=8 entries=65536 flags=0x0\n\
-FRAGMENTS type=9 key=40 value=8 entries=4096 flags=0x0\n\
-LAYOUT type=2 key=4 value=64 entries=1 flags=0x0\n\
-PORT_SETS_0 type=2 key=4 value=136 entries=4096 flags=0x0\n\
-PORT_SETS_1 type=2 key=4 value=136 entries=4096 flags=0x0\n\
-REVERT type=2 key=4 value=16 entries=1 flags=0x0\n\
-SCREEN_V4_0 type=2 key=4 value=8 entries=262144 flags=0x400\n\
-SCREEN_V4_1 type=2 key=4 value=8 entries=262144 flags=0x400\n\
-SCREEN_V6_0 type=2 key=4 value=8 entries=262144 flags=0x400\n\
+    const MAPS_2: &str = "\
+ALLOW_V4_0 type=11 key=8 value=8 entries=2000000 flags=0x1
+ALLOW_V4_1 type=11 key=8 value=8 entries=2000000 flags=0x1
+ALLOW_V6_0 type=11 key=20 value=8 entries=2000000 flags=0x1
+ALLOW_V6_1 type=11 key=20 value=8 entries=2000000 flags=0x1
+CARRIED type=6 key=4 value=16 entries=32 flags=0x0
+CONTROL type=2 key=4 value=16 entries=1 flags=0x0
+COUNTERS type=6 key=4 value=16 entries=32 flags=0x0
+EXACT_V4_0 type=1 key=4 value=8 entries=1048576 flags=0x1
+EXACT_V4_1 type=1 key=4 value=8 entries=1048576 flags=0x1
+EXACT_V6_0 type=1 key=16 value=8 entries=262144 flags=0x1
+EXACT_V6_1 type=1 key=16 value=8 entries=262144 flags=0x1
+FLOWS type=9 key=40 value=8 entries=65536 flags=0x0
+FRAGMENTS type=9 key=40 value=8 entries=4096 flags=0x0
+LAYOUT type=2 key=4 value=64 entries=1 flags=0x0
+PORT_SETS_0 type=2 key=4 value=136 entries=4096 flags=0x0
+PORT_SETS_1 type=2 key=4 value=136 entries=4096 flags=0x0
+REVERT type=2 key=4 value=16 entries=1 flags=0x0
+SCREEN_V4_0 type=2 key=4 value=8 entries=262144 flags=0x400
+SCREEN_V4_1 type=2 key=4 value=8 entries=262144 flags=0x400
+SCREEN_V6_0 type=2 key=4 value=8 entries=262144 flags=0x400
 SCREEN_V6_1 type=2 key=4 value=8 entries=262144 flags=0x400";
 
-    const LAYOUT_3: &str = "\
-ALLOW_V4_0 type=11 key=8 value=8 entries=2000000 flags=0x1\n\
-ALLOW_V4_1 type=11 key=8 value=8 entries=2000000 flags=0x1\n\
-ALLOW_V6_0 type=11 key=20 value=8 entries=2000000 flags=0x1\n\
-ALLOW_V6_1 type=11 key=20 value=8 entries=2000000 flags=0x1\n\
-CONTROL type=2 key=4 value=16 entries=1 flags=0x0\n\
-COUNTERS type=6 key=4 value=16 entries=48 flags=0x0\n\
-EXACT_V4_0 type=1 key=4 value=8 entries=1048576 flags=0x1\n\
-EXACT_V4_1 type=1 key=4 value=8 entries=1048576 flags=0x1\n\
-EXACT_V6_0 type=1 key=16 value=8 entries=262144 flags=0x1\n\
-EXACT_V6_1 type=1 key=16 value=8 entries=262144 flags=0x1\n\
-FLOWS type=9 key=40 value=8 entries=65536 flags=0x0\n\
-FRAGMENTS type=9 key=40 value=8 entries=4096 flags=0x0\n\
-LAYOUT type=2 key=4 value=64 entries=1 flags=0x0\n\
-PORT_SETS_0 type=2 key=4 value=136 entries=4096 flags=0x0\n\
-PORT_SETS_1 type=2 key=4 value=136 entries=4096 flags=0x0\n\
-REVERT type=2 key=4 value=16 entries=1 flags=0x0\n\
-SCREEN_V4_0 type=2 key=4 value=8 entries=262144 flags=0x400\n\
-SCREEN_V4_1 type=2 key=4 value=8 entries=262144 flags=0x400\n\
-SCREEN_V6_0 type=2 key=4 value=8 entries=262144 flags=0x400\n\
+    const MAPS_NEXT_TEST: &str = "\
+ALLOW_V4_0 type=11 key=8 value=8 entries=2000000 flags=0x1
+ALLOW_V4_1 type=11 key=8 value=8 entries=2000000 flags=0x1
+ALLOW_V6_0 type=11 key=20 value=8 entries=2000000 flags=0x1
+ALLOW_V6_1 type=11 key=20 value=8 entries=2000000 flags=0x1
+CARRIED type=6 key=4 value=16 entries=48 flags=0x0
+CONTROL type=2 key=4 value=16 entries=1 flags=0x0
+COUNTERS type=6 key=4 value=16 entries=48 flags=0x0
+EXACT_V4_0 type=1 key=4 value=8 entries=1048576 flags=0x1
+EXACT_V4_1 type=1 key=4 value=8 entries=1048576 flags=0x1
+EXACT_V6_0 type=1 key=16 value=8 entries=262144 flags=0x1
+EXACT_V6_1 type=1 key=16 value=8 entries=262144 flags=0x1
+FLOWS type=9 key=40 value=8 entries=65536 flags=0x0
+FRAGMENTS type=9 key=40 value=8 entries=4096 flags=0x0
+LAYOUT type=2 key=4 value=64 entries=1 flags=0x0
+PORT_SETS_0 type=2 key=4 value=136 entries=4096 flags=0x0
+PORT_SETS_1 type=2 key=4 value=136 entries=4096 flags=0x0
+REVERT type=2 key=4 value=16 entries=1 flags=0x0
+SCREEN_V4_0 type=2 key=4 value=8 entries=262144 flags=0x400
+SCREEN_V4_1 type=2 key=4 value=8 entries=262144 flags=0x400
+SCREEN_V6_0 type=2 key=4 value=8 entries=262144 flags=0x400
 SCREEN_V6_1 type=2 key=4 value=8 entries=262144 flags=0x400";
 
-    fn fingerprint() -> String {
+    const MEANING_2: &str = "\
+LayoutStamp size=64 version@0 state@4 writer@8
+Control size=16 mode@0 active_slot@4 features@8
+Revert size=16 deadline_ns@0 mode@8 fired@12
+AllowRule size=8 flags@0 port_set@4
+PortRange size=8 protocol@0 first@4 last@6
+PortSet size=136 len@0 ranges@8
+FlowKey size=40 remote@0 local@16 remote_port@32 local_port@34 protocol@36
+FlowState size=8 last_seen_ns@0
+FragmentKey size=40 source@0 destination@16 id@32 protocol@36
+Counter size=16 packets@0 bytes@8
+reason PassedListed=0
+reason PassedNonIp=1
+reason PassedExempt=2
+reason PassedOff=3
+reason DroppedNotListed=4
+reason DroppedMalformed=5
+reason MonitorNotListed=6
+reason MonitorMalformed=7
+reason PassedReturnTraffic=8
+reason PassedPublicPort=9
+reason PassedFragment=12
+reason DroppedPortNotAllowed=10
+reason MonitorPortNotAllowed=11
+reason DroppedEncapsulated=13
+reason MonitorEncapsulated=14
+reason PassedEncapsulated=15
+mode Off=0
+mode Monitor=1
+mode Enforce=2
+features return_traffic=1 dhcp_client=2 pass_encapsulated=4 revert_pending=8
+rules allow_all=1 ports=2";
+
+    fn maps() -> String {
         let object = aya_obj::Object::parse(EBPF_OBJECT).expect("parsing the embedded XDP object");
         let mut maps: Vec<String> = object
             .maps
@@ -451,19 +521,88 @@ SCREEN_V6_1 type=2 key=4 value=8 entries=262144 flags=0x400";
         maps.join("\n")
     }
 
+    macro_rules! layout_of {
+        ($type:ty { $($field:ident),* }) => {
+            format!(
+                concat!(stringify!($type), " size={}", $(" ", stringify!($field), "@{}"),*),
+                size_of::<$type>() $(, offset_of!($type, $field))*
+            )
+        };
+    }
+
+    fn meaning() -> String {
+        let mut lines = vec![
+            layout_of!(LayoutStamp {
+                version,
+                state,
+                writer
+            }),
+            layout_of!(Control {
+                mode,
+                active_slot,
+                features
+            }),
+            layout_of!(Revert {
+                deadline_ns,
+                mode,
+                fired
+            }),
+            layout_of!(AllowRule { flags, port_set }),
+            layout_of!(PortRange {
+                protocol,
+                first,
+                last
+            }),
+            layout_of!(PortSet { len, ranges }),
+            layout_of!(FlowKey {
+                remote,
+                local,
+                remote_port,
+                local_port,
+                protocol
+            }),
+            layout_of!(FlowState { last_seen_ns }),
+            layout_of!(FragmentKey {
+                source,
+                destination,
+                id,
+                protocol
+            }),
+            layout_of!(Counter { packets, bytes }),
+        ];
+        lines.extend(
+            Reason::ALL
+                .iter()
+                .map(|reason| format!("reason {reason:?}={}", *reason as u32)),
+        );
+        lines.extend(
+            [Mode::Off, Mode::Monitor, Mode::Enforce]
+                .iter()
+                .map(|mode| format!("mode {mode:?}={}", *mode as u32)),
+        );
+        lines.push(format!(
+            "features return_traffic={FEATURE_RETURN_TRAFFIC} dhcp_client={FEATURE_DHCP_CLIENT} \
+             pass_encapsulated={FEATURE_PASS_ENCAPSULATED} revert_pending={FEATURE_REVERT_PENDING}"
+        ));
+        lines.push(format!(
+            "rules allow_all={RULE_ALLOW_ALL} ports={RULE_PORTS}"
+        ));
+        lines.join("\n")
+    }
+
     #[test]
-    fn the_maps_are_as_recorded_for_this_layout_version_so_a_changed_map_needs_a_new_version() {
-        let actual = fingerprint();
+    fn the_maps_and_what_they_hold_are_as_recorded_for_this_layout_so_a_change_needs_a_new_one() {
+        let (maps, meaning) = (maps(), meaning());
         let recorded = RECORDED
             .iter()
-            .find(|(version, _)| *version == LAYOUT_VERSION)
-            .map(|(_, maps)| *maps);
+            .find(|(version, _, _)| *version == LAYOUT_VERSION);
         assert_eq!(
-            recorded,
-            Some(actual.as_str()),
-            "the XDP object's maps differ from what layout {LAYOUT_VERSION} recorded: \
-             a daemon of this version would open maps pinned by another in a different \
-             layout. Bump LAYOUT_VERSION in allowlist-common, then record for it:\n{actual}"
+            recorded.map(|(_, maps, meaning)| (*maps, *meaning)),
+            Some((maps.as_str(), meaning.as_str())),
+            "the XDP object's maps or what they hold differ from what layout \
+             {LAYOUT_VERSION} recorded: a daemon of this version would take maps pinned by \
+             another, laid out differently, as its own. Bump RELEASED_LAYOUT in \
+             allowlist-common, then record for it:\n{maps}\n\n{meaning}"
         );
     }
 }

@@ -6,16 +6,17 @@
 //!
 //! ```text
 //! pin_path/
-//!   program          the XDP program
-//!   maps/NAME        every map of allowlist_common::MAP_*
+//!   vN/program       the XDP program of map layout N (allowlist_common::LAYOUT_VERSION)
+//!   vN/maps/NAME     every map of allowlist_common::MAP_*, in layout N
 //!   links/IFNAME     one XDP link per protected interface
 //!   egress/IFNAME    one TC egress (TCX) link per protected interface: flow tracking
 //! ```
 //!
-//! This module is the [`Filter`] API; `pins` keeps the filter on bpffs, `attach` puts it
-//! on interfaces, `slots` works out what to write into a slot and in which order, `maps`
-//! holds the kernel's maps, `family` is all that differs between IPv4 and IPv6, and
-//! `error` words the kernel's refusals.
+//! This module is the [`Filter`] API; `pins` keeps the filter on bpffs, `layout` moves
+//! between map layouts (upgrades), `attach` puts it on interfaces, `slots` works out what
+//! to write into a slot and in which order, `maps` holds the kernel's maps, `family` is
+//! all that differs between IPv4 and IPv6, and `error` words the kernel's refusals. Over
+//! 500 lines because the `Filter` API is the one place that sequences them.
 
 mod attach;
 mod error;
@@ -111,7 +112,7 @@ impl Filter {
         probe::require_kernel_features()?;
         ensure_bpffs(pins.root())?;
         // Before anything is created: a newer layout is refused untouched.
-        let mut layouts = layout::survey(&pins)?;
+        let layouts = layout::survey(&pins)?;
         if let (false, Some(source)) = (layouts.ours_live, &layouts.source) {
             info!(
                 from = source.version,
@@ -149,8 +150,8 @@ impl Filter {
         let mut maps = Maps::take(&mut ebpf)?;
         if !layouts.ours_live {
             layout::stamp(&mut maps.layout, layout::BUILDING)?;
-            if let Some(source) = &mut layouts.source {
-                source.counters_carried = layout::carry_over_before_switch(source, &maps_dir);
+            if let Some(source) = &layouts.source {
+                layout::carry_counters_before_switch(source, &maps_dir, layouts.ours_building);
             }
             layout::crash_point("layout-built");
         }
@@ -178,11 +179,7 @@ impl Filter {
         }
         layout::crash_point("layout-switched");
         if let Some(source) = &self.layouts.source {
-            layout::carry_over_after_switch(
-                source,
-                &self.pins.maps(),
-                source.counters_carried.as_ref(),
-            );
+            layout::carry_over_after_switch(source, &self.pins.maps());
         }
         layout::stamp(&mut self.maps.layout, layout::LIVE)?;
         layout::crash_point("layout-live");
@@ -203,6 +200,23 @@ impl Filter {
         Ok(())
     }
 
+    /// Whether this start moves the interfaces over from an older map layout.
+    pub fn switching_layouts(&self) -> bool {
+        !self.layouts.ours_live && self.layouts.source.is_some()
+    }
+
+    /// Called before any interface's XDP or egress program is replaced: while switching
+    /// layouts, the old program's flows go over once more, as late as possible.
+    fn before_switching(&mut self) {
+        if self.layouts.ours_live || self.layouts.tables_carried {
+            return;
+        }
+        if let Some(source) = &self.layouts.source {
+            layout::carry_tables(source, &self.pins.maps());
+        }
+        self.layouts.tables_carried = true;
+    }
+
     /// Whether a previous daemon left this filter attached somewhere.
     pub fn is_pinned(pins: &Pins) -> Result<bool> {
         Ok(!pins.pinned_interfaces()?.is_empty())
@@ -221,7 +235,14 @@ impl Filter {
             .get(&0, 0)
             .map_err(kernel_error("reading the revert record"))?;
         if revert.fired == 0 {
-            return Ok(None);
+            // Switching layouts, this layout's revert is new: the old one's says what the
+            // kernel did.
+            let old = self
+                .layouts
+                .source
+                .as_ref()
+                .filter(|_| !self.layouts.ours_live);
+            return Ok(old.and_then(|old| old.reverted_to).map(mode_of));
         }
         self.refresh_control()?;
         Ok(Some(mode_of(revert.mode)))

@@ -175,10 +175,9 @@ const PIN_NAMES: [&str; 4] = ["program", "maps", "links", "egress"];
 
 /// The layout version a directory named `vN` holds.
 pub(super) fn layout_of_dir_name(name: &str) -> Option<u32> {
-    name.strip_prefix('v')?
-        .parse()
-        .ok()
-        .filter(|version| *version > 1)
+    let version: u32 = name.strip_prefix('v')?.parse().ok()?;
+    // Only the name a daemon makes: not `v02` or `v+2`.
+    (version > 1 && name == format!("v{version}")).then_some(version)
 }
 
 fn check_removable(root: &Path) -> Result<()> {
