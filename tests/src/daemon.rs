@@ -27,6 +27,15 @@ use crate::topology::{Topology, ALLOWED_LINK};
 /// How long a daemon may take from spawn to answering `status`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// [`READY_TIMEOUT`], or `$ALLOWLIST_READY_TIMEOUT_SECS` where loading the program is slow
+/// (the VM's emulated CPU, whose verifier alone can take most of 20 s).
+pub fn ready_timeout() -> Duration {
+    std::env::var("ALLOWLIST_READY_TIMEOUT_SECS")
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .map_or(READY_TIMEOUT, Duration::from_secs)
+}
+
 /// Where bpffs is expected; per-test pin directories are made below it.
 const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// `statfs` magic number of bpffs.
@@ -774,7 +783,8 @@ impl<'netns> Daemon<'netns> {
 
     /// Waits until `allowlistctl status` answers; fails if the daemon exits first.
     pub fn wait_ready(&mut self) -> Result<()> {
-        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        let timeout = ready_timeout();
+        let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
                 // Gone: a later restart() may try again.
@@ -793,7 +803,7 @@ impl<'netns> Daemon<'netns> {
             }
             if std::time::Instant::now() >= deadline {
                 bail!(
-                    "allowlistd did not answer `status` within {READY_TIMEOUT:?}; last try: {probe:?}; log:\n{}",
+                    "allowlistd did not answer `status` within {timeout:?}; last try: {probe:?}; log:\n{}",
                     self.log()
                 );
             }
@@ -1040,7 +1050,7 @@ impl<'netns> Daemon<'netns> {
             "start_until_exit() needs the previous daemon stopped first"
         );
         self.spawn()?;
-        self.wait_exit(READY_TIMEOUT)
+        self.wait_exit(ready_timeout())
     }
 
     /// Whether the daemon process is still running.

@@ -75,6 +75,16 @@ fn the_flow_tracker_is_attached_the_way_the_kernel_allows_kept_across_restarts_a
             "{interface} after uninstall"
         );
     }
+    // Uninstall leaves the clsact qdisc (it may serve others): a new start attaches to it.
+    daemon.restart().unwrap();
+    assert_eq!(daemon.status()["mode"], "enforce");
+    for interface in topology.guarded_interfaces() {
+        assert_eq!(
+            tc_filters(&topology, interface),
+            filters,
+            "{interface} after a start following uninstall"
+        );
+    }
 }
 
 #[test]

@@ -46,6 +46,8 @@ const SUBSET: &[(&str, &[&str])] = &[
     ("control_modes", &["reverts_in_the_kernel"]),
     // The unit's capabilities also suffice where the flow tracker is a tc filter.
     ("capabilities", &[]),
+    // An upgrade swaps the tc filter's program where there is no TCX.
+    ("upgrade", &["replies_to", "older_version_refuses"]),
     ("kernels", &[]),
     ("list_swap", &[]),
 ];
@@ -144,7 +146,9 @@ pub fn run(options: &Options, kernel: &Kernel) -> Result<()> {
             options.only
         );
     }
-    let initramfs = pack_initramfs(&work, kernel, &tests)?;
+    // The upgrade tests move to these binaries (another map layout).
+    let next_layout = workspace::build_next_layout()?;
+    let initramfs = pack_initramfs(&work, kernel, &tests, &next_layout)?;
     let accel = if kvm_boots(kernel, &work)? {
         "kvm"
     } else {
@@ -306,7 +310,12 @@ fn build_tests(all: bool) -> Result<Vec<TestBinary>> {
 
 /// The guest's root: init, tools and their libraries, modules, daemon, CLI and tests,
 /// packed as an uncompressed cpio archive (faster to boot than to gunzip under TCG).
-fn pack_initramfs(work: &Path, kernel: &Kernel, tests: &[TestBinary]) -> Result<PathBuf> {
+fn pack_initramfs(
+    work: &Path,
+    kernel: &Kernel,
+    tests: &[TestBinary],
+    next_layout: &Path,
+) -> Result<PathBuf> {
     let root = work.join("root");
     if root.exists() {
         fs::remove_dir_all(&root).with_context(|| format!("removing {}", root.display()))?;
@@ -326,6 +335,7 @@ fn pack_initramfs(work: &Path, kernel: &Kernel, tests: &[TestBinary]) -> Result<
         "root",
         "tests",
         "allowlist",
+        "allowlist-next",
     ] {
         fs::create_dir_all(root.join(dir))?;
     }
@@ -352,10 +362,14 @@ fn pack_initramfs(work: &Path, kernel: &Kernel, tests: &[TestBinary]) -> Result<
         }
     }
     let bin_dir = workspace::bin_dir(false);
-    for binary in ["allowlistd", "allowlistctl"] {
-        let into = root.join("allowlist").join(binary);
-        strip_copy(&bin_dir.join(binary), &into)?;
-        elves.push(bin_dir.join(binary));
+    for (from, into) in [
+        (bin_dir.as_path(), "allowlist"),
+        (next_layout, "allowlist-next"),
+    ] {
+        for binary in ["allowlistd", "allowlistctl"] {
+            strip_copy(&from.join(binary), &root.join(into).join(binary))?;
+            elves.push(from.join(binary));
+        }
     }
     for test in tests {
         strip_copy(&test.path, &root.join("tests").join(&test.name))?;
@@ -394,7 +408,8 @@ fn init_script(tests: &[TestBinary]) -> String {
     let mut script = String::from(
         "#!/bin/sh\n\
          export PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
-         export ALLOWLIST_BIN_DIR=/allowlist RUST_BACKTRACE=1 NO_COLOR=1\n\
+         export ALLOWLIST_BIN_DIR=/allowlist ALLOWLIST_NEXT_BIN_DIR=/allowlist-next\n\
+         export RUST_BACKTRACE=1 NO_COLOR=1 ALLOWLIST_READY_TIMEOUT_SECS=90\n\
          export ALLOWLIST_SWAPS=",
     );
     script.push_str(GUEST_SWAPS);

@@ -237,8 +237,10 @@ fn attach_egress_new(
         Err(error) => error,
     };
     match tc::qdisc_add_clsact(interface) {
+        // A clsact qdisc stays when the filter is removed (it may serve others too).
         Ok(()) | Err(TcError::AlreadyAttached) => {}
-        Err(error) if error.to_string().contains("exists") => {}
+        Err(TcError::NetlinkError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(TcError::IoError(error)) if error.raw_os_error() == Some(libc::EEXIST) => {}
         Err(error) => {
             return Err(kernel_error(format!(
                 "adding the clsact qdisc to {interface} (the kernel refused TCX too: {tcx_error})"
