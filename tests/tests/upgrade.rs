@@ -183,15 +183,21 @@ fn an_upgrade_under_traffic_drops_no_listed_packet_passes_no_unlisted_one_and_ke
 
     // The counters continue from the old ones: every packet the old program judged before
     // the upgrade and nearly all judged during the switch (a packet counted on the same
-    // CPU while the last of the old program's counts is added may be lost).
+    // CPU while the last of the old program's counts is added may be lost: a couple in a
+    // few thousand here; not carrying the counters over loses most of them).
     let counted = daemon.stats().since(&before_upgrade);
+    eprintln!(
+        "during the upgrade: sent {allowed_sent} listed ({} counted passed_listed) and {blocked_sent} unlisted ({} counted dropped_not_listed)",
+        counted.get("passed_listed").packets,
+        counted.get("dropped_not_listed").packets
+    );
     for (reason, sent) in [
         ("passed_listed", allowed_sent),
         ("dropped_not_listed", blocked_sent),
     ] {
         let packets = counted.get(reason).packets;
         assert!(
-            packets <= sent && sent - packets <= 2,
+            packets <= sent && sent - packets <= 2 + sent / 100,
             "{reason}: {packets} counted of {sent} sent during the upgrade; the counters were not carried over"
         );
     }
