@@ -436,6 +436,73 @@ const _: () = assert!(SCREEN_BITS.is_multiple_of(64));
 const _: () = assert!(LPM_KEY_V6_SIZE == 20);
 const _: () = assert!((Reason::ALL.len() as u32) <= COUNTER_SLOTS);
 
+// ---- Dropped sources (issue 13: `allowlistctl top`) -------------------------------------
+// A block of its own so that it merges apart from the layout changes of other work.
+
+/// LRU per-CPU hash of the sources the program dropped, or would have dropped in monitor
+/// mode, because they are not listed or not for that port: [`DroppedSourceKey`] →
+/// [`DroppedSourceStats`] (one value per CPU; the daemon folds them). Only the drop path
+/// writes it (one update per dropped packet), and only while [`FEATURE_RECORD_DROPS`] is
+/// set. Bounded: when full, the kernel evicts the least recently updated source, so a
+/// source that keeps sending stays, and a flood of one-packet random sources evicts no
+/// more than any LRU must. Its capacity is set by the daemon when it creates the map
+/// (`dropped_sources` in the config).
+pub const MAP_DROPPED_SOURCES: &str = "DROPPED_SOURCES";
+/// Capacity of [`MAP_DROPPED_SOURCES`] when the config does not say.
+pub const DEFAULT_DROPPED_SOURCES: u32 = 4_096;
+/// Largest capacity the config may give [`MAP_DROPPED_SOURCES`]. Its values are per CPU
+/// and preallocated, so it takes about `capacity × (CPUs × 24 + 100)` bytes: 65,536
+/// sources on 64 CPUs are about 100 MiB.
+pub const MAX_DROPPED_SOURCES: u32 = 65_536;
+/// The program records dropped and would-be-dropped sources in [`MAP_DROPPED_SOURCES`].
+pub const FEATURE_RECORD_DROPS: u32 = 16;
+
+/// A dropped source as [`MAP_DROPPED_SOURCES`] keys it: the same source on another
+/// interface or for another reason is another entry. IPv4 sources are IPv4-mapped
+/// (::ffff:a.b.c.d). Layout: `source` at 0, `ifindex: u32` at 16, `reason: u32` (a
+/// [`Reason`]) at 20 (24 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DroppedSourceKey {
+    pub source: Ipv6Octets,
+    /// The interface the packets arrived on.
+    pub ifindex: u32,
+    /// A [`Reason`] as `u32`: one of the not-listed and port-not-allowed reasons, dropped
+    /// or monitored.
+    pub reason: u32,
+}
+
+/// What one CPU saw of a dropped source. Layout: `packets: u64` at 0, `bytes: u64` at 8,
+/// `last_seen_ns: u64` (`bpf_ktime_get_boot_ns`) at 16 (24 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DroppedSourceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_seen_ns: u64,
+}
+
+impl Reason {
+    /// Whether the program records the source of packets counted under this reason in
+    /// [`MAP_DROPPED_SOURCES`]: sources judged and found wanting. Malformed and
+    /// encapsulated packets have no source worth trusting or seeing.
+    #[inline(always)]
+    pub const fn records_source(self) -> bool {
+        matches!(
+            self,
+            Reason::DroppedNotListed
+                | Reason::DroppedPortNotAllowed
+                | Reason::MonitorNotListed
+                | Reason::MonitorPortNotAllowed
+        )
+    }
+}
+
+const _: () = assert!(size_of::<DroppedSourceKey>() == 24);
+const _: () = assert!(size_of::<DroppedSourceStats>() == 24);
+const _: () = assert!(DEFAULT_DROPPED_SOURCES <= MAX_DROPPED_SOURCES);
+// ---- end of dropped sources -------------------------------------------------------------
+
 #[cfg(feature = "user")]
 mod pod {
     // Each type is repr(C), fixed-width, without padding: the sizes asserted above.
@@ -455,4 +522,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FragmentKey {}
+    // SAFETY: as above (dropped sources).
+    unsafe impl aya::Pod for super::DroppedSourceKey {}
+    // SAFETY: as above (dropped sources).
+    unsafe impl aya::Pod for super::DroppedSourceStats {}
 }

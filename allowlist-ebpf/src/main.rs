@@ -21,11 +21,14 @@ use allowlist_common::{
     MAX_FRAGMENT_TRAINS, MAX_PORT_SETS, PUBLIC_PORT_SET, RULE_ALLOW_ALL, RULE_PORTS, SCREEN_WORDS,
     TCP_IDLE_NS, UDP_IDLE_NS,
 };
+use allowlist_common::{
+    DroppedSourceKey, DroppedSourceStats, DEFAULT_DROPPED_SOURCES, FEATURE_RECORD_DROPS,
+};
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
     helpers::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
@@ -75,6 +78,10 @@ static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(MAX_FLOWS, 0);
 #[map]
 static FRAGMENTS: LruHashMap<FragmentKey, FlowState> = LruHashMap::pinned(MAX_FRAGMENT_TRAINS, 0);
+/// Sources dropped (or that monitor would drop); the daemon sets the capacity at load.
+#[map]
+static DROPPED_SOURCES: LruPerCpuHashMap<DroppedSourceKey, DroppedSourceStats> =
+    LruPerCpuHashMap::pinned(DEFAULT_DROPPED_SOURCES, 0);
 
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
@@ -196,7 +203,7 @@ fn judge(ctx: &XdpContext) -> Reason {
     if transport.fragment == LATER_FRAGMENT && fragment_train_admitted(&ip, &transport) {
         return Reason::PassedFragment;
     }
-    if rule.flags & RULE_PORTS != 0 {
+    let reason = if rule.flags & RULE_PORTS != 0 {
         by_mode(
             mode,
             Reason::DroppedPortNotAllowed,
@@ -204,6 +211,40 @@ fn judge(ctx: &XdpContext) -> Reason {
         )
     } else {
         by_mode(mode, Reason::DroppedNotListed, Reason::MonitorNotListed)
+    };
+    if control.features & FEATURE_RECORD_DROPS != 0 {
+        record_dropped_source(ctx, &ip, reason);
+    }
+    reason
+}
+
+/// The drop path's one map update: who was dropped (or would be), where and why, for
+/// `allowlistctl top`. Per CPU, so no atomics; a source seen first on two CPUs at once
+/// may lose a packet of its count, never more.
+#[inline(always)]
+fn record_dropped_source(ctx: &XdpContext, ip: &IpHeader, reason: Reason) {
+    let key = DroppedSourceKey {
+        source: ip.source,
+        ifindex: ctx.ingress_ifindex() as u32,
+        reason: reason as u32,
+    };
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if let Some(stats) = DROPPED_SOURCES.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of the entry; no other program run writes it now.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += bytes;
+            (*stats).last_seen_ns = now;
+        }
+    } else {
+        let stats = DroppedSourceStats {
+            packets: 1,
+            bytes,
+            last_seen_ns: now,
+        };
+        let _ = DROPPED_SOURCES.insert(key, stats, 0);
     }
 }
 

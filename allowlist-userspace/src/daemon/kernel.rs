@@ -11,7 +11,9 @@ use ipnet::IpNet;
 use crate::{
     compile::CompiledList,
     config::{Mode, XdpMode},
-    filter::{ApplyReport, AttachedMode, Counters, EgressMechanism, Filter, FilterError},
+    filter::{
+        ApplyReport, AttachedMode, Counters, DroppedSource, EgressMechanism, Filter, FilterError,
+    },
     state::PendingConfirm,
 };
 
@@ -55,6 +57,8 @@ pub trait Kernel {
     fn seed_flows(&mut self, flows: &[FlowKey]) -> Result<usize, FilterError>;
     /// Pins the program loaded now, so the filter outlives the daemon.
     fn pin_program(&mut self) -> Result<(), FilterError>;
+    /// What the kernel's table of dropped sources holds.
+    fn dropped_sources(&self) -> Result<Vec<DroppedSource>, FilterError>;
 }
 
 impl Kernel for Filter {
@@ -112,5 +116,8 @@ impl Kernel for Filter {
     }
     fn pin_program(&mut self) -> Result<(), FilterError> {
         Filter::pin_program(self)
+    }
+    fn dropped_sources(&self) -> Result<Vec<DroppedSource>, FilterError> {
+        Filter::dropped_sources(self)
     }
 }

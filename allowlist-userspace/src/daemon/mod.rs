@@ -151,7 +151,7 @@ impl Daemon<Filter> {
         }
 
         let taking_over = Filter::is_pinned(&pins)?;
-        let mut filter = Filter::open(pins, ebpf_debug_log)?;
+        let mut filter = Filter::open_with(pins, ebpf_debug_log, plan.config.dropped_sources)?;
         let mut plan = plan;
         if taking_over {
             let (ipv4, ipv6) = filter.entry_counts();
@@ -228,6 +228,26 @@ impl<K: Kernel> Daemon<K> {
                 );
             }
         }
+        for (what, old, new) in [
+            (
+                "dropped_sources",
+                self.config.dropped_sources.to_string(),
+                config.dropped_sources.to_string(),
+            ),
+            (
+                "metrics_listen",
+                self.config
+                    .metrics_listen
+                    .map_or("none".into(), |at| at.to_string()),
+                config
+                    .metrics_listen
+                    .map_or("none".into(), |at| at.to_string()),
+            ),
+        ] {
+            if old != new {
+                warn!("{what} changed from {old} to {new}; it takes effect at the next start");
+            }
+        }
         for warning in &config.warnings {
             warn!("{warning}");
         }
@@ -235,6 +255,8 @@ impl<K: Kernel> Daemon<K> {
             socket: self.config.socket.clone(),
             pin_path: self.config.pin_path.clone(),
             state_dir: self.config.state_dir.clone(),
+            dropped_sources: self.config.dropped_sources,
+            metrics_listen: self.config.metrics_listen,
             ..config
         };
         let mut allowlist = self.allowlist.clone();
@@ -359,6 +381,9 @@ impl<K: Kernel> Daemon<K> {
         }
         if self.config.encapsulated_ip == EncapsulatedIp::Pass {
             features |= allowlist_common::FEATURE_PASS_ENCAPSULATED;
+        }
+        if self.config.dropped_sources > 0 {
+            features |= allowlist_common::FEATURE_RECORD_DROPS;
         }
         features
     }

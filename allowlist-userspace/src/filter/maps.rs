@@ -6,8 +6,11 @@ use allowlist_common::{
     AllowRule, Control, Counter, FlowKey, FlowState, PortSet, Revert, MAP_CONTROL, MAP_COUNTERS,
     MAP_FLOWS, MAP_PORT_SETS, MAP_REVERT, SLOTS,
 };
+use allowlist_common::{DroppedSourceKey, DroppedSourceStats, MAP_DROPPED_SOURCES};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
+    maps::{
+        Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+    },
     Ebpf,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -26,6 +29,8 @@ pub(super) struct Maps {
     pub revert: Array<MapData, Revert>,
     pub counters: PerCpuArray<MapData, Counter>,
     pub flows: BpfHashMap<MapData, FlowKey, FlowState>,
+    /// Dropped sources (`allowlistctl top`); see `dropped.rs`.
+    pub dropped: PerCpuHashMap<MapData, DroppedSourceKey, DroppedSourceStats>,
 }
 
 /// One slot: both families' lookups, and the port sets their rules point at.
@@ -100,6 +105,8 @@ impl Maps {
             revert: Array::try_from(take(MAP_REVERT)?).map_err(kernel_error(MAP_REVERT))?,
             counters: PerCpuArray::try_from(take(MAP_COUNTERS)?)
                 .map_err(kernel_error(MAP_COUNTERS))?,
+            dropped: PerCpuHashMap::try_from(take(MAP_DROPPED_SOURCES)?)
+                .map_err(kernel_error(MAP_DROPPED_SOURCES))?,
         })
     }
 }

@@ -18,6 +18,7 @@
 //! `error` words the kernel's refusals.
 
 mod attach;
+mod dropped;
 mod error;
 mod family;
 mod maps;
@@ -41,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::{
     attach::EgressMechanism,
+    dropped::DroppedSource,
     error::FilterError,
     pins::{prepare_pin_root, uninstall, Pins},
     probe::OLDEST_KERNEL,
@@ -85,6 +87,8 @@ pub struct Filter {
     attached: BTreeMap<String, AttachedMode>,
     /// How the flow tracker is attached to each interface's egress.
     egress: BTreeMap<String, EgressMechanism>,
+    /// Capacity of the dropped-sources map as created.
+    dropped_capacity: u32,
 }
 
 /// Counters summed over CPUs, by reason.
@@ -102,6 +106,17 @@ impl Filter {
     /// Loads the program and opens the maps pinned under `pins` (creating them the first
     /// time). Nothing is attached and no verdict changes yet.
     pub fn open(pins: Pins, ebpf_debug_log: bool) -> Result<Filter> {
+        Self::open_with(
+            pins,
+            ebpf_debug_log,
+            allowlist_common::DEFAULT_DROPPED_SOURCES,
+        )
+    }
+
+    /// [`Filter::open`], with the dropped-sources map made for `dropped_sources` sources
+    /// (a pinned one of another size is replaced; 0 makes the smallest, as recording is
+    /// then off).
+    pub fn open_with(pins: Pins, ebpf_debug_log: bool, dropped_sources: u32) -> Result<Filter> {
         probe::require_kernel_features()?;
         ensure_bpffs(pins.root())?;
         for dir in [
@@ -115,8 +130,11 @@ impl Filter {
         // aya-log's level filter: 0 silences every log statement in the program.
         let log_level: u8 = if ebpf_debug_log { 0xff } else { 0 };
         let maps_dir = pins.maps();
+        let dropped_capacity = dropped::map_capacity(dropped_sources);
+        dropped::resize_pinned(&maps_dir, dropped_capacity)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            .map_max_entries(allowlist_common::MAP_DROPPED_SOURCES, dropped_capacity)
             .override_global(aya_log::LEVEL, &log_level, true)
             .load(EBPF_OBJECT)
             .map_err(kernel_error("loading the XDP program's maps"))?;
@@ -142,7 +160,14 @@ impl Filter {
             control,
             attached: BTreeMap::new(),
             egress: BTreeMap::new(),
+            dropped_capacity,
         })
+    }
+
+    /// The sources the program dropped (or would have, in monitor mode) that the
+    /// kernel's table still holds, folded over CPUs.
+    pub fn dropped_sources(&self) -> Result<Vec<DroppedSource>> {
+        dropped::read_all(&self.maps.dropped, self.dropped_capacity)
     }
 
     /// Whether a previous daemon left this filter attached somewhere.

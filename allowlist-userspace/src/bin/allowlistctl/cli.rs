@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use allowlist_userspace::ports::PortSpec;
 use clap::{Parser, Subcommand};
 
-use crate::input::{parse_confirm, parse_expiry, parse_ports, Expiry, Ports};
+use crate::input::{parse_confirm, parse_expiry, parse_ports, parse_since, Expiry, Ports};
 
 /// Manage the allowlist enforced by allowlistd.
 #[derive(Parser)]
@@ -199,6 +199,37 @@ the daemon is dead or the host's userspace hangs.")]
         /// Print every counter as a JSON object (zeros included).
         #[arg(long)]
         json: bool,
+    },
+    /// The sources dropped most, from the kernel's table of dropped sources: with reason,
+    /// interface, packets and when last seen. --would-drop: those monitor mode passed but
+    /// enforce would drop, i.e. whom enforcing would cut off.
+    #[command(after_help = "Examples:
+  allowlistctl top
+  allowlistctl top --since 10m --limit 50
+  allowlistctl top --would-drop                    # in monitor mode: whom enforce would cut off
+  allowlistctl top --would-drop --csv > missing.csv && allowlistctl import missing.csv
+  allowlistctl top --json | jq '.[0].source'
+
+Packets count since the kernel's table first held the source; --since selects sources
+by when they were last seen. The table holds `dropped_sources` sources (config, default
+4096); when it is full the least recently dropped source makes room.")]
+    Top {
+        /// Sources that monitor mode passed but enforce would drop.
+        #[arg(long)]
+        would_drop: bool,
+        /// Only sources seen within this long: 30s, 10m, 2h, 7d, …
+        #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+        since: Option<Duration>,
+        /// Show at most this many sources.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        limit: usize,
+        /// Print a JSON array of sources instead of a table.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print the sources as CSV (ip_address,description) that `import` accepts, one
+        /// row per source, so that they can be listed.
+        #[arg(long)]
+        csv: bool,
     },
     /// Re-read the daemon's config file (like SIGHUP). A bad file is refused, state kept.
     #[command(

@@ -51,6 +51,11 @@ pub fn parse_ports(given: &str) -> Result<Ports, String> {
     Ok(Ports(ports))
 }
 
+/// `top --since`: how far back, at most a year.
+pub fn parse_since(given: &str) -> Result<Duration, String> {
+    parse_duration(given, "--since", clock::MAX_EXPIRY)
+}
+
 pub fn parse_duration(given: &str, what: &'static str, max: Duration) -> Result<Duration, String> {
     let duration = humantime::parse_duration(given)
         .map_err(|error| format!("{error}; use e.g. 30s, 15m, 2h, 7d"))?;

@@ -24,7 +24,7 @@ use cli::{Cli, Command};
 use input::{network_argument, read_csv, Expiry, Ports};
 use output::{
     print_check, print_entries, print_json, print_message, print_plan, print_stats, print_status,
-    CheckView, EntryView,
+    print_top, print_top_csv, CheckView, EntryView, TopView,
 };
 
 /// Exit codes, documented in README.
@@ -227,6 +227,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Reload => {
             print_message(&ask(&Request::Reload)?);
+            Ok(())
+        }
+        Command::Top {
+            would_drop,
+            since,
+            limit,
+            json,
+            csv,
+        } => {
+            let rows = ask(&Request::Top {
+                would_drop,
+                since_secs: since.map(|since| since.as_secs()),
+                limit: Some(limit),
+            })?
+            .top
+            .unwrap_or_default();
+            if json {
+                print_json(&rows.iter().map(TopView::from).collect::<Vec<_>>());
+            } else if csv {
+                print_top_csv(io::stdout().lock(), &rows)
+                    .map_err(|error| Failure::error(format!("writing CSV: {error}")))?;
+            } else {
+                print_top(&rows, would_drop);
+            }
             Ok(())
         }
     }

@@ -8,7 +8,7 @@ use allowlist_userspace::{
     allowlist::{Entry, ImportPlan},
     clock::format_time,
     config::Mode,
-    control::{CheckResult, Reply, Stats, Status},
+    control::{CheckResult, DroppedRow, Reply, Stats, Status},
     filter::EgressMechanism,
 };
 use ipnet::IpNet;
@@ -67,6 +67,8 @@ pub struct CheckView<'a> {
     verdict: &'a str,
     reason: &'a str,
     entry: Option<EntryView<'a>>,
+    /// What the kernel's table of dropped sources holds for the address.
+    recent_drops: Vec<TopView<'a>>,
 }
 
 impl<'a> From<&'a CheckResult> for CheckView<'a> {
@@ -77,6 +79,7 @@ impl<'a> From<&'a CheckResult> for CheckView<'a> {
             verdict: &check.verdict,
             reason: &check.reason,
             entry: check.entry.as_ref().map(EntryView::from),
+            recent_drops: check.recent_drops.iter().map(TopView::from).collect(),
         }
     }
 }
@@ -151,6 +154,100 @@ pub fn print_check(check: &CheckResult) {
         check.mode,
         check.reason
     );
+    for drop in &check.recent_drops {
+        println!(
+            "  {} {} packets ({} bytes) on {} as {}, last {}",
+            if drop.dropped {
+                "dropped"
+            } else {
+                "monitor passed (enforce would drop)"
+            },
+            drop.packets,
+            drop.bytes,
+            printable(&drop.interface),
+            drop.reason,
+            format_time(drop.last_seen)
+        );
+    }
+}
+
+/// A row of `top --json` (and of `check --json`'s recent drops): times in RFC 3339.
+#[derive(serde::Serialize)]
+pub struct TopView<'a> {
+    source: IpAddr,
+    interface: &'a str,
+    reason: &'a str,
+    dropped: bool,
+    packets: u64,
+    bytes: u64,
+    last_seen: String,
+}
+
+impl<'a> From<&'a DroppedRow> for TopView<'a> {
+    fn from(row: &'a DroppedRow) -> Self {
+        TopView {
+            source: row.source,
+            interface: &row.interface,
+            reason: &row.reason,
+            dropped: row.dropped,
+            packets: row.packets,
+            bytes: row.bytes,
+            last_seen: format_time(row.last_seen),
+        }
+    }
+}
+
+pub fn print_top(rows: &[DroppedRow], would_drop: bool) {
+    let mut out = table(&[
+        "SOURCE",
+        "PACKETS",
+        "BYTES",
+        "REASON",
+        "INTERFACE",
+        "LAST SEEN",
+    ]);
+    for row in rows {
+        out.add_row(vec![
+            row.source.to_string(),
+            row.packets.to_string(),
+            row.bytes.to_string(),
+            row.reason.clone(),
+            printable(&row.interface),
+            format_time(row.last_seen),
+        ]);
+    }
+    println!("{out}");
+    println!(
+        "{} sources {}",
+        rows.len(),
+        if would_drop {
+            "that enforce would drop (monitor passed them)"
+        } else {
+            "dropped"
+        }
+    );
+}
+
+/// `top --csv`: one row per source (its busiest), as `import` reads it.
+pub fn print_top_csv(out: impl std::io::Write, rows: &[DroppedRow]) -> csv::Result<()> {
+    let mut writer = csv::Writer::from_writer(out);
+    writer.write_record(allowlist_userspace::csv_format::HEADER)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for row in rows {
+        if !seen.insert(row.source) {
+            continue;
+        }
+        let description = format!(
+            "from allowlistctl top: {} packets as {} on {}, last {}",
+            row.packets,
+            row.reason,
+            row.interface,
+            format_time(row.last_seen)
+        );
+        writer.write_record([row.source.to_string(), description])?;
+    }
+    writer.flush()?;
+    Ok(())
 }
 
 pub fn print_plan(plan: &ImportPlan) {
