@@ -218,8 +218,9 @@ pub fn print_top(rows: &[DroppedRow], would_drop: bool) {
     }
     println!("{out}");
     println!(
-        "{} sources {}",
+        "{} {} {}",
         rows.len(),
+        if rows.len() == 1 { "source" } else { "sources" },
         if would_drop {
             "that enforce would drop (monitor passed them)"
         } else {
