@@ -473,7 +473,8 @@ pub struct DroppedSourceKey {
 }
 
 /// What one CPU saw of a dropped source. Layout: `packets: u64` at 0, `bytes: u64` at 8,
-/// `last_seen_ns: u64` (`bpf_ktime_get_boot_ns`) at 16 (24 bytes).
+/// `last_seen_ns: u64` at 16 (24 bytes): `bpf_ktime_get_coarse_ns`, i.e.
+/// CLOCK_MONOTONIC_COARSE, a tick's resolution, cheaper than the precise clocks.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DroppedSourceStats {

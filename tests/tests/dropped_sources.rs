@@ -190,3 +190,83 @@ fn with_dropped_sources_0_nothing_is_remembered() {
     );
     assert_eq!(daemon.ctl_json(&["top"]), Value::Array(vec![]));
 }
+
+/// Runs `allowlistctl ARGS` (a --watch that never ends by itself) until its output holds
+/// `frames` frames (lines containing `marker`), then ends it; returns the output.
+fn watch_output(daemon: &Daemon, args: &[&str], marker: &str, frames: usize) -> String {
+    use std::io::{BufRead, BufReader};
+    let mut child = daemon
+        .ctl_command(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut output = String::new();
+    let mut seen = 0;
+    while seen < frames {
+        let Ok(line) = received.recv_timeout(WAIT) else {
+            break;
+        };
+        seen += usize::from(line.contains(marker));
+        output.push_str(&line);
+        output.push('\n');
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        seen >= frames,
+        "allowlistctl {args:?} showed {seen} frames:\n{output}"
+    );
+    output
+}
+
+#[test]
+fn stats_and_top_watch_refresh_with_rates() {
+    let topology = quiet_topology();
+    let config = ConfigBuilder::allowed_client_v4(&topology);
+    let daemon = Daemon::start(&topology, &config).unwrap();
+    send_from_both_clients(&topology, 4, 3, 100);
+    let blocked = BLOCKED_LINK.client_v4.to_string();
+    top_once_counted(&daemon, &[], &blocked, 4);
+
+    let stats = watch_output(
+        &daemon,
+        &["stats", "--watch", "--interval", "200ms"],
+        "REASON",
+        3,
+    );
+    assert!(
+        stats.contains("PKT/S") && stats.contains("BIT/S"),
+        "{stats}"
+    );
+    let rows: Vec<&str> = stats
+        .lines()
+        .filter(|line| line.contains("dropped_not_listed"))
+        .collect();
+    assert!(rows.len() >= 2, "{stats}");
+    // Nothing more was sent, so from the second frame on the rate is 0.
+    assert!(
+        rows[1..]
+            .iter()
+            .all(|row| row.split_whitespace().nth(3) == Some("0")),
+        "{stats}"
+    );
+
+    let top = watch_output(
+        &daemon,
+        &["top", "--watch", "--interval", "200ms"],
+        "SOURCE",
+        2,
+    );
+    assert!(top.contains("PKT/S"), "{top}");
+    assert!(top.lines().any(|line| line.contains(&blocked)), "{top}");
+}

@@ -105,23 +105,29 @@ pub(super) fn read_all(
         .collect())
 }
 
-/// The program's clock (CLOCK_BOOTTIME) and the wall clock, read together.
+/// The clock the program stamps dropped sources with (`bpf_ktime_get_coarse_ns`:
+/// CLOCK_MONOTONIC_COARSE) and the wall clock, read together.
 struct Clocks {
-    boot_ns: u64,
+    clock_ns: u64,
     unix: u64,
 }
 
 impl Clocks {
     fn now() -> Self {
+        let coarse_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+            .map(|time| {
+                (time.tv_sec() as u64).saturating_mul(1_000_000_000) + time.tv_nsec() as u64
+            })
+            .unwrap_or(0);
         Self {
-            boot_ns: super::boot_time_ns(),
+            clock_ns: coarse_ns,
             unix: clock::now(),
         }
     }
 
-    /// Unix seconds of a CLOCK_BOOTTIME instant in the past.
-    fn wall_clock_of(&self, boot_ns: u64) -> u64 {
-        let ago = self.boot_ns.saturating_sub(boot_ns) / 1_000_000_000;
+    /// Unix seconds of an instant in the past on the program's clock.
+    fn wall_clock_of(&self, clock_ns: u64) -> u64 {
+        let ago = self.clock_ns.saturating_sub(clock_ns) / 1_000_000_000;
         self.unix.saturating_sub(ago)
     }
 }
@@ -131,9 +137,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_boot_time_instant_maps_to_the_wall_clock_second_it_was() {
+    fn a_program_clock_instant_maps_to_the_wall_clock_second_it_was() {
         let clocks = Clocks {
-            boot_ns: 100_000_000_000,
+            clock_ns: 100_000_000_000,
             unix: 1_800_000_000,
         };
         assert_eq!(clocks.wall_clock_of(97_500_000_000), 1_800_000_000 - 2);

@@ -6,7 +6,9 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use allowlist_userspace::ports::PortSpec;
 use clap::{Parser, Subcommand};
 
-use crate::input::{parse_confirm, parse_expiry, parse_ports, parse_since, Expiry, Ports};
+use crate::input::{
+    parse_confirm, parse_expiry, parse_interval, parse_ports, parse_since, Expiry, Ports,
+};
 
 /// Manage the allowlist enforced by allowlistd.
 #[derive(Parser)]
@@ -197,8 +199,15 @@ the daemon is dead or the host's userspace hangs.")]
         #[arg(long)]
         all: bool,
         /// Print every counter as a JSON object (zeros included).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Refresh every --interval with packets/s and bits/s per reason, in place on a
+        /// terminal (like `xdp-filter poll`); Ctrl-C ends it.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch refreshes: 1s, 500ms, 5s, …
+        #[arg(long, value_name = "DURATION", value_parser = parse_interval, default_value = "1s", requires = "watch")]
+        interval: Duration,
     },
     /// The sources dropped most, from the kernel's table of dropped sources: with reason,
     /// interface, packets and when last seen. --would-drop: those monitor mode passed but
@@ -228,8 +237,15 @@ by when they were last seen. The table holds `dropped_sources` sources (config, 
         json: bool,
         /// Print the sources as CSV (ip_address,description) that `import` accepts, one
         /// row per source, so that they can be listed.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         csv: bool,
+        /// Refresh every --interval, in place on a terminal, with packets/s per source;
+        /// Ctrl-C ends it.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+        /// How often --watch refreshes: 1s, 500ms, 5s, …
+        #[arg(long, value_name = "DURATION", value_parser = parse_interval, default_value = "1s", requires = "watch")]
+        interval: Duration,
     },
     /// Re-read the daemon's config file (like SIGHUP). A bad file is refused, state kept.
     #[command(

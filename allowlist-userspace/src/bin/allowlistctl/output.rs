@@ -1,7 +1,7 @@
 //! How answers are shown: tables for people (descriptions escaped), JSON for scripts
 //! (exact).
 
-use std::net::IpAddr;
+use std::{net::IpAddr, time::Duration};
 
 use allowlist_common::Reason;
 use allowlist_userspace::{
@@ -198,27 +198,48 @@ impl<'a> From<&'a DroppedRow> for TopView<'a> {
 }
 
 pub fn print_top(rows: &[DroppedRow], would_drop: bool) {
-    let mut out = table(&[
-        "SOURCE",
-        "PACKETS",
-        "BYTES",
-        "REASON",
-        "INTERFACE",
-        "LAST SEEN",
-    ]);
+    print!("{}", render_top(rows, None, would_drop));
+}
+
+/// `top`'s table; with the previous frame's rows and the time since (`--watch`), each
+/// source's packets per second too.
+pub fn render_top(
+    rows: &[DroppedRow],
+    previous: Option<(&[DroppedRow], Duration)>,
+    would_drop: bool,
+) -> String {
+    let mut header = vec!["SOURCE", "PACKETS", "BYTES"];
+    if previous.is_some() {
+        header.push("PKT/S");
+    }
+    header.extend(["REASON", "INTERFACE", "LAST SEEN"]);
+    let mut out = table(&header);
     for row in rows {
-        out.add_row(vec![
+        let mut cells = vec![
             row.source.to_string(),
             row.packets.to_string(),
             row.bytes.to_string(),
+        ];
+        if let Some((before, elapsed)) = previous {
+            let earlier = before
+                .iter()
+                .find(|old| {
+                    old.source == row.source
+                        && old.interface == row.interface
+                        && old.reason == row.reason
+                })
+                .map_or(0, |old| old.packets);
+            cells.push(format_rate(row.packets.saturating_sub(earlier), elapsed));
+        }
+        cells.extend([
             row.reason.clone(),
             printable(&row.interface),
             format_time(row.last_seen),
         ]);
+        out.add_row(cells);
     }
-    println!("{out}");
-    println!(
-        "{} {} {}",
+    format!(
+        "{out}\n{} {} {}\n",
         rows.len(),
         if rows.len() == 1 { "source" } else { "sources" },
         if would_drop {
@@ -226,7 +247,64 @@ pub fn print_top(rows: &[DroppedRow], would_drop: bool) {
         } else {
             "dropped"
         }
-    );
+    )
+}
+
+/// `stats --watch`: each counter that moved (or all), with packets/s and bits/s since
+/// the previous frame.
+pub fn render_stats_rates(
+    stats: &Stats,
+    previous: Option<(&Stats, Duration)>,
+    all: bool,
+) -> String {
+    let mut out = table(&["REASON", "PACKETS", "BYTES", "PKT/S", "BIT/S"]);
+    let mut rows: Vec<_> = stats
+        .counters
+        .iter()
+        .filter(|(_, counter)| all || counter.packets > 0)
+        .collect();
+    rows.sort_by_key(|(reason, _)| reading_order(reason));
+    for (reason, counter) in rows {
+        let (packets, bits) = match previous {
+            Some((before, elapsed)) => {
+                let earlier = before.counters.get(reason).copied().unwrap_or_default();
+                (
+                    format_rate(counter.packets.saturating_sub(earlier.packets), elapsed),
+                    format_rate(
+                        counter
+                            .bytes
+                            .saturating_sub(earlier.bytes)
+                            .saturating_mul(8),
+                        elapsed,
+                    ),
+                )
+            }
+            None => ("-".into(), "-".into()),
+        };
+        out.add_row(vec![
+            reason.clone(),
+            counter.packets.to_string(),
+            counter.bytes.to_string(),
+            packets,
+            bits,
+        ]);
+    }
+    format!("{out}\n")
+}
+
+/// `count` per `elapsed`, per second, with k/M/G for thousands, millions, billions.
+pub fn format_rate(count: u64, elapsed: Duration) -> String {
+    let seconds = elapsed.as_secs_f64();
+    if seconds <= 0.0 {
+        return "-".into();
+    }
+    let rate = count as f64 / seconds;
+    match rate {
+        r if r >= 1e9 => format!("{:.2}G", r / 1e9),
+        r if r >= 1e6 => format!("{:.2}M", r / 1e6),
+        r if r >= 1e3 => format!("{:.2}k", r / 1e3),
+        r => format!("{r:.0}"),
+    }
 }
 
 /// `top --csv`: one row per source (its busiest), as `import` reads it.
@@ -343,4 +421,17 @@ fn reading_order(reason: &str) -> (u8, usize) {
         .position(|known| known.name() == reason)
         .unwrap_or(usize::MAX);
     (group, position)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_per_second_with_si_prefixes() {
+        assert_eq!(format_rate(50, Duration::from_millis(500)), "100");
+        assert_eq!(format_rate(3_000, Duration::from_secs(2)), "1.50k");
+        assert_eq!(format_rate(8_000_000_000, Duration::from_secs(1)), "8.00G");
+        assert_eq!(format_rate(1, Duration::ZERO), "-");
+    }
 }
