@@ -136,6 +136,8 @@ pub const LPM_KEY_V4_SIZE: usize = size_of::<u32>() + size_of::<Ipv4Octets>();
 pub const LPM_KEY_V6_SIZE: usize = size_of::<u32>() + size_of::<Ipv6Octets>();
 
 /// What a listed network may do. Layout: `flags: u32` at 0, `port_set: u32` at 4 (8 bytes).
+/// `flags` holds the `RULE_*` bits below [`RULE_HIT_SHIFT`] and the prefix's hit counter
+/// above ([`AllowRule::hit_counter`]).
 ///
 /// The compile step folds overlapping entries into each prefix's rule (a port-scoped /32
 /// inside an allow-all /24 allows all), so the longest match alone decides.
@@ -504,6 +506,55 @@ const _: () = assert!(size_of::<DroppedSourceStats>() == 24);
 const _: () = assert!(DEFAULT_DROPPED_SOURCES <= MAX_DROPPED_SOURCES);
 // ---- end of dropped sources -------------------------------------------------------------
 
+// ---- Hits per entry (issue 13: `allowlistctl list` hits) ---------------------------------
+// A block of its own so that it merges apart from the layout changes of other work.
+
+/// Per-CPU array of [`EntryHits`]: what each listed prefix admitted. Indexed by the hit
+/// counter of the prefix's rule ([`AllowRule::hit_counter`], in the bits of
+/// [`AllowRule::flags`] from [`RULE_HIT_SHIFT`] up), which the daemon gives each listed
+/// network for as long as it is listed, in both slots alike, so counts survive list
+/// swaps and (the map is pinned, and the counter read back from the rules) restarts.
+/// Counter 0 counts nothing: rules of prefixes beyond [`MAX_COUNTED_ENTRIES`] carry it.
+pub const MAP_ENTRY_HITS: &str = "ENTRY_HITS";
+/// Listed prefixes whose hits are counted (counter 0 is not used). Per CPU and
+/// preallocated: `MAX_COUNTED_ENTRIES × CPUs × 24` bytes (25 MiB on 64 CPUs).
+pub const MAX_COUNTED_ENTRIES: u32 = 16_384;
+/// [`AllowRule::flags`] holds the rule's hit counter from this bit up; the `RULE_*` bits
+/// are below it.
+pub const RULE_HIT_SHIFT: u32 = 16;
+
+impl AllowRule {
+    /// The index into [`MAP_ENTRY_HITS`] of the prefix this rule belongs to; 0: none.
+    #[inline(always)]
+    pub const fn hit_counter(&self) -> u32 {
+        self.flags >> RULE_HIT_SHIFT
+    }
+
+    /// This rule, counting its hits at `counter` (0: not counted).
+    pub const fn with_hit_counter(self, counter: u32) -> Self {
+        Self {
+            flags: (self.flags & ((1 << RULE_HIT_SHIFT) - 1)) | (counter << RULE_HIT_SHIFT),
+            ..self
+        }
+    }
+}
+
+/// What one CPU admitted for one listed prefix. Layout: `packets: u64` at 0, `bytes: u64`
+/// at 8, `last_hit_ns: u64` (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC_COARSE) at 16
+/// (24 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryHits {
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_hit_ns: u64,
+}
+
+const _: () = assert!(size_of::<EntryHits>() == 24);
+const _: () = assert!(MAX_COUNTED_ENTRIES < (1 << (32 - RULE_HIT_SHIFT)));
+const _: () = assert!(RULE_ALLOW_ALL < (1 << RULE_HIT_SHIFT) && RULE_PORTS < (1 << RULE_HIT_SHIFT));
+// ---- end of hits per entry --------------------------------------------------------------
+
 #[cfg(feature = "user")]
 mod pod {
     // Each type is repr(C), fixed-width, without padding: the sizes asserted above.
@@ -527,4 +578,6 @@ mod pod {
     unsafe impl aya::Pod for super::DroppedSourceKey {}
     // SAFETY: as above (dropped sources).
     unsafe impl aya::Pod for super::DroppedSourceStats {}
+    // SAFETY: as above (hits per entry).
+    unsafe impl aya::Pod for super::EntryHits {}
 }

@@ -24,6 +24,7 @@ use allowlist_common::{
 use allowlist_common::{
     DroppedSourceKey, DroppedSourceStats, DEFAULT_DROPPED_SOURCES, FEATURE_RECORD_DROPS,
 };
+use allowlist_common::{EntryHits, MAX_COUNTED_ENTRIES};
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
     helpers::{
@@ -80,6 +81,9 @@ static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(MAX_FLOWS, 0);
 #[map]
 static FRAGMENTS: LruHashMap<FragmentKey, FlowState> = LruHashMap::pinned(MAX_FRAGMENT_TRAINS, 0);
+/// What each listed prefix admitted, by its rule's hit counter.
+#[map]
+static ENTRY_HITS: PerCpuArray<EntryHits> = PerCpuArray::pinned(MAX_COUNTED_ENTRIES, 0);
 /// Sources dropped (or that monitor would drop); the daemon sets the capacity at load.
 #[map]
 static DROPPED_SOURCES: LruPerCpuHashMap<DroppedSourceKey, DroppedSourceStats> =
@@ -191,12 +195,16 @@ fn judge(ctx: &XdpContext) -> Reason {
     // The common case stops here: a source listed for everything.
     let rule = lookup(control.active_slot, &ip);
     if rule.flags & RULE_ALLOW_ALL != 0 {
+        count_hit(ctx, rule);
         return Reason::PassedListed;
     }
 
     // Everything else depends on the transport header.
     let transport = parse::transport(ctx, &ip);
     if let Some(reason) = admit_by_ports(&control, &ip, &transport, rule) {
+        if reason == Reason::PassedListed {
+            count_hit(ctx, rule);
+        }
         if transport.fragment == FIRST_FRAGMENT {
             remember_fragment_train(&ip, &transport);
         }
@@ -218,6 +226,25 @@ fn judge(ctx: &XdpContext) -> Reason {
         record_dropped_source(ctx, &ip, reason);
     }
     reason
+}
+
+/// Counts a packet the rule's prefix admitted, for `allowlistctl list` (per CPU, no
+/// atomics; the index comes with the rule, so this is one array access).
+#[inline(always)]
+fn count_hit(ctx: &XdpContext, rule: AllowRule) {
+    let counter = rule.hit_counter();
+    if counter == 0 {
+        return;
+    }
+    if let Some(hits) = ENTRY_HITS.get_ptr_mut(counter) {
+        // SAFETY: this CPU's slot; no other program run writes it now. A helper without
+        // arguments.
+        unsafe {
+            (*hits).packets += 1;
+            (*hits).bytes += (ctx.data_end() - ctx.data()) as u64;
+            (*hits).last_hit_ns = bpf_ktime_get_coarse_ns();
+        }
+    }
 }
 
 /// The drop path's one map update: who was dropped (or would be), where and why, for

@@ -202,6 +202,21 @@ pub struct Reply {
     /// The answer to `top`, most packets first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top: Option<Vec<DroppedRow>>,
+    /// With `list`: what each entry that the kernel counts for admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hits: Option<Vec<EntryHitsRow>>,
+}
+
+/// What one entry admitted since it was listed (the kernel counts the entries it holds as
+/// prefixes, up to allowlist_common::MAX_COUNTED_ENTRIES).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryHitsRow {
+    pub network: IpNet,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Unix seconds of the last packet; none yet when absent.
+    #[serde(default)]
+    pub last_hit: Option<u64>,
 }
 
 impl Reply {
@@ -273,6 +288,7 @@ impl Reply {
             import: None,
             refused_for_safety: None,
             top: None,
+            hits: None,
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::{
     config::{Mode, XdpMode},
     filter::{
         ApplyReport, AttachedMode, Counters, DroppedSource, EgressMechanism, Filter, FilterError,
+        PrefixHits,
     },
     state::PendingConfirm,
 };
@@ -59,6 +60,8 @@ pub trait Kernel {
     fn pin_program(&mut self) -> Result<(), FilterError>;
     /// What the kernel's table of dropped sources holds.
     fn dropped_sources(&self) -> Result<Vec<DroppedSource>, FilterError>;
+    /// What each listed prefix the kernel counts for admitted.
+    fn prefix_hits(&self) -> Result<std::collections::BTreeMap<IpNet, PrefixHits>, FilterError>;
 }
 
 impl Kernel for Filter {
@@ -119,5 +122,8 @@ impl Kernel for Filter {
     }
     fn dropped_sources(&self) -> Result<Vec<DroppedSource>, FilterError> {
         Filter::dropped_sources(self)
+    }
+    fn prefix_hits(&self) -> Result<std::collections::BTreeMap<IpNet, PrefixHits>, FilterError> {
+        Filter::prefix_hits(self)
     }
 }

@@ -97,6 +97,28 @@ impl<K: Kernel> Daemon<K> {
         })
     }
 
+    /// `list`: every entry, and what each one the kernel counts for admitted.
+    fn list_with_hits(&self) -> Result<Reply, DaemonError> {
+        let hits = self.filter.prefix_hits()?;
+        let entries: Vec<_> = self.allowlist.entries().into_iter().cloned().collect();
+        let rows = entries
+            .iter()
+            .filter_map(|entry| {
+                let counted = hits.get(&entry.network)?;
+                Some(crate::control::EntryHitsRow {
+                    network: entry.network,
+                    packets: counted.packets,
+                    bytes: counted.bytes,
+                    last_hit: counted.last_hit,
+                })
+            })
+            .collect();
+        Ok(Reply {
+            hits: Some(rows),
+            ..Reply::with_entries(entries)
+        })
+    }
+
     /// The kernel's table of dropped sources, with interface names.
     fn dropped_rows(&self) -> Result<Vec<DroppedRow>, DaemonError> {
         let sources = self.filter.dropped_sources()?;
@@ -138,7 +160,8 @@ impl<K: Kernel> Daemon<K> {
         let result = match request {
             Request::Status => Ok(Reply::with_status(self.status())),
             Request::Stats => self.stats().map(Reply::with_stats).map_err(Refusal::from),
-            Request::List | Request::Export => Ok(Reply::with_entries(
+            Request::List => self.list_with_hits().map_err(Refusal::from),
+            Request::Export => Ok(Reply::with_entries(
                 self.allowlist.entries().into_iter().cloned().collect(),
             )),
             Request::Check { address, port } => self.check(address, port).map(Reply::with_check),

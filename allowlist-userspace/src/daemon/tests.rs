@@ -134,6 +134,9 @@ impl Kernel for FakeKernel {
     fn dropped_sources(&self) -> Result<Vec<DroppedSource>, FilterError> {
         Ok(self.dropped.clone())
     }
+    fn prefix_hits(&self) -> Result<BTreeMap<IpNet, crate::filter::PrefixHits>, FilterError> {
+        Ok(BTreeMap::new())
+    }
 }
 
 /// A daemon on `lo` in `mode` with one config entry, its state in a temporary directory.

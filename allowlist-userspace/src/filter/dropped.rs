@@ -107,13 +107,13 @@ pub(super) fn read_all(
 
 /// The clock the program stamps dropped sources with (`bpf_ktime_get_coarse_ns`:
 /// CLOCK_MONOTONIC_COARSE) and the wall clock, read together.
-struct Clocks {
+pub(super) struct Clocks {
     clock_ns: u64,
     unix: u64,
 }
 
 impl Clocks {
-    fn now() -> Self {
+    pub fn now() -> Self {
         let coarse_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
             .map(|time| {
                 (time.tv_sec() as u64).saturating_mul(1_000_000_000) + time.tv_nsec() as u64
@@ -126,7 +126,7 @@ impl Clocks {
     }
 
     /// Unix seconds of an instant in the past on the program's clock.
-    fn wall_clock_of(&self, clock_ns: u64) -> u64 {
+    pub fn wall_clock_of(&self, clock_ns: u64) -> u64 {
         let ago = self.clock_ns.saturating_sub(clock_ns) / 1_000_000_000;
         self.unix.saturating_sub(ago)
     }

@@ -7,6 +7,7 @@ use allowlist_common::{
     MAP_FLOWS, MAP_PORT_SETS, MAP_REVERT, SLOTS,
 };
 use allowlist_common::{DroppedSourceKey, DroppedSourceStats, MAP_DROPPED_SOURCES};
+use allowlist_common::{EntryHits, MAP_ENTRY_HITS};
 use aya::{
     maps::{
         Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
@@ -31,6 +32,8 @@ pub(super) struct Maps {
     pub flows: BpfHashMap<MapData, FlowKey, FlowState>,
     /// Dropped sources (`allowlistctl top`); see `dropped.rs`.
     pub dropped: PerCpuHashMap<MapData, DroppedSourceKey, DroppedSourceStats>,
+    /// What each listed prefix admitted; see `hits.rs`.
+    pub hits: PerCpuArray<MapData, EntryHits>,
 }
 
 /// One slot: both families' lookups, and the port sets their rules point at.
@@ -107,6 +110,8 @@ impl Maps {
                 .map_err(kernel_error(MAP_COUNTERS))?,
             dropped: PerCpuHashMap::try_from(take(MAP_DROPPED_SOURCES)?)
                 .map_err(kernel_error(MAP_DROPPED_SOURCES))?,
+            hits: PerCpuArray::try_from(take(MAP_ENTRY_HITS)?)
+                .map_err(kernel_error(MAP_ENTRY_HITS))?,
         })
     }
 }

@@ -21,6 +21,7 @@ mod attach;
 mod dropped;
 mod error;
 mod family;
+mod hits;
 mod maps;
 mod pins;
 mod probe;
@@ -44,6 +45,7 @@ pub use self::{
     attach::EgressMechanism,
     dropped::DroppedSource,
     error::FilterError,
+    hits::PrefixHits,
     pins::{prepare_pin_root, uninstall, Pins},
     probe::OLDEST_KERNEL,
 };
@@ -89,6 +91,8 @@ pub struct Filter {
     egress: BTreeMap<String, EgressMechanism>,
     /// Capacity of the dropped-sources map as created.
     dropped_capacity: u32,
+    /// Each listed prefix's hit counter.
+    hit_counters: hits::HitCounters,
 }
 
 /// Counters summed over CPUs, by reason.
@@ -153,6 +157,21 @@ impl Filter {
             .control
             .get(&0, 0)
             .map_err(kernel_error("reading the control record"))?;
+        let active = &maps.slots[control.active_slot as usize % SLOTS];
+        let hit_counters = hits::HitCounters::read_back(
+            active
+                .v4
+                .held()
+                .iter()
+                .map(|(net, rule)| (IpNet::V4(*net), *rule))
+                .chain(
+                    active
+                        .v6
+                        .held()
+                        .iter()
+                        .map(|(net, rule)| (IpNet::V6(*net), *rule)),
+                ),
+        );
         Ok(Filter {
             ebpf,
             pins,
@@ -161,7 +180,15 @@ impl Filter {
             attached: BTreeMap::new(),
             egress: BTreeMap::new(),
             dropped_capacity,
+            hit_counters,
         })
+    }
+
+    /// What each listed prefix that has a hit counter admitted, folded over CPUs.
+    pub fn prefix_hits(&self) -> Result<BTreeMap<IpNet, PrefixHits>> {
+        let clocks = dropped::Clocks::now();
+        self.hit_counters
+            .read(&self.maps.hits, |ns| clocks.wall_clock_of(ns))
     }
 
     /// The sources the program dropped (or would have, in monitor mode) that the
@@ -242,7 +269,9 @@ impl Filter {
     /// finished with the old slot is that one brought up to date too.
     pub fn apply(&mut self, list: &CompiledList) -> Result<ApplyReport> {
         let started = Instant::now();
-        let list = KernelSlot::from_list(list)?;
+        let mut list = KernelSlot::from_list(list)?;
+        self.hit_counters.stamp(&mut list.v4, &mut self.maps.hits)?;
+        self.hit_counters.stamp(&mut list.v6, &mut self.maps.hits)?;
         let screens = Screens::of(&list);
         self.refresh_control()?;
         let active = self.control.active_slot as usize % SLOTS;
@@ -256,6 +285,14 @@ impl Filter {
         // The old slot is idle now; keep it identical so the next change is a small diff.
         // Its diff is exactly what changed from the previous list.
         let mut report = self.write_slot(active, &list, &screens)?;
+        // No slot points at the counters of prefixes gone from the list any more.
+        let listed = list
+            .v4
+            .iter()
+            .map(|(net, _)| IpNet::V4(*net))
+            .chain(list.v6.iter().map(|(net, _)| IpNet::V6(*net)))
+            .collect();
+        self.hit_counters.keep_only(&listed);
         report.took = started.elapsed();
         Ok(report)
     }
@@ -284,17 +321,22 @@ impl Filter {
     }
 
     /// One family's part of [`Filter::apply_region`]; `compiled` is that family's list.
-    fn write_region<P: Prefix>(
+    fn write_region<P: Prefix + Into<IpNet>>(
         &mut self,
         compiled: &[(P, Reach)],
         region: P,
     ) -> Result<ApplyReport> {
         let range = region_range(compiled, &region, |net| region.covers(net));
-        let wanted = self.rules_for(&compiled[range])?;
+        let mut wanted = self.rules_for(&compiled[range])?;
+        self.hit_counters.stamp(&mut wanted, &mut self.maps.hits)?;
         let mut report = ApplyReport::default();
         for slot in &mut self.maps.slots {
             // Both slots get the same change, so either's report is the change's.
             report = P::in_slot(slot).write_region(&region, &wanted)?;
+        }
+        if !wanted.iter().any(|(net, _)| *net == region) {
+            // The changed network left the kernel (removed, or now inside another).
+            self.hit_counters.release(region.into());
         }
         Ok(report)
     }

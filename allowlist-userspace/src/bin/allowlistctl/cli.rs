@@ -93,14 +93,25 @@ config file lists is always an error: edit the file and reload.")]
         #[arg(long)]
         force: bool,
     },
-    /// Show every entry: network, description, origin, added, expires.
-    #[command(
-        after_help = "Examples:\n  allowlistctl list\n  allowlistctl list --json | jq '.[].network'"
-    )]
+    /// Show every entry: network, ports, description, origin, added, expires, and the
+    /// packets it admitted and when it last did.
+    #[command(after_help = "Examples:
+  allowlistctl list
+  allowlistctl list --unused 30d          # stale entries: nothing admitted for 30 days
+  allowlistctl list --json | jq '.[] | select(.hits.packets == 0) | .network'
+
+An entry counts what the kernel admits by it: the packets whose longest listed match it
+is. An entry inside another that allows at least as much is never that match (the
+kernel holds only the outer one), so it shows `-`, as do entries beyond the kernel's
+16,384 counters.")]
     List {
         /// Print a JSON array of entries instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show only entries that admitted nothing for this long (and were listed at
+        /// least this long): 7d, 30d, 12h, …
+        #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+        unused: Option<Duration>,
     },
     /// The verdict the kernel gives a source now, and the entry that decides it.
     /// Exits 0 when it passes, 4 when it is dropped (like `ipset test`).

@@ -126,13 +126,34 @@ fn run(cli: Cli) -> Result<(), Failure> {
             })?);
             Ok(())
         }
-        Command::List { json } => {
+        Command::List { json, unused } => {
             let reply = ask(&Request::List)?;
-            let entries = reply.entries.unwrap_or_default();
+            let hits: std::collections::BTreeMap<_, _> = reply
+                .hits
+                .unwrap_or_default()
+                .into_iter()
+                .map(|row| (row.network, row))
+                .collect();
+            let mut entries = reply.entries.unwrap_or_default();
+            if let Some(unused) = unused {
+                let since = allowlist_userspace::clock::now().saturating_sub(unused.as_secs());
+                // Uncounted entries (no row) cannot be told unused.
+                entries.retain(|entry| {
+                    entry.added_at <= since
+                        && hits
+                            .get(&entry.network)
+                            .is_some_and(|row| row.last_hit.is_none_or(|last| last < since))
+                });
+            }
             if json {
-                print_json(&entries.iter().map(EntryView::from).collect::<Vec<_>>());
+                print_json(
+                    &entries
+                        .iter()
+                        .map(|entry| EntryView::from(entry).with_hits(hits.get(&entry.network)))
+                        .collect::<Vec<_>>(),
+                );
             } else {
-                print_entries(&entries);
+                print_entries(&entries, &hits);
             }
             Ok(())
         }

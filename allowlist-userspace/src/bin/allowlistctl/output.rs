@@ -1,14 +1,14 @@
 //! How answers are shown: tables for people (descriptions escaped), JSON for scripts
 //! (exact).
 
-use std::{net::IpAddr, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use allowlist_common::Reason;
 use allowlist_userspace::{
     allowlist::{Entry, ImportPlan},
     clock::format_time,
     config::Mode,
-    control::{CheckResult, DroppedRow, Reply, Stats, Status},
+    control::{CheckResult, DroppedRow, EntryHitsRow, Reply, Stats, Status},
     filter::EgressMechanism,
 };
 use ipnet::IpNet;
@@ -44,6 +44,31 @@ pub struct EntryView<'a> {
     origin: String,
     added_at: String,
     expires_at: Option<String>,
+    /// What the entry admitted (`list` only; null where the kernel does not count it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hits: Option<Option<HitsView>>,
+}
+
+/// `list --json`'s hits of an entry.
+#[derive(serde::Serialize)]
+pub struct HitsView {
+    packets: u64,
+    bytes: u64,
+    last_hit: Option<String>,
+}
+
+impl EntryView<'_> {
+    /// With what the entry admitted (`None`: not counted).
+    pub fn with_hits(self, hits: Option<&EntryHitsRow>) -> Self {
+        EntryView {
+            hits: Some(hits.map(|row| HitsView {
+                packets: row.packets,
+                bytes: row.bytes,
+                last_hit: row.last_hit.map(format_time),
+            })),
+            ..self
+        }
+    }
 }
 
 impl<'a> From<&'a Entry> for EntryView<'a> {
@@ -55,6 +80,7 @@ impl<'a> From<&'a Entry> for EntryView<'a> {
             origin: entry.origin.to_string(),
             added_at: format_time(entry.added_at),
             expires_at: entry.expires_at.map(format_time),
+            hits: None,
         }
     }
 }
@@ -91,7 +117,7 @@ pub fn table(header: &[&str]) -> comfy_table::Table {
     table
 }
 
-pub fn print_entries(entries: &[Entry]) {
+pub fn print_entries(entries: &[Entry], hits: &BTreeMap<IpNet, EntryHitsRow>) {
     let mut out = table(&[
         "NETWORK",
         "PORTS",
@@ -99,9 +125,18 @@ pub fn print_entries(entries: &[Entry]) {
         "ORIGIN",
         "ADDED",
         "EXPIRES",
+        "HITS",
+        "LAST HIT",
     ]);
     for entry in entries {
         let view = EntryView::from(entry);
+        let (count, last) = match hits.get(&entry.network) {
+            Some(row) => (
+                row.packets.to_string(),
+                row.last_hit.map_or_else(|| "never".into(), format_time),
+            ),
+            None => ("-".into(), "-".into()),
+        };
         out.add_row(vec![
             view.network.to_string(),
             if view.ports.is_empty() {
@@ -113,6 +148,8 @@ pub fn print_entries(entries: &[Entry]) {
             view.origin,
             view.added_at,
             view.expires_at.unwrap_or_else(|| "-".into()),
+            count,
+            last,
         ]);
     }
     println!("{out}");
