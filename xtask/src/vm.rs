@@ -50,6 +50,8 @@ const SUBSET: &[(&str, &[&str])] = &[
     ("list_swap", &[]),
     // The per-CPU LRU of dropped sources, written from the drop path.
     ("dropped_sources", &["a_blocked_client_shows_up_in_top"]),
+    // Hit counters in the rules and the per-CPU ENTRY_HITS, across a takeover.
+    ("entry_hits", &[]),
 ];
 /// Test binaries that cannot run in the guest, not even with `--all`: the package tests
 /// install the .deb with dpkg, and the metrics tests run Debian's Prometheus and

@@ -14,8 +14,9 @@
 //!
 //! This module is the [`Filter`] API; `pins` keeps the filter on bpffs, `attach` puts it
 //! on interfaces, `slots` works out what to write into a slot and in which order, `maps`
-//! holds the kernel's maps, `family` is all that differs between IPv4 and IPv6, and
-//! `error` words the kernel's refusals.
+//! holds the kernel's maps, `family` is all that differs between IPv4 and IPv6, `error`
+//! words the kernel's refusals, and `dropped` and `hits` read what the program observes
+//! (the sources it drops, what each listed prefix admits).
 
 mod attach;
 mod dropped;
