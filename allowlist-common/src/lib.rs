@@ -501,6 +501,27 @@ impl Reason {
     }
 }
 
+/// Per-CPU array with one [`DropAdmission`]: how many new sources this CPU put into
+/// [`MAP_DROPPED_SOURCES`] in the current second. Inserting into an LRU is what a drop
+/// costs most (an eviction, per-CPU values to clear), so new sources enter at most
+/// [`NEW_DROPPED_SOURCES_PER_SECOND`] a second per CPU: a flood of random sources costs
+/// a lookup per packet, not an insert, and cannot flush the table faster than that.
+/// Sources already in the table are counted on every packet.
+pub const MAP_DROP_ADMISSION: &str = "DROP_ADMISSION";
+/// New sources one CPU records per second at most; the rest of that second's new sources
+/// are dropped and counted by reason, but not recorded.
+pub const NEW_DROPPED_SOURCES_PER_SECOND: u64 = 256;
+
+/// Layout: `window_start_ns: u64` (`bpf_ktime_get_coarse_ns`) at 0, `admitted: u64` at 8
+/// (16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropAdmission {
+    pub window_start_ns: u64,
+    pub admitted: u64,
+}
+
+const _: () = assert!(size_of::<DropAdmission>() == 16);
 const _: () = assert!(size_of::<DroppedSourceKey>() == 24);
 const _: () = assert!(size_of::<DroppedSourceStats>() == 24);
 const _: () = assert!(DEFAULT_DROPPED_SOURCES <= MAX_DROPPED_SOURCES);
@@ -578,6 +599,8 @@ mod pod {
     unsafe impl aya::Pod for super::DroppedSourceKey {}
     // SAFETY: as above (dropped sources).
     unsafe impl aya::Pod for super::DroppedSourceStats {}
+    // SAFETY: as above (dropped sources).
+    unsafe impl aya::Pod for super::DropAdmission {}
     // SAFETY: as above (hits per entry).
     unsafe impl aya::Pod for super::EntryHits {}
 }

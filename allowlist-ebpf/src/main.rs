@@ -22,7 +22,8 @@ use allowlist_common::{
     TCP_IDLE_NS, UDP_IDLE_NS,
 };
 use allowlist_common::{
-    DroppedSourceKey, DroppedSourceStats, DEFAULT_DROPPED_SOURCES, FEATURE_RECORD_DROPS,
+    DropAdmission, DroppedSourceKey, DroppedSourceStats, DEFAULT_DROPPED_SOURCES,
+    FEATURE_RECORD_DROPS, NEW_DROPPED_SOURCES_PER_SECOND,
 };
 use allowlist_common::{EntryHits, MAX_COUNTED_ENTRIES};
 use aya_ebpf::{
@@ -88,6 +89,9 @@ static ENTRY_HITS: PerCpuArray<EntryHits> = PerCpuArray::pinned(MAX_COUNTED_ENTR
 #[map]
 static DROPPED_SOURCES: LruPerCpuHashMap<DroppedSourceKey, DroppedSourceStats> =
     LruPerCpuHashMap::pinned(DEFAULT_DROPPED_SOURCES, 0);
+/// New sources each CPU recorded this second (see `allowlist_common::MAP_DROP_ADMISSION`).
+#[map]
+static DROP_ADMISSION: PerCpuArray<DropAdmission> = PerCpuArray::pinned(1, 0);
 
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
@@ -269,7 +273,7 @@ fn record_dropped_source(ctx: &XdpContext, ip: &IpHeader, reason: Reason) {
             (*stats).bytes += bytes;
             (*stats).last_seen_ns = now;
         }
-    } else {
+    } else if admit_new_source(now) {
         let stats = DroppedSourceStats {
             packets: 1,
             bytes,
@@ -277,6 +281,25 @@ fn record_dropped_source(ctx: &XdpContext, ip: &IpHeader, reason: Reason) {
         };
         let _ = DROPPED_SOURCES.insert(key, stats, 0);
     }
+}
+
+/// Whether this CPU may record one more new source this second.
+#[inline(always)]
+fn admit_new_source(now: u64) -> bool {
+    let Some(admission) = DROP_ADMISSION.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot; no other program run writes it now.
+    let admission = unsafe { &mut *admission };
+    if now.wrapping_sub(admission.window_start_ns) >= 1_000_000_000 {
+        admission.window_start_ns = now;
+        admission.admitted = 0;
+    }
+    if admission.admitted >= NEW_DROPPED_SOURCES_PER_SECOND {
+        return false;
+    }
+    admission.admitted += 1;
+    true
 }
 
 /// Commit-confirm in the kernel: a change made with `--confirm` that nobody confirmed by
