@@ -317,11 +317,20 @@ const MAX_REQUEST_HEAD: usize = 8 << 10;
 /// A scraper that sends nothing (or takes nothing) for this long is disconnected.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Scrapes answered at once; connections beyond are closed unanswered, so no one who
+/// can reach the port ties up the daemon (each scrape reads the kernel under its lock).
+const MAX_CONCURRENT_SCRAPES: usize = 8;
+
 /// Serves `GET /metrics` until the daemon stops. One request per connection.
 pub async fn serve(listener: TcpListener, daemon: Arc<Mutex<Daemon>>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_SCRAPES));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    debug!(%peer, "too many metrics scrapes at once; closed");
+                    continue;
+                };
                 let daemon = Arc::clone(&daemon);
                 tokio::spawn(async move {
                     if let Err(error) =
@@ -329,6 +338,7 @@ pub async fn serve(listener: TcpListener, daemon: Arc<Mutex<Daemon>>) {
                     {
                         debug!(%peer, %error, "metrics scrape timed out");
                     }
+                    drop(slot);
                 });
             }
             Err(error) => {
