@@ -199,6 +199,8 @@ pub const LPM_KEY_V4_SIZE: usize = size_of::<u32>() + size_of::<Ipv4Octets>();
 pub const LPM_KEY_V6_SIZE: usize = size_of::<u32>() + size_of::<Ipv6Octets>();
 
 /// What a listed network may do. Layout: `flags: u32` at 0, `port_set: u32` at 4 (8 bytes).
+/// `flags` holds the `RULE_*` bits below [`RULE_HIT_SHIFT`] and the prefix's hit counter
+/// above ([`AllowRule::hit_counter`]).
 ///
 /// The compile step folds overlapping entries into each prefix's rule (a port-scoped /32
 /// inside an allow-all /24 allows all), so the longest match alone decides.
@@ -504,6 +506,144 @@ const _: () = assert!(SCREEN_BITS.is_multiple_of(64));
 const _: () = assert!(LPM_KEY_V6_SIZE == 20);
 const _: () = assert!((Reason::ALL.len() as u32) <= COUNTER_SLOTS);
 
+// ---- Dropped sources (issue 13: `allowlistctl top`) -------------------------------------
+// A block of its own so that it merges apart from the layout changes of other work.
+
+/// LRU per-CPU hash of the sources the program dropped, or would have dropped in monitor
+/// mode, because they are not listed or not for that port: [`DroppedSourceKey`] →
+/// [`DroppedSourceStats`] (one value per CPU; the daemon folds them). Only the drop path
+/// writes it (one update per dropped packet), and only while [`FEATURE_RECORD_DROPS`] is
+/// set. Bounded: when full, the kernel evicts the least recently updated source, so a
+/// source that keeps sending stays, and a flood of one-packet random sources evicts no
+/// more than any LRU must. Its capacity is set by the daemon when it creates the map
+/// (`dropped_sources` in the config).
+pub const MAP_DROPPED_SOURCES: &str = "DROPPED_SOURCES";
+/// Capacity of [`MAP_DROPPED_SOURCES`] when the config does not say.
+pub const DEFAULT_DROPPED_SOURCES: u32 = 4_096;
+/// Largest capacity the config may give [`MAP_DROPPED_SOURCES`]. Its values are per CPU
+/// and preallocated, so it takes about `capacity × (CPUs × 24 + 100)` bytes: 65,536
+/// sources on 64 CPUs are about 100 MiB.
+pub const MAX_DROPPED_SOURCES: u32 = 65_536;
+/// The program records dropped and would-be-dropped sources in [`MAP_DROPPED_SOURCES`].
+pub const FEATURE_RECORD_DROPS: u32 = 16;
+
+/// A dropped source as [`MAP_DROPPED_SOURCES`] keys it: the same source on another
+/// interface or for another reason is another entry. IPv4 sources are IPv4-mapped
+/// (::ffff:a.b.c.d). Layout: `source` at 0, `ifindex: u32` at 16, `reason: u32` (a
+/// [`Reason`]) at 20 (24 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DroppedSourceKey {
+    pub source: Ipv6Octets,
+    /// The interface the packets arrived on.
+    pub ifindex: u32,
+    /// A [`Reason`] as `u32`: one of the not-listed and port-not-allowed reasons, dropped
+    /// or monitored.
+    pub reason: u32,
+}
+
+/// What one CPU saw of a dropped source. Layout: `packets: u64` at 0, `bytes: u64` at 8,
+/// `last_seen_ns: u64` at 16 (24 bytes): `bpf_ktime_get_coarse_ns`, i.e.
+/// CLOCK_MONOTONIC_COARSE, a tick's resolution, cheaper than the precise clocks.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DroppedSourceStats {
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_seen_ns: u64,
+}
+
+impl Reason {
+    /// Whether the program records the source of packets counted under this reason in
+    /// [`MAP_DROPPED_SOURCES`]: sources judged and found wanting. Malformed and
+    /// encapsulated packets have no source worth trusting or seeing.
+    #[inline(always)]
+    pub const fn records_source(self) -> bool {
+        matches!(
+            self,
+            Reason::DroppedNotListed
+                | Reason::DroppedPortNotAllowed
+                | Reason::MonitorNotListed
+                | Reason::MonitorPortNotAllowed
+        )
+    }
+}
+
+/// Per-CPU array with one [`DropAdmission`]: how many new sources this CPU put into
+/// [`MAP_DROPPED_SOURCES`] in the current second. Inserting into an LRU is what a drop
+/// costs most (an eviction, per-CPU values to clear), so new sources enter at most
+/// [`NEW_DROPPED_SOURCES_PER_SECOND`] a second per CPU: a flood of random sources costs
+/// a lookup per packet, not an insert, and cannot flush the table faster than that.
+/// Sources already in the table are counted on every packet.
+pub const MAP_DROP_ADMISSION: &str = "DROP_ADMISSION";
+/// New sources one CPU records per second at most; the rest of that second's new sources
+/// are dropped and counted by reason, but not recorded.
+pub const NEW_DROPPED_SOURCES_PER_SECOND: u64 = 256;
+
+/// Layout: `window_start_ns: u64` (`bpf_ktime_get_coarse_ns`) at 0, `admitted: u64` at 8
+/// (16 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropAdmission {
+    pub window_start_ns: u64,
+    pub admitted: u64,
+}
+
+const _: () = assert!(size_of::<DropAdmission>() == 16);
+const _: () = assert!(size_of::<DroppedSourceKey>() == 24);
+const _: () = assert!(size_of::<DroppedSourceStats>() == 24);
+const _: () = assert!(DEFAULT_DROPPED_SOURCES <= MAX_DROPPED_SOURCES);
+// ---- end of dropped sources -------------------------------------------------------------
+
+// ---- Hits per entry (issue 13: `allowlistctl list` hits) ---------------------------------
+// A block of its own so that it merges apart from the layout changes of other work.
+
+/// Per-CPU array of [`EntryHits`]: what each listed prefix admitted. Indexed by the hit
+/// counter of the prefix's rule ([`AllowRule::hit_counter`], in the bits of
+/// [`AllowRule::flags`] from [`RULE_HIT_SHIFT`] up), which the daemon gives each listed
+/// network for as long as it is listed, in both slots alike, so counts survive list
+/// swaps and (the map is pinned, and the counter read back from the rules) restarts.
+/// Counter 0 counts nothing: rules of prefixes beyond [`MAX_COUNTED_ENTRIES`] carry it.
+pub const MAP_ENTRY_HITS: &str = "ENTRY_HITS";
+/// Listed prefixes whose hits are counted (counter 0 is not used). Per CPU and
+/// preallocated: `MAX_COUNTED_ENTRIES × CPUs × 24` bytes (25 MiB on 64 CPUs).
+pub const MAX_COUNTED_ENTRIES: u32 = 16_384;
+/// [`AllowRule::flags`] holds the rule's hit counter from this bit up; the `RULE_*` bits
+/// are below it.
+pub const RULE_HIT_SHIFT: u32 = 16;
+
+impl AllowRule {
+    /// The index into [`MAP_ENTRY_HITS`] of the prefix this rule belongs to; 0: none.
+    #[inline(always)]
+    pub const fn hit_counter(&self) -> u32 {
+        self.flags >> RULE_HIT_SHIFT
+    }
+
+    /// This rule, counting its hits at `counter` (0: not counted).
+    pub const fn with_hit_counter(self, counter: u32) -> Self {
+        Self {
+            flags: (self.flags & ((1 << RULE_HIT_SHIFT) - 1)) | (counter << RULE_HIT_SHIFT),
+            ..self
+        }
+    }
+}
+
+/// What one CPU admitted for one listed prefix. Layout: `packets: u64` at 0, `bytes: u64`
+/// at 8, `last_hit_ns: u64` (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC_COARSE) at 16
+/// (24 bytes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryHits {
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_hit_ns: u64,
+}
+
+const _: () = assert!(size_of::<EntryHits>() == 24);
+const _: () = assert!(MAX_COUNTED_ENTRIES < (1 << (32 - RULE_HIT_SHIFT)));
+const _: () = assert!(RULE_ALLOW_ALL < (1 << RULE_HIT_SHIFT) && RULE_PORTS < (1 << RULE_HIT_SHIFT));
+// ---- end of hits per entry --------------------------------------------------------------
+
 #[cfg(feature = "user")]
 mod pod {
     // Each type is repr(C), fixed-width, without padding: the sizes asserted above.
@@ -525,4 +665,12 @@ mod pod {
     unsafe impl aya::Pod for super::FlowState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FragmentKey {}
+    // SAFETY: as above (dropped sources).
+    unsafe impl aya::Pod for super::DroppedSourceKey {}
+    // SAFETY: as above (dropped sources).
+    unsafe impl aya::Pod for super::DroppedSourceStats {}
+    // SAFETY: as above (dropped sources).
+    unsafe impl aya::Pod for super::DropAdmission {}
+    // SAFETY: as above (hits per entry).
+    unsafe impl aya::Pod for super::EntryHits {}
 }

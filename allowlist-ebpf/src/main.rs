@@ -21,11 +21,18 @@ use allowlist_common::{
     MAX_FLOWS, MAX_FRAGMENT_TRAINS, MAX_PORT_SETS, PUBLIC_PORT_SET, RULE_ALLOW_ALL, RULE_PORTS,
     SCREEN_WORDS, TCP_IDLE_NS, UDP_IDLE_NS,
 };
+use allowlist_common::{
+    DropAdmission, DroppedSourceKey, DroppedSourceStats, DEFAULT_DROPPED_SOURCES,
+    FEATURE_RECORD_DROPS, NEW_DROPPED_SOURCES_PER_SECOND,
+};
+use allowlist_common::{EntryHits, MAX_COUNTED_ENTRIES};
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
-    helpers::{bpf_ktime_get_boot_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
+    helpers::{
+        bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes,
+    },
     macros::{classifier, map, xdp},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::debug;
@@ -81,6 +88,16 @@ static CARRIED: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(MAX_FLOWS, 0);
 #[map]
 static FRAGMENTS: LruHashMap<FragmentKey, FlowState> = LruHashMap::pinned(MAX_FRAGMENT_TRAINS, 0);
+/// What each listed prefix admitted, by its rule's hit counter.
+#[map]
+static ENTRY_HITS: PerCpuArray<EntryHits> = PerCpuArray::pinned(MAX_COUNTED_ENTRIES, 0);
+/// Sources dropped (or that monitor would drop); the daemon sets the capacity at load.
+#[map]
+static DROPPED_SOURCES: LruPerCpuHashMap<DroppedSourceKey, DroppedSourceStats> =
+    LruPerCpuHashMap::pinned(DEFAULT_DROPPED_SOURCES, 0);
+/// New sources each CPU recorded this second (see `allowlist_common::MAP_DROP_ADMISSION`).
+#[map]
+static DROP_ADMISSION: PerCpuArray<DropAdmission> = PerCpuArray::pinned(1, 0);
 
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
@@ -188,12 +205,16 @@ fn judge(ctx: &XdpContext) -> Reason {
     // The common case stops here: a source listed for everything.
     let rule = lookup(control.active_slot, &ip);
     if rule.flags & RULE_ALLOW_ALL != 0 {
+        count_hit(ctx, rule);
         return Reason::PassedListed;
     }
 
     // Everything else depends on the transport header.
     let transport = parse::transport(ctx, &ip);
     if let Some(reason) = admit_by_ports(&control, &ip, &transport, rule) {
+        if reason == Reason::PassedListed {
+            count_hit(ctx, rule);
+        }
         if transport.fragment == FIRST_FRAGMENT {
             remember_fragment_train(&ip, &transport);
         }
@@ -202,7 +223,7 @@ fn judge(ctx: &XdpContext) -> Reason {
     if transport.fragment == LATER_FRAGMENT && fragment_train_admitted(&ip, &transport) {
         return Reason::PassedFragment;
     }
-    if rule.flags & RULE_PORTS != 0 {
+    let reason = if rule.flags & RULE_PORTS != 0 {
         by_mode(
             mode,
             Reason::DroppedPortNotAllowed,
@@ -210,7 +231,81 @@ fn judge(ctx: &XdpContext) -> Reason {
         )
     } else {
         by_mode(mode, Reason::DroppedNotListed, Reason::MonitorNotListed)
+    };
+    if control.features & FEATURE_RECORD_DROPS != 0 {
+        record_dropped_source(ctx, &ip, reason);
     }
+    reason
+}
+
+/// Counts a packet the rule's prefix admitted, for `allowlistctl list` (per CPU, no
+/// atomics; the index comes with the rule, so this is one array access).
+#[inline(always)]
+fn count_hit(ctx: &XdpContext, rule: AllowRule) {
+    let counter = rule.hit_counter();
+    if counter == 0 {
+        return;
+    }
+    if let Some(hits) = ENTRY_HITS.get_ptr_mut(counter) {
+        // SAFETY: this CPU's slot; no other program run writes it now. A helper without
+        // arguments.
+        unsafe {
+            (*hits).packets += 1;
+            (*hits).bytes += (ctx.data_end() - ctx.data()) as u64;
+            (*hits).last_hit_ns = bpf_ktime_get_coarse_ns();
+        }
+    }
+}
+
+/// The drop path's one map update: who was dropped (or would be), where and why, for
+/// `allowlistctl top`. Per CPU, so no atomics; a source seen first on two CPUs at once
+/// may lose a packet of its count, never more.
+#[inline(always)]
+fn record_dropped_source(ctx: &XdpContext, ip: &IpHeader, reason: Reason) {
+    let key = DroppedSourceKey {
+        source: ip.source,
+        ifindex: ctx.ingress_ifindex() as u32,
+        reason: reason as u32,
+    };
+    let bytes = (ctx.data_end() - ctx.data()) as u64;
+    // The coarse clock (a tick's resolution, plenty for "last seen") costs a fraction
+    // of the precise one.
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if let Some(stats) = DROPPED_SOURCES.get_ptr_mut(key) {
+        // SAFETY: this CPU's value of the entry; no other program run writes it now.
+        unsafe {
+            (*stats).packets += 1;
+            (*stats).bytes += bytes;
+            (*stats).last_seen_ns = now;
+        }
+    } else if admit_new_source(now) {
+        let stats = DroppedSourceStats {
+            packets: 1,
+            bytes,
+            last_seen_ns: now,
+        };
+        let _ = DROPPED_SOURCES.insert(key, stats, 0);
+    }
+}
+
+/// Whether this CPU may record one more new source this second.
+#[inline(always)]
+fn admit_new_source(now: u64) -> bool {
+    let Some(admission) = DROP_ADMISSION.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot; no other program run writes it now.
+    let admission = unsafe { &mut *admission };
+    if now.wrapping_sub(admission.window_start_ns) >= 1_000_000_000 {
+        admission.window_start_ns = now;
+        admission.admitted = 0;
+    }
+    if admission.admitted >= NEW_DROPPED_SOURCES_PER_SECOND {
+        return false;
+    }
+    admission.admitted += 1;
+    true
 }
 
 /// Commit-confirm in the kernel: a change made with `--confirm` that nobody confirmed by

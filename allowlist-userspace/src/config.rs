@@ -120,6 +120,10 @@ pub struct Config {
     pub encapsulated_ip: EncapsulatedIp,
     /// Destination ports every source may reach.
     pub public_ports: Vec<PortSpec>,
+    /// How many dropped sources the kernel remembers for `allowlistctl top`; 0: none.
+    pub dropped_sources: u32,
+    /// Where the daemon serves Prometheus metrics (`/metrics`); `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Notes worth logging that do not stop the config from loading (e.g. host bits).
     pub warnings: Vec<String>,
 }
@@ -165,6 +169,10 @@ struct RawConfig {
     encapsulated_ip: Option<EncapsulatedIp>,
     #[serde(default)]
     public_ports: Vec<Spanned<String>>,
+    #[serde(default)]
+    dropped_sources: Option<Spanned<i64>>,
+    #[serde(default)]
+    metrics_listen: Option<Spanned<String>>,
     #[serde(default)]
     allow: Vec<RawAllow>,
     #[serde(default)]
@@ -301,6 +309,41 @@ impl Config {
             }
         };
         let mode = raw.mode.map_or(Mode::Enforce, |mode| *mode.get_ref());
+        let dropped_sources = match raw.dropped_sources {
+            None => allowlist_common::DEFAULT_DROPPED_SOURCES,
+            Some(value) => {
+                let span = value.span();
+                let value = value.into_inner();
+                u32::try_from(value)
+                    .ok()
+                    .filter(|value| *value <= allowlist_common::MAX_DROPPED_SOURCES)
+                    .ok_or_else(|| {
+                        invalid(
+                            span,
+                            format!(
+                                "dropped_sources = {value} is out of range: give 0 (remember none) to {} sources (default {})",
+                                allowlist_common::MAX_DROPPED_SOURCES,
+                                allowlist_common::DEFAULT_DROPPED_SOURCES
+                            ),
+                        )
+                    })?
+            }
+        };
+        let metrics_listen = match raw.metrics_listen {
+            None => None,
+            Some(value) => {
+                let span = value.span();
+                let text = value.into_inner();
+                Some(text.parse::<std::net::SocketAddr>().map_err(|_| {
+                    invalid(
+                        span,
+                        format!(
+                            "metrics_listen {text:?} is not an address and port: write e.g. \"127.0.0.1:9720\" or \"[::1]:9720\""
+                        ),
+                    )
+                })?)
+            }
+        };
 
         Ok(Config {
             path: path.to_path_buf(),
@@ -318,6 +361,8 @@ impl Config {
             dhcp_client: raw.dhcp_client.unwrap_or(true),
             encapsulated_ip: raw.encapsulated_ip.unwrap_or(EncapsulatedIp::Drop),
             public_ports,
+            dropped_sources,
+            metrics_listen,
             warnings,
         })
     }
@@ -547,6 +592,43 @@ cidr = "2001:db8::1"
         assert!(error.contains("/etc/allowlist.toml"), "{error}");
         assert!(error.contains("line 3"), "{error}");
         assert!(error.contains("allow"), "{error}");
+    }
+
+    #[test]
+    fn dropped_sources_and_metrics_listen_are_read_within_their_bounds() {
+        let config = parse("interfaces = [\"lo\"]\n").unwrap();
+        assert_eq!(
+            config.dropped_sources,
+            allowlist_common::DEFAULT_DROPPED_SOURCES
+        );
+        assert_eq!(config.metrics_listen, None);
+        let config = parse(
+            "interfaces = [\"lo\"]\ndropped_sources = 0\nmetrics_listen = \"127.0.0.1:9720\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.dropped_sources, 0);
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9720".parse().unwrap())
+        );
+        for value in ["-1", "65537", "99999999999"] {
+            let error = parse(&format!(
+                "interfaces = [\"lo\"]\n\ndropped_sources = {value}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(
+                error.contains(":3: dropped_sources") && error.contains("65536"),
+                "{value}: {error}"
+            );
+        }
+        let error = parse("interfaces = [\"lo\"]\nmetrics_listen = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(":2: metrics_listen \"localhost\"") && error.contains("127.0.0.1:9720"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -97,6 +97,18 @@ pub enum Request {
         safety: Safety,
     },
     Confirm,
+    /// The sources the program dropped most (or, with `would_drop`, would have dropped
+    /// in monitor mode), from the kernel's table of dropped sources.
+    Top {
+        #[serde(default)]
+        would_drop: bool,
+        /// Only sources seen in the last this many seconds.
+        #[serde(default)]
+        since_secs: Option<u64>,
+        /// At most this many rows; all when absent.
+        #[serde(default)]
+        limit: Option<usize>,
+    },
 }
 
 impl Request {
@@ -109,6 +121,7 @@ impl Request {
                 | Request::List
                 | Request::Export
                 | Request::Check { .. }
+                | Request::Top { .. }
         )
     }
 }
@@ -144,6 +157,26 @@ pub struct CheckResult {
     /// When the address's longest match is port-scoped: the ports it may reach.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_ports: Option<Vec<PortSpec>>,
+    /// What the kernel's table of dropped sources holds for this address: packets it
+    /// dropped (or monitor would have), per interface and reason.
+    #[serde(default)]
+    pub recent_drops: Vec<DroppedRow>,
+}
+
+/// A source the program dropped (or would have) on one interface for one reason, from
+/// the kernel's table of dropped sources (`dropped_sources` in the config).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DroppedRow {
+    pub source: IpAddr,
+    pub interface: String,
+    /// The counter reason (`dropped_not_listed`, `monitor_would_drop`, …).
+    pub reason: String,
+    /// Whether the packets were dropped (false: monitor mode passed them).
+    pub dropped: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Unix seconds of the last packet.
+    pub last_seen: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -166,6 +199,24 @@ pub struct Reply {
     /// Set when the request was refused because it would cut these people off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_for_safety: Option<Vec<AtRisk>>,
+    /// The answer to `top`, most packets first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top: Option<Vec<DroppedRow>>,
+    /// With `list`: what each entry that the kernel counts for admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hits: Option<Vec<EntryHitsRow>>,
+}
+
+/// What one entry admitted since it was listed (the kernel counts the entries it holds as
+/// prefixes, up to allowlist_common::MAX_COUNTED_ENTRIES).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryHitsRow {
+    pub network: IpNet,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Unix seconds of the last packet; none yet when absent.
+    #[serde(default)]
+    pub last_hit: Option<u64>,
 }
 
 impl Reply {
@@ -219,6 +270,12 @@ impl Reply {
             ..Self::empty(false)
         }
     }
+    pub fn with_top(rows: Vec<DroppedRow>) -> Self {
+        Self {
+            top: Some(rows),
+            ..Self::empty(true)
+        }
+    }
     fn empty(ok: bool) -> Self {
         Self {
             ok,
@@ -230,6 +287,8 @@ impl Reply {
             check: None,
             import: None,
             refused_for_safety: None,
+            top: None,
+            hits: None,
         }
     }
 }

@@ -31,6 +31,7 @@ pub mod daemon;
 pub mod durable;
 pub mod filter;
 pub mod instance;
+pub mod metrics;
 pub mod ports;
 pub mod safety;
 pub mod screen;

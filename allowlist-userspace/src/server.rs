@@ -29,7 +29,7 @@ use crate::{
     clock,
     control::{self, Reply, Request},
     daemon::{Actor, Daemon, DaemonError},
-    service,
+    metrics, service,
 };
 
 /// Connections one user other than root may hold open at once.
@@ -87,9 +87,17 @@ pub async fn serve(daemon: Daemon) -> Result<(), DaemonError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(socket_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(socket_error)?;
     let listener = bind_control_socket(&socket, &access.get())?;
+    let metrics_listener = match daemon.metrics_listen() {
+        Some(at) => Some((at, metrics::bind(at).await.map_err(DaemonError::Refused)?)),
+        None => None,
+    };
     info!(socket = %socket.display(), access = %access.get(), "ready");
     service::ready(&daemon.status());
     let daemon = Arc::new(Mutex::new(daemon));
+    if let Some((at, listener)) = metrics_listener {
+        info!(%at, "serving Prometheus metrics at http://{at}/metrics");
+        tokio::spawn(metrics::serve(listener, Arc::clone(&daemon)));
+    }
     let changed = Arc::new(Notify::new());
     tokio::spawn(run_timers(Arc::clone(&daemon), Arc::clone(&changed)));
     let mut admission = Admission::new(descriptor_limit());

@@ -129,6 +129,8 @@ pub struct ConfigBuilder {
     return_traffic: Option<bool>,
     public_ports: Vec<String>,
     encapsulated_ip: Option<EncapsulatedIp>,
+    dropped_sources: Option<u32>,
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl ConfigBuilder {
@@ -146,7 +148,21 @@ impl ConfigBuilder {
             return_traffic: None,
             public_ports: Vec::new(),
             encapsulated_ip: None,
+            dropped_sources: None,
+            metrics_listen: None,
         }
+    }
+
+    /// `dropped_sources = N`: how many dropped sources the kernel remembers (0: none).
+    pub fn dropped_sources(mut self, capacity: u32) -> Self {
+        self.dropped_sources = Some(capacity);
+        self
+    }
+
+    /// `metrics_listen = "ADDRESS:PORT"`: serve Prometheus metrics there.
+    pub fn metrics_listen(mut self, at: std::net::SocketAddr) -> Self {
+        self.metrics_listen = Some(at);
+        self
     }
 
     /// Guards both host-side interfaces of `topology`.
@@ -273,6 +289,15 @@ impl ConfigBuilder {
             toml.push_str(&format!(
                 "encapsulated_ip = {}\n",
                 toml_string(&config_name(value))
+            ));
+        }
+        if let Some(capacity) = self.dropped_sources {
+            toml.push_str(&format!("dropped_sources = {capacity}\n"));
+        }
+        if let Some(at) = self.metrics_listen {
+            toml.push_str(&format!(
+                "metrics_listen = {}\n",
+                toml_string(&at.to_string())
             ));
         }
         if !self.public_ports.is_empty() {

@@ -33,6 +33,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "cpio",
     // systemd-analyze, to verify the packaged unit (systemd need not be PID 1)
     "systemd",
+    // promtool and a Prometheus server: tests/tests/metrics.rs checks and scrapes /metrics
+    "prometheus",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

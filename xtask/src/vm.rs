@@ -50,10 +50,15 @@ const SUBSET: &[(&str, &[&str])] = &[
     ("upgrade", &["replies_to", "older_version_refuses"]),
     ("kernels", &[]),
     ("list_swap", &[]),
+    // The per-CPU LRU of dropped sources, written from the drop path.
+    ("dropped_sources", &["a_blocked_client_shows_up_in_top"]),
+    // Hit counters in the rules and the per-CPU ENTRY_HITS, across a takeover.
+    ("entry_hits", &[]),
 ];
 /// Test binaries that cannot run in the guest, not even with `--all`: the package tests
-/// install the .deb with dpkg, which the guest has not.
-const HOST_ONLY: &[&str] = &["package"];
+/// install the .deb with dpkg, and the metrics tests run Debian's Prometheus and
+/// promtool, neither of which the guest has (nor do they depend on the kernel).
+const HOST_ONLY: &[&str] = &["package", "metrics"];
 /// Swaps of `list_swap` in the guest (its default of 2000 is for native speed).
 const GUEST_SWAPS: &str = "100";
 /// How long the whole guest run may take.

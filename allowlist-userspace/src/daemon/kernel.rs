@@ -11,7 +11,10 @@ use ipnet::IpNet;
 use crate::{
     compile::CompiledList,
     config::{Mode, XdpMode},
-    filter::{ApplyReport, AttachedMode, Counters, EgressMechanism, Filter, FilterError},
+    filter::{
+        ApplyReport, AttachedMode, Counters, DroppedSource, EgressMechanism, Filter, FilterError,
+        PrefixHits,
+    },
     state::PendingConfirm,
 };
 
@@ -58,6 +61,10 @@ pub trait Kernel {
     /// Every interface runs this program: retire other map layouts (see
     /// [`Filter::complete_layout`]).
     fn complete_layout(&mut self) -> Result<(), FilterError>;
+    /// What the kernel's table of dropped sources holds.
+    fn dropped_sources(&self) -> Result<Vec<DroppedSource>, FilterError>;
+    /// What each listed prefix the kernel counts for admitted.
+    fn prefix_hits(&self) -> Result<std::collections::BTreeMap<IpNet, PrefixHits>, FilterError>;
 }
 
 impl Kernel for Filter {
@@ -118,5 +125,11 @@ impl Kernel for Filter {
     }
     fn complete_layout(&mut self) -> Result<(), FilterError> {
         Filter::complete_layout(self)
+    }
+    fn dropped_sources(&self) -> Result<Vec<DroppedSource>, FilterError> {
+        Filter::dropped_sources(self)
+    }
+    fn prefix_hits(&self) -> Result<std::collections::BTreeMap<IpNet, PrefixHits>, FilterError> {
+        Filter::prefix_hits(self)
     }
 }

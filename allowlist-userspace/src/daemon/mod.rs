@@ -40,6 +40,7 @@ use crate::{
     durable,
     filter::{self, Filter, FilterError, Pins},
     instance::{self, InstanceLock, LockError},
+    metrics,
     startup::{self, PlanError, StartPlan},
     state::{self, Change, PendingConfirm, StateError},
 };
@@ -111,6 +112,8 @@ pub struct Daemon<K: Kernel = Filter> {
     access: SharedAccess,
     /// Time the kernel took for the change being made, for its log line.
     kernel_took: Duration,
+    /// What the daemon counts of its own work, for Prometheus.
+    events: metrics::Events,
     /// Held for the daemon's life: no second daemon on this pin path or state dir.
     _instance: Option<InstanceLock>,
 }
@@ -155,7 +158,7 @@ impl Daemon<Filter> {
         }
 
         let taking_over = Filter::is_pinned(&pins)?;
-        let mut filter = Filter::open(pins, ebpf_debug_log)?;
+        let mut filter = Filter::open_with(pins, ebpf_debug_log, plan.config.dropped_sources)?;
         let mut plan = plan;
         if taking_over {
             if !filter.switching_layouts() {
@@ -209,6 +212,7 @@ impl<K: Kernel> Daemon<K> {
             generation: saved.as_ref().map_or(0, |saved| saved.generation),
             access,
             kernel_took: Duration::ZERO,
+            events: metrics::Events::default(),
             _instance: instance,
         };
         daemon.apply_compiled(compiled)?;
@@ -235,6 +239,26 @@ impl<K: Kernel> Daemon<K> {
                 );
             }
         }
+        for (what, old, new) in [
+            (
+                "dropped_sources",
+                self.config.dropped_sources.to_string(),
+                config.dropped_sources.to_string(),
+            ),
+            (
+                "metrics_listen",
+                self.config
+                    .metrics_listen
+                    .map_or("none".into(), |at| at.to_string()),
+                config
+                    .metrics_listen
+                    .map_or("none".into(), |at| at.to_string()),
+            ),
+        ] {
+            if old != new {
+                warn!("{what} changed from {old} to {new}; it takes effect at the next start");
+            }
+        }
         for warning in &config.warnings {
             warn!("{warning}");
         }
@@ -242,6 +266,8 @@ impl<K: Kernel> Daemon<K> {
             socket: self.config.socket.clone(),
             pin_path: self.config.pin_path.clone(),
             state_dir: self.config.state_dir.clone(),
+            dropped_sources: self.config.dropped_sources,
+            metrics_listen: self.config.metrics_listen,
             ..config
         };
         let mut allowlist = self.allowlist.clone();
@@ -341,6 +367,7 @@ impl<K: Kernel> Daemon<K> {
     fn apply_compiled(&mut self, list: CompiledList) -> Result<(), DaemonError> {
         let started = Instant::now();
         let applied = self.filter.apply(&list)?;
+        self.events.applied_whole(applied.took);
         debug!(
             ipv4 = list.v4.len(),
             ipv6 = list.v6.len(),
@@ -366,6 +393,9 @@ impl<K: Kernel> Daemon<K> {
         }
         if self.config.encapsulated_ip == EncapsulatedIp::Pass {
             features |= allowlist_common::FEATURE_PASS_ENCAPSULATED;
+        }
+        if self.config.dropped_sources > 0 {
+            features |= allowlist_common::FEATURE_RECORD_DROPS;
         }
         features
     }
@@ -403,6 +433,7 @@ impl<K: Kernel> Daemon<K> {
         let result = applied.and_then(|()| self.persist());
         return_freed_memory();
         if let Err(error) = result {
+            self.events.rollbacks = self.events.rollbacks.saturating_add(1);
             error!(%error, by = "rollback", "the change failed; restoring the previous list and mode");
             (self.allowlist, self.mode, self.pending_confirm) = previous;
             if let Err(restore) = self.apply_to_kernel() {
@@ -410,6 +441,7 @@ impl<K: Kernel> Daemon<K> {
             }
             return Err(error);
         }
+        self.events.changed();
         Ok(())
     }
 
@@ -435,9 +467,11 @@ impl<K: Kernel> Daemon<K> {
             .and_then(|applied| {
                 debug!(%network, added = applied.added, removed = applied.removed, took = ?applied.took, "the kernel judges by the changed entry");
                 self.kernel_took += applied.took;
+                self.events.applied_region(applied.took);
                 self.journal(&change)
             });
         if let Err(error) = result {
+            self.events.rollbacks = self.events.rollbacks.saturating_add(1);
             error!(%error, %network, by = "rollback", "the change failed; restoring the previous entry");
             self.allowlist.restore_managed(network, previous);
             let around = self.allowlist.entries_around(network);
@@ -511,6 +545,7 @@ impl<K: Kernel> Daemon<K> {
             error!(%error, "applying expiry failed; will retry");
             return false;
         }
+        self.events.expired = self.events.expired.saturating_add(expired.len() as u64);
         for entry in &expired {
             info!(by = %Actor::Expiry, kernel_took = ?self.kernel_took, description = ?entry.description, "expired: removed {}", entry.network);
         }
@@ -518,6 +553,45 @@ impl<K: Kernel> Daemon<K> {
             warn!(by = %Actor::ConfirmDeadline, kernel_took = ?self.kernel_took, "not confirmed in time: mode {mode} (was {previous})");
         }
         true
+    }
+
+    /// What a Prometheus scrape shows, read now.
+    pub fn metrics_snapshot(&self) -> Result<metrics::Snapshot, DaemonError> {
+        let mut entries = std::collections::BTreeMap::new();
+        for entry in self.allowlist.entries() {
+            let family = if entry.network.addr().is_ipv4() {
+                "ipv4"
+            } else {
+                "ipv6"
+            };
+            *entries
+                .entry((family, entry.origin.to_string()))
+                .or_insert(0usize) += 1;
+        }
+        Ok(metrics::Snapshot {
+            counters: self.filter.counters()?,
+            mode: self.filter.mode(),
+            entries: entries.into_iter().collect(),
+            prefixes: self.filter.entry_counts(),
+            interfaces: self
+                .filter
+                .attached()
+                .iter()
+                .map(|(name, mode)| {
+                    let mode = match mode {
+                        filter::AttachedMode::Native => "native",
+                        filter::AttachedMode::Generic => "generic",
+                    };
+                    (name.clone(), mode.to_string())
+                })
+                .collect(),
+            events: self.events.clone(),
+        })
+    }
+
+    /// Where Prometheus metrics are served, if anywhere.
+    pub fn metrics_listen(&self) -> Option<std::net::SocketAddr> {
+        self.config.metrics_listen
     }
 
     /// When `tick` next has something to do.

@@ -13,9 +13,10 @@ use crate::{
     compile::Reach,
     config::{self, Mode},
     control::{
-        CheckResult, CounterValue, EntryCounts, InterfaceStatus, Reply, Request, Safety, Stats,
-        Status,
+        CheckResult, CounterValue, DroppedRow, EntryCounts, InterfaceStatus, Reply, Request,
+        Safety, Stats, Status,
     },
+    filter::DroppedSource,
     ports::{self, PortSpec},
     startup,
     state::{Change, PendingConfirm},
@@ -87,7 +88,68 @@ impl<K: Kernel> Daemon<K> {
                 _ => None,
             },
             entry: self.allowlist.deciding_entry(address).cloned(),
+            recent_drops: self
+                .dropped_rows()
+                .map_err(Refusal::from)?
+                .into_iter()
+                .filter(|row| row.source == address)
+                .collect(),
         })
+    }
+
+    /// `list`: every entry, and what each one the kernel counts for admitted.
+    fn list_with_hits(&self) -> Result<Reply, DaemonError> {
+        let hits = self.filter.prefix_hits()?;
+        let entries: Vec<_> = self.allowlist.entries().into_iter().cloned().collect();
+        let rows = entries
+            .iter()
+            .filter_map(|entry| {
+                let counted = hits.get(&entry.network)?;
+                Some(crate::control::EntryHitsRow {
+                    network: entry.network,
+                    packets: counted.packets,
+                    bytes: counted.bytes,
+                    last_hit: counted.last_hit,
+                })
+            })
+            .collect();
+        Ok(Reply {
+            hits: Some(rows),
+            ..Reply::with_entries(entries)
+        })
+    }
+
+    /// The kernel's table of dropped sources, with interface names.
+    fn dropped_rows(&self) -> Result<Vec<DroppedRow>, DaemonError> {
+        let sources = self.filter.dropped_sources()?;
+        Ok(sources.into_iter().map(dropped_row).collect())
+    }
+
+    /// `top`: dropped sources (or, `would_drop`, those monitor passed), most packets
+    /// first, seen in the last `since_secs`, at most `limit`.
+    pub(super) fn top(
+        &self,
+        would_drop: bool,
+        since_secs: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<Vec<DroppedRow>, DaemonError> {
+        let oldest = since_secs.map_or(0, |since| now().saturating_sub(since));
+        let mut rows: Vec<DroppedRow> = self
+            .dropped_rows()?
+            .into_iter()
+            .filter(|row| row.dropped != would_drop && row.last_seen >= oldest)
+            .collect();
+        rows.sort_by(|a, b| {
+            b.packets
+                .cmp(&a.packets)
+                .then(b.last_seen.cmp(&a.last_seen))
+                .then(a.source.cmp(&b.source))
+                .then(a.interface.cmp(&b.interface))
+        });
+        if let Some(limit) = limit {
+            rows.truncate(limit);
+        }
+        Ok(rows)
     }
 
     /// Answers `request`, made `by` a client (or the daemon itself); every change and
@@ -98,7 +160,8 @@ impl<K: Kernel> Daemon<K> {
         let result = match request {
             Request::Status => Ok(Reply::with_status(self.status())),
             Request::Stats => self.stats().map(Reply::with_stats).map_err(Refusal::from),
-            Request::List | Request::Export => Ok(Reply::with_entries(
+            Request::List => self.list_with_hits().map_err(Refusal::from),
+            Request::Export => Ok(Reply::with_entries(
                 self.allowlist.entries().into_iter().cloned().collect(),
             )),
             Request::Check { address, port } => self.check(address, port).map(Reply::with_check),
@@ -134,6 +197,14 @@ impl<K: Kernel> Daemon<K> {
                 safety,
             } => self.set_mode(mode, confirm_secs, &safety),
             Request::Confirm => self.confirm(),
+            Request::Top {
+                would_drop,
+                since_secs,
+                limit,
+            } => self
+                .top(would_drop, since_secs, limit)
+                .map(Reply::with_top)
+                .map_err(Refusal::from),
         };
         match result {
             Ok(reply) => {
@@ -386,4 +457,20 @@ fn refuse_everyone_unless_forced(network: IpNet, force: bool) -> Result<(), Refu
         )));
     }
     Ok(())
+}
+
+fn dropped_row(source: DroppedSource) -> DroppedRow {
+    let interface = nix::net::if_::if_indextoname(source.ifindex)
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| format!("ifindex {}", source.ifindex));
+    DroppedRow {
+        source: source.source,
+        interface,
+        reason: source.reason.name().into(),
+        dropped: source.reason.drops(),
+        packets: source.packets,
+        bytes: source.bytes,
+        last_seen: source.last_seen,
+    }
 }

@@ -12,7 +12,7 @@ use crate::{
     compile::CompiledList,
     config::{Config, Mode, XdpMode},
     control::{Request, Safety},
-    filter::{ApplyReport, AttachedMode, Counters, EgressMechanism, FilterError},
+    filter::{ApplyReport, AttachedMode, Counters, DroppedSource, EgressMechanism, FilterError},
     startup::StartPlan,
     state::{PendingConfirm, State},
 };
@@ -38,6 +38,8 @@ struct FakeKernel {
     failing: bool,
     whole_applies: usize,
     region_applies: usize,
+    /// What the kernel's table of dropped sources holds.
+    dropped: Vec<DroppedSource>,
 }
 
 fn refused() -> FilterError {
@@ -131,6 +133,12 @@ impl Kernel for FakeKernel {
     }
     fn complete_layout(&mut self) -> Result<(), FilterError> {
         Ok(())
+    }
+    fn dropped_sources(&self) -> Result<Vec<DroppedSource>, FilterError> {
+        Ok(self.dropped.clone())
+    }
+    fn prefix_hits(&self) -> Result<BTreeMap<IpNet, crate::filter::PrefixHits>, FilterError> {
+        Ok(BTreeMap::new())
     }
 }
 
@@ -384,4 +392,44 @@ fn a_confirmation_that_crosses_the_kernels_revert_is_too_late_and_the_daemon_fol
     assert_eq!(daemon.pending_confirm, None);
     let (state, _) = State::load(&daemon.config.state_dir).unwrap().unwrap();
     assert_eq!((state.mode, state.pending_confirm), (Mode::Monitor, None));
+}
+
+#[test]
+fn top_ranks_dropped_or_monitored_sources_by_packets_within_since_and_limit() {
+    use allowlist_common::Reason;
+
+    let (mut daemon, _dir) = daemon("monitor");
+    let now = crate::clock::now();
+    let source = |address: &str, reason, packets, ago| DroppedSource {
+        source: address.parse().unwrap(),
+        ifindex: 1,
+        reason,
+        packets,
+        bytes: packets * 100,
+        last_seen: now - ago,
+    };
+    daemon.filter.dropped = vec![
+        source("198.51.100.1", Reason::DroppedNotListed, 5, 10),
+        source("198.51.100.2", Reason::DroppedPortNotAllowed, 50, 7200),
+        source("198.51.100.3", Reason::MonitorNotListed, 7, 10),
+        source("198.51.100.4", Reason::DroppedNotListed, 9, 10),
+    ];
+    let sources = |rows: Vec<crate::control::DroppedRow>| {
+        rows.iter()
+            .map(|row| row.source.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        sources(daemon.top(false, None, None).unwrap()),
+        ["198.51.100.2", "198.51.100.4", "198.51.100.1"]
+    );
+    assert_eq!(
+        sources(daemon.top(false, Some(3600), Some(1)).unwrap()),
+        ["198.51.100.4"]
+    );
+    assert_eq!(
+        sources(daemon.top(true, None, None).unwrap()),
+        ["198.51.100.3"]
+    );
+    assert!(daemon.top(true, None, None).unwrap()[0].interface == "lo");
 }

@@ -402,10 +402,11 @@ mod tests {
     use core::mem::{offset_of, size_of};
 
     use allowlist_common::{
-        AllowRule, Control, Counter, FlowKey, FlowState, FragmentKey, LayoutStamp, Mode, PortRange,
-        PortSet, Reason, Revert, FEATURE_DHCP_CLIENT, FEATURE_PASS_ENCAPSULATED,
+        AllowRule, Control, Counter, DropAdmission, DroppedSourceKey, DroppedSourceStats,
+        EntryHits, FlowKey, FlowState, FragmentKey, LayoutStamp, Mode, PortRange, PortSet, Reason,
+        Revert, FEATURE_DHCP_CLIENT, FEATURE_PASS_ENCAPSULATED, FEATURE_RECORD_DROPS,
         FEATURE_RETURN_TRAFFIC, FEATURE_REVERT_PENDING, LAYOUT_VERSION, NEXT_TEST_LAYOUT,
-        RELEASED_LAYOUT, RULE_ALLOW_ALL, RULE_PORTS,
+        RELEASED_LAYOUT, RULE_ALLOW_ALL, RULE_HIT_SHIFT, RULE_PORTS,
     };
 
     use crate::filter::EBPF_OBJECT;
@@ -428,6 +429,9 @@ ALLOW_V6_1 type=11 key=20 value=8 entries=2000000 flags=0x1
 CARRIED type=6 key=4 value=16 entries=32 flags=0x0
 CONTROL type=2 key=4 value=16 entries=1 flags=0x0
 COUNTERS type=6 key=4 value=16 entries=32 flags=0x0
+DROPPED_SOURCES type=10 key=24 value=24 entries=4096 flags=0x0
+DROP_ADMISSION type=6 key=4 value=16 entries=1 flags=0x0
+ENTRY_HITS type=6 key=4 value=24 entries=16384 flags=0x0
 EXACT_V4_0 type=1 key=4 value=8 entries=1048576 flags=0x1
 EXACT_V4_1 type=1 key=4 value=8 entries=1048576 flags=0x1
 EXACT_V6_0 type=1 key=16 value=8 entries=262144 flags=0x1
@@ -451,6 +455,9 @@ ALLOW_V6_1 type=11 key=20 value=8 entries=2000000 flags=0x1
 CARRIED type=6 key=4 value=16 entries=48 flags=0x0
 CONTROL type=2 key=4 value=16 entries=1 flags=0x0
 COUNTERS type=6 key=4 value=16 entries=48 flags=0x0
+DROPPED_SOURCES type=10 key=24 value=24 entries=4096 flags=0x0
+DROP_ADMISSION type=6 key=4 value=16 entries=1 flags=0x0
+ENTRY_HITS type=6 key=4 value=24 entries=16384 flags=0x0
 EXACT_V4_0 type=1 key=4 value=8 entries=1048576 flags=0x1
 EXACT_V4_1 type=1 key=4 value=8 entries=1048576 flags=0x1
 EXACT_V6_0 type=1 key=16 value=8 entries=262144 flags=0x1
@@ -477,6 +484,10 @@ FlowKey size=40 remote@0 local@16 remote_port@32 local_port@34 protocol@36
 FlowState size=8 last_seen_ns@0
 FragmentKey size=40 source@0 destination@16 id@32 protocol@36
 Counter size=16 packets@0 bytes@8
+DroppedSourceKey size=24 source@0 ifindex@16 reason@20
+DroppedSourceStats size=24 packets@0 bytes@8 last_seen_ns@16
+DropAdmission size=16 window_start_ns@0 admitted@8
+EntryHits size=24 packets@0 bytes@8 last_hit_ns@16
 reason PassedListed=0
 reason PassedNonIp=1
 reason PassedExempt=2
@@ -496,8 +507,8 @@ reason PassedEncapsulated=15
 mode Off=0
 mode Monitor=1
 mode Enforce=2
-features return_traffic=1 dhcp_client=2 pass_encapsulated=4 revert_pending=8
-rules allow_all=1 ports=2";
+features return_traffic=1 dhcp_client=2 pass_encapsulated=4 revert_pending=8 record_drops=16
+rules allow_all=1 ports=2 hit_shift=16";
 
     fn maps() -> String {
         let object = aya_obj::Object::parse(EBPF_OBJECT).expect("parsing the embedded XDP object");
@@ -569,6 +580,25 @@ rules allow_all=1 ports=2";
                 protocol
             }),
             layout_of!(Counter { packets, bytes }),
+            layout_of!(DroppedSourceKey {
+                source,
+                ifindex,
+                reason
+            }),
+            layout_of!(DroppedSourceStats {
+                packets,
+                bytes,
+                last_seen_ns
+            }),
+            layout_of!(DropAdmission {
+                window_start_ns,
+                admitted
+            }),
+            layout_of!(EntryHits {
+                packets,
+                bytes,
+                last_hit_ns
+            }),
         ];
         lines.extend(
             Reason::ALL
@@ -582,10 +612,11 @@ rules allow_all=1 ports=2";
         );
         lines.push(format!(
             "features return_traffic={FEATURE_RETURN_TRAFFIC} dhcp_client={FEATURE_DHCP_CLIENT} \
-             pass_encapsulated={FEATURE_PASS_ENCAPSULATED} revert_pending={FEATURE_REVERT_PENDING}"
+             pass_encapsulated={FEATURE_PASS_ENCAPSULATED} revert_pending={FEATURE_REVERT_PENDING} \
+             record_drops={FEATURE_RECORD_DROPS}"
         ));
         lines.push(format!(
-            "rules allow_all={RULE_ALLOW_ALL} ports={RULE_PORTS}"
+            "rules allow_all={RULE_ALLOW_ALL} ports={RULE_PORTS} hit_shift={RULE_HIT_SHIFT}"
         ));
         lines.join("\n")
     }

@@ -6,8 +6,12 @@ use allowlist_common::{
     AllowRule, Control, Counter, FlowKey, FlowState, LayoutStamp, PortSet, Revert, MAP_CONTROL,
     MAP_COUNTERS, MAP_FLOWS, MAP_LAYOUT, MAP_PORT_SETS, MAP_REVERT, SLOTS,
 };
+use allowlist_common::{DroppedSourceKey, DroppedSourceStats, MAP_DROPPED_SOURCES};
+use allowlist_common::{EntryHits, MAP_ENTRY_HITS};
 use aya::{
-    maps::{Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray},
+    maps::{
+        Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+    },
     Ebpf,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -27,6 +31,10 @@ pub(super) struct Maps {
     pub layout: Array<MapData, LayoutStamp>,
     pub counters: PerCpuArray<MapData, Counter>,
     pub flows: BpfHashMap<MapData, FlowKey, FlowState>,
+    /// Dropped sources (`allowlistctl top`); see `dropped.rs`.
+    pub dropped: PerCpuHashMap<MapData, DroppedSourceKey, DroppedSourceStats>,
+    /// What each listed prefix admitted; see `hits.rs`.
+    pub hits: PerCpuArray<MapData, EntryHits>,
 }
 
 /// One slot: both families' lookups, and the port sets their rules point at.
@@ -102,6 +110,10 @@ impl Maps {
             layout: Array::try_from(take(MAP_LAYOUT)?).map_err(kernel_error(MAP_LAYOUT))?,
             counters: PerCpuArray::try_from(take(MAP_COUNTERS)?)
                 .map_err(kernel_error(MAP_COUNTERS))?,
+            dropped: PerCpuHashMap::try_from(take(MAP_DROPPED_SOURCES)?)
+                .map_err(kernel_error(MAP_DROPPED_SOURCES))?,
+            hits: PerCpuArray::try_from(take(MAP_ENTRY_HITS)?)
+                .map_err(kernel_error(MAP_ENTRY_HITS))?,
         })
     }
 }

@@ -15,12 +15,16 @@
 //! This module is the [`Filter`] API; `pins` keeps the filter on bpffs, `layout` moves
 //! between map layouts (upgrades), `attach` puts it on interfaces, `slots` works out what
 //! to write into a slot and in which order, `maps` holds the kernel's maps, `family` is
-//! all that differs between IPv4 and IPv6, and `error` words the kernel's refusals. Over
-//! 500 lines because the `Filter` API is the one place that sequences them.
+//! all that differs between IPv4 and IPv6, `error` words the kernel's refusals, and
+//! `dropped` and `hits` read what the program observes (the sources it drops, what each
+//! listed prefix admits). Over 500 lines because the `Filter` API is the one place that
+//! sequences them.
 
 mod attach;
+mod dropped;
 mod error;
 mod family;
+mod hits;
 mod layout;
 mod maps;
 mod pins;
@@ -44,7 +48,9 @@ use tracing::info;
 
 pub use self::{
     attach::EgressMechanism,
+    dropped::DroppedSource,
     error::FilterError,
+    hits::PrefixHits,
     layout::WRITER,
     pins::{prepare_pin_root, uninstall, Pins},
     probe::OLDEST_KERNEL,
@@ -92,6 +98,10 @@ pub struct Filter {
     /// Other layouts found pinned, to finish moving from once every interface runs this
     /// program (see [`Filter::complete_layout`]).
     layouts: layout::Survey,
+    /// Capacity of the dropped-sources map as created.
+    dropped_capacity: u32,
+    /// Each listed prefix's hit counter.
+    hit_counters: hits::HitCounters,
 }
 
 /// Counters summed over CPUs, by reason.
@@ -109,6 +119,17 @@ impl Filter {
     /// Loads the program and opens the maps pinned under `pins` (creating them the first
     /// time). Nothing is attached and no verdict changes yet.
     pub fn open(pins: Pins, ebpf_debug_log: bool) -> Result<Filter> {
+        Self::open_with(
+            pins,
+            ebpf_debug_log,
+            allowlist_common::DEFAULT_DROPPED_SOURCES,
+        )
+    }
+
+    /// [`Filter::open`], with the dropped-sources map made for `dropped_sources` sources
+    /// (a pinned one of another size is replaced; 0 makes the smallest, as recording is
+    /// then off).
+    pub fn open_with(pins: Pins, ebpf_debug_log: bool, dropped_sources: u32) -> Result<Filter> {
         probe::require_kernel_features()?;
         ensure_bpffs(pins.root())?;
         // Before anything is created: a newer layout is refused untouched.
@@ -132,8 +153,11 @@ impl Filter {
         // aya-log's level filter: 0 silences every log statement in the program.
         let log_level: u8 = if ebpf_debug_log { 0xff } else { 0 };
         let maps_dir = pins.maps();
+        let dropped_capacity = dropped::map_capacity(dropped_sources);
+        dropped::resize_pinned(&maps_dir, dropped_capacity)?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            .map_max_entries(allowlist_common::MAP_DROPPED_SOURCES, dropped_capacity)
             .override_global(aya_log::LEVEL, &log_level, true)
             .load(EBPF_OBJECT)
             .map_err(kernel_error("loading the XDP program's maps"))?;
@@ -159,6 +183,21 @@ impl Filter {
             .control
             .get(&0, 0)
             .map_err(kernel_error("reading the control record"))?;
+        let active = &maps.slots[control.active_slot as usize % SLOTS];
+        let hit_counters = hits::HitCounters::read_back(
+            active
+                .v4
+                .held()
+                .iter()
+                .map(|(net, rule)| (IpNet::V4(*net), *rule))
+                .chain(
+                    active
+                        .v6
+                        .held()
+                        .iter()
+                        .map(|(net, rule)| (IpNet::V6(*net), *rule)),
+                ),
+        );
         Ok(Filter {
             ebpf,
             pins,
@@ -167,6 +206,8 @@ impl Filter {
             attached: BTreeMap::new(),
             egress: BTreeMap::new(),
             layouts,
+            dropped_capacity,
+            hit_counters,
         })
     }
 
@@ -215,6 +256,19 @@ impl Filter {
             layout::carry_tables(source, &self.pins.maps());
         }
         self.layouts.tables_carried = true;
+    }
+
+    /// What each listed prefix that has a hit counter admitted, folded over CPUs.
+    pub fn prefix_hits(&self) -> Result<BTreeMap<IpNet, PrefixHits>> {
+        let clocks = dropped::Clocks::now();
+        self.hit_counters
+            .read(&self.maps.hits, |ns| clocks.wall_clock_of(ns))
+    }
+
+    /// The sources the program dropped (or would have, in monitor mode) that the
+    /// kernel's table still holds, folded over CPUs.
+    pub fn dropped_sources(&self) -> Result<Vec<DroppedSource>> {
+        dropped::read_all(&self.maps.dropped, self.dropped_capacity)
     }
 
     /// Whether a previous daemon left this filter attached somewhere.
@@ -296,7 +350,9 @@ impl Filter {
     /// finished with the old slot is that one brought up to date too.
     pub fn apply(&mut self, list: &CompiledList) -> Result<ApplyReport> {
         let started = Instant::now();
-        let list = KernelSlot::from_list(list)?;
+        let mut list = KernelSlot::from_list(list)?;
+        self.hit_counters.stamp(&mut list.v4, &mut self.maps.hits)?;
+        self.hit_counters.stamp(&mut list.v6, &mut self.maps.hits)?;
         let screens = Screens::of(&list);
         self.refresh_control()?;
         let active = self.control.active_slot as usize % SLOTS;
@@ -310,6 +366,14 @@ impl Filter {
         // The old slot is idle now; keep it identical so the next change is a small diff.
         // Its diff is exactly what changed from the previous list.
         let mut report = self.write_slot(active, &list, &screens)?;
+        // No slot points at the counters of prefixes gone from the list any more.
+        let listed = list
+            .v4
+            .iter()
+            .map(|(net, _)| IpNet::V4(*net))
+            .chain(list.v6.iter().map(|(net, _)| IpNet::V6(*net)))
+            .collect();
+        self.hit_counters.keep_only(&listed);
         report.took = started.elapsed();
         Ok(report)
     }
@@ -338,17 +402,22 @@ impl Filter {
     }
 
     /// One family's part of [`Filter::apply_region`]; `compiled` is that family's list.
-    fn write_region<P: Prefix>(
+    fn write_region<P: Prefix + Into<IpNet>>(
         &mut self,
         compiled: &[(P, Reach)],
         region: P,
     ) -> Result<ApplyReport> {
         let range = region_range(compiled, &region, |net| region.covers(net));
-        let wanted = self.rules_for(&compiled[range])?;
+        let mut wanted = self.rules_for(&compiled[range])?;
+        self.hit_counters.stamp(&mut wanted, &mut self.maps.hits)?;
         let mut report = ApplyReport::default();
         for slot in &mut self.maps.slots {
             // Both slots get the same change, so either's report is the change's.
             report = P::in_slot(slot).write_region(&region, &wanted)?;
+        }
+        if !wanted.iter().any(|(net, _)| *net == region) {
+            // The changed network left the kernel (removed, or now inside another).
+            self.hit_counters.release(region.into());
         }
         Ok(report)
     }

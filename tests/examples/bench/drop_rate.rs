@@ -233,6 +233,11 @@ fn receivers(
     filter.enforce(list, DEFAULT_FEATURES)?;
     let mut plain = PinnedFilter::open(&format!("drop-{entries}-plain"))?;
     plain.enforce(list, 0)?;
+    let mut recording = PinnedFilter::open(&format!("drop-{entries}-recording"))?;
+    recording.enforce(
+        list,
+        DEFAULT_FEATURES | allowlist_common::FEATURE_RECORD_DROPS,
+    )?;
     let mut all: Vec<Box<dyn Receiver>> = vec![
         Box::new(XdpDropAll),
         Box::new(NftDropAll),
@@ -243,6 +248,13 @@ fn receivers(
         Box::new(Allowlist {
             filter: plain,
             key: "allowlist_no_return_traffic",
+        }),
+        // Recording dropped sources for `allowlistctl top`: with 65,536 sources cycling
+        // through a table of 4,096, nearly every drop is an LRU insert and eviction, the
+        // worst case (a flood of random sources).
+        Box::new(Allowlist {
+            filter: recording,
+            key: "allowlist_recording_drops",
         }),
         Box::new(NftSet::load(list)?),
     ];

@@ -51,6 +51,15 @@ pub fn run(options: &Options, results: &mut Results) -> Result<()> {
             if entries == largest {
                 // What the return-traffic flow lookup adds to an unlisted source.
                 cases.push(("unlisted_no_return_traffic", bench.unlisted, XDP_DROP, 0));
+                // What recording dropped sources (`allowlistctl top`) adds to a drop:
+                // the one LRU update of the drop path (the source's entry exists after
+                // the first run, as for a source that keeps sending).
+                cases.push((
+                    "unlisted_recording_drops",
+                    bench.unlisted,
+                    XDP_DROP,
+                    DEFAULT_FEATURES | allowlist_common::FEATURE_RECORD_DROPS,
+                ));
             }
             for (which, source, expected, features) in cases {
                 filter.filter().set_features(features)?;

@@ -19,11 +19,15 @@ const SHAPES: [(&str, &str); 3] = [
 const PUBLISHED_LPM_NS: [(usize, f64); 3] = [(100, 62.0), (100_000, 263.0), (1_000_000, 665.0)];
 
 /// Receivers of the drop-rate benchmark, in table order.
-const RECEIVERS: [(&str, &str); 7] = [
+const RECEIVERS: [(&str, &str); 8] = [
     ("allowlist", "**this filter** (XDP, default features)"),
     (
         "allowlist_no_return_traffic",
         "this filter, `return_traffic` and `dhcp_client` off",
+    ),
+    (
+        "allowlist_recording_drops",
+        "this filter, recording dropped sources (`allowlistctl top`)",
     ),
     ("nft_set", "nftables: netdev ingress, interval set"),
     (
@@ -514,7 +518,9 @@ impl<'a> Report<'a> {
         }
         table.push_str(
             "\nUnlisted source at 1M with `return_traffic` and `dhcp_client` off (no flow \
-             lookup):\n\n| list | unlisted, default | unlisted, features off |\n|---|---:|---:|\n",
+             lookup), and with dropped sources recorded for `allowlistctl top` (one LRU \
+             update per drop):\n\n| list | unlisted, default | unlisted, features off | \
+             unlisted, recording drops |\n|---|---:|---:|---:|\n",
         );
         for (shape, name) in SHAPES {
             if let (Some(on), Some(off)) = (
@@ -523,7 +529,18 @@ impl<'a> Report<'a> {
                     "per_packet.{shape}.1000000.unlisted_no_return_traffic"
                 )),
             ) {
-                let _ = writeln!(table, "| {name} | {} | {} |", nanos(on), nanos(off));
+                let recording = r
+                    .median(&format!(
+                        "per_packet.{shape}.1000000.unlisted_recording_drops"
+                    ))
+                    .map(nanos)
+                    .unwrap_or_else(|| "—".into());
+                let _ = writeln!(
+                    table,
+                    "| {name} | {} | {} | {recording} |",
+                    nanos(on),
+                    nanos(off)
+                );
             }
         }
         table.push_str(

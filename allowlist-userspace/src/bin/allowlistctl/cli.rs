@@ -6,7 +6,9 @@ use std::{net::IpAddr, path::PathBuf, time::Duration};
 use allowlist_userspace::ports::PortSpec;
 use clap::{Parser, Subcommand};
 
-use crate::input::{parse_confirm, parse_expiry, parse_ports, Expiry, Ports};
+use crate::input::{
+    parse_confirm, parse_expiry, parse_interval, parse_ports, parse_since, Expiry, Ports,
+};
 
 /// Manage the allowlist enforced by allowlistd.
 #[derive(Parser)]
@@ -91,14 +93,25 @@ config file lists is always an error: edit the file and reload.")]
         #[arg(long)]
         force: bool,
     },
-    /// Show every entry: network, description, origin, added, expires.
-    #[command(
-        after_help = "Examples:\n  allowlistctl list\n  allowlistctl list --json | jq '.[].network'"
-    )]
+    /// Show every entry: network, ports, description, origin, added, expires, and the
+    /// packets it admitted and when it last did.
+    #[command(after_help = "Examples:
+  allowlistctl list
+  allowlistctl list --unused 30d          # stale entries: nothing admitted for 30 days
+  allowlistctl list --json | jq '.[] | select(.hits.packets == 0) | .network'
+
+An entry counts what the kernel admits by it: the packets whose longest listed match it
+is. An entry inside another that allows at least as much is never that match (the
+kernel holds only the outer one), so it shows `-`, as do entries beyond the kernel's
+16,384 counters.")]
     List {
         /// Print a JSON array of entries instead of a table.
         #[arg(long)]
         json: bool,
+        /// Show only entries that admitted nothing for this long (and were listed at
+        /// least this long): 7d, 30d, 12h, …
+        #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+        unused: Option<Duration>,
     },
     /// The verdict the kernel gives a source now, and the entry that decides it.
     /// Exits 0 when it passes, 4 when it is dropped (like `ipset test`).
@@ -197,8 +210,53 @@ the daemon is dead or the host's userspace hangs.")]
         #[arg(long)]
         all: bool,
         /// Print every counter as a JSON object (zeros included).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "watch")]
         json: bool,
+        /// Refresh every --interval with packets/s and bits/s per reason, in place on a
+        /// terminal (like `xdp-filter poll`); Ctrl-C ends it.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch refreshes: 1s, 500ms, 5s, …
+        #[arg(long, value_name = "DURATION", value_parser = parse_interval, default_value = "1s", requires = "watch")]
+        interval: Duration,
+    },
+    /// The sources dropped most, from the kernel's table of dropped sources: with reason,
+    /// interface, packets and when last seen. --would-drop: those monitor mode passed but
+    /// enforce would drop, i.e. whom enforcing would cut off.
+    #[command(after_help = "Examples:
+  allowlistctl top
+  allowlistctl top --since 10m --limit 50
+  allowlistctl top --would-drop                    # in monitor mode: whom enforce would cut off
+  allowlistctl top --would-drop --csv > missing.csv && allowlistctl import missing.csv
+  allowlistctl top --json | jq '.[0].source'
+
+Packets count since the kernel's table first held the source; --since selects sources
+by when they were last seen. The table holds `dropped_sources` sources (config, default
+4096); when it is full the least recently dropped source makes room.")]
+    Top {
+        /// Sources that monitor mode passed but enforce would drop.
+        #[arg(long)]
+        would_drop: bool,
+        /// Only sources seen within this long: 30s, 10m, 2h, 7d, …
+        #[arg(long, value_name = "DURATION", value_parser = parse_since)]
+        since: Option<Duration>,
+        /// Show at most this many sources.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        limit: usize,
+        /// Print a JSON array of sources instead of a table.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// Print the sources as CSV (ip_address,description) that `import` accepts, one
+        /// row per source, so that they can be listed.
+        #[arg(long, conflicts_with = "watch")]
+        csv: bool,
+        /// Refresh every --interval, in place on a terminal, with packets/s per source;
+        /// Ctrl-C ends it.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
+        /// How often --watch refreshes: 1s, 500ms, 5s, …
+        #[arg(long, value_name = "DURATION", value_parser = parse_interval, default_value = "1s", requires = "watch")]
+        interval: Duration,
     },
     /// Re-read the daemon's config file (like SIGHUP). A bad file is refused, state kept.
     #[command(

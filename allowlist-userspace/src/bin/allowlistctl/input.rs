@@ -51,6 +51,21 @@ pub fn parse_ports(given: &str) -> Result<Ports, String> {
     Ok(Ports(ports))
 }
 
+/// `--watch --interval`: 100 ms to an hour.
+pub fn parse_interval(given: &str) -> Result<Duration, String> {
+    let interval = humantime::parse_duration(given)
+        .map_err(|error| format!("{error}; use e.g. 500ms, 1s, 5s"))?;
+    if !(Duration::from_millis(100)..=Duration::from_secs(3600)).contains(&interval) {
+        return Err(format!("{given} is out of range: give 100ms to 1h"));
+    }
+    Ok(interval)
+}
+
+/// `top --since`: how far back, at most a year.
+pub fn parse_since(given: &str) -> Result<Duration, String> {
+    parse_duration(given, "--since", clock::MAX_EXPIRY)
+}
+
 pub fn parse_duration(given: &str, what: &'static str, max: Duration) -> Result<Duration, String> {
     let duration = humantime::parse_duration(given)
         .map_err(|error| format!("{error}; use e.g. 30s, 15m, 2h, 7d"))?;

@@ -10,7 +10,12 @@ mod cli;
 mod input;
 mod output;
 
-use std::{io, path::Path, process::ExitCode, time::Duration};
+use std::{
+    io::{self, IsTerminal as _, Write as _},
+    path::Path,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use allowlist_userspace::{
     allowlist::Origin,
@@ -24,7 +29,7 @@ use cli::{Cli, Command};
 use input::{network_argument, read_csv, Expiry, Ports};
 use output::{
     print_check, print_entries, print_json, print_message, print_plan, print_stats, print_status,
-    CheckView, EntryView,
+    print_top, print_top_csv, render_stats_rates, render_top, CheckView, EntryView, TopView,
 };
 
 /// Exit codes, documented in README.
@@ -121,13 +126,34 @@ fn run(cli: Cli) -> Result<(), Failure> {
             })?);
             Ok(())
         }
-        Command::List { json } => {
+        Command::List { json, unused } => {
             let reply = ask(&Request::List)?;
-            let entries = reply.entries.unwrap_or_default();
+            let hits: std::collections::BTreeMap<_, _> = reply
+                .hits
+                .unwrap_or_default()
+                .into_iter()
+                .map(|row| (row.network, row))
+                .collect();
+            let mut entries = reply.entries.unwrap_or_default();
+            if let Some(unused) = unused {
+                let since = allowlist_userspace::clock::now().saturating_sub(unused.as_secs());
+                // Uncounted entries (no row) cannot be told unused.
+                entries.retain(|entry| {
+                    entry.added_at <= since
+                        && hits
+                            .get(&entry.network)
+                            .is_some_and(|row| row.last_hit.is_none_or(|last| last < since))
+                });
+            }
             if json {
-                print_json(&entries.iter().map(EntryView::from).collect::<Vec<_>>());
+                print_json(
+                    &entries
+                        .iter()
+                        .map(|entry| EntryView::from(entry).with_hits(hits.get(&entry.network)))
+                        .collect::<Vec<_>>(),
+                );
             } else {
-                print_entries(&entries);
+                print_entries(&entries, &hits);
             }
             Ok(())
         }
@@ -214,7 +240,30 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Stats { all, json } => {
+        Command::Stats {
+            all,
+            json: _,
+            watch: true,
+            interval,
+        } => {
+            let mut previous: Option<(allowlist_userspace::control::Stats, Instant)> = None;
+            watch_in_place(interval, || {
+                let stats = ask(&Request::Stats)?
+                    .stats
+                    .ok_or_else(|| Failure::error("the daemon sent no counters"))?;
+                let now = Instant::now();
+                let text = render_stats_rates(
+                    &stats,
+                    previous
+                        .as_ref()
+                        .map(|(before, at)| (before, now.duration_since(*at))),
+                    all,
+                );
+                previous = Some((stats, now));
+                Ok(text)
+            })
+        }
+        Command::Stats { all, json, .. } => {
             let stats = ask(&Request::Stats)?
                 .stats
                 .ok_or_else(|| Failure::error("the daemon sent no counters"))?;
@@ -229,6 +278,89 @@ fn run(cli: Cli) -> Result<(), Failure> {
             print_message(&ask(&Request::Reload)?);
             Ok(())
         }
+        Command::Top {
+            would_drop,
+            since,
+            limit,
+            watch: true,
+            interval,
+            ..
+        } => {
+            let request = Request::Top {
+                would_drop,
+                since_secs: since.map(|since| since.as_secs()),
+                limit: Some(limit),
+            };
+            let mut previous: Option<(Vec<allowlist_userspace::control::DroppedRow>, Instant)> =
+                None;
+            watch_in_place(interval, || {
+                let rows = ask(&request)?.top.unwrap_or_default();
+                let now = Instant::now();
+                let text = render_top(
+                    &rows,
+                    previous
+                        .as_ref()
+                        .map(|(before, at)| (before.as_slice(), now.duration_since(*at))),
+                    would_drop,
+                );
+                previous = Some((rows, now));
+                Ok(text)
+            })
+        }
+        Command::Top {
+            would_drop,
+            since,
+            limit,
+            json,
+            csv,
+            ..
+        } => {
+            let rows = ask(&Request::Top {
+                would_drop,
+                since_secs: since.map(|since| since.as_secs()),
+                limit: Some(limit),
+            })?
+            .top
+            .unwrap_or_default();
+            if json {
+                print_json(&rows.iter().map(TopView::from).collect::<Vec<_>>());
+            } else if csv {
+                print_top_csv(io::stdout().lock(), &rows)
+                    .map_err(|error| Failure::error(format!("writing CSV: {error}")))?;
+            } else {
+                print_top(&rows, would_drop);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `--watch`: shows `frame` every `interval` until interrupted; on a terminal each
+/// frame replaces the last (cursor home, clear), elsewhere frames follow each other.
+fn watch_in_place(
+    interval: Duration,
+    mut frame: impl FnMut() -> Result<String, Failure>,
+) -> Result<(), Failure> {
+    let terminal = io::stdout().is_terminal();
+    loop {
+        let text = frame()?;
+        let stamp = allowlist_userspace::clock::format_time(allowlist_userspace::clock::now());
+        let mut out = io::stdout().lock();
+        let written = if terminal {
+            write!(
+                out,
+                "\x1b[H\x1b[2J{stamp}, every {} (Ctrl-C ends)\n{text}",
+                humantime::format_duration(interval)
+            )
+        } else {
+            write!(out, "{stamp}\n{text}\n")
+        };
+        if written.and_then(|()| out.flush()).is_err() {
+            // The reader went away (a closed pipe): nothing more to show.
+            return Ok(());
+        }
+        drop(out);
+        std::thread::sleep(interval);
     }
 }
 

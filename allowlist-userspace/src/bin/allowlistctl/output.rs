@@ -1,14 +1,14 @@
 //! How answers are shown: tables for people (descriptions escaped), JSON for scripts
 //! (exact).
 
-use std::net::IpAddr;
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use allowlist_common::Reason;
 use allowlist_userspace::{
     allowlist::{Entry, ImportPlan},
     clock::format_time,
     config::Mode,
-    control::{CheckResult, Reply, Stats, Status},
+    control::{CheckResult, DroppedRow, EntryHitsRow, Reply, Stats, Status},
     filter::EgressMechanism,
 };
 use ipnet::IpNet;
@@ -44,6 +44,31 @@ pub struct EntryView<'a> {
     origin: String,
     added_at: String,
     expires_at: Option<String>,
+    /// What the entry admitted (`list` only; null where the kernel does not count it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hits: Option<Option<HitsView>>,
+}
+
+/// `list --json`'s hits of an entry.
+#[derive(serde::Serialize)]
+pub struct HitsView {
+    packets: u64,
+    bytes: u64,
+    last_hit: Option<String>,
+}
+
+impl EntryView<'_> {
+    /// With what the entry admitted (`None`: not counted).
+    pub fn with_hits(self, hits: Option<&EntryHitsRow>) -> Self {
+        EntryView {
+            hits: Some(hits.map(|row| HitsView {
+                packets: row.packets,
+                bytes: row.bytes,
+                last_hit: row.last_hit.map(format_time),
+            })),
+            ..self
+        }
+    }
 }
 
 impl<'a> From<&'a Entry> for EntryView<'a> {
@@ -55,6 +80,7 @@ impl<'a> From<&'a Entry> for EntryView<'a> {
             origin: entry.origin.to_string(),
             added_at: format_time(entry.added_at),
             expires_at: entry.expires_at.map(format_time),
+            hits: None,
         }
     }
 }
@@ -67,6 +93,8 @@ pub struct CheckView<'a> {
     verdict: &'a str,
     reason: &'a str,
     entry: Option<EntryView<'a>>,
+    /// What the kernel's table of dropped sources holds for the address.
+    recent_drops: Vec<TopView<'a>>,
 }
 
 impl<'a> From<&'a CheckResult> for CheckView<'a> {
@@ -77,6 +105,7 @@ impl<'a> From<&'a CheckResult> for CheckView<'a> {
             verdict: &check.verdict,
             reason: &check.reason,
             entry: check.entry.as_ref().map(EntryView::from),
+            recent_drops: check.recent_drops.iter().map(TopView::from).collect(),
         }
     }
 }
@@ -88,7 +117,7 @@ pub fn table(header: &[&str]) -> comfy_table::Table {
     table
 }
 
-pub fn print_entries(entries: &[Entry]) {
+pub fn print_entries(entries: &[Entry], hits: &BTreeMap<IpNet, EntryHitsRow>) {
     let mut out = table(&[
         "NETWORK",
         "PORTS",
@@ -96,9 +125,18 @@ pub fn print_entries(entries: &[Entry]) {
         "ORIGIN",
         "ADDED",
         "EXPIRES",
+        "HITS",
+        "LAST HIT",
     ]);
     for entry in entries {
         let view = EntryView::from(entry);
+        let (count, last) = match hits.get(&entry.network) {
+            Some(row) => (
+                row.packets.to_string(),
+                row.last_hit.map_or_else(|| "never".into(), format_time),
+            ),
+            None => ("-".into(), "-".into()),
+        };
         out.add_row(vec![
             view.network.to_string(),
             if view.ports.is_empty() {
@@ -110,6 +148,8 @@ pub fn print_entries(entries: &[Entry]) {
             view.origin,
             view.added_at,
             view.expires_at.unwrap_or_else(|| "-".into()),
+            count,
+            last,
         ]);
     }
     println!("{out}");
@@ -151,6 +191,179 @@ pub fn print_check(check: &CheckResult) {
         check.mode,
         check.reason
     );
+    for drop in &check.recent_drops {
+        println!(
+            "  {} {} packets ({} bytes) on {} as {}, last {}",
+            if drop.dropped {
+                "dropped"
+            } else {
+                "monitor passed (enforce would drop)"
+            },
+            drop.packets,
+            drop.bytes,
+            printable(&drop.interface),
+            drop.reason,
+            format_time(drop.last_seen)
+        );
+    }
+}
+
+/// A row of `top --json` (and of `check --json`'s recent drops): times in RFC 3339.
+#[derive(serde::Serialize)]
+pub struct TopView<'a> {
+    source: IpAddr,
+    interface: &'a str,
+    reason: &'a str,
+    dropped: bool,
+    packets: u64,
+    bytes: u64,
+    last_seen: String,
+}
+
+impl<'a> From<&'a DroppedRow> for TopView<'a> {
+    fn from(row: &'a DroppedRow) -> Self {
+        TopView {
+            source: row.source,
+            interface: &row.interface,
+            reason: &row.reason,
+            dropped: row.dropped,
+            packets: row.packets,
+            bytes: row.bytes,
+            last_seen: format_time(row.last_seen),
+        }
+    }
+}
+
+pub fn print_top(rows: &[DroppedRow], would_drop: bool) {
+    print!("{}", render_top(rows, None, would_drop));
+}
+
+/// `top`'s table; with the previous frame's rows and the time since (`--watch`), each
+/// source's packets per second too.
+pub fn render_top(
+    rows: &[DroppedRow],
+    previous: Option<(&[DroppedRow], Duration)>,
+    would_drop: bool,
+) -> String {
+    let mut header = vec!["SOURCE", "PACKETS", "BYTES"];
+    if previous.is_some() {
+        header.push("PKT/S");
+    }
+    header.extend(["REASON", "INTERFACE", "LAST SEEN"]);
+    let mut out = table(&header);
+    for row in rows {
+        let mut cells = vec![
+            row.source.to_string(),
+            row.packets.to_string(),
+            row.bytes.to_string(),
+        ];
+        if let Some((before, elapsed)) = previous {
+            let earlier = before
+                .iter()
+                .find(|old| {
+                    old.source == row.source
+                        && old.interface == row.interface
+                        && old.reason == row.reason
+                })
+                .map_or(0, |old| old.packets);
+            cells.push(format_rate(row.packets.saturating_sub(earlier), elapsed));
+        }
+        cells.extend([
+            row.reason.clone(),
+            printable(&row.interface),
+            format_time(row.last_seen),
+        ]);
+        out.add_row(cells);
+    }
+    format!(
+        "{out}\n{} {} {}\n",
+        rows.len(),
+        if rows.len() == 1 { "source" } else { "sources" },
+        if would_drop {
+            "that enforce would drop (monitor passed them)"
+        } else {
+            "dropped"
+        }
+    )
+}
+
+/// `stats --watch`: each counter that moved (or all), with packets/s and bits/s since
+/// the previous frame.
+pub fn render_stats_rates(
+    stats: &Stats,
+    previous: Option<(&Stats, Duration)>,
+    all: bool,
+) -> String {
+    let mut out = table(&["REASON", "PACKETS", "BYTES", "PKT/S", "BIT/S"]);
+    let mut rows: Vec<_> = stats
+        .counters
+        .iter()
+        .filter(|(_, counter)| all || counter.packets > 0)
+        .collect();
+    rows.sort_by_key(|(reason, _)| reading_order(reason));
+    for (reason, counter) in rows {
+        let (packets, bits) = match previous {
+            Some((before, elapsed)) => {
+                let earlier = before.counters.get(reason).copied().unwrap_or_default();
+                (
+                    format_rate(counter.packets.saturating_sub(earlier.packets), elapsed),
+                    format_rate(
+                        counter
+                            .bytes
+                            .saturating_sub(earlier.bytes)
+                            .saturating_mul(8),
+                        elapsed,
+                    ),
+                )
+            }
+            None => ("-".into(), "-".into()),
+        };
+        out.add_row(vec![
+            reason.clone(),
+            counter.packets.to_string(),
+            counter.bytes.to_string(),
+            packets,
+            bits,
+        ]);
+    }
+    format!("{out}\n")
+}
+
+/// `count` per `elapsed`, per second, with k/M/G for thousands, millions, billions.
+pub fn format_rate(count: u64, elapsed: Duration) -> String {
+    let seconds = elapsed.as_secs_f64();
+    if seconds <= 0.0 {
+        return "-".into();
+    }
+    let rate = count as f64 / seconds;
+    match rate {
+        r if r >= 1e9 => format!("{:.2}G", r / 1e9),
+        r if r >= 1e6 => format!("{:.2}M", r / 1e6),
+        r if r >= 1e3 => format!("{:.2}k", r / 1e3),
+        r => format!("{r:.0}"),
+    }
+}
+
+/// `top --csv`: one row per source (its busiest), as `import` reads it.
+pub fn print_top_csv(out: impl std::io::Write, rows: &[DroppedRow]) -> csv::Result<()> {
+    let mut writer = csv::Writer::from_writer(out);
+    writer.write_record(allowlist_userspace::csv_format::HEADER)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for row in rows {
+        if !seen.insert(row.source) {
+            continue;
+        }
+        let description = format!(
+            "from allowlistctl top: {} packets as {} on {}, last {}",
+            row.packets,
+            row.reason,
+            row.interface,
+            format_time(row.last_seen)
+        );
+        writer.write_record([row.source.to_string(), description])?;
+    }
+    writer.flush()?;
+    Ok(())
 }
 
 pub fn print_plan(plan: &ImportPlan) {
@@ -245,4 +458,17 @@ fn reading_order(reason: &str) -> (u8, usize) {
         .position(|known| known.name() == reason)
         .unwrap_or(usize::MAX);
     (group, position)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_per_second_with_si_prefixes() {
+        assert_eq!(format_rate(50, Duration::from_millis(500)), "100");
+        assert_eq!(format_rate(3_000, Duration::from_secs(2)), "1.50k");
+        assert_eq!(format_rate(8_000_000_000, Duration::from_secs(1)), "8.00G");
+        assert_eq!(format_rate(1, Duration::ZERO), "-");
+    }
 }
