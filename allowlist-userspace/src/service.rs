@@ -19,7 +19,7 @@ use crate::{
 /// The daemon is ready: the list and mode are in the kernel, every interface is
 /// attached, and the control socket accepts connections.
 pub fn ready(status: &Status) {
-    let line = status_line(status);
+    let line = current_line(status);
     notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
     remember(line);
 }
@@ -27,7 +27,7 @@ pub fn ready(status: &Status) {
 /// Sends the STATUS= line for `status` if it says something new: after requests,
 /// expiry and reverted activations.
 pub fn update(status: &Status) {
-    let line = status_line(status);
+    let line = current_line(status);
     if last_sent().as_deref() != Some(line.as_str()) {
         notify(&[NotifyState::Status(&line)]);
         remember(line);
@@ -50,13 +50,13 @@ pub fn reload<K: Kernel>(daemon: &mut Daemon<K>) -> Reply {
     }
     notify(&states);
     let reply = daemon.handle(Request::Reload, &Actor::Config);
-    let line = match &reply.error {
-        None => status_line(&daemon.status()),
-        Some(error) => format!(
-            "reload refused, still as before: {}; {error}",
-            status_line(&daemon.status())
-        ),
-    };
+    // systemd shows the first line of STATUS=; the error's others stay in the log.
+    let refusal = reply
+        .error
+        .as_deref()
+        .map(|error| error.lines().next().unwrap_or_default().to_string());
+    *lock(&RELOAD_REFUSAL) = refusal;
+    let line = current_line(&daemon.status());
     notify(&[NotifyState::Ready, NotifyState::Status(&line)]);
     remember(line);
     reply
@@ -105,20 +105,34 @@ pub fn status_line(status: &Status) -> String {
     line
 }
 
+/// The status line, with the last reload's refusal until a reload succeeds: `systemctl
+/// reload` cannot report it (it only sends SIGHUP), so `systemctl status` must keep it.
+fn current_line(status: &Status) -> String {
+    let line = status_line(status);
+    match lock(&RELOAD_REFUSAL).as_deref() {
+        Some(refusal) => format!("{line}; last reload refused, still as before: {refusal}"),
+        None => line,
+    }
+}
+
+/// Why the last reload was refused, until one succeeds.
+static RELOAD_REFUSAL: Mutex<Option<String>> = Mutex::new(None);
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The STATUS= line last sent, so that an unchanged one is not sent again.
 static LAST_STATUS: Mutex<Option<String>> = Mutex::new(None);
 
 fn last_sent() -> Option<String> {
-    LAST_STATUS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .clone()
+    lock(&LAST_STATUS).clone()
 }
 
 fn remember(line: String) {
-    *LAST_STATUS
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(line);
+    *lock(&LAST_STATUS) = Some(line);
 }
 
 fn notify(states: &[NotifyState]) {

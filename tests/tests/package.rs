@@ -457,8 +457,20 @@ fn a_sighup_reload_is_bracketed_by_reloading_and_ready_and_judged_by_the_new_lis
     let status = last_status(&refused);
     assert!(
         status.starts_with(
-            "reload refused, still as before: enforcing 2 prefixes on to_allowed, to_blocked; "
+            "enforcing 2 prefixes on to_allowed, to_blocked; last reload refused, still as before: ",
         ) && status.contains("nosuch0"),
+        "{status}"
+    );
+    // `systemctl reload` cannot report the refusal: the status keeps it through changes.
+    daemon.ctl_ok(&["add", "198.51.100.9"]);
+    let changed = listener
+        .until_one("STATUS=", NOTIFY_TIMEOUT, |notification| {
+            notification.get("STATUS").is_some()
+        })
+        .unwrap();
+    let status = last_status(&changed);
+    assert!(
+        status.starts_with("enforcing 3 prefixes") && status.contains("last reload refused"),
         "{status}"
     );
 }
