@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    allowlist::{Entry, ImportPlan, ImportRow},
+    allowlist::{Entry, ImportPlan, ImportRow, SetName},
     config::Mode,
     filter::{AttachedMode, EgressMechanism},
     ports::PortSpec,
@@ -65,6 +65,9 @@ pub enum Request {
         /// Destination ports the network may reach; empty means all.
         #[serde(default)]
         ports: Option<Vec<PortSpec>>,
+        /// The set the entry belongs to (`default` when not given).
+        #[serde(default)]
+        set: SetName,
         /// The caller, for the lockout check of an update that narrows an entry; `force`
         /// also lists 0.0.0.0/0 or ::/0, which allow every source.
         #[serde(default)]
@@ -76,11 +79,17 @@ pub enum Request {
         /// list). One the config file lists is still refused.
         #[serde(default)]
         if_present: bool,
+        /// The set to remove it from (`default` when not given).
+        #[serde(default)]
+        set: SetName,
         #[serde(default)]
         safety: Safety,
     },
     Import {
         rows: Vec<ImportRow>,
+        /// With `replace`, the set the file replaces; other sets are left alone.
+        #[serde(default)]
+        set: SetName,
         #[serde(default)]
         replace: bool,
         #[serde(default)]

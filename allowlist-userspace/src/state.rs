@@ -22,7 +22,11 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{allowlist::Entry, config::Mode, durable};
+use crate::{
+    allowlist::{Entry, SetName},
+    config::Mode,
+    durable,
+};
 
 const FILE: &str = "state.json";
 const JOURNAL: &str = "journal.ndjson";
@@ -99,7 +103,25 @@ pub fn journal_path(state_dir: &Path) -> PathBuf {
 pub enum Change {
     /// Added, or replaced an entry for the same network.
     Add(Entry),
+    /// Removed from the `default` set (journals written before sets have only these).
     Remove(IpNet),
+    /// Removed from a named set.
+    RemoveFrom { network: IpNet, set: SetName },
+}
+
+impl Change {
+    /// The journal line for removing `network` from `set`: the old shape for the
+    /// default set, so a journal stays readable by the version before sets.
+    pub fn remove(network: IpNet, set: &SetName) -> Change {
+        if *set == SetName::default() {
+            Change::Remove(network)
+        } else {
+            Change::RemoveFrom {
+                network,
+                set: set.clone(),
+            }
+        }
+    }
 }
 
 /// A journal line: a change, and the generation of the state file it applies to.
@@ -165,9 +187,9 @@ fn replay(
         Ok(None) => return Ok(Replay::default()),
         Err(cause) => return Err(StateError::Read { path: shown, cause }),
     };
-    let mut by_network: BTreeMap<IpNet, Entry> = entries
+    let mut by_network: BTreeMap<(IpNet, SetName), Entry> = entries
         .drain(..)
-        .map(|entry| (entry.network, entry))
+        .map(|entry| ((entry.network, entry.set.clone()), entry))
         .collect();
     let mut replay = Replay::default();
     let mut offset = 0;
@@ -194,8 +216,9 @@ fn replay(
             continue;
         }
         match line.change {
-            Change::Add(entry) => by_network.insert(entry.network, entry),
-            Change::Remove(network) => by_network.remove(&network),
+            Change::Add(entry) => by_network.insert((entry.network, entry.set.clone()), entry),
+            Change::Remove(network) => by_network.remove(&(network, SetName::default())),
+            Change::RemoveFrom { network, set } => by_network.remove(&(network, set)),
         };
         replay.changes += 1;
     }
@@ -298,6 +321,7 @@ mod tests {
             network: network.parse().unwrap(),
             description: description.into(),
             origin: Origin::Cli,
+            set: Default::default(),
             added_at: 1,
             expires_at: None,
             ports: Vec::new(),

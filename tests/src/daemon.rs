@@ -547,8 +547,11 @@ impl Stats {
 pub struct ListedEntry {
     pub network: String,
     pub description: String,
-    /// `config`, `always`, `cli` or `csv import`.
+    /// `config`, `always`, `cli`, `csv import` or `feed NAME`.
     pub origin: String,
+    /// The set it belongs to: `default`, a name given with `--set`, `config`, `always`
+    /// or a feed's name.
+    pub set: String,
     /// RFC 3339.
     pub added_at: String,
     /// RFC 3339, for temporary entries.
@@ -572,6 +575,7 @@ impl ListedEntry {
             network: field("network")?,
             description: field("description")?,
             origin: field("origin")?,
+            set: field("set")?,
             added_at: field("added_at")?,
             expires_at,
         })

@@ -412,13 +412,13 @@ impl<K: Kernel> Daemon<K> {
     /// kernel.
     fn commit_change(
         &mut self,
-        network: ipnet::IpNet,
+        (network, set): (ipnet::IpNet, &crate::allowlist::SetName),
         previous: Option<Entry>,
         change: Change,
     ) -> Result<(), DaemonError> {
         let around = self.allowlist.entries_around(network);
         if let Err(error) = self.compiled.recompile_region(network, around) {
-            self.allowlist.restore_managed(network, previous);
+            self.allowlist.restore_managed(network, set, previous);
             return Err(DaemonError::Refused(error.to_string()));
         }
         let result = self
@@ -432,7 +432,7 @@ impl<K: Kernel> Daemon<K> {
             });
         if let Err(error) = result {
             error!(%error, %network, by = "rollback", "the change failed; restoring the previous entry");
-            self.allowlist.restore_managed(network, previous);
+            self.allowlist.restore_managed(network, set, previous);
             let around = self.allowlist.entries_around(network);
             let restored = self
                 .compiled

@@ -3,7 +3,7 @@
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use allowlist_userspace::ports::PortSpec;
+use allowlist_userspace::{allowlist::SetName, ports::PortSpec};
 use clap::{Parser, Subcommand};
 
 use crate::input::{parse_confirm, parse_expiry, parse_ports, Expiry, Ports};
@@ -68,6 +68,11 @@ description). 0.0.0.0/0 and ::/0 allow every source and need --force.")]
         /// Limit the entry to destination ports: 22/tcp,5985-5986/tcp, or `all`.
         #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
         ports: Option<Ports>,
+        /// The set the entry belongs to (default: `default`). Sets let several
+        /// scripts or teams each own their entries; `config`, `always` and feeds are
+        /// read-only.
+        #[arg(long, value_name = "NAME", default_value = "default")]
+        set: SetName,
         /// List 0.0.0.0/0 or ::/0, which allow every source, or narrow an entry even if
         /// that cuts off your session or an established connection.
         #[arg(long)]
@@ -87,6 +92,9 @@ config file lists is always an error: edit the file and reload.")]
         /// Succeed without change when the network is not listed.
         #[arg(long)]
         if_present: bool,
+        /// The set to remove it from (default: `default`).
+        #[arg(long, value_name = "NAME", default_value = "default")]
+        set: SetName,
         /// Remove even if this cuts off your session or an established connection.
         #[arg(long)]
         force: bool,
@@ -99,6 +107,10 @@ config file lists is always an error: edit the file and reload.")]
         /// Print a JSON array of entries instead of a table.
         #[arg(long)]
         json: bool,
+        /// Only this set's entries (`default`, a name given with --set, `config`,
+        /// `always`, or a feed's name).
+        #[arg(long, value_name = "NAME")]
+        set: Option<SetName>,
     },
     /// The verdict the kernel gives a source now, and the entry that decides it.
     /// Exits 0 when it passes, 4 when it is dropped (like `ipset test`).
@@ -125,6 +137,7 @@ In monitor mode nothing is dropped (exit 0); the reason says what enforce would 
   allowlistctl import allowlist.csv
   allowlistctl import allowlist.csv --replace --dry-run   # show what would change
   allowlistctl export > backup.csv && allowlistctl import backup.csv --replace
+  curl -s https://ci.example/ips.csv | allowlistctl import - --set ci --replace
 
 A row whose network is listed updates its description (cleared when empty), and its
 ports and expiry when the file has those columns (empty: all ports, no expiry). Rows
@@ -133,7 +146,11 @@ listed with its line number.")]
     Import {
         /// The CSV file, or - for standard input.
         file: PathBuf,
-        /// Make the file the whole list (entries from the config file stay).
+        /// The set the rows go to (default: `default`).
+        #[arg(long, value_name = "NAME", default_value = "default")]
+        set: SetName,
+        /// Make the file the whole set: its entries the file does not name are
+        /// removed; other sets and the config file's entries stay.
         #[arg(long)]
         replace: bool,
         /// Print what would be added, updated and removed; change nothing.
@@ -149,8 +166,17 @@ listed with its line number.")]
     },
     /// Write the list as CSV (ip_address,description,ports,expires_at) to standard
     /// output; `import` reads it back as it was.
-    #[command(after_help = "Example:\n  allowlistctl export > allowlist.csv")]
-    Export,
+    #[command(after_help = "Examples:
+  allowlistctl export > allowlist.csv
+  allowlistctl export --set ci > ci.csv && allowlistctl import ci.csv --set ci --replace
+
+Without --set, every entry but the [[always]] ones and the feeds' is written (a network
+in several sets once per set).")]
+    Export {
+        /// Only this set's entries.
+        #[arg(long, value_name = "NAME")]
+        set: Option<SetName>,
+    },
     /// Enforce: drop IP traffic from unlisted sources. Refused while the list is empty.
     #[command(after_help = "Examples:
   allowlistctl activate

@@ -91,10 +91,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             description,
             expires,
             ports,
+            set,
             force,
         } => {
             let network = network_argument(&network)?;
             let reply = ask(&Request::Add {
+                set,
                 network,
                 description,
                 expires_in_secs: match expires {
@@ -111,19 +113,24 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Remove {
             network,
             if_present,
+            set,
             force,
         } => {
             let network = network_argument(&network)?;
             print_message(&ask(&Request::Remove {
                 network,
+                set,
                 if_present,
                 safety: safety(force),
             })?);
             Ok(())
         }
-        Command::List { json } => {
+        Command::List { json, set } => {
             let reply = ask(&Request::List)?;
-            let entries = reply.entries.unwrap_or_default();
+            let mut entries = reply.entries.unwrap_or_default();
+            if let Some(set) = set {
+                entries.retain(|entry| entry.set == set);
+            }
             if json {
                 print_json(&entries.iter().map(EntryView::from).collect::<Vec<_>>());
             } else {
@@ -156,6 +163,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Import {
             file,
+            set,
             replace,
             dry_run,
             force,
@@ -164,6 +172,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let rows = read_csv(&file)?;
             let reply = ask(&Request::Import {
                 rows,
+                set,
                 replace,
                 dry_run,
                 safety: safety(force),
@@ -179,12 +188,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Export => {
+        Command::Export { set } => {
             let reply = ask(&Request::Export)?;
             let entries = reply.entries.unwrap_or_default();
-            let rows = entries
-                .iter()
-                .filter(|entry| entry.origin != Origin::Always);
+            let rows = entries.iter().filter(|entry| match &set {
+                Some(set) => entry.set == *set,
+                None => !matches!(entry.origin, Origin::Always | Origin::Feed),
+            });
             csv_format::write_rows(io::stdout().lock(), rows)
                 .map_err(|error| Failure::error(format!("writing CSV: {error}")))
         }

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use allowlist_common::Reason;
 use allowlist_userspace::{
-    allowlist::{Entry, ImportPlan},
+    allowlist::{Entry, ImportPlan, Origin},
     clock::format_time,
     config::Mode,
     control::{CheckResult, Reply, Stats, Status},
@@ -42,6 +42,7 @@ pub struct EntryView<'a> {
     /// Destination ports; empty means all.
     ports: Vec<String>,
     origin: String,
+    set: &'a str,
     added_at: String,
     expires_at: Option<String>,
 }
@@ -52,7 +53,8 @@ impl<'a> From<&'a Entry> for EntryView<'a> {
             network: entry.network,
             description: &entry.description,
             ports: entry.ports.iter().map(ToString::to_string).collect(),
-            origin: entry.origin.to_string(),
+            origin: origin(entry),
+            set: entry.set.as_str(),
             added_at: format_time(entry.added_at),
             expires_at: entry.expires_at.map(format_time),
         }
@@ -88,12 +90,21 @@ pub fn table(header: &[&str]) -> comfy_table::Table {
     table
 }
 
+/// An entry's origin as `list` and `check` show it: a feed's entries name their feed.
+fn origin(entry: &Entry) -> String {
+    match entry.origin {
+        Origin::Feed => format!("feed {}", entry.set),
+        origin => origin.to_string(),
+    }
+}
+
 pub fn print_entries(entries: &[Entry]) {
     let mut out = table(&[
         "NETWORK",
         "PORTS",
         "DESCRIPTION",
         "ORIGIN",
+        "SET",
         "ADDED",
         "EXPIRES",
     ]);
@@ -108,6 +119,7 @@ pub fn print_entries(entries: &[Entry]) {
             },
             printable(view.description),
             view.origin,
+            view.set.to_string(),
             view.added_at,
             view.expires_at.unwrap_or_else(|| "-".into()),
         ]);
@@ -119,14 +131,15 @@ pub fn print_entries(entries: &[Entry]) {
 pub fn print_check(check: &CheckResult) {
     let decided = match &check.entry {
         Some(entry) => format!(
-            "listed by {} ({}origin {})",
+            "listed by {} ({}origin {}, set {})",
             entry.network,
             if entry.description.is_empty() {
                 String::new()
             } else {
                 format!("\"{}\", ", printable(&entry.description))
             },
-            entry.origin
+            origin(entry),
+            entry.set
         ),
         None => "not listed".into(),
     };
