@@ -106,6 +106,22 @@ pub enum Request {
         safety: Safety,
     },
     Confirm,
+    /// Each feed: entries, last fetch, last change, error, next refresh.
+    Feeds,
+    /// Fetch feeds now (all fetched ones, or `name`); the reply comes once the kernel
+    /// judges by what they answered (or says why not).
+    FeedsRefresh {
+        #[serde(default)]
+        name: Option<SetName>,
+        #[serde(default)]
+        safety: Safety,
+    },
+    /// Apply a feed's refresh held for removing more than `max_shrink` of its entries.
+    FeedsAccept {
+        name: SetName,
+        #[serde(default)]
+        safety: Safety,
+    },
 }
 
 impl Request {
@@ -118,6 +134,7 @@ impl Request {
                 | Request::List
                 | Request::Export
                 | Request::Check { .. }
+                | Request::Feeds
         )
     }
 }
@@ -175,6 +192,8 @@ pub struct Reply {
     /// Set when the request was refused because it would cut these people off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_for_safety: Option<Vec<AtRisk>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feeds: Option<Vec<FeedStatus>>,
 }
 
 impl Reply {
@@ -239,8 +258,48 @@ impl Reply {
             check: None,
             import: None,
             refused_for_safety: None,
+            feeds: None,
         }
     }
+
+    pub fn with_feeds(feeds: Vec<FeedStatus>) -> Self {
+        Self {
+            feeds: Some(feeds),
+            ..Self::empty(true)
+        }
+    }
+}
+
+/// One feed as `allowlistctl feeds` and `status` show it. Times are seconds since the
+/// Unix epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedStatus {
+    pub name: SetName,
+    /// The URL, or `preset NAME`.
+    pub source: String,
+    /// The body format (`None` for a preset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Networks the feed lists now (its last good list).
+    pub entries: usize,
+    pub refresh_secs: u64,
+    /// When the last fetch was tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fetch: Option<u64>,
+    /// When the provider last answered with a good list (or "not modified").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_good: Option<u64>,
+    /// When the list last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_refresh: Option<u64>,
+    /// Why the last fetch was not applied; the last good list stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A refresh held for `allowlistctl feeds accept NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,6 +315,8 @@ pub struct Status {
     /// The running kernel's release.
     #[serde(default)]
     pub kernel: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

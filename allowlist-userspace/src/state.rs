@@ -26,6 +26,7 @@ use crate::{
     allowlist::{Entry, SetName},
     config::Mode,
     durable,
+    feeds::fetch::Validators,
 };
 
 const FILE: &str = "state.json";
@@ -49,6 +50,28 @@ pub struct State {
     /// Counts whole writes; journal lines of this generation apply on top of this file.
     #[serde(default)]
     pub generation: u64,
+    /// Each fetched feed's last good list, so that a start without the provider still
+    /// enforces it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub feeds: BTreeMap<SetName, SavedFeed>,
+}
+
+/// A feed's last good list and what the next fetch needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedFeed {
+    /// The networks, with when each was first listed (seconds since the Unix epoch).
+    pub networks: BTreeMap<IpNet, u64>,
+    /// The URL the list came from: a feed pointed elsewhere starts afresh.
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub validators: Validators,
+    /// When the provider last answered with a good list (or 304).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_at: Option<u64>,
+    /// When the list last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<u64>,
 }
 
 /// An `activate --confirm` that reverts unless confirmed by `deadline`.
@@ -253,6 +276,7 @@ impl State {
             entries,
             config_first_seen: BTreeMap::new(),
             generation: 0,
+            feeds: BTreeMap::new(),
         }
     }
 

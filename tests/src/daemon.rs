@@ -96,6 +96,8 @@ pub struct ConfigBuilder {
     return_traffic: Option<bool>,
     public_ports: Vec<String>,
     encapsulated_ip: Option<EncapsulatedIp>,
+    /// Tables written last, as given (`[[feed]]`).
+    tables: Vec<String>,
 }
 
 impl ConfigBuilder {
@@ -113,7 +115,14 @@ impl ConfigBuilder {
             return_traffic: None,
             public_ports: Vec::new(),
             encapsulated_ip: None,
+            tables: Vec::new(),
         }
+    }
+
+    /// A table written as given at the end of the file, e.g. a `[[feed]]`.
+    pub fn table(mut self, toml: &str) -> Self {
+        self.tables.push(toml.into());
+        self
     }
 
     /// Guards both host-side interfaces of `topology`.
@@ -264,6 +273,11 @@ impl ConfigBuilder {
                 toml_string(cidr),
                 toml_string(description)
             ));
+        }
+        for table in &self.tables {
+            toml.push('\n');
+            toml.push_str(table);
+            toml.push('\n');
         }
         toml
     }

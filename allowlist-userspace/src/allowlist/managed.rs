@@ -66,12 +66,12 @@ impl Managed {
 
     /// Every set's entry for exactly `network`.
     pub(super) fn of_network(&self, network: IpNet) -> impl Iterator<Item = &Entry> {
-        self.from_network(network)
+        self.starting_at(network)
             .take_while(move |entry| entry.network == network)
     }
 
     /// Entries from `network` on, in (network, set) order.
-    pub(super) fn from_network(&self, network: IpNet) -> impl Iterator<Item = &Entry> {
+    pub(super) fn starting_at(&self, network: IpNet) -> impl Iterator<Item = &Entry> {
         self.entries
             .range((Bound::Included((network, SetName::min())), Bound::Unbounded))
             .map(|(_, entry)| entry)

@@ -32,6 +32,7 @@ use crate::{
     clock::now,
     compile::{CompiledList, Reach, TooManyPortRanges},
     config::{normalize, AllowEntry, Config, Mode},
+    feeds::{FeedConfig, FeedSource},
     ports::PortSpec,
 };
 
@@ -214,6 +215,79 @@ impl Allowlist {
             .map(|entry| carry(&self.always, entry, Origin::Always))
             .collect();
         self.public_ports.clone_from(&config.public_ports);
+        self.feed_names = config.feeds.iter().map(|feed| feed.name.clone()).collect();
+        self.feeds
+            .retain(|name, _| config.feeds.iter().any(|feed| feed.name == *name));
+        for feed in &config.feeds {
+            match &feed.source {
+                FeedSource::Preset(preset) => {
+                    let networks: Vec<IpNet> = preset
+                        .networks
+                        .iter()
+                        .filter_map(|network| crate::config::parse_network(network).ok())
+                        .collect();
+                    self.set_feed(feed, &networks, now);
+                }
+                FeedSource::Fetch(_) => {
+                    // The last good list stays; its entries take the feed's ports and
+                    // description as the file now says.
+                    let networks: Vec<IpNet> = self
+                        .feeds
+                        .get(&feed.name)
+                        .map(|entries| entries.keys().copied().collect())
+                        .unwrap_or_default();
+                    if self.feeds.contains_key(&feed.name) {
+                        self.set_feed(feed, &networks, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes `networks` the entries of `feed` (its set), with the feed's ports and
+    /// description. Networks listed before keep the time they were first listed.
+    pub fn set_feed(&mut self, feed: &FeedConfig, networks: &[IpNet], now: u64) {
+        let old = self.feeds.remove(&feed.name).unwrap_or_default();
+        let entries = networks
+            .iter()
+            .map(|network| {
+                let entry = Entry {
+                    network: *network,
+                    description: feed.description.clone(),
+                    origin: Origin::Feed,
+                    set: feed.name.clone(),
+                    added_at: old.get(network).map_or(now, |old| old.added_at),
+                    expires_at: None,
+                    ports: feed.ports.clone(),
+                };
+                (*network, entry)
+            })
+            .collect();
+        self.feeds.insert(feed.name.clone(), entries);
+    }
+
+    /// Restores a fetched feed's last good list as saved, with when each network was
+    /// first listed.
+    pub fn restore_feed(&mut self, feed: &FeedConfig, saved: &BTreeMap<IpNet, u64>) {
+        let networks: Vec<IpNet> = saved.keys().copied().collect();
+        self.set_feed(feed, &networks, now());
+        if let Some(entries) = self.feeds.get_mut(&feed.name) {
+            for (network, entry) in entries.iter_mut() {
+                if let Some(at) = saved.get(network) {
+                    entry.added_at = *at;
+                }
+            }
+        }
+    }
+
+    /// A feed's networks, with when each was first listed (`None`: never fetched).
+    pub fn feed(&self, name: &SetName) -> Option<BTreeMap<IpNet, u64>> {
+        self.feeds.get(name).map(|entries| {
+            entries
+                .iter()
+                .map(|(network, entry)| (*network, entry.added_at))
+                .collect()
+        })
     }
 
     pub fn managed(&self) -> impl Iterator<Item = &Entry> {
@@ -305,7 +379,7 @@ impl Allowlist {
         }
         for entry in self
             .managed
-            .from_network(region)
+            .starting_at(region)
             .take_while(|entry| entry.network <= last)
         {
             if region.contains(&entry.network) {

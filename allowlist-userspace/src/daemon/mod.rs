@@ -10,6 +10,7 @@
 
 mod actor;
 mod durability;
+mod feeds;
 mod guards;
 mod kernel;
 mod requests;
@@ -17,6 +18,7 @@ mod requests;
 mod tests;
 
 pub use actor::Actor;
+pub use feeds::{FetchJob, FetchOutcome};
 pub use kernel::Kernel;
 
 use std::{
@@ -107,6 +109,8 @@ pub struct Daemon<K: Kernel = Filter> {
     access: SharedAccess,
     /// Time the kernel took for the change being made, for its log line.
     kernel_took: Duration,
+    /// Each fetched feed's schedule, validators and last error.
+    feeds: std::collections::BTreeMap<crate::allowlist::SetName, feeds::FeedRuntime>,
     /// Held for the daemon's life: no second daemon on this pin path or state dir.
     _instance: Option<InstanceLock>,
 }
@@ -203,8 +207,15 @@ impl<K: Kernel> Daemon<K> {
             generation: saved.as_ref().map_or(0, |saved| saved.generation),
             access,
             kernel_took: Duration::ZERO,
+            feeds: Default::default(),
             _instance: instance,
         };
+        daemon.sync_feeds(
+            &saved
+                .as_ref()
+                .map(|saved| saved.feeds.clone())
+                .unwrap_or_default(),
+        );
         daemon.apply_compiled(compiled)?;
         daemon.attach_interfaces()?;
         daemon.filter.pin_program()?;
@@ -258,12 +269,15 @@ impl<K: Kernel> Daemon<K> {
             return Err(error);
         }
         let previous_config_mode = std::mem::replace(&mut self.config_mode, self.config.mode);
+        let previous_feeds = self.feeds.clone();
+        self.sync_feeds(&Default::default());
         let result = self
             .commit(allowlist, mode, self.pending_confirm)
             .and_then(|()| self.attach_interfaces());
         if let Err(error) = result {
             self.config = previous;
             self.config_mode = previous_config_mode;
+            self.feeds = previous_feeds;
             return Err(error);
         }
         let (ipv4, ipv6) = self.filter.entry_counts();

@@ -42,6 +42,7 @@ impl<K: Kernel> Daemon<K> {
             pin_path: self.config.pin_path.display().to_string(),
             config: self.config.path.display().to_string(),
             kernel: super::kernel_release(),
+            feeds: self.feed_statuses(),
         }
     }
 
@@ -137,6 +138,19 @@ impl<K: Kernel> Daemon<K> {
                 safety,
             } => self.set_mode(mode, confirm_secs, &safety),
             Request::Confirm => self.confirm(),
+            Request::Feeds => Ok(Reply::with_feeds(self.feed_statuses())),
+            Request::FeedsRefresh { name, safety } => {
+                // The server fetches without the lock; this path (the daemon's own
+                // tests) fetches under it.
+                match self.feed_jobs(name.as_ref()) {
+                    Ok(jobs) => {
+                        let outcomes = jobs.into_iter().map(super::FetchJob::run).collect();
+                        return self.feeds_fetched(outcomes, &safety, by);
+                    }
+                    Err(message) => Err(Refusal::Error(message)),
+                }
+            }
+            Request::FeedsAccept { name, safety } => self.accept_feed(&name, &safety, by),
         };
         match result {
             Ok(reply) => {

@@ -42,6 +42,28 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
+pub enum FeedsAction {
+    /// Fetch every feed (or NAME) now; returns once the kernel judges by what they
+    /// answered, or says why a feed kept its last good list (exit 1).
+    Refresh {
+        /// The feed to fetch (default: every fetched feed).
+        name: Option<SetName>,
+        /// Apply even if the new list cuts off your session or an established
+        /// connection.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Apply the refresh of NAME that was held for removing more than max_shrink of
+    /// its entries.
+    Accept {
+        name: SetName,
+        /// Apply even if it cuts off your session or an established connection.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum Command {
     /// Add an address or network; if it is listed already, update its description
     /// (cleared when none is given).
@@ -206,6 +228,25 @@ the daemon is dead or the host's userspace hangs.")]
   allowlistctl activate --confirm 120s     # in your current ssh session
   ssh admin@host allowlistctl confirm      # from a new one: you can still get in")]
     Confirm,
+    /// The feeds of the config file: entries, last fetch, last change, errors, next
+    /// refresh; `feeds refresh [NAME]` fetches now, `feeds accept NAME` applies a held
+    /// refresh.
+    #[command(after_help = "Examples:
+  allowlistctl feeds
+  allowlistctl feeds refresh harness-ci   # fetch now; returns once the kernel follows
+  allowlistctl feeds accept harness-ci    # apply a refresh held for removing too much
+  allowlistctl feeds --json | jq '.[] | select(.error)'
+
+A fetch that fails, or a body that does not parse or is empty (unless allow_empty),
+keeps the feed's last good list; `feeds` shows the error. A refresh removing more than
+max_shrink (default 50%) of a feed's entries is held until `feeds accept`.")]
+    Feeds {
+        /// Print a JSON array of feeds instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<FeedsAction>,
+    },
     /// Mode, protected interfaces (with the XDP mode attached) and entries per family.
     #[command(after_help = "Example:\n  allowlistctl status --json | jq .mode")]
     Status {

@@ -20,11 +20,11 @@ use allowlist_userspace::{
 };
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, FeedsAction};
 use input::{network_argument, read_csv, Expiry, Ports};
 use output::{
-    print_check, print_entries, print_json, print_message, print_plan, print_stats, print_status,
-    CheckView, EntryView,
+    print_check, print_entries, print_feeds, print_json, print_message, print_plan, print_stats,
+    print_status, CheckView, EntryView,
 };
 
 /// Exit codes, documented in README.
@@ -232,6 +232,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 print_json(&stats);
             } else {
                 print_stats(&stats, all);
+            }
+            Ok(())
+        }
+        Command::Feeds { json, action } => {
+            let request = match action {
+                None => Request::Feeds,
+                Some(FeedsAction::Refresh { name, force }) => Request::FeedsRefresh {
+                    name,
+                    safety: safety(force),
+                },
+                Some(FeedsAction::Accept { name, force }) => Request::FeedsAccept {
+                    name,
+                    safety: safety(force),
+                },
+            };
+            let reply = ask(&request)?;
+            match reply.feeds {
+                Some(feeds) if json => print_json(&feeds),
+                Some(feeds) => print_feeds(&feeds),
+                None => print_message(&reply),
             }
             Ok(())
         }

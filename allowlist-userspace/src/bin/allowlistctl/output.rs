@@ -8,7 +8,7 @@ use allowlist_userspace::{
     allowlist::{Entry, ImportPlan, Origin},
     clock::format_time,
     config::Mode,
-    control::{CheckResult, Reply, Stats, Status},
+    control::{CheckResult, FeedStatus, Reply, Stats, Status},
     filter::EgressMechanism,
 };
 use ipnet::IpNet;
@@ -221,6 +221,72 @@ pub fn print_status(status: &Status) {
             "  {:<16} {:?} XDP, {egress}",
             interface.name, interface.xdp_mode
         );
+    }
+    if !status.feeds.is_empty() {
+        println!("feeds:");
+    }
+    for feed in &status.feeds {
+        let state = match (&feed.held, &feed.error) {
+            (Some(held), _) => format!("held: {held}"),
+            (None, Some(error)) => format!("error: {error}"),
+            (None, None) => match feed.last_good {
+                Some(at) => format!("fetched {}", format_time(at)),
+                None if feed.format.is_none() => "preset".into(),
+                None => "not fetched yet".into(),
+            },
+        };
+        println!(
+            "  {:<16} {} entries, {}",
+            feed.name.to_string(),
+            feed.entries,
+            printable(&state)
+        );
+    }
+}
+
+/// `feeds`: one row per feed, then its error or held refresh under it.
+pub fn print_feeds(feeds: &[FeedStatus]) {
+    let mut out = table(&[
+        "FEED",
+        "ENTRIES",
+        "LAST FETCH",
+        "LAST CHANGE",
+        "NEXT",
+        "STATUS",
+        "SOURCE",
+    ]);
+    let time = |at: Option<u64>| at.map_or_else(|| "-".to_string(), format_time);
+    for feed in feeds {
+        let state = if feed.held.is_some() {
+            "held"
+        } else if feed.error.is_some() {
+            "error"
+        } else if feed.format.is_none() {
+            "preset"
+        } else if feed.last_good.is_none() {
+            "not fetched yet"
+        } else {
+            "ok"
+        };
+        out.add_row(vec![
+            feed.name.to_string(),
+            feed.entries.to_string(),
+            time(feed.last_fetch),
+            time(feed.last_change),
+            if feed.format.is_some() {
+                time(feed.next_refresh)
+            } else {
+                "-".into()
+            },
+            state.to_string(),
+            printable(&feed.source),
+        ]);
+    }
+    println!("{out}");
+    for feed in feeds {
+        for problem in feed.held.iter().chain(&feed.error) {
+            println!("{}: {}", feed.name, printable(problem));
+        }
     }
 }
 
