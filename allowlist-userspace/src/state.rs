@@ -361,6 +361,50 @@ mod tests {
     }
 
     #[test]
+    fn a_state_file_and_journal_from_before_sets_load_into_the_default_set() {
+        let dir = state_dir("before-sets");
+        fs::write(
+            path(&dir),
+            r#"{"version":1,"mode":"enforce","config_mode":"enforce","entries":[{"network":"192.0.2.0/24","description":"office","origin":"cli","added_at":1}],"generation":3}"#,
+        )
+        .unwrap();
+        fs::write(
+            journal_path(&dir),
+            "{\"generation\":3,\"remove\":\"192.0.2.0/24\"}\n{\"generation\":3,\"add\":{\"network\":\"198.51.100.7/32\",\"origin\":\"cli\",\"added_at\":2}}\n",
+        )
+        .unwrap();
+        let (state, replay) = State::load(&dir).unwrap().unwrap();
+        assert_eq!(replay.changes, 2);
+        assert_eq!(state.entries.len(), 1);
+        assert_eq!(state.entries[0].set, SetName::default());
+        assert!(state.feeds.is_empty());
+    }
+
+    #[test]
+    fn a_removal_from_a_named_set_leaves_the_same_network_in_other_sets() {
+        let dir = state_dir("sets");
+        let ci = SetName::new("ci").unwrap();
+        let in_ci = Entry {
+            set: ci.clone(),
+            ..entry("192.0.2.0/24", "ci runner")
+        };
+        State::new(
+            Mode::Enforce,
+            Mode::Enforce,
+            vec![entry("192.0.2.0/24", "office"), in_ci],
+        )
+        .store(&dir)
+        .unwrap();
+        let network = "192.0.2.0/24".parse().unwrap();
+        journal(&dir, 0, &Change::remove(network, &ci)).unwrap();
+        let (state, _) = State::load(&dir).unwrap().unwrap();
+        assert_eq!(state.entries.len(), 1);
+        assert_eq!(state.entries[0].description, "office");
+        let line = fs::read_to_string(journal_path(&dir)).unwrap();
+        assert!(line.contains("\"set\":\"ci\""), "{line}");
+    }
+
+    #[test]
     fn journaled_changes_are_replayed_over_the_state_file_and_a_whole_write_empties_the_journal() {
         let dir = state_dir("replay");
         let stored = State::new(
