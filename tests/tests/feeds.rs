@@ -352,3 +352,42 @@ fn a_preset_lists_the_providers_documented_addresses_read_only() {
     // Export leaves feeds out: they come from the config file.
     assert!(!daemon.ctl_ok(&["export"]).contains("34.89.196.206"));
 }
+
+#[test]
+fn a_reload_rescopes_a_feeds_entries_and_removing_the_feed_removes_them() {
+    let topology = Topology::new().unwrap();
+    let server = start_endpoint(&topology, &[BLOCKED]);
+    let dir = tempfile::tempdir().unwrap();
+    let base = ConfigBuilder::allowed_client(&topology);
+    let daemon = Daemon::start(
+        &topology,
+        &base
+            .clone()
+            .table(&harness_feed(&server, dir.path(), "1h", "")),
+    )
+    .unwrap();
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    wait_first_fetch(&daemon, "harness-ci");
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+
+    // The same feed, now scoped to SSH: its last good list stays, with the new scope.
+    daemon.apply(&base.clone().table(&harness_feed(
+        &server,
+        dir.path(),
+        "1h",
+        "ports = [\"22/tcp\"]",
+    )));
+    assert_eq!(entries(&daemon, "harness-ci"), 1);
+    assert_eq!(
+        probe.verdict(Client::Blocked, false),
+        Verdict::Drop,
+        "UDP probe"
+    );
+    let check = daemon.check(&["10.10.2.2", "--port", "22/tcp"]);
+    assert!(check.contains("feed harness-ci"), "{check}");
+
+    // The feed leaves the config: its entries leave the kernel.
+    daemon.apply(&base);
+    assert!(daemon.listed("10.10.2.2/32").is_empty());
+    assert_eq!(daemon.ctl_json(&["feeds"]), serde_json::json!([]));
+}
