@@ -100,7 +100,8 @@ description). 0.0.0.0/0 and ::/0 allow every source and need --force.")]
         #[arg(long)]
         force: bool,
     },
-    /// Remove an address or network added with allowlistctl.
+    /// Remove an address or network added with allowlistctl from its set (`default`
+    /// unless --set names another).
     #[command(after_help = "Examples:
   allowlistctl remove 203.0.113.0/24
   allowlistctl remove 198.51.100.7 --if-present   # in scripts: absent is fine
@@ -121,9 +122,9 @@ config file lists is always an error: edit the file and reload.")]
         #[arg(long)]
         force: bool,
     },
-    /// Show every entry: network, description, origin, added, expires.
+    /// Show every entry: network, ports, description, origin, set, added, expires.
     #[command(
-        after_help = "Examples:\n  allowlistctl list\n  allowlistctl list --json | jq '.[].network'"
+        after_help = "Examples:\n  allowlistctl list\n  allowlistctl list --set ci\n  allowlistctl list --json | jq '.[].network'"
     )]
     List {
         /// Print a JSON array of entries instead of a table.
