@@ -16,7 +16,10 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::ports::PortSpec;
+use crate::{
+    feeds::config::{FeedConfig, MAX_FEEDS},
+    ports::PortSpec,
+};
 
 pub const DEFAULT_CONFIG: &str = "/etc/allowlist/allowlist.toml";
 pub const DEFAULT_SOCKET: &str = "/run/allowlist/control.sock";
@@ -124,6 +127,8 @@ pub struct Config {
     pub dropped_sources: u32,
     /// Where the daemon serves Prometheus metrics (`/metrics`); `None`: nowhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `[[feed]]`: provider lists fetched (or preset), each a read-only set.
+    pub feeds: Vec<FeedConfig>,
     /// Notes worth logging that do not stop the config from loading (e.g. host bits).
     pub warnings: Vec<String>,
 }
@@ -177,6 +182,8 @@ struct RawConfig {
     allow: Vec<RawAllow>,
     #[serde(default)]
     always: Vec<RawAllow>,
+    #[serde(default)]
+    feed: Vec<crate::feeds::config::RawFeed>,
 }
 
 #[derive(Deserialize)]
@@ -292,6 +299,38 @@ impl Config {
                 .map_err(|message| invalid(span, message))?;
         }
 
+        if raw.feed.len() > MAX_FEEDS {
+            return Err(ConfigError::Invalid {
+                path: shown.clone(),
+                line: 1,
+                message: format!("{} [[feed]] tables; at most {MAX_FEEDS}", raw.feed.len()),
+            });
+        }
+        let mut feeds: Vec<FeedConfig> = Vec::with_capacity(raw.feed.len());
+        for feed in raw.feed {
+            let feed = FeedConfig::validate(
+                feed,
+                |offset| lines.line_of(offset),
+                parse_ports,
+                &mut warnings,
+            )
+            .map_err(|(span, message)| invalid(span, message))?;
+            if let Some(first) = feeds.iter().find(|other| other.name == feed.name) {
+                return Err(ConfigError::Invalid {
+                    path: shown.clone(),
+                    line: feed.line,
+                    message: format!(
+                        "feed {} is defined twice: at line {} and here; feed names are set names and must differ",
+                        feed.name, first.line
+                    ),
+                });
+            }
+            feeds.push(feed);
+        }
+        for warning in warnings.iter_mut().filter(|w| w.starts_with("line ")) {
+            *warning = format!("{shown}:{}", &warning["line ".len()..]);
+        }
+
         let socket_group = match raw.socket_group {
             None => None,
             Some(group) => {
@@ -363,6 +402,7 @@ impl Config {
             public_ports,
             dropped_sources,
             metrics_listen,
+            feeds,
             warnings,
         })
     }

@@ -21,7 +21,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    allowlist::{Entry, ImportPlan, ImportRow},
+    allowlist::{Entry, ImportPlan, ImportRow, SetName},
     config::Mode,
     filter::{AttachedMode, EgressMechanism},
     ports::PortSpec,
@@ -65,6 +65,9 @@ pub enum Request {
         /// Destination ports the network may reach; empty means all.
         #[serde(default)]
         ports: Option<Vec<PortSpec>>,
+        /// The set the entry belongs to (`default` when not given).
+        #[serde(default)]
+        set: SetName,
         /// The caller, for the lockout check of an update that narrows an entry; `force`
         /// also lists 0.0.0.0/0 or ::/0, which allow every source.
         #[serde(default)]
@@ -76,11 +79,17 @@ pub enum Request {
         /// list). One the config file lists is still refused.
         #[serde(default)]
         if_present: bool,
+        /// The set to remove it from (`default` when not given).
+        #[serde(default)]
+        set: SetName,
         #[serde(default)]
         safety: Safety,
     },
     Import {
         rows: Vec<ImportRow>,
+        /// With `replace`, the set the file replaces; other sets are left alone.
+        #[serde(default)]
+        set: SetName,
         #[serde(default)]
         replace: bool,
         #[serde(default)]
@@ -109,6 +118,22 @@ pub enum Request {
         #[serde(default)]
         limit: Option<usize>,
     },
+    /// Each feed: entries, last fetch, last change, error, next refresh.
+    Feeds,
+    /// Fetch feeds now (all fetched ones, or `name`); the reply comes once the kernel
+    /// judges by what they answered (or says why not).
+    FeedsRefresh {
+        #[serde(default)]
+        name: Option<SetName>,
+        #[serde(default)]
+        safety: Safety,
+    },
+    /// Apply a feed's refresh held for removing more than `max_shrink` of its entries.
+    FeedsAccept {
+        name: SetName,
+        #[serde(default)]
+        safety: Safety,
+    },
 }
 
 impl Request {
@@ -122,6 +147,7 @@ impl Request {
                 | Request::Export
                 | Request::Check { .. }
                 | Request::Top { .. }
+                | Request::Feeds
         )
     }
 }
@@ -199,6 +225,8 @@ pub struct Reply {
     /// Set when the request was refused because it would cut these people off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_for_safety: Option<Vec<AtRisk>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feeds: Option<Vec<FeedStatus>>,
     /// The answer to `top`, most packets first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top: Option<Vec<DroppedRow>>,
@@ -289,8 +317,48 @@ impl Reply {
             refused_for_safety: None,
             top: None,
             hits: None,
+            feeds: None,
         }
     }
+
+    pub fn with_feeds(feeds: Vec<FeedStatus>) -> Self {
+        Self {
+            feeds: Some(feeds),
+            ..Self::empty(true)
+        }
+    }
+}
+
+/// One feed as `allowlistctl feeds` and `status` show it. Times are seconds since the
+/// Unix epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedStatus {
+    pub name: SetName,
+    /// The URL, or `preset NAME`.
+    pub source: String,
+    /// The body format (`None` for a preset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// Networks the feed lists now (its last good list).
+    pub entries: usize,
+    pub refresh_secs: u64,
+    /// When the last fetch was tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fetch: Option<u64>,
+    /// When the provider last answered with a good list (or "not modified").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_good: Option<u64>,
+    /// When the list last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_refresh: Option<u64>,
+    /// Why the last fetch was not applied; the last good list stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A refresh held for `allowlistctl feeds accept NAME`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,6 +374,8 @@ pub struct Status {
     /// The running kernel's release.
     #[serde(default)]
     pub kernel: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<FeedStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -258,6 +258,7 @@ mod tests {
             network: network.parse().unwrap(),
             description: description.into(),
             origin: Origin::Cli,
+            set: Default::default(),
             added_at: 1,
             expires_at,
             ports: ports::parse_list(ports).unwrap(),
@@ -481,14 +482,14 @@ mod tests {
                 let config = crate::config::Config::parse(std::path::Path::new("t.toml"), "interfaces = [\"lo\"]\nmode = \"off\"\n").unwrap();
                 let mut list = Allowlist::new(&config, vec![], &Default::default());
                 for (network, update) in &entries {
-                    list.add(*network, update.clone()).unwrap();
+                    list.add(*network, &Default::default(), update.clone()).unwrap();
                 }
                 let mut file = Vec::new();
                 write_rows(&mut file, list.managed()).unwrap();
                 let rows = read_rows(file.as_slice(), clock::now()).unwrap().rows;
                 prop_assert_eq!(rows.len(), entries.len());
                 let before = list.clone();
-                let plan = list.import(&rows, true);
+                let plan = list.import(&rows, &Default::default(), true).unwrap();
                 prop_assert!(plan.added.is_empty() && plan.updated.is_empty() && plan.removed.is_empty(), "{:?}", plan);
                 prop_assert_eq!(list, before);
             }

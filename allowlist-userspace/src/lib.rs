@@ -29,6 +29,7 @@ pub mod control;
 pub mod csv_format;
 pub mod daemon;
 pub mod durable;
+pub mod feeds;
 pub mod filter;
 pub mod instance;
 pub mod metrics;

@@ -26,9 +26,10 @@ use tracing::{info, warn};
 
 use crate::{
     access::{Access, Peer, SharedAccess},
+    allowlist::SetName,
     clock,
-    control::{self, Reply, Request},
-    daemon::{Actor, Daemon, DaemonError},
+    control::{self, Reply, Request, Safety},
+    daemon::{Actor, Daemon, DaemonError, FetchJob, FetchOutcome},
     metrics, service,
 };
 
@@ -100,6 +101,7 @@ pub async fn serve(daemon: Daemon) -> Result<(), DaemonError> {
     }
     let changed = Arc::new(Notify::new());
     tokio::spawn(run_timers(Arc::clone(&daemon), Arc::clone(&changed)));
+    tokio::spawn(run_feeds(Arc::clone(&daemon), Arc::clone(&changed)));
     let mut admission = Admission::new(descriptor_limit());
     let mut accept_errors = RateLimited::new(WARNING_INTERVAL);
     let mut backoff = Duration::ZERO;
@@ -176,6 +178,56 @@ async fn run_timers(daemon: Arc<Mutex<Daemon>>, changed: Arc<Notify>) {
             _ = changed.notified() => {}
         }
     }
+}
+
+/// Longest the feed timer sleeps without looking at the schedule again (a reload may
+/// add a feed to fetch at once).
+const FEEDS_MAX_SLEEP: Duration = Duration::from_secs(5);
+
+/// Fetches each feed when it is due. Fetches run without the daemon's lock, so a slow
+/// provider delays no request; only applying what one answered takes the lock.
+async fn run_feeds(daemon: Arc<Mutex<Daemon>>, changed: Arc<Notify>) {
+    loop {
+        let wait = {
+            let daemon = lock(&daemon);
+            daemon
+                .next_feed_due()
+                .map_or(FEEDS_MAX_SLEEP, |at| clock::until(at, FEEDS_MAX_SLEEP))
+        };
+        tokio::time::sleep(wait).await;
+        let jobs = lock(&daemon).due_feed_jobs(clock::now());
+        if !jobs.is_empty() {
+            refresh_feeds(&daemon, Ok(jobs), Safety::default(), Actor::FeedRefresh).await;
+            changed.notify_one();
+        }
+    }
+}
+
+/// Runs fetches (`jobs`, or those of `feeds refresh [NAME]`) without the lock, then
+/// applies their outcomes under it.
+async fn refresh_feeds(
+    daemon: &Arc<Mutex<Daemon>>,
+    jobs: Result<Vec<FetchJob>, Option<SetName>>,
+    safety: Safety,
+    by: Actor,
+) -> Reply {
+    let jobs = match jobs {
+        Ok(jobs) => jobs,
+        Err(name) => match lock(daemon).feed_jobs(name.as_ref()) {
+            Ok(jobs) => jobs,
+            Err(message) => return Reply::failed(message),
+        },
+    };
+    let fetched =
+        tokio::task::spawn_blocking(move || jobs.into_iter().map(FetchJob::run).collect()).await;
+    let outcomes: Vec<FetchOutcome> = match fetched {
+        Ok(outcomes) => outcomes,
+        Err(error) => return Reply::failed(format!("internal error: {error}")),
+    };
+    let daemon = Arc::clone(daemon);
+    tokio::task::spawn_blocking(move || lock(&daemon).feeds_fetched(outcomes, &safety, &by))
+        .await
+        .unwrap_or_else(|error| Reply::failed(format!("internal error: {error}")))
 }
 
 /// Counts open connections per user and refuses those over the caps.
@@ -355,6 +407,12 @@ async fn serve_client(
                         "refused a request from a client without permission"
                     );
                     permission_denied(&client.access.get(), &peer, &request)
+                }
+                Ok(Request::FeedsRefresh { name, safety }) => {
+                    let reply =
+                        refresh_feeds(&daemon, Err(name), safety, Actor::client(&peer)).await;
+                    changed.notify_one();
+                    reply
                 }
                 Ok(request) => {
                     let daemon = Arc::clone(&daemon);

@@ -168,6 +168,7 @@ mod tests {
             pin_path: "/sys/fs/bpf/allowlist".into(),
             config: "/etc/allowlist/allowlist.toml".into(),
             kernel: "6.1.0".into(),
+            feeds: Vec::new(),
         }
     }
 

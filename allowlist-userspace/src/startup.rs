@@ -43,6 +43,8 @@ pub struct Saved {
     /// IPv4-mapped IPv6 network), now listed as what they stand for.
     pub normalized: usize,
     pub replay: Replay,
+    /// Each fetched feed's last good list.
+    pub feeds: std::collections::BTreeMap<crate::allowlist::SetName, state::SavedFeed>,
 }
 
 /// Why the daemon would not start. Nothing was changed.
@@ -74,6 +76,7 @@ impl StartPlan {
                     entries: entries.len(),
                     normalized: 0,
                     replay,
+                    feeds: state.feeds,
                 };
                 (entries, Some(saved))
             }
@@ -93,7 +96,20 @@ impl StartPlan {
             .as_ref()
             .map(|saved| saved.config_first_seen.clone())
             .unwrap_or_default();
-        let (allowlist, normalized) = Allowlist::restore(&config, managed, &first_seen);
+        let (mut allowlist, normalized) = Allowlist::restore(&config, managed, &first_seen);
+        if let Some(saved) = &saved {
+            for feed in &config.feeds {
+                if let (Some(saved), crate::feeds::FeedSource::Fetch(source)) =
+                    (saved.feeds.get(&feed.name), &feed.source)
+                {
+                    // The last good list of the URL the file names: a feed pointed
+                    // elsewhere starts empty and fetches.
+                    if saved.url == source.url {
+                        allowlist.restore_feed(feed, &saved.networks);
+                    }
+                }
+            }
+        }
         let saved = saved.map(|saved| Saved {
             normalized,
             ..saved

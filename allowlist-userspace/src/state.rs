@@ -22,7 +22,12 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{allowlist::Entry, config::Mode, durable};
+use crate::{
+    allowlist::{Entry, SetName},
+    config::Mode,
+    durable,
+    feeds::fetch::Validators,
+};
 
 const FILE: &str = "state.json";
 const JOURNAL: &str = "journal.ndjson";
@@ -45,6 +50,28 @@ pub struct State {
     /// Counts whole writes; journal lines of this generation apply on top of this file.
     #[serde(default)]
     pub generation: u64,
+    /// Each fetched feed's last good list, so that a start without the provider still
+    /// enforces it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub feeds: BTreeMap<SetName, SavedFeed>,
+}
+
+/// A feed's last good list and what the next fetch needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedFeed {
+    /// The networks, with when each was first listed (seconds since the Unix epoch).
+    pub networks: BTreeMap<IpNet, u64>,
+    /// The URL the list came from: a feed pointed elsewhere starts afresh.
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub validators: Validators,
+    /// When the provider last answered with a good list (or 304).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetched_at: Option<u64>,
+    /// When the list last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed_at: Option<u64>,
 }
 
 /// An `activate --confirm` that reverts unless confirmed by `deadline`.
@@ -99,7 +126,25 @@ pub fn journal_path(state_dir: &Path) -> PathBuf {
 pub enum Change {
     /// Added, or replaced an entry for the same network.
     Add(Entry),
+    /// Removed from the `default` set (journals written before sets have only these).
     Remove(IpNet),
+    /// Removed from a named set.
+    RemoveFrom { network: IpNet, set: SetName },
+}
+
+impl Change {
+    /// The journal line for removing `network` from `set`: the old shape for the
+    /// default set, so a journal stays readable by the version before sets.
+    pub fn remove(network: IpNet, set: &SetName) -> Change {
+        if *set == SetName::default() {
+            Change::Remove(network)
+        } else {
+            Change::RemoveFrom {
+                network,
+                set: set.clone(),
+            }
+        }
+    }
 }
 
 /// A journal line: a change, and the generation of the state file it applies to.
@@ -165,9 +210,9 @@ fn replay(
         Ok(None) => return Ok(Replay::default()),
         Err(cause) => return Err(StateError::Read { path: shown, cause }),
     };
-    let mut by_network: BTreeMap<IpNet, Entry> = entries
+    let mut by_network: BTreeMap<(IpNet, SetName), Entry> = entries
         .drain(..)
-        .map(|entry| (entry.network, entry))
+        .map(|entry| ((entry.network, entry.set.clone()), entry))
         .collect();
     let mut replay = Replay::default();
     let mut offset = 0;
@@ -194,8 +239,9 @@ fn replay(
             continue;
         }
         match line.change {
-            Change::Add(entry) => by_network.insert(entry.network, entry),
-            Change::Remove(network) => by_network.remove(&network),
+            Change::Add(entry) => by_network.insert((entry.network, entry.set.clone()), entry),
+            Change::Remove(network) => by_network.remove(&(network, SetName::default())),
+            Change::RemoveFrom { network, set } => by_network.remove(&(network, set)),
         };
         replay.changes += 1;
     }
@@ -230,6 +276,7 @@ impl State {
             entries,
             config_first_seen: BTreeMap::new(),
             generation: 0,
+            feeds: BTreeMap::new(),
         }
     }
 
@@ -298,6 +345,7 @@ mod tests {
             network: network.parse().unwrap(),
             description: description.into(),
             origin: Origin::Cli,
+            set: Default::default(),
             added_at: 1,
             expires_at: None,
             ports: Vec::new(),
@@ -310,6 +358,50 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_state_file_and_journal_from_before_sets_load_into_the_default_set() {
+        let dir = state_dir("before-sets");
+        fs::write(
+            path(&dir),
+            r#"{"version":1,"mode":"enforce","config_mode":"enforce","entries":[{"network":"192.0.2.0/24","description":"office","origin":"cli","added_at":1}],"generation":3}"#,
+        )
+        .unwrap();
+        fs::write(
+            journal_path(&dir),
+            "{\"generation\":3,\"remove\":\"192.0.2.0/24\"}\n{\"generation\":3,\"add\":{\"network\":\"198.51.100.7/32\",\"origin\":\"cli\",\"added_at\":2}}\n",
+        )
+        .unwrap();
+        let (state, replay) = State::load(&dir).unwrap().unwrap();
+        assert_eq!(replay.changes, 2);
+        assert_eq!(state.entries.len(), 1);
+        assert_eq!(state.entries[0].set, SetName::default());
+        assert!(state.feeds.is_empty());
+    }
+
+    #[test]
+    fn a_removal_from_a_named_set_leaves_the_same_network_in_other_sets() {
+        let dir = state_dir("sets");
+        let ci = SetName::new("ci").unwrap();
+        let in_ci = Entry {
+            set: ci.clone(),
+            ..entry("192.0.2.0/24", "ci runner")
+        };
+        State::new(
+            Mode::Enforce,
+            Mode::Enforce,
+            vec![entry("192.0.2.0/24", "office"), in_ci],
+        )
+        .store(&dir)
+        .unwrap();
+        let network = "192.0.2.0/24".parse().unwrap();
+        journal(&dir, 0, &Change::remove(network, &ci)).unwrap();
+        let (state, _) = State::load(&dir).unwrap().unwrap();
+        assert_eq!(state.entries.len(), 1);
+        assert_eq!(state.entries[0].description, "office");
+        let line = fs::read_to_string(journal_path(&dir)).unwrap();
+        assert!(line.contains("\"set\":\"ci\""), "{line}");
     }
 
     #[test]

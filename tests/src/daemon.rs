@@ -131,6 +131,8 @@ pub struct ConfigBuilder {
     encapsulated_ip: Option<EncapsulatedIp>,
     dropped_sources: Option<u32>,
     metrics_listen: Option<std::net::SocketAddr>,
+    /// Tables written last, as given (`[[feed]]`).
+    tables: Vec<String>,
 }
 
 impl ConfigBuilder {
@@ -150,6 +152,7 @@ impl ConfigBuilder {
             encapsulated_ip: None,
             dropped_sources: None,
             metrics_listen: None,
+            tables: Vec::new(),
         }
     }
 
@@ -162,6 +165,12 @@ impl ConfigBuilder {
     /// `metrics_listen = "ADDRESS:PORT"`: serve Prometheus metrics there.
     pub fn metrics_listen(mut self, at: std::net::SocketAddr) -> Self {
         self.metrics_listen = Some(at);
+        self
+    }
+
+    /// A table written as given at the end of the file, e.g. a `[[feed]]`.
+    pub fn table(mut self, toml: &str) -> Self {
+        self.tables.push(toml.into());
         self
     }
 
@@ -322,6 +331,11 @@ impl ConfigBuilder {
                 toml_string(cidr),
                 toml_string(description)
             ));
+        }
+        for table in &self.tables {
+            toml.push('\n');
+            toml.push_str(table);
+            toml.push('\n');
         }
         toml
     }
@@ -605,8 +619,11 @@ impl Stats {
 pub struct ListedEntry {
     pub network: String,
     pub description: String,
-    /// `config`, `always`, `cli` or `csv import`.
+    /// `config`, `always`, `cli`, `csv import` or `feed NAME`.
     pub origin: String,
+    /// The set it belongs to: `default`, a name given with `--set`, `config`, `always`
+    /// or a feed's name.
+    pub set: String,
     /// RFC 3339.
     pub added_at: String,
     /// RFC 3339, for temporary entries.
@@ -630,6 +647,7 @@ impl ListedEntry {
             network: field("network")?,
             description: field("description")?,
             origin: field("origin")?,
+            set: field("set")?,
             added_at: field("added_at")?,
             expires_at,
         })

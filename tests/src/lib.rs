@@ -20,6 +20,7 @@
 #![warn(unused_crate_dependencies)]
 
 pub mod daemon;
+pub mod feed_server;
 pub mod frames;
 pub mod interrupt;
 pub mod netns;
@@ -40,6 +41,7 @@ pub use allowlist_userspace::config::{EncapsulatedIp, Mode, XdpMode};
 pub use daemon::{
     as_user, Binaries, ConfigBuilder, Counter, Daemon, DaemonFiles, ListedEntry, Stats,
 };
+pub use feed_server::FeedServer;
 pub use frames::VlanTag;
 pub use netns::{in_netns, Netns};
 pub use notify::{Notification, NotifyListener};

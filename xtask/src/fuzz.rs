@@ -6,7 +6,7 @@
 //!   (`tests/tests/fuzz_packets.rs`);
 //! - `control`: arbitrary bytes and extreme requests against a running daemon, whose
 //!   state must match a model of the accepted requests (`tests/tests/fuzz_control.rs`);
-//! - `config`, `csv`: the config and CSV parsers under libFuzzer (cargo-fuzz,
+//! - `config`, `csv`, `feeds`: the config, CSV and feed body parsers under libFuzzer (cargo-fuzz,
 //!   `tests/fuzz/`), coverage-guided from the seeds in `tests/fuzz/corpus/`.
 //!
 //! Each run replays the regression cases in `tests/fuzz/regressions/` first. What
@@ -19,7 +19,7 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::{process, setup, summary::Summary, sys, workspace};
 
-pub const TARGETS: [&str; 4] = ["packets", "control", "config", "csv"];
+pub const TARGETS: [&str; 5] = ["packets", "control", "config", "csv", "feeds"];
 /// What `cargo xtask test` gives each target.
 pub const TEST_SECONDS: u64 = 30;
 

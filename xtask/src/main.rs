@@ -95,12 +95,12 @@ enum Task {
         only: Vec<String>,
     },
     /// Fuzz every untrusted input against a model (as root): packets through the real XDP
-    /// program, requests to a running daemon, the config and CSV parsers under libFuzzer
+    /// program, requests to a running daemon, the config, CSV and feed parsers under libFuzzer
     Fuzz {
         /// How long each target runs
         #[arg(long, default_value_t = 300, value_name = "N")]
         seconds: u64,
-        /// One of packets, control, config, csv (default: all)
+        /// One of packets, control, config, csv, feeds (default: all)
         target: Option<String>,
     },
 }

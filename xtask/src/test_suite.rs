@@ -52,7 +52,7 @@ pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
         // default 30 s each); the parsers run under libFuzzer here. A name filter given to
         // the test run selects tests, not fuzzers: then they are left out.
         if test_args.is_empty() {
-            for target in ["config", "csv"] {
+            for target in ["config", "csv", "feeds"] {
                 summary.step(&format!("fuzz {target} ({} s)", fuzz::TEST_SECONDS), || {
                     fuzz::run(target, fuzz::TEST_SECONDS)
                 });

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{check_description, Allowlist, Entry, Origin};
+use super::{check_description, Allowlist, Entry, ListError, Origin, SetName};
 use crate::{clock::now, config::normalize, ports::PortSpec};
 
 /// One row of an import, already parsed by the client; `line` is its line in the file.
@@ -109,10 +109,17 @@ fn imported(entry: Entry, row: &ImportRow) -> Entry {
 }
 
 impl Allowlist {
-    /// Works out what importing `rows` does: rows add or update entries in order (a
-    /// later row for the same network wins); with `replace`, managed entries the file
-    /// does not name are removed. Config-owned networks are left alone.
-    pub fn plan_import(&self, rows: &[ImportRow], replace: bool) -> ImportPlan {
+    /// Works out what importing `rows` into `set` does: rows add or update that set's
+    /// entries in order (a later row for the same network wins); with `replace`, the
+    /// set's entries the file does not name are removed, and other sets are left alone.
+    /// Config-owned networks are left alone.
+    pub fn plan_import(
+        &self,
+        rows: &[ImportRow],
+        set: &SetName,
+        replace: bool,
+    ) -> Result<ImportPlan, ListError> {
+        self.check_writable_set(set)?;
         let mut final_rows: BTreeMap<IpNet, &ImportRow> = BTreeMap::new();
         let mut plan = ImportPlan::default();
         for row in rows {
@@ -126,7 +133,7 @@ impl Allowlist {
             final_rows.insert(network, row);
         }
         for (network, row) in &final_rows {
-            match self.managed.entries.get(network) {
+            match self.managed.get(network, set) {
                 None => plan.added.push(*network),
                 Some(entry) if imported(entry.clone(), row) != *entry => {
                     plan.updated.push(*network)
@@ -137,41 +144,41 @@ impl Allowlist {
         if replace {
             plan.removed = self
                 .managed
-                .entries
-                .keys()
-                .filter(|network| !final_rows.contains_key(network))
-                .copied()
+                .values()
+                .filter(|entry| entry.set == *set && !final_rows.contains_key(&entry.network))
+                .map(|entry| entry.network)
                 .collect();
         }
-        plan
+        Ok(plan)
     }
 
-    pub fn import(&mut self, rows: &[ImportRow], replace: bool) -> ImportPlan {
-        let plan = self.plan_import(rows, replace);
+    pub fn import(
+        &mut self,
+        rows: &[ImportRow],
+        set: &SetName,
+        replace: bool,
+    ) -> Result<ImportPlan, ListError> {
+        let plan = self.plan_import(rows, set, replace)?;
         let now = now();
         for network in &plan.removed {
-            self.managed.remove(network);
+            self.managed.remove(network, set);
         }
         for row in rows {
             let network = normalize(row.network);
             if self.owner_in_config(&network).is_some() {
                 continue;
             }
-            let base = self
-                .managed
-                .entries
-                .get(&network)
-                .cloned()
-                .unwrap_or(Entry {
-                    network,
-                    description: String::new(),
-                    origin: Origin::CsvImport,
-                    added_at: now,
-                    expires_at: None,
-                    ports: Vec::new(),
-                });
+            let base = self.managed.get(&network, set).cloned().unwrap_or(Entry {
+                network,
+                description: String::new(),
+                origin: Origin::CsvImport,
+                set: set.clone(),
+                added_at: now,
+                expires_at: None,
+                ports: Vec::new(),
+            });
             self.managed.insert(imported(base, row));
         }
-        plan
+        Ok(plan)
     }
 }

@@ -20,13 +20,19 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 mod import;
+mod managed;
+mod sets;
 
 pub use import::{check_import_rows, ImportPlan, ImportRow, RowScope};
+pub use sets::{check_set_name, SetName, ALWAYS_SET, CONFIG_SET, DEFAULT_SET, MAX_SET_NAME_BYTES};
+
+use managed::Managed;
 
 use crate::{
     clock::now,
     compile::{CompiledList, Reach, TooManyPortRanges},
     config::{normalize, AllowEntry, Config, Mode},
+    feeds::{FeedConfig, FeedSource},
     ports::PortSpec,
 };
 
@@ -37,6 +43,7 @@ pub enum Origin {
     Always,
     Cli,
     CsvImport,
+    Feed,
 }
 
 impl fmt::Display for Origin {
@@ -46,6 +53,7 @@ impl fmt::Display for Origin {
             Origin::Always => "always",
             Origin::Cli => "cli",
             Origin::CsvImport => "csv import",
+            Origin::Feed => "feed",
         })
     }
 }
@@ -56,6 +64,10 @@ pub struct Entry {
     #[serde(default)]
     pub description: String,
     pub origin: Origin,
+    /// The set the entry belongs to. State files written before sets existed have none:
+    /// their entries are the `default` set's.
+    #[serde(default)]
+    pub set: SetName,
     /// Seconds since the Unix epoch.
     pub added_at: u64,
     /// Seconds since the Unix epoch; the entry leaves the kernel then.
@@ -88,6 +100,14 @@ pub enum ListError {
     OwnedByConfig { network: IpNet, origin: Origin },
     #[error("{0} is not on the allowlist")]
     NotListed(IpNet),
+    #[error("set {set} is read-only: its entries come from {owner}; change them there (then `allowlistctl reload`), or name another set with --set")]
+    ReadOnlySet { set: SetName, owner: &'static str },
+    #[error("{network} is not in set {set}; it is listed in set{} {}: name it with --set", if sets.len() > 1 { "s" } else { "" }, sets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "))]
+    InOtherSets {
+        network: IpNet,
+        set: SetName,
+        sets: Vec<SetName>,
+    },
 }
 
 /// What `add` changes of an entry. `None` keeps what a listed entry has (a new one gets
@@ -108,58 +128,11 @@ pub struct Allowlist {
     config: BTreeMap<IpNet, Entry>,
     always: BTreeMap<IpNet, Entry>,
     managed: Managed,
+    /// Each feed's entries (its last good list), by feed name.
+    feeds: BTreeMap<SetName, BTreeMap<IpNet, Entry>>,
+    /// The config file's feeds: sets the CLI may not change.
+    feed_names: BTreeSet<SetName>,
     public_ports: Vec<PortSpec>,
-}
-
-/// The daemon-owned entries, with an index of their expiry times so that finding the
-/// next one does not scan a list of millions after every change.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Managed {
-    entries: BTreeMap<IpNet, Entry>,
-    expiring: BTreeSet<(u64, IpNet)>,
-}
-
-impl Managed {
-    fn insert(&mut self, entry: Entry) -> Option<Entry> {
-        if let Some(at) = entry.expires_at {
-            self.expiring.insert((at, entry.network));
-        }
-        let old = self.entries.insert(entry.network, entry);
-        self.unindex(old.as_ref());
-        old
-    }
-
-    fn remove(&mut self, network: &IpNet) -> Option<Entry> {
-        let old = self.entries.remove(network);
-        self.unindex(old.as_ref());
-        old
-    }
-
-    fn unindex(&mut self, old: Option<&Entry>) {
-        if let Some(Entry {
-            network,
-            expires_at: Some(at),
-            ..
-        }) = old
-        {
-            if self.entries.get(network).and_then(|e| e.expires_at) != Some(*at) {
-                self.expiring.remove(&(*at, *network));
-            }
-        }
-    }
-
-    fn next_expiry(&self) -> Option<u64> {
-        self.expiring.first().map(|(at, _)| *at)
-    }
-
-    /// Networks whose time is up at `now`.
-    fn expired(&self, now: u64) -> Vec<IpNet> {
-        self.expiring
-            .iter()
-            .take_while(|(at, _)| *at <= now)
-            .map(|(_, network)| *network)
-            .collect()
-    }
 }
 
 impl Allowlist {
@@ -190,7 +163,7 @@ impl Allowlist {
         let normalized = mapped.len();
         for entry in mapped {
             let network = normalize(entry.network);
-            if !list.managed.entries.contains_key(&network) {
+            if list.managed.get(&network, &entry.set).is_none() {
                 list.managed.insert(Entry { network, ..entry });
             }
         }
@@ -220,6 +193,10 @@ impl Allowlist {
             let merged = Entry {
                 network: entry.network,
                 description: entry.description.clone(),
+                set: match origin {
+                    Origin::Always => SetName::always(),
+                    _ => SetName::config(),
+                },
                 origin,
                 added_at: old.get(&entry.network).map_or(now, |old| old.added_at),
                 expires_at: None,
@@ -238,29 +215,115 @@ impl Allowlist {
             .map(|entry| carry(&self.always, entry, Origin::Always))
             .collect();
         self.public_ports.clone_from(&config.public_ports);
+        self.feed_names = config.feeds.iter().map(|feed| feed.name.clone()).collect();
+        self.feeds
+            .retain(|name, _| config.feeds.iter().any(|feed| feed.name == *name));
+        for feed in &config.feeds {
+            match &feed.source {
+                FeedSource::Preset(preset) => {
+                    let networks: Vec<IpNet> = preset
+                        .networks
+                        .iter()
+                        .filter_map(|network| crate::config::parse_network(network).ok())
+                        .collect();
+                    self.set_feed(feed, &networks, now);
+                }
+                FeedSource::Fetch(_) => {
+                    // The last good list stays; its entries take the feed's ports and
+                    // description as the file now says.
+                    let networks: Vec<IpNet> = self
+                        .feeds
+                        .get(&feed.name)
+                        .map(|entries| entries.keys().copied().collect())
+                        .unwrap_or_default();
+                    if self.feeds.contains_key(&feed.name) {
+                        self.set_feed(feed, &networks, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes `networks` the entries of `feed` (its set), with the feed's ports and
+    /// description. Networks listed before keep the time they were first listed.
+    pub fn set_feed(&mut self, feed: &FeedConfig, networks: &[IpNet], now: u64) {
+        let old = self.feeds.remove(&feed.name).unwrap_or_default();
+        let entries = networks
+            .iter()
+            .map(|network| {
+                let entry = Entry {
+                    network: *network,
+                    description: feed.description.clone(),
+                    origin: Origin::Feed,
+                    set: feed.name.clone(),
+                    added_at: old.get(network).map_or(now, |old| old.added_at),
+                    expires_at: None,
+                    ports: feed.ports.clone(),
+                };
+                (*network, entry)
+            })
+            .collect();
+        self.feeds.insert(feed.name.clone(), entries);
+    }
+
+    /// Restores a fetched feed's last good list as saved, with when each network was
+    /// first listed.
+    pub fn restore_feed(&mut self, feed: &FeedConfig, saved: &BTreeMap<IpNet, u64>) {
+        let networks: Vec<IpNet> = saved.keys().copied().collect();
+        self.set_feed(feed, &networks, now());
+        if let Some(entries) = self.feeds.get_mut(&feed.name) {
+            for (network, entry) in entries.iter_mut() {
+                if let Some(at) = saved.get(network) {
+                    entry.added_at = *at;
+                }
+            }
+        }
+    }
+
+    /// A feed's networks, with when each was first listed (`None`: never fetched).
+    pub fn feed(&self, name: &SetName) -> Option<BTreeMap<IpNet, u64>> {
+        self.feeds.get(name).map(|entries| {
+            entries
+                .iter()
+                .map(|(network, entry)| (*network, entry.added_at))
+                .collect()
+        })
     }
 
     pub fn managed(&self) -> impl Iterator<Item = &Entry> {
-        self.managed.entries.values()
+        self.managed.values()
     }
 
-    /// Every entry, sorted by network then origin.
+    /// The feeds' entries, feed by feed.
+    pub fn feed_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.feeds.values().flat_map(BTreeMap::values)
+    }
+
+    /// Every entry, sorted by network then origin then set.
     pub fn entries(&self) -> Vec<&Entry> {
         let mut all: Vec<&Entry> = self
             .always
             .values()
             .chain(self.config.values())
-            .chain(self.managed.entries.values())
+            .chain(self.feed_entries())
+            .chain(self.managed.values())
             .collect();
-        all.sort_by(|a, b| a.network.cmp(&b.network).then(a.origin.cmp(&b.origin)));
+        all.sort_by(|a, b| {
+            a.network
+                .cmp(&b.network)
+                .then(a.origin.cmp(&b.origin))
+                .then(a.set.cmp(&b.set))
+        });
         all
     }
 
     /// "The list is empty" in the hosted-allowlist sense: no source of the operator's
     /// own. Always-allowed infrastructure does not count, so activating still needs a
-    /// deliberate entry.
+    /// deliberate entry; a feed's entries do (the operator configured the feed).
     pub fn has_operator_entries(&self) -> bool {
-        !self.config.is_empty() || !self.managed.entries.is_empty()
+        !self.config.is_empty()
+            || !self.managed.is_empty()
+            || self.feeds.values().any(|feed| !feed.is_empty())
     }
 
     /// Whether enforcing this list in `mode` would drop all IP traffic to the host.
@@ -280,7 +343,7 @@ impl Allowlist {
         ))
     }
 
-    /// The prefixes the kernel should hold now.
+    /// The prefixes the kernel should hold now: the union of every set.
     pub fn compile(&self) -> Result<CompiledList, TooManyPortRanges> {
         let entries = self
             .entries()
@@ -296,7 +359,10 @@ impl Allowlist {
         let last = IpNet::new(region.broadcast(), region.max_prefix_len())
             .expect("a full-length prefix is valid");
         let mut around = Vec::new();
-        for entries in [&self.always, &self.config, &self.managed.entries] {
+        let by_network = [&self.always, &self.config]
+            .into_iter()
+            .chain(self.feeds.values());
+        for entries in by_network {
             for (network, entry) in entries.range(region..=last) {
                 if region.contains(network) {
                     around.push((*network, Reach::from_ports(&entry.ports)));
@@ -311,21 +377,39 @@ impl Allowlist {
                 }
             }
         }
+        for entry in self
+            .managed
+            .starting_at(region)
+            .take_while(|entry| entry.network <= last)
+        {
+            if region.contains(&entry.network) {
+                around.push((entry.network, Reach::from_ports(&entry.ports)));
+            }
+        }
+        for len in 0..region.prefix_len() {
+            let wider = IpNet::new(region.network(), len)
+                .expect("shorter than a valid prefix")
+                .trunc();
+            for entry in self.managed.of_network(wider) {
+                around.push((wider, Reach::from_ports(&entry.ports)));
+            }
+        }
         around
     }
 
-    /// The managed entry for `network`, if any (to undo a change that failed later).
-    pub fn managed_entry(&self, network: IpNet) -> Option<&Entry> {
-        self.managed.entries.get(&network.trunc())
+    /// The managed entry for `network` in `set`, if any (to undo a change that failed
+    /// later).
+    pub fn managed_entry(&self, network: IpNet, set: &SetName) -> Option<&Entry> {
+        self.managed.get(&network.trunc(), set)
     }
 
     /// Puts a managed entry back as it was (or removes it, for `None`): the undo of a
     /// change the kernel or the disk did not take.
-    pub fn restore_managed(&mut self, network: IpNet, entry: Option<Entry>) {
+    pub fn restore_managed(&mut self, network: IpNet, set: &SetName, entry: Option<Entry>) {
         let network = network.trunc();
         match entry {
             Some(entry) => self.managed.insert(entry),
-            None => self.managed.remove(&network),
+            None => self.managed.remove(&network, set),
         };
     }
 
@@ -339,19 +423,44 @@ impl Allowlist {
         }
     }
 
-    /// Adds `network`, or updates the listed entry with what `update` sets. Returns
-    /// whether it was new.
-    pub fn add(&mut self, network: IpNet, update: EntryUpdate) -> Result<bool, ListError> {
+    /// Refuses a set the CLI may not change: the config file's (`config`, `always`) and
+    /// each feed's.
+    pub fn check_writable_set(&self, set: &SetName) -> Result<(), ListError> {
+        if set.is_config_file() {
+            return Err(ListError::ReadOnlySet {
+                set: set.clone(),
+                owner: "the config file",
+            });
+        }
+        if self.feed_names.contains(set) {
+            return Err(ListError::ReadOnlySet {
+                set: set.clone(),
+                owner: "a [[feed]] of the config file",
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds `network` to `set`, or updates that set's entry with what `update` sets.
+    /// Returns whether it was new.
+    pub fn add(
+        &mut self,
+        network: IpNet,
+        set: &SetName,
+        update: EntryUpdate,
+    ) -> Result<bool, ListError> {
         let network = normalize(network);
+        self.check_writable_set(set)?;
         if let Some(origin) = self.owner_in_config(&network) {
             return Err(ListError::OwnedByConfig { network, origin });
         }
-        let listed = self.managed.entries.get(&network).cloned();
+        let listed = self.managed.get(&network, set).cloned();
         let new = listed.is_none();
         let base = listed.unwrap_or(Entry {
             network,
             description: String::new(),
             origin: Origin::Cli,
+            set: set.clone(),
             added_at: now(),
             expires_at: None,
             ports: Vec::new(),
@@ -366,30 +475,43 @@ impl Allowlist {
         Ok(new)
     }
 
-    pub fn remove(&mut self, network: IpNet) -> Result<Entry, ListError> {
+    /// Removes `network` from `set`.
+    pub fn remove(&mut self, network: IpNet, set: &SetName) -> Result<Entry, ListError> {
         let network = normalize(network);
-        if let Some(entry) = self.managed.remove(&network) {
+        self.check_writable_set(set)?;
+        if let Some(entry) = self.managed.remove(&network, set) {
             return Ok(entry);
         }
-        match self.owner_in_config(&network) {
-            Some(origin) => Err(ListError::OwnedByConfig { network, origin }),
-            None => Err(ListError::NotListed(network)),
+        if let Some(origin) = self.owner_in_config(&network) {
+            return Err(ListError::OwnedByConfig { network, origin });
+        }
+        let elsewhere: Vec<SetName> = self
+            .managed
+            .of_network(network)
+            .map(|entry| entry.set.clone())
+            .collect();
+        if elsewhere.is_empty() {
+            Err(ListError::NotListed(network))
+        } else {
+            Err(ListError::InOtherSets {
+                network,
+                set: set.clone(),
+                sets: elsewhere,
+            })
         }
     }
 
     /// The entries listed here that `next` makes expire, or expire sooner: a change that
     /// will take them away when the timer comes, without asking again.
-    pub fn expiring_sooner_in(&self, next: &Allowlist) -> Vec<IpNet> {
+    pub fn expiring_sooner_in(&self, next: &Allowlist) -> Vec<(IpNet, SetName)> {
         next.managed
-            .expiring
-            .iter()
-            .filter(|(at, network)| {
+            .expiring()
+            .filter(|(at, network, set)| {
                 self.managed
-                    .entries
-                    .get(network)
+                    .get(network, set)
                     .is_some_and(|now| now.expires_at.is_none_or(|was| *at < was))
             })
-            .map(|(_, network)| *network)
+            .map(|(_, network, set)| (*network, set.clone()))
             .collect()
     }
 
@@ -398,7 +520,7 @@ impl Allowlist {
         self.managed
             .expired(now)
             .iter()
-            .filter_map(|network| self.managed.remove(network))
+            .filter_map(|(network, set)| self.managed.remove(network, set))
             .collect()
     }
 
@@ -407,8 +529,9 @@ impl Allowlist {
     }
 
     /// The entry that decides a verdict for `addr`: the longest listed prefix containing
-    /// it (always before config before cli at equal length, as listed). One lookup per
-    /// prefix length and owner, so a `check` costs the same at a million entries.
+    /// it (always before config before feeds before the operator's sets at equal
+    /// length). One lookup per prefix length and owner, so a `check` costs the same at a
+    /// million entries.
     pub fn deciding_entry(&self, addr: IpAddr) -> Option<&Entry> {
         let longest = match addr {
             IpAddr::V4(_) => 32,
@@ -416,192 +539,14 @@ impl Allowlist {
         };
         (0..=longest).rev().find_map(|len| {
             let network = IpNet::new(addr, len).ok()?.trunc();
-            [&self.always, &self.config, &self.managed.entries]
+            [&self.always, &self.config]
                 .into_iter()
+                .chain(self.feeds.values())
                 .find_map(|entries| entries.get(&network))
+                .or_else(|| self.managed.of_network(network).next())
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-
-    fn config(text: &str) -> Config {
-        Config::parse(Path::new("t.toml"), text).unwrap()
-    }
-
-    fn net(s: &str) -> IpNet {
-        s.parse().unwrap()
-    }
-
-    fn row(line: u64, network: &str, description: &str) -> ImportRow {
-        ImportRow {
-            line,
-            network: crate::config::parse_network(network).unwrap(),
-            description: description.into(),
-            scope: None,
-        }
-    }
-
-    fn described(description: &str) -> EntryUpdate {
-        EntryUpdate {
-            description: Some(description.into()),
-            ..EntryUpdate::default()
-        }
-    }
-
-    fn expiring(at: Option<u64>) -> EntryUpdate {
-        EntryUpdate {
-            expires_at: Some(at),
-            ..EntryUpdate::default()
-        }
-    }
-
-    const CONFIG: &str = r#"
-interfaces = ["lo"]
-mode = "monitor"
-[[allow]]
-cidr = "192.0.2.0/24"
-description = "from config"
-[[always]]
-cidr = "169.254.169.254"
-description = "metadata"
-"#;
-
-    #[test]
-    fn re_adding_changes_what_is_given_and_keeps_the_rest() {
-        let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
-        let ssh = crate::ports::parse_list("22/tcp").unwrap();
-        let first = EntryUpdate {
-            description: Some("office".into()),
-            expires_at: Some(Some(u64::MAX - 1)),
-            ports: Some(ssh.clone()),
-        };
-        assert!(list.add(net("203.0.113.0/24"), first).unwrap());
-        assert!(!list
-            .add(net("203.0.113.9/24"), described("new office"))
-            .unwrap());
-        let entry = list.managed().next().unwrap().clone();
-        assert_eq!(
-            (entry.description.as_str(), entry.expires_at, &entry.ports),
-            ("new office", Some(u64::MAX - 1), &ssh),
-            "only the description was given"
-        );
-        assert!(!list
-            .add(net("203.0.113.0/24"), EntryUpdate::default())
-            .unwrap());
-        assert_eq!(list.managed().next().unwrap().description, "new office");
-        list.add(net("203.0.113.0/24"), described("")).unwrap();
-        assert_eq!(
-            list.managed().next().unwrap().description,
-            "",
-            "-d \"\" clears"
-        );
-    }
-
-    #[test]
-    fn config_owned_entries_cannot_be_changed_from_the_cli() {
-        let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
-        assert!(matches!(
-            list.remove(net("169.254.169.254/32")),
-            Err(ListError::OwnedByConfig {
-                origin: Origin::Always,
-                ..
-            })
-        ));
-        assert!(matches!(
-            list.remove(net("192.0.2.0/24")),
-            Err(ListError::OwnedByConfig {
-                origin: Origin::Config,
-                ..
-            })
-        ));
-        assert!(matches!(
-            list.add(net("192.0.2.0/24"), EntryUpdate::default()),
-            Err(ListError::OwnedByConfig { .. })
-        ));
-        assert_eq!(
-            list.remove(net("198.51.100.1/32")),
-            Err(ListError::NotListed(net("198.51.100.1/32")))
-        );
-    }
-
-    #[test]
-    fn always_entries_do_not_make_the_list_non_empty() {
-        let only_always =
-            config("interfaces = [\"lo\"]\nmode = \"off\"\n[[always]]\ncidr = \"10.0.0.1\"\n");
-        let mut list = Allowlist::new(&only_always, vec![], &BTreeMap::new());
-        assert!(!list.has_operator_entries());
-        list.add(net("10.9.9.9/32"), EntryUpdate::default())
-            .unwrap();
-        assert!(list.has_operator_entries());
-        assert_eq!(list.compile().unwrap().v4.len(), 2);
-    }
-
-    #[test]
-    fn import_adds_updates_and_replace_removes_the_rest() {
-        let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
-        list.add(net("10.0.0.1/32"), described("keep")).unwrap();
-        list.add(net("10.0.0.2/32"), described("old")).unwrap();
-        list.add(net("10.0.0.3/32"), EntryUpdate::default())
-            .unwrap();
-        let rows = [
-            row(2, "10.0.0.1", "keep"),
-            row(3, "10.0.0.2", "first"),
-            row(4, "10.0.0.2", "last wins"),
-            row(5, "2001:db8::/48", "v6"),
-            row(6, "192.0.2.0/24", "config owns this"),
-        ];
-        let plan = list.plan_import(&rows, true);
-        assert_eq!(plan.added, [net("2001:db8::/48")]);
-        assert_eq!(plan.updated, [net("10.0.0.2/32")]);
-        assert_eq!(plan.removed, [net("10.0.0.3/32")]);
-        assert_eq!(plan.unchanged_config, [net("192.0.2.0/24")]);
-        assert_eq!(list.import(&rows, true), plan);
-        let descriptions: Vec<_> = list
-            .managed()
-            .map(|e| (e.network.to_string(), e.description.clone()))
-            .collect();
-        assert_eq!(
-            descriptions,
-            [
-                ("10.0.0.1/32".to_string(), "keep".to_string()),
-                ("10.0.0.2/32".to_string(), "last wins".to_string()),
-                ("2001:db8::/48".to_string(), "v6".to_string())
-            ]
-        );
-    }
-
-    #[test]
-    fn expired_entries_leave_and_the_next_expiry_is_known() {
-        let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
-        list.add(net("10.0.0.1/32"), expiring(Some(100))).unwrap();
-        list.add(net("10.0.0.2/32"), expiring(Some(200))).unwrap();
-        assert_eq!(list.next_expiry(), Some(100));
-        assert_eq!(list.expire(150).len(), 1);
-        assert_eq!(list.next_expiry(), Some(200));
-        // Updating an entry moves or clears its expiry.
-        list.add(net("10.0.0.2/32"), expiring(Some(300))).unwrap();
-        assert_eq!(list.next_expiry(), Some(300));
-        list.add(net("10.0.0.2/32"), expiring(None)).unwrap();
-        assert_eq!(list.next_expiry(), None);
-        assert!(list.expire(u64::MAX).is_empty());
-    }
-
-    #[test]
-    fn the_longest_prefix_decides() {
-        let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
-        list.add(net("192.0.2.128/25"), described("narrow"))
-            .unwrap();
-        let entry = list.deciding_entry("192.0.2.200".parse().unwrap()).unwrap();
-        assert_eq!(entry.description, "narrow");
-        let entry = list.deciding_entry("192.0.2.1".parse().unwrap()).unwrap();
-        assert_eq!(entry.origin, Origin::Config);
-        assert!(list
-            .deciding_entry("198.51.100.1".parse().unwrap())
-            .is_none());
-    }
-}
+mod tests;

@@ -16,6 +16,8 @@ pub enum Actor {
     Expiry,
     /// An unconfirmed `--confirm` change reached its deadline.
     ConfirmDeadline,
+    /// A feed's refresh timer.
+    FeedRefresh,
 }
 
 impl Actor {
@@ -34,6 +36,7 @@ impl fmt::Display for Actor {
             Actor::Config => f.write_str("config"),
             Actor::Expiry => f.write_str("expiry"),
             Actor::ConfirmDeadline => f.write_str("confirm-deadline"),
+            Actor::FeedRefresh => f.write_str("feed-refresh"),
         }
     }
 }

@@ -23,6 +23,7 @@ impl<K: Kernel> Daemon<K> {
         );
         state.pending_confirm = self.pending_confirm;
         state.config_first_seen = self.allowlist.config_first_seen();
+        state.feeds = self.saved_feeds();
         state
     }
 
@@ -51,7 +52,8 @@ impl<K: Kernel> Daemon<K> {
             && saved.mode == self.mode
             && saved.config_mode == self.config_mode
             && saved.pending_confirm == self.pending_confirm
-            && saved.config_first_seen == self.allowlist.config_first_seen();
+            && saved.config_first_seen == self.allowlist.config_first_seen()
+            && saved.feeds == self.saved_feeds();
         if unchanged {
             return Ok(());
         }

@@ -118,9 +118,17 @@ impl<K: Kernel> Daemon<K> {
             || {
                 let mut around = self.allowlist.entries_around(network);
                 if expires_sooner {
-                    around.retain(|(listed, _)| {
-                        *listed != network || self.allowlist.owner_in_config(listed).is_some()
-                    });
+                    // Judged as if this entry were gone: one entry of this network with
+                    // its reach. The same network in another set (or the config file)
+                    // still counts.
+                    let reach = crate::compile::Reach::from_ports(&after.ports);
+                    if let Some(at) = around.iter().position(|(listed, listed_reach)| {
+                        *listed == network
+                            && *listed_reach == reach
+                            && self.allowlist.owner_in_config(listed).is_none()
+                    }) {
+                        around.swap_remove(at);
+                    }
                 }
                 let mut next = self.compiled.clone();
                 next.recompile_region(network, around)

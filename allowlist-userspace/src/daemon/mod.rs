@@ -14,6 +14,7 @@
 
 mod actor;
 mod durability;
+mod feeds;
 mod guards;
 mod kernel;
 mod requests;
@@ -21,6 +22,7 @@ mod requests;
 mod tests;
 
 pub use actor::Actor;
+pub use feeds::{FetchJob, FetchOutcome};
 pub use kernel::Kernel;
 
 use std::{
@@ -114,6 +116,8 @@ pub struct Daemon<K: Kernel = Filter> {
     kernel_took: Duration,
     /// What the daemon counts of its own work, for Prometheus.
     events: metrics::Events,
+    /// Each fetched feed's schedule, validators and last error.
+    feeds: std::collections::BTreeMap<crate::allowlist::SetName, feeds::FeedRuntime>,
     /// Held for the daemon's life: no second daemon on this pin path or state dir.
     _instance: Option<InstanceLock>,
 }
@@ -213,8 +217,15 @@ impl<K: Kernel> Daemon<K> {
             access,
             kernel_took: Duration::ZERO,
             events: metrics::Events::default(),
+            feeds: Default::default(),
             _instance: instance,
         };
+        daemon.sync_feeds(
+            &saved
+                .as_ref()
+                .map(|saved| saved.feeds.clone())
+                .unwrap_or_default(),
+        );
         daemon.apply_compiled(compiled)?;
         daemon.attach_interfaces()?;
         daemon.filter.pin_program()?;
@@ -291,12 +302,15 @@ impl<K: Kernel> Daemon<K> {
             return Err(error);
         }
         let previous_config_mode = std::mem::replace(&mut self.config_mode, self.config.mode);
+        let previous_feeds = self.feeds.clone();
+        self.sync_feeds(&Default::default());
         let result = self
             .commit(allowlist, mode, self.pending_confirm)
             .and_then(|()| self.attach_interfaces());
         if let Err(error) = result {
             self.config = previous;
             self.config_mode = previous_config_mode;
+            self.feeds = previous_feeds;
             return Err(error);
         }
         let (ipv4, ipv6) = self.filter.entry_counts();
@@ -451,13 +465,13 @@ impl<K: Kernel> Daemon<K> {
     /// kernel.
     fn commit_change(
         &mut self,
-        network: ipnet::IpNet,
+        (network, set): (ipnet::IpNet, &crate::allowlist::SetName),
         previous: Option<Entry>,
         change: Change,
     ) -> Result<(), DaemonError> {
         let around = self.allowlist.entries_around(network);
         if let Err(error) = self.compiled.recompile_region(network, around) {
-            self.allowlist.restore_managed(network, previous);
+            self.allowlist.restore_managed(network, set, previous);
             return Err(DaemonError::Refused(error.to_string()));
         }
         let result = self
@@ -473,7 +487,7 @@ impl<K: Kernel> Daemon<K> {
         if let Err(error) = result {
             self.events.rollbacks = self.events.rollbacks.saturating_add(1);
             error!(%error, %network, by = "rollback", "the change failed; restoring the previous entry");
-            self.allowlist.restore_managed(network, previous);
+            self.allowlist.restore_managed(network, set, previous);
             let around = self.allowlist.entries_around(network);
             let restored = self
                 .compiled

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::{Actor, Daemon, DaemonError, Kernel, Refusal};
 use crate::{
-    allowlist::{check_description, check_import_rows, EntryUpdate, ImportRow, ListError},
+    allowlist::{check_description, check_import_rows, EntryUpdate, ImportRow, ListError, SetName},
     clock::{self, format_time, now},
     compile::Reach,
     config::{self, Mode},
@@ -43,6 +43,7 @@ impl<K: Kernel> Daemon<K> {
             pin_path: self.config.pin_path.display().to_string(),
             config: self.config.path.display().to_string(),
             kernel: super::kernel_release(),
+            feeds: self.feed_statuses(),
         }
     }
 
@@ -172,9 +173,10 @@ impl<K: Kernel> Daemon<K> {
                 expires_in_secs,
                 never_expires,
                 ports,
+                set,
                 safety,
             } => self.add(
-                network,
+                (network, &set),
                 description,
                 (expires_in_secs, never_expires),
                 ports,
@@ -183,14 +185,16 @@ impl<K: Kernel> Daemon<K> {
             Request::Remove {
                 network,
                 if_present,
+                set,
                 safety,
-            } => self.remove(network, if_present, &safety),
+            } => self.remove(network, &set, if_present, &safety),
             Request::Import {
                 rows,
+                set,
                 replace,
                 dry_run,
                 safety,
-            } => self.import(&rows, replace, dry_run, &safety),
+            } => self.import(&rows, &set, replace, dry_run, &safety),
             Request::SetMode {
                 mode,
                 confirm_secs,
@@ -205,6 +209,19 @@ impl<K: Kernel> Daemon<K> {
                 .top(would_drop, since_secs, limit)
                 .map(Reply::with_top)
                 .map_err(Refusal::from),
+            Request::Feeds => Ok(Reply::with_feeds(self.feed_statuses())),
+            Request::FeedsRefresh { name, safety } => {
+                // The server fetches without the lock; this path (the daemon's own
+                // tests) fetches under it.
+                match self.feed_jobs(name.as_ref()) {
+                    Ok(jobs) => {
+                        let outcomes = jobs.into_iter().map(super::FetchJob::run).collect();
+                        return self.feeds_fetched(outcomes, &safety, by);
+                    }
+                    Err(message) => Err(Refusal::Error(message)),
+                }
+            }
+            Request::FeedsAccept { name, safety } => self.accept_feed(&name, &safety, by),
         };
         match result {
             Ok(reply) => {
@@ -226,7 +243,7 @@ impl<K: Kernel> Daemon<K> {
 
     fn add(
         &mut self,
-        network: IpNet,
+        (network, set): (IpNet, &SetName),
         description: Option<String>,
         (expires_in_secs, never_expires): (Option<u64>, bool),
         ports: Option<Vec<PortSpec>>,
@@ -253,22 +270,22 @@ impl<K: Kernel> Daemon<K> {
             (None, true) => Some(None),
             (None, false) => None,
         };
-        let previous = self.allowlist.managed_entry(network).cloned();
+        let previous = self.allowlist.managed_entry(network, set).cloned();
         let update = EntryUpdate {
             description,
             expires_at,
             ports,
         };
-        let new = self.allowlist.add(network, update)?;
-        let added = self.allowlist.managed_entry(network).cloned();
+        let new = self.allowlist.add(network, set, update)?;
+        let added = self.allowlist.managed_entry(network, set).cloned();
         let added = added.ok_or_else(|| Refusal::Error(format!("{network} vanished")))?;
         if let Some(before) = &previous {
             if let Err(refusal) = self.check_narrowing(before, &added, safety) {
-                self.allowlist.restore_managed(network, previous);
+                self.allowlist.restore_managed(network, set, previous);
                 return Err(refusal);
             }
         }
-        self.commit_change(network, previous, Change::Add(added.clone()))?;
+        self.commit_change((network, set), previous, Change::Add(added.clone()))?;
         let ports = match added.ports.as_slice() {
             [] => "all ports".to_string(),
             ports => ports
@@ -282,22 +299,24 @@ impl<K: Kernel> Daemon<K> {
             None => "permanent".into(),
         };
         Ok(Reply::done(format!(
-            "{} {network} ({ports}, {expiry})",
-            if new { "added" } else { "updated" }
+            "{} {network}{} ({ports}, {expiry})",
+            if new { "added" } else { "updated" },
+            in_set(set)
         )))
     }
 
     fn remove(
         &mut self,
         network: IpNet,
+        set: &SetName,
         if_present: bool,
         safety: &Safety,
     ) -> Result<Reply, Refusal> {
         let network = config::normalize(network);
-        let removed = match self.allowlist.remove(network) {
-            Err(ListError::NotListed(_)) if if_present => {
+        let removed = match self.allowlist.remove(network, set) {
+            Err(ListError::NotListed(_) | ListError::InOtherSets { .. }) if if_present => {
                 return Ok(Reply::done(format!(
-                    "{network} is not on the allowlist; nothing to remove"
+                    "{network} is not in set {set}; nothing to remove"
                 )))
             }
             removed => removed?,
@@ -317,16 +336,17 @@ impl<K: Kernel> Daemon<K> {
                 )
             });
         if let Err(refusal) = checked {
-            self.allowlist.restore_managed(network, Some(removed));
+            self.allowlist.restore_managed(network, set, Some(removed));
             return Err(refusal);
         }
-        self.commit_change(network, Some(removed), Change::Remove(network))?;
-        Ok(Reply::done(format!("removed {network}")))
+        self.commit_change((network, set), Some(removed), Change::remove(network, set))?;
+        Ok(Reply::done(format!("removed {network}{}", in_set(set))))
     }
 
     fn import(
         &mut self,
         rows: &[ImportRow],
+        set: &SetName,
         replace: bool,
         dry_run: bool,
         safety: &Safety,
@@ -344,11 +364,12 @@ impl<K: Kernel> Daemon<K> {
             ))
         })?;
         let mut next = self.allowlist.clone();
-        let plan = next.import(rows, replace);
+        let plan = next.import(rows, set, replace)?;
         let summary = format!(
-            "{} {} rows: {} added, {} updated, {} removed, {} left to the config file",
+            "{} {} rows{}: {} added, {} updated, {} removed, {} left to the config file",
             if dry_run { "would import" } else { "imported" },
             rows.len(),
+            in_set(set),
             plan.added.len(),
             plan.updated.len(),
             plan.removed.len(),
@@ -373,8 +394,8 @@ impl<K: Kernel> Daemon<K> {
             self.check_lockout_with(
                 || {
                     let mut then = next.clone();
-                    for network in &expiring_sooner {
-                        let _ = then.remove(*network);
+                    for (network, set) in &expiring_sooner {
+                        let _ = then.remove(*network, set);
                     }
                     then.compile()
                         .map_err(|error| Refusal::Error(error.to_string()))
@@ -446,6 +467,16 @@ impl<K: Kernel> Daemon<K> {
             return Err(too_late());
         }
         Ok(Reply::done(format!("confirmed: mode {} stays", self.mode)))
+    }
+}
+
+/// " in set NAME" for a set other than `default`, whose name is left out of messages as
+/// it was before sets existed.
+fn in_set(set: &SetName) -> String {
+    if *set == SetName::default() {
+        String::new()
+    } else {
+        format!(" in set {set}")
     }
 }
 

@@ -164,6 +164,7 @@ fn add(network: &str) -> Request {
         expires_in_secs: None,
         never_expires: false,
         ports: None,
+        set: Default::default(),
         safety: Safety::default(),
     }
 }
@@ -208,6 +209,7 @@ fn add_and_remove_change_the_kernel_in_place_and_are_saved() {
     let remove = Request::Remove {
         network: "198.51.100.7/32".parse().unwrap(),
         if_present: false,
+        set: Default::default(),
         safety: Safety::default(),
     };
     assert!(daemon.handle(remove, &ROOT).ok);
@@ -223,7 +225,7 @@ fn a_change_the_kernel_refuses_is_undone_in_memory_and_not_saved() {
     assert!(!reply.ok, "{reply:?}");
     assert!(daemon
         .allowlist
-        .managed_entry("198.51.100.7/32".parse().unwrap())
+        .managed_entry("198.51.100.7/32".parse().unwrap(), &Default::default())
         .is_none());
     assert!(saved(&daemon).is_empty());
 
@@ -234,6 +236,7 @@ fn a_change_the_kernel_refuses_is_undone_in_memory_and_not_saved() {
             description: String::new(),
             scope: None,
         }],
+        set: Default::default(),
         replace: true,
         dry_run: false,
         safety: Safety::default(),
@@ -262,6 +265,7 @@ fn a_change_that_cannot_be_saved_is_taken_back_out_of_the_kernel() {
             description: String::new(),
             scope: None,
         }],
+        set: Default::default(),
         replace: true,
         dry_run: false,
         safety: Safety::default(),
@@ -274,7 +278,7 @@ fn a_change_that_cannot_be_saved_is_taken_back_out_of_the_kernel() {
     );
     assert!(daemon
         .allowlist
-        .managed_entry("198.51.100.7/32".parse().unwrap())
+        .managed_entry("198.51.100.7/32".parse().unwrap(), &Default::default())
         .is_some());
 }
 
@@ -296,13 +300,13 @@ fn an_expired_entry_leaves_the_kernel_and_the_last_one_switches_enforcing_to_mon
     // Its time is up.
     let mut entry = daemon
         .allowlist
-        .managed_entry("198.51.100.7/32".parse().unwrap())
+        .managed_entry("198.51.100.7/32".parse().unwrap(), &Default::default())
         .unwrap()
         .clone();
     entry.expires_at = Some(1);
     daemon
         .allowlist
-        .restore_managed(entry.network, Some(entry.clone()));
+        .restore_managed(entry.network, &entry.set, Some(entry.clone()));
     assert_eq!(daemon.next_deadline(), Some(1));
 
     assert!(daemon.tick());
@@ -327,12 +331,13 @@ fn re_adding_keeps_what_is_not_given_and_the_origin() {
         expires_in_secs: Some(3600),
         never_expires: false,
         ports: None,
+        set: Default::default(),
         safety: Safety::default(),
     };
     assert!(daemon.handle(again, &ROOT).ok);
     let entry = daemon
         .allowlist
-        .managed_entry("198.51.100.7/32".parse().unwrap())
+        .managed_entry("198.51.100.7/32".parse().unwrap(), &Default::default())
         .unwrap();
     assert_eq!(entry.description, "added");
     assert_eq!(entry.origin, Origin::Cli);

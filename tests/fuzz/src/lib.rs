@@ -187,7 +187,9 @@ pub fn csv(data: &[u8]) {
     )
     .expect("the base config");
     let mut first = Allowlist::new(&config, Vec::new(), &Default::default());
-    first.import(&read.rows, false);
+    first
+        .import(&read.rows, &Default::default(), false)
+        .expect("the default set is writable");
     let mut exported = Vec::new();
     csv_format::write_rows(&mut exported, first.managed()).expect("writing to memory");
     let again = csv_format::read_rows(exported.as_slice(), NOW).unwrap_or_else(|bad| {
@@ -197,7 +199,9 @@ pub fn csv(data: &[u8]) {
         )
     });
     let mut second = Allowlist::new(&config, Vec::new(), &Default::default());
-    second.import(&again.rows, false);
+    second
+        .import(&again.rows, &Default::default(), false)
+        .expect("the default set is writable");
     let fields = |list: &Allowlist| -> Vec<(IpNet, String, Vec<PortSpec>, Option<u64>)> {
         list.managed()
             .map(|entry| {
@@ -216,4 +220,61 @@ pub fn csv(data: &[u8]) {
         "import → export → import changed the list; export:\n{}",
         String::from_utf8_lossy(&exported)
     );
+}
+
+/// A feed body: the first byte picks the format, the rest is the body. Parsing never
+/// panics; what it takes is sorted without duplicates, each network as the filter judges
+/// it (host bits cleared, IPv4-mapped as IPv4), none allowing every source, and no more
+/// than the bound (README, "Feeds").
+pub fn feeds(data: &[u8]) {
+    use allowlist_userspace::feeds::{self, Filters, Format, MAX_FEED_ENTRIES};
+    const FORMATS: [Format; 10] = [
+        Format::Harness,
+        Format::Text,
+        Format::Csv,
+        Format::Json,
+        Format::Aws,
+        Format::Gcp,
+        Format::Github,
+        Format::Cloudflare,
+        Format::Atlassian,
+        Format::Fastly,
+    ];
+    let Some((first, body)) = data.split_first() else {
+        return;
+    };
+    let format = FORMATS[usize::from(*first) % FORMATS.len()];
+    let filters = Filters {
+        path: Some("$..*".into()),
+        services: if first & 0x80 != 0 {
+            vec!["EC2".into(), "jira".into()]
+        } else {
+            Vec::new()
+        },
+        regions: if first & 0x40 != 0 {
+            vec!["eu-west-1".into()]
+        } else {
+            Vec::new()
+        },
+        keys: vec!["hooks".into(), "web".into()],
+    };
+    let Ok(networks) = feeds::parse(format, body, &filters) else {
+        return;
+    };
+    assert!(
+        networks.len() <= MAX_FEED_ENTRIES,
+        "{} networks",
+        networks.len()
+    );
+    assert!(
+        networks.windows(2).all(|pair| pair[0] < pair[1]),
+        "not sorted or duplicated"
+    );
+    for network in &networks {
+        assert_eq!(*network, allowlist_userspace::config::normalize(*network));
+        assert!(
+            !allowlist_userspace::config::allows_everyone(*network),
+            "{network}"
+        );
+    }
 }

@@ -3,7 +3,7 @@
 
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
-use allowlist_userspace::ports::PortSpec;
+use allowlist_userspace::{allowlist::SetName, ports::PortSpec};
 use clap::{Parser, Subcommand};
 
 use crate::input::{
@@ -44,6 +44,28 @@ pub struct Cli {
 }
 
 #[derive(Subcommand)]
+pub enum FeedsAction {
+    /// Fetch every feed (or NAME) now; returns once the kernel judges by what they
+    /// answered, or says why a feed kept its last good list (exit 1).
+    Refresh {
+        /// The feed to fetch (default: every fetched feed).
+        name: Option<SetName>,
+        /// Apply even if the new list cuts off your session or an established
+        /// connection.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Apply the refresh of NAME that was held for removing more than max_shrink of
+    /// its entries.
+    Accept {
+        name: SetName,
+        /// Apply even if it cuts off your session or an established connection.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum Command {
     /// Add an address or network; if it is listed already, update its description
     /// (cleared when none is given).
@@ -70,12 +92,18 @@ description). 0.0.0.0/0 and ::/0 allow every source and need --force.")]
         /// Limit the entry to destination ports: 22/tcp,5985-5986/tcp, or `all`.
         #[arg(long, value_name = "PORTS", value_parser = parse_ports)]
         ports: Option<Ports>,
+        /// The set the entry belongs to (default: `default`). Sets let several
+        /// scripts or teams each own their entries; `config`, `always` and feeds are
+        /// read-only.
+        #[arg(long, value_name = "NAME", default_value = "default")]
+        set: SetName,
         /// List 0.0.0.0/0 or ::/0, which allow every source, or narrow an entry even if
         /// that cuts off your session or an established connection.
         #[arg(long)]
         force: bool,
     },
-    /// Remove an address or network added with allowlistctl.
+    /// Remove an address or network added with allowlistctl from its set (`default`
+    /// unless --set names another).
     #[command(after_help = "Examples:
   allowlistctl remove 203.0.113.0/24
   allowlistctl remove 198.51.100.7 --if-present   # in scripts: absent is fine
@@ -89,14 +117,18 @@ config file lists is always an error: edit the file and reload.")]
         /// Succeed without change when the network is not listed.
         #[arg(long)]
         if_present: bool,
+        /// The set to remove it from (default: `default`).
+        #[arg(long, value_name = "NAME", default_value = "default")]
+        set: SetName,
         /// Remove even if this cuts off your session or an established connection.
         #[arg(long)]
         force: bool,
     },
-    /// Show every entry: network, ports, description, origin, added, expires, and the
+    /// Show every entry: network, ports, description, origin, set, added, expires, and the
     /// packets it admitted and when it last did.
     #[command(after_help = "Examples:
   allowlistctl list
+  allowlistctl list --set ci
   allowlistctl list --unused 30d          # stale entries: nothing admitted for 30 days
   allowlistctl list --json | jq '.[] | select(.hits.packets == 0) | .network'
 
@@ -112,6 +144,10 @@ kernel holds only the outer one), so it shows `-`, as do entries beyond the kern
         /// least this long): 7d, 30d, 12h, …
         #[arg(long, value_name = "DURATION", value_parser = parse_since)]
         unused: Option<Duration>,
+        /// Only this set's entries (`default`, a name given with --set, `config`,
+        /// `always`, or a feed's name).
+        #[arg(long, value_name = "NAME")]
+        set: Option<SetName>,
     },
     /// The verdict the kernel gives a source now, and the entry that decides it.
     /// Exits 0 when it passes, 4 when it is dropped (like `ipset test`).
@@ -138,6 +174,7 @@ In monitor mode nothing is dropped (exit 0); the reason says what enforce would 
   allowlistctl import allowlist.csv
   allowlistctl import allowlist.csv --replace --dry-run   # show what would change
   allowlistctl export > backup.csv && allowlistctl import backup.csv --replace
+  curl -s https://ci.example/ips.csv | allowlistctl import - --set ci --replace
 
 A row whose network is listed updates its description (cleared when empty), and its
 ports and expiry when the file has those columns (empty: all ports, no expiry). Rows
@@ -146,7 +183,11 @@ listed with its line number.")]
     Import {
         /// The CSV file, or - for standard input.
         file: PathBuf,
-        /// Make the file the whole list (entries from the config file stay).
+        /// The set the rows go to (default: `default`).
+        #[arg(long, value_name = "NAME", default_value = "default")]
+        set: SetName,
+        /// Make the file the whole set: its entries the file does not name are
+        /// removed; other sets and the config file's entries stay.
         #[arg(long)]
         replace: bool,
         /// Print what would be added, updated and removed; change nothing.
@@ -162,8 +203,17 @@ listed with its line number.")]
     },
     /// Write the list as CSV (ip_address,description,ports,expires_at) to standard
     /// output; `import` reads it back as it was.
-    #[command(after_help = "Example:\n  allowlistctl export > allowlist.csv")]
-    Export,
+    #[command(after_help = "Examples:
+  allowlistctl export > allowlist.csv
+  allowlistctl export --set ci > ci.csv && allowlistctl import ci.csv --set ci --replace
+
+Without --set, every entry but the [[always]] ones and the feeds' is written (a network
+in several sets once per set).")]
+    Export {
+        /// Only this set's entries.
+        #[arg(long, value_name = "NAME")]
+        set: Option<SetName>,
+    },
     /// Enforce: drop IP traffic from unlisted sources. Refused while the list is empty.
     #[command(after_help = "Examples:
   allowlistctl activate
@@ -193,6 +243,25 @@ the daemon is dead or the host's userspace hangs.")]
   allowlistctl activate --confirm 120s     # in your current ssh session
   ssh admin@host allowlistctl confirm      # from a new one: you can still get in")]
     Confirm,
+    /// The feeds of the config file: entries, last fetch, last change, errors, next
+    /// refresh; `feeds refresh [NAME]` fetches now, `feeds accept NAME` applies a held
+    /// refresh.
+    #[command(after_help = "Examples:
+  allowlistctl feeds
+  allowlistctl feeds refresh harness-ci   # fetch now; returns once the kernel follows
+  allowlistctl feeds accept harness-ci    # apply a refresh held for removing too much
+  allowlistctl feeds --json | jq '.[] | select(.error)'
+
+A fetch that fails, or a body that does not parse or is empty (unless allow_empty),
+keeps the feed's last good list; `feeds` shows the error. A refresh removing more than
+max_shrink (default 50%) of a feed's entries is held until `feeds accept`.")]
+    Feeds {
+        /// Print a JSON array of feeds instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<FeedsAction>,
+    },
     /// Mode, protected interfaces (with the XDP mode attached) and entries per family.
     #[command(after_help = "Example:\n  allowlistctl status --json | jq .mode")]
     Status {

@@ -25,11 +25,12 @@ use allowlist_userspace::{
 };
 use clap::{CommandFactory, Parser};
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, FeedsAction};
 use input::{network_argument, read_csv, Expiry, Ports};
 use output::{
-    print_check, print_entries, print_json, print_message, print_plan, print_stats, print_status,
-    print_top, print_top_csv, render_stats_rates, render_top, CheckView, EntryView, TopView,
+    print_check, print_entries, print_feeds, print_json, print_message, print_plan, print_stats,
+    print_status, print_top, print_top_csv, render_stats_rates, render_top, CheckView, EntryView,
+    TopView,
 };
 
 /// Exit codes, documented in README.
@@ -96,10 +97,12 @@ fn run(cli: Cli) -> Result<(), Failure> {
             description,
             expires,
             ports,
+            set,
             force,
         } => {
             let network = network_argument(&network)?;
             let reply = ask(&Request::Add {
+                set,
                 network,
                 description,
                 expires_in_secs: match expires {
@@ -116,17 +119,19 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Remove {
             network,
             if_present,
+            set,
             force,
         } => {
             let network = network_argument(&network)?;
             print_message(&ask(&Request::Remove {
                 network,
+                set,
                 if_present,
                 safety: safety(force),
             })?);
             Ok(())
         }
-        Command::List { json, unused } => {
+        Command::List { json, unused, set } => {
             let reply = ask(&Request::List)?;
             let hits: std::collections::BTreeMap<_, _> = reply
                 .hits
@@ -135,6 +140,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 .map(|row| (row.network, row))
                 .collect();
             let mut entries = reply.entries.unwrap_or_default();
+            if let Some(set) = set {
+                entries.retain(|entry| entry.set == set);
+            }
             if let Some(unused) = unused {
                 let since = allowlist_userspace::clock::now().saturating_sub(unused.as_secs());
                 // Uncounted entries (no row) cannot be told unused.
@@ -182,6 +190,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Import {
             file,
+            set,
             replace,
             dry_run,
             force,
@@ -190,6 +199,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let rows = read_csv(&file)?;
             let reply = ask(&Request::Import {
                 rows,
+                set,
                 replace,
                 dry_run,
                 safety: safety(force),
@@ -205,12 +215,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Export => {
+        Command::Export { set } => {
             let reply = ask(&Request::Export)?;
             let entries = reply.entries.unwrap_or_default();
-            let rows = entries
-                .iter()
-                .filter(|entry| entry.origin != Origin::Always);
+            let rows = entries.iter().filter(|entry| match &set {
+                Some(set) => entry.set == *set,
+                None => !matches!(entry.origin, Origin::Always | Origin::Feed),
+            });
             csv_format::write_rows(io::stdout().lock(), rows)
                 .map_err(|error| Failure::error(format!("writing CSV: {error}")))
         }
@@ -271,6 +282,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 print_json(&stats);
             } else {
                 print_stats(&stats, all);
+            }
+            Ok(())
+        }
+        Command::Feeds { json, action } => {
+            let request = match action {
+                None => Request::Feeds,
+                Some(FeedsAction::Refresh { name, force }) => Request::FeedsRefresh {
+                    name,
+                    safety: safety(force),
+                },
+                Some(FeedsAction::Accept { name, force }) => Request::FeedsAccept {
+                    name,
+                    safety: safety(force),
+                },
+            };
+            let reply = ask(&request)?;
+            match reply.feeds {
+                Some(feeds) if json => print_json(&feeds),
+                Some(feeds) => print_feeds(&feeds),
+                None => print_message(&reply),
             }
             Ok(())
         }

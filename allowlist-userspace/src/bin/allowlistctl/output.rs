@@ -5,10 +5,10 @@ use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
 use allowlist_common::Reason;
 use allowlist_userspace::{
-    allowlist::{Entry, ImportPlan},
+    allowlist::{Entry, ImportPlan, Origin},
     clock::format_time,
     config::Mode,
-    control::{CheckResult, DroppedRow, EntryHitsRow, Reply, Stats, Status},
+    control::{CheckResult, DroppedRow, EntryHitsRow, FeedStatus, Reply, Stats, Status},
     filter::EgressMechanism,
 };
 use ipnet::IpNet;
@@ -42,6 +42,7 @@ pub struct EntryView<'a> {
     /// Destination ports; empty means all.
     ports: Vec<String>,
     origin: String,
+    set: &'a str,
     added_at: String,
     expires_at: Option<String>,
     /// What the entry admitted (`list` only; null where the kernel does not count it).
@@ -77,7 +78,8 @@ impl<'a> From<&'a Entry> for EntryView<'a> {
             network: entry.network,
             description: &entry.description,
             ports: entry.ports.iter().map(ToString::to_string).collect(),
-            origin: entry.origin.to_string(),
+            origin: origin(entry),
+            set: entry.set.as_str(),
             added_at: format_time(entry.added_at),
             expires_at: entry.expires_at.map(format_time),
             hits: None,
@@ -117,12 +119,21 @@ pub fn table(header: &[&str]) -> comfy_table::Table {
     table
 }
 
+/// An entry's origin as `list` and `check` show it: a feed's entries name their feed.
+fn origin(entry: &Entry) -> String {
+    match entry.origin {
+        Origin::Feed => format!("feed {}", entry.set),
+        origin => origin.to_string(),
+    }
+}
+
 pub fn print_entries(entries: &[Entry], hits: &BTreeMap<IpNet, EntryHitsRow>) {
     let mut out = table(&[
         "NETWORK",
         "PORTS",
         "DESCRIPTION",
         "ORIGIN",
+        "SET",
         "ADDED",
         "EXPIRES",
         "HITS",
@@ -146,6 +157,7 @@ pub fn print_entries(entries: &[Entry], hits: &BTreeMap<IpNet, EntryHitsRow>) {
             },
             printable(view.description),
             view.origin,
+            view.set.to_string(),
             view.added_at,
             view.expires_at.unwrap_or_else(|| "-".into()),
             count,
@@ -159,14 +171,15 @@ pub fn print_entries(entries: &[Entry], hits: &BTreeMap<IpNet, EntryHitsRow>) {
 pub fn print_check(check: &CheckResult) {
     let decided = match &check.entry {
         Some(entry) => format!(
-            "listed by {} ({}origin {})",
+            "listed by {} ({}origin {}, set {})",
             entry.network,
             if entry.description.is_empty() {
                 String::new()
             } else {
                 format!("\"{}\", ", printable(&entry.description))
             },
-            entry.origin
+            origin(entry),
+            entry.set
         ),
         None => "not listed".into(),
     };
@@ -421,6 +434,72 @@ pub fn print_status(status: &Status) {
             "  {:<16} {:?} XDP, {egress}",
             interface.name, interface.xdp_mode
         );
+    }
+    if !status.feeds.is_empty() {
+        println!("feeds:");
+    }
+    for feed in &status.feeds {
+        let state = match (&feed.held, &feed.error) {
+            (Some(held), _) => format!("held: {held}"),
+            (None, Some(error)) => format!("error: {error}"),
+            (None, None) => match feed.last_good {
+                Some(at) => format!("fetched {}", format_time(at)),
+                None if feed.format.is_none() => "preset".into(),
+                None => "not fetched yet".into(),
+            },
+        };
+        println!(
+            "  {:<16} {} entries, {}",
+            feed.name.to_string(),
+            feed.entries,
+            printable(&state)
+        );
+    }
+}
+
+/// `feeds`: one row per feed, then its error or held refresh under it.
+pub fn print_feeds(feeds: &[FeedStatus]) {
+    let mut out = table(&[
+        "FEED",
+        "ENTRIES",
+        "LAST FETCH",
+        "LAST CHANGE",
+        "NEXT",
+        "STATUS",
+        "SOURCE",
+    ]);
+    let time = |at: Option<u64>| at.map_or_else(|| "-".to_string(), format_time);
+    for feed in feeds {
+        let state = if feed.held.is_some() {
+            "held"
+        } else if feed.error.is_some() {
+            "error"
+        } else if feed.format.is_none() {
+            "preset"
+        } else if feed.last_good.is_none() {
+            "not fetched yet"
+        } else {
+            "ok"
+        };
+        out.add_row(vec![
+            feed.name.to_string(),
+            feed.entries.to_string(),
+            time(feed.last_fetch),
+            time(feed.last_change),
+            if feed.format.is_some() {
+                time(feed.next_refresh)
+            } else {
+                "-".into()
+            },
+            state.to_string(),
+            printable(&feed.source),
+        ]);
+    }
+    println!("{out}");
+    for feed in feeds {
+        for problem in feed.held.iter().chain(&feed.error) {
+            println!("{}: {}", feed.name, printable(problem));
+        }
     }
 }
 
