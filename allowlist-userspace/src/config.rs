@@ -17,7 +17,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::{
-    feeds::config::{FeedConfig, MAX_FEEDS},
+    feeds::{
+        config::{FeedConfig, MAX_FEEDS},
+        dns::DnsSettings,
+    },
     ports::PortSpec,
 };
 
@@ -179,17 +182,27 @@ struct RawConfig {
     #[serde(default)]
     metrics_listen: Option<Spanned<String>>,
     #[serde(default)]
-    allow: Vec<RawAllow>,
+    allow: Vec<Spanned<RawAllow>>,
     #[serde(default)]
-    always: Vec<RawAllow>,
+    always: Vec<Spanned<RawAllow>>,
     #[serde(default)]
     feed: Vec<crate::feeds::config::RawFeed>,
+    #[serde(default)]
+    dns_servers: Vec<Spanned<String>>,
+    #[serde(default)]
+    dns_min_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    dns_max_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAllow {
-    cidr: Spanned<String>,
+    #[serde(default)]
+    cidr: Option<Spanned<String>>,
+    /// A DNS name whose A and AAAA records are allowed (`[[allow]]` only).
+    #[serde(default)]
+    host: Option<Spanned<String>>,
     #[serde(default)]
     description: String,
     #[serde(default)]
@@ -251,14 +264,51 @@ impl Config {
 
         // Where each network was first listed, to name both lines of a duplicate.
         let mut seen: HashMap<IpNet, (usize, &'static str)> = HashMap::new();
-        let mut entries = |raw: Vec<RawAllow>,
+        let mut hosts: Vec<(Spanned<String>, RawAllow)> = Vec::new();
+        let by_cidr = |raw: Vec<Spanned<RawAllow>>,
+                           table: &'static str,
+                           hosts: Option<&mut Vec<(Spanned<String>, RawAllow)>>|
+         -> Result<Vec<(Spanned<String>, RawAllow)>, ConfigError> {
+            let mut cidrs = Vec::with_capacity(raw.len());
+            let mut hosts = hosts;
+            for entry in raw {
+                let span = entry.span();
+                let mut entry = entry.into_inner();
+                match (entry.cidr.take(), entry.host.take(), hosts.as_mut()) {
+                    (Some(cidr), None, _) => cidrs.push((cidr, entry)),
+                    (None, Some(host), Some(hosts)) => hosts.push((host, entry)),
+                    (None, Some(host), None) => {
+                        return Err(invalid(
+                            host.span(),
+                            format!("{table} takes cidr, not host: the sources the host needs to function are listed by address"),
+                        ))
+                    }
+                    (Some(cidr), Some(_), _) => {
+                        return Err(invalid(
+                            cidr.span(),
+                            format!("{table}: give either cidr or host, not both"),
+                        ))
+                    }
+                    (None, None, _) => {
+                        return Err(invalid(
+                            span,
+                            format!("{table} needs cidr = \"ADDRESS/PREFIX\"{}", if table == "[[allow]]" { " or host = \"NAME\"" } else { "" }),
+                        ))
+                    }
+                }
+            }
+            Ok(cidrs)
+        };
+        let raw_allow = by_cidr(raw.allow, "[[allow]]", Some(&mut hosts))?;
+        let raw_always = by_cidr(raw.always, "[[always]]", None)?;
+        let mut entries = |raw: Vec<(Spanned<String>, RawAllow)>,
                            table: &'static str|
          -> Result<Vec<AllowEntry>, ConfigError> {
             let mut entries = Vec::with_capacity(raw.len());
-            for entry in raw {
-                let span = entry.cidr.span();
+            for (cidr, entry) in raw {
+                let span = cidr.span();
                 let line = lines.line_of(span.start);
-                let given = entry.cidr.into_inner();
+                let given = cidr.into_inner();
                 let (network, note) = parse_network_noting(&given)
                     .map_err(|message| invalid(span.clone(), message))?;
                 if let Some((first, first_table)) = seen.insert(network, (line, table)) {
@@ -289,8 +339,8 @@ impl Config {
             }
             Ok(entries)
         };
-        let allow = entries(raw.allow, "[[allow]]")?;
-        let always = entries(raw.always, "[[always]]")?;
+        let allow = entries(raw_allow, "[[allow]]")?;
+        let always = entries(raw_always, "[[always]]")?;
         let public_ports_span = raw.public_ports.first().map(|port| port.span());
         let public_ports =
             parse_ports(raw.public_ports).map_err(|(span, message)| invalid(span, message))?;
@@ -324,6 +374,48 @@ impl Config {
                         feed.name, first.line
                     ),
                 });
+            }
+            feeds.push(feed);
+        }
+        let dns = dns_settings(raw.dns_servers, raw.dns_min_ttl, raw.dns_max_ttl)
+            .map_err(|(span, message)| invalid(span, message))?;
+        if hosts.len() > crate::feeds::dns::MAX_HOSTS {
+            return Err(invalid(
+                hosts[crate::feeds::dns::MAX_HOSTS].0.span(),
+                format!(
+                    "{} [[allow]] host entries; at most {}",
+                    hosts.len(),
+                    crate::feeds::dns::MAX_HOSTS
+                ),
+            ));
+        }
+        for (host, entry) in hosts {
+            let span = host.span();
+            let line = lines.line_of(span.start);
+            let name = crate::feeds::dns::check_host(host.get_ref())
+                .map_err(|message| invalid(span.clone(), message))?;
+            let ports_span = entry.ports.first().map(|port| port.span());
+            let ports =
+                parse_ports(entry.ports).map_err(|(span, message)| invalid(span, message))?;
+            crate::ports::check_kernel_fit(&ports).map_err(|message| {
+                invalid(ports_span.clone().unwrap_or(span.clone()), message)
+            })?;
+            let feed = FeedConfig::host(
+                name,
+                dns.clone(),
+                ports,
+                Some(entry.description),
+                line,
+            )
+            .map_err(|message| invalid(span.clone(), message))?;
+            if let Some(first) = feeds.iter().find(|other| other.name == feed.name) {
+                return Err(invalid(
+                    span,
+                    format!(
+                        "{} is listed twice: at line {} and here; a host's set is named after it, so hosts and feeds must differ",
+                        feed.name, first.line
+                    ),
+                ));
             }
             feeds.push(feed);
         }
@@ -405,6 +497,94 @@ impl Config {
             feeds,
             warnings,
         })
+    }
+}
+
+/// `dns_servers`, `dns_min_ttl` and `dns_max_ttl`, within their bounds.
+fn dns_settings(
+    servers: Vec<Spanned<String>>,
+    min_ttl: Option<Spanned<String>>,
+    max_ttl: Option<Spanned<String>>,
+) -> Result<DnsSettings, (Range<usize>, String)> {
+    use crate::feeds::dns::{
+        DEFAULT_MAX_TTL_SECS, DEFAULT_MIN_TTL_SECS, MAX_DNS_SERVERS, MAX_TTL_CEILING_SECS,
+        MIN_TTL_FLOOR_SECS,
+    };
+    if let Some(extra) = servers.get(MAX_DNS_SERVERS) {
+        return Err((
+            extra.span(),
+            format!("{} dns_servers; at most {MAX_DNS_SERVERS}", servers.len()),
+        ));
+    }
+    let mut addresses = Vec::with_capacity(servers.len());
+    for server in servers {
+        let given = server.get_ref().trim();
+        let address = given
+            .parse::<std::net::SocketAddr>()
+            .or_else(|_| {
+                given
+                    .parse::<std::net::IpAddr>()
+                    .map(|ip| std::net::SocketAddr::new(ip, 53))
+            })
+            .map_err(|_| {
+                (
+                    server.span(),
+                    format!("dns_servers: {given:?} is not an address (and port): write e.g. \"10.0.0.1\", \"10.0.0.1:53\" or \"[2001:db8::1]:53\""),
+                )
+            })?;
+        addresses.push(address);
+    }
+    let ttl = |value: Option<Spanned<String>>, key: &str, default: u64| match value {
+        None => Ok(default),
+        Some(value) => parse_duration_within(value.get_ref(), MIN_TTL_FLOOR_SECS, MAX_TTL_CEILING_SECS)
+            .map_err(|()| {
+                (
+                    value.span(),
+                    format!(
+                        "{key} = {:?}: give a duration such as \"30s\", \"5m\" or \"1h\", from {MIN_TTL_FLOOR_SECS}s to {}h",
+                        value.get_ref(),
+                        MAX_TTL_CEILING_SECS / 3600
+                    ),
+                )
+            }),
+    };
+    let min_span = min_ttl.as_ref().map(Spanned::span);
+    let min_ttl_secs = ttl(min_ttl, "dns_min_ttl", DEFAULT_MIN_TTL_SECS)?;
+    let max_span = max_ttl.as_ref().map(Spanned::span);
+    let max_ttl_secs = ttl(max_ttl, "dns_max_ttl", DEFAULT_MAX_TTL_SECS)?;
+    if min_ttl_secs > max_ttl_secs {
+        return Err((
+            max_span.or(min_span).unwrap_or(0..0),
+            format!("dns_min_ttl ({min_ttl_secs}s) is above dns_max_ttl ({max_ttl_secs}s); the lower bound must not exceed the upper one"),
+        ));
+    }
+    Ok(DnsSettings {
+        servers: addresses,
+        min_ttl_secs,
+        max_ttl_secs,
+    })
+}
+
+/// `30s`, `15m`, `2h`, `1d` (or bare seconds), within `min..=max` seconds.
+pub fn parse_duration_within(given: &str, min: u64, max: u64) -> Result<u64, ()> {
+    let given = given.trim();
+    let split = given
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(given.len());
+    let (number, unit) = given.split_at(split);
+    let number: u64 = number.parse().map_err(|_| ())?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(()),
+    };
+    let secs = number.checked_mul(scale).ok_or(())?;
+    if (min..=max).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(())
     }
 }
 

@@ -99,12 +99,12 @@ impl StartPlan {
         let (mut allowlist, normalized) = Allowlist::restore(&config, managed, &first_seen);
         if let Some(saved) = &saved {
             for feed in &config.feeds {
-                if let (Some(saved), crate::feeds::FeedSource::Fetch(source)) =
-                    (saved.feeds.get(&feed.name), &feed.source)
+                if let (Some(saved), Some(key)) =
+                    (saved.feeds.get(&feed.name), feed.source.key())
                 {
-                    // The last good list of the URL the file names: a feed pointed
-                    // elsewhere starts empty and fetches.
-                    if saved.url == source.url {
+                    // The last good list of the URL (or name) the file names: a feed
+                    // pointed elsewhere starts empty and fetches.
+                    if saved.url == key {
                         allowlist.restore_feed(feed, &saved.networks);
                     }
                 }

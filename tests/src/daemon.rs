@@ -133,6 +133,8 @@ pub struct ConfigBuilder {
     metrics_listen: Option<std::net::SocketAddr>,
     /// Tables written last, as given (`[[feed]]`).
     tables: Vec<String>,
+    /// Top-level keys written before the first table, as given (`dns_servers = …`).
+    keys: Vec<String>,
 }
 
 impl ConfigBuilder {
@@ -153,7 +155,14 @@ impl ConfigBuilder {
             dropped_sources: None,
             metrics_listen: None,
             tables: Vec::new(),
+            keys: Vec::new(),
         }
+    }
+
+    /// A top-level key written as given before the first table, e.g. `dns_servers = […]`.
+    pub fn key(mut self, toml: &str) -> Self {
+        self.keys.push(toml.into());
+        self
     }
 
     /// `dropped_sources = N`: how many dropped sources the kernel remembers (0: none).
@@ -314,6 +323,10 @@ impl ConfigBuilder {
                 "public_ports = {}\n",
                 toml_list(&self.public_ports)
             ));
+        }
+        for key in &self.keys {
+            toml.push_str(key);
+            toml.push('\n');
         }
         for (index, (cidr, description)) in self.allow.iter().enumerate() {
             toml.push_str(&format!(

@@ -20,6 +20,7 @@
 #![warn(unused_crate_dependencies)]
 
 pub mod daemon;
+pub mod dns_server;
 pub mod feed_server;
 pub mod frames;
 pub mod interrupt;
@@ -41,6 +42,7 @@ pub use allowlist_userspace::config::{EncapsulatedIp, Mode, XdpMode};
 pub use daemon::{
     as_user, Binaries, ConfigBuilder, Counter, Daemon, DaemonFiles, ListedEntry, Stats,
 };
+pub use dns_server::DnsServer;
 pub use feed_server::FeedServer;
 pub use frames::VlanTag;
 pub use netns::{in_netns, Netns};

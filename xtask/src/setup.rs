@@ -35,6 +35,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "systemd",
     // promtool and a Prometheus server: tests/tests/metrics.rs checks and scrapes /metrics
     "prometheus",
+    // A DNS server for tests/tests/dns.rs (`[[allow]] host = …`)
+    "dnsmasq",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -44,6 +44,8 @@ pub enum Origin {
     Cli,
     CsvImport,
     Feed,
+    /// `[[allow]] host = "NAME"`: an address the name resolves to (its set is the name).
+    Dns,
 }
 
 impl fmt::Display for Origin {
@@ -54,6 +56,7 @@ impl fmt::Display for Origin {
             Origin::Cli => "cli",
             Origin::CsvImport => "csv import",
             Origin::Feed => "feed",
+            Origin::Dns => "dns",
         })
     }
 }
@@ -228,7 +231,7 @@ impl Allowlist {
                         .collect();
                     self.set_feed(feed, &networks, now);
                 }
-                FeedSource::Fetch(_) => {
+                FeedSource::Fetch(_) | FeedSource::Dns(_) => {
                     // The last good list stays; its entries take the feed's ports and
                     // description as the file now says.
                     let networks: Vec<IpNet> = self
@@ -254,7 +257,10 @@ impl Allowlist {
                 let entry = Entry {
                     network: *network,
                     description: feed.description.clone(),
-                    origin: Origin::Feed,
+                    origin: match feed.source {
+                        FeedSource::Dns(_) => Origin::Dns,
+                        _ => Origin::Feed,
+                    },
                     set: feed.name.clone(),
                     added_at: old.get(network).map_or(now, |old| old.added_at),
                     expires_at: None,

@@ -18,7 +18,6 @@ use crate::{
     control::{FeedStatus, Reply, Safety},
     feeds::{
         self,
-        config::FetchSource,
         fetch::{FetchError, Fetched, Validators},
         FeedConfig, FeedSource,
     },
@@ -49,15 +48,25 @@ pub(crate) struct Held {
 #[derive(Clone, Debug)]
 pub struct FetchJob {
     pub name: SetName,
-    pub source: FetchSource,
+    /// A fetched feed's or a DNS name's (never a preset's).
+    pub source: FeedSource,
     pub validators: Validators,
 }
 
 impl FetchJob {
-    /// Fetches; the outcome goes back to [`Daemon::feeds_fetched`].
+    /// Fetches (or resolves); the outcome goes back to [`Daemon::feeds_fetched`].
     pub fn run(self) -> FetchOutcome {
         let attempted_at = now();
-        let result = feeds::fetch::fetch(&self.source, &self.validators);
+        let result = match &self.source {
+            FeedSource::Fetch(source) => feeds::fetch::fetch(source, &self.validators),
+            FeedSource::Dns(source) => feeds::dns::resolve(source)
+                .map(Fetched::Resolved)
+                .map_err(FetchError::from),
+            FeedSource::Preset(preset) => Err(FetchError::Transport {
+                url: format!("preset {}", preset.name),
+                cause: "a preset has nothing to fetch".into(),
+            }),
+        };
         FetchOutcome {
             name: self.name,
             attempted_at,
@@ -90,7 +99,7 @@ impl<K: Kernel> Daemon<K> {
         let now = now();
         let mut runtime = std::mem::take(&mut self.feeds);
         for feed in &self.config.feeds {
-            let FeedSource::Fetch(source) = &feed.source else {
+            let Some(key) = feed.source.key() else {
                 continue;
             };
             let kept = runtime
@@ -107,10 +116,10 @@ impl<K: Kernel> Daemon<K> {
                         ..FeedRuntime::default()
                     })
                 })
-                .filter(|kept| kept.saved.url == source.url);
+                .filter(|kept| kept.saved.url == key);
             let entry = kept.unwrap_or_else(|| FeedRuntime {
                 saved: SavedFeed {
-                    url: source.url.clone(),
+                    url: key.clone(),
                     ..SavedFeed::default()
                 },
                 next_at: now,
@@ -163,12 +172,12 @@ impl<K: Kernel> Daemon<K> {
     }
 
     fn job(&self, feed: &FeedConfig) -> Option<FetchJob> {
-        let FeedSource::Fetch(source) = &feed.source else {
+        if let FeedSource::Preset(_) = &feed.source {
             return None;
-        };
+        }
         Some(FetchJob {
             name: feed.name.clone(),
-            source: source.clone(),
+            source: feed.source.clone(),
             validators: self
                 .feeds
                 .get(&feed.name)
@@ -217,12 +226,14 @@ impl<K: Kernel> Daemon<K> {
         let mut lines = Vec::new();
         let mut failed = false;
         for outcome in outcomes {
-            let name = outcome.name.clone();
+            let label = self
+                .feed_config(&outcome.name)
+                .map_or_else(|| format!("feed {}", outcome.name), FeedConfig::label);
             match self.feed_fetched(outcome, safety, by) {
-                Ok(line) => lines.push(format!("feed {name}: {line}")),
+                Ok(line) => lines.push(format!("{label}: {line}")),
                 Err(line) => {
                     failed = true;
-                    lines.push(format!("feed {name}: {line}"));
+                    lines.push(format!("{label}: {line}"));
                 }
             }
         }
@@ -246,9 +257,9 @@ impl<K: Kernel> Daemon<K> {
         let Some(feed) = self.feed_config(&name).cloned() else {
             return Err("no longer in the config; ignored".into());
         };
-        let FeedSource::Fetch(source) = &feed.source else {
+        if let FeedSource::Preset(_) = &feed.source {
             return Err("a preset; nothing fetched".into());
-        };
+        }
         let before = self
             .allowlist
             .feed(&name)
@@ -262,7 +273,31 @@ impl<K: Kernel> Daemon<K> {
                 self.feed_good(&name, outcome.attempted_at, None);
                 return Ok(format!("not modified; {before} entries"));
             }
+            Ok(Fetched::Resolved(resolved)) => {
+                let FeedSource::Dns(source) = &feed.source else {
+                    return Err("answered a DNS lookup it did not ask; ignored".into());
+                };
+                let ttl = source.settings.clamp_ttl(resolved.ttl_secs);
+                let result = self.offer_feed(
+                    &feed,
+                    resolved.networks,
+                    Validators::default(),
+                    outcome.attempted_at,
+                    safety,
+                    by,
+                );
+                if result.is_ok() {
+                    // Asked again when the records' TTL (within the bounds) runs out.
+                    if let Some(runtime) = self.feeds.get_mut(&name) {
+                        runtime.next_at = outcome.attempted_at.saturating_add(ttl);
+                    }
+                }
+                result.map(|message| format!("{message} (TTL {}s, asked again in {ttl}s)", resolved.ttl_secs))
+            }
             Ok(Fetched::Body { body, validators }) => {
+                let FeedSource::Fetch(source) = &feed.source else {
+                    return Err("answered a fetch it did not ask; ignored".into());
+                };
                 match feeds::parse(source.format, &body, &source.filters) {
                     Err(error) => Err(format!("the body is not a valid {} list: {error}", source.format)),
                     Ok(networks) if networks.is_empty() && !feed.allow_empty => Err(
@@ -276,7 +311,7 @@ impl<K: Kernel> Daemon<K> {
             Ok(message) => Ok(message),
             Err(error) => {
                 let kept = format!("{error}; kept the last good list ({before} entries)");
-                warn!(by = %by, feed = %name, "refused: feed {name}: {kept}");
+                warn!(by = %by, feed = %name, "refused: {}: {kept}", feed.label());
                 if let Some(runtime) = self.feeds.get_mut(&name) {
                     runtime.error = Some(kept.clone());
                 }
@@ -391,7 +426,7 @@ impl<K: Kernel> Daemon<K> {
             "{} entries: {added} added, {removed} removed",
             networks.len()
         );
-        info!(by = %by, kernel_took = ?self.kernel_took, feed = %feed.name, "feed {}: {message}", feed.name);
+        info!(by = %by, kernel_took = ?self.kernel_took, feed = %feed.name, "{}: {message}", feed.label());
         Ok(message)
     }
 
@@ -441,6 +476,9 @@ impl<K: Kernel> Daemon<K> {
                     FeedSource::Preset(preset) => (format!("preset {}", preset.name), None),
                     FeedSource::Fetch(source) => {
                         (source.url.clone(), Some(source.format.to_string()))
+                    }
+                    FeedSource::Dns(source) => {
+                        (format!("dns {}", source.host), Some("dns".to_string()))
                     }
                 };
                 FeedStatus {

@@ -84,6 +84,21 @@ pub enum FeedSource {
     /// Documented static addresses: nothing to fetch.
     Preset(&'static Preset),
     Fetch(FetchSource),
+    /// `[[allow]] host = "NAME"`: the name's A and AAAA records.
+    Dns(super::dns::DnsSource),
+}
+
+impl FeedSource {
+    /// What a saved last good list belongs to: a fetched feed's URL, a name's
+    /// `dns:NAME`; `None` for presets (nothing saved). A source whose key changed starts
+    /// afresh.
+    pub fn key(&self) -> Option<String> {
+        match self {
+            FeedSource::Preset(_) => None,
+            FeedSource::Fetch(source) => Some(source.url.clone()),
+            FeedSource::Dns(source) => Some(source.key()),
+        }
+    }
 }
 
 /// Where and how a feed is fetched.
@@ -205,7 +220,7 @@ impl FeedConfig {
         };
         let description = raw.description.unwrap_or_else(|| match &source {
             FeedSource::Preset(preset) => preset.description.to_string(),
-            FeedSource::Fetch(_) => format!("feed {name}"),
+            FeedSource::Fetch(_) | FeedSource::Dns(_) => format!("feed {name}"),
         });
         crate::allowlist::check_description(&description)
             .map_err(|message| (name_span.clone(), message))?;
@@ -219,6 +234,47 @@ impl FeedConfig {
             max_shrink_percent,
             line: line_of(name_span.start),
         })
+    }
+}
+
+impl FeedConfig {
+    /// An `[[allow]] host` entry as a feed: a read-only set named after the (already
+    /// checked) name, asked again when its TTL runs out (at the latest after
+    /// `dns_max_ttl`; on failure after `dns_min_ttl`), never held for shrinking (a
+    /// changed record replaces the address whole).
+    pub fn host(
+        host: String,
+        settings: super::dns::DnsSettings,
+        ports: Vec<PortSpec>,
+        description: Option<String>,
+        line: usize,
+    ) -> Result<FeedConfig, String> {
+        let name = SetName::new(&host)?;
+        if name.is_config_file() || name == SetName::default() {
+            return Err(format!("host = {host:?} is the name of a built-in set; it cannot be resolved as a name"));
+        }
+        let description = description
+            .filter(|description| !description.is_empty())
+            .unwrap_or_else(|| format!("dns {host}"));
+        crate::allowlist::check_description(&description)?;
+        Ok(FeedConfig {
+            name,
+            refresh_secs: settings.min_ttl_secs,
+            source: FeedSource::Dns(super::dns::DnsSource { host, settings }),
+            ports,
+            description,
+            allow_empty: false,
+            max_shrink_percent: 100,
+            line,
+        })
+    }
+
+    /// `dns NAME` for a name, `feed NAME` for a feed: how messages call it.
+    pub fn label(&self) -> String {
+        match self.source {
+            FeedSource::Dns(_) => format!("dns {}", self.name),
+            _ => format!("feed {}", self.name),
+        }
     }
 }
 

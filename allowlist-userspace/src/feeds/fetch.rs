@@ -45,6 +45,8 @@ pub enum Fetched {
         body: Vec<u8>,
         validators: Validators,
     },
+    /// A DNS name's answer (`[[allow]] host`).
+    Resolved(super::dns::Resolved),
 }
 
 /// Why a fetch failed. The feed keeps its last good list. Never carries the API key.
@@ -60,6 +62,8 @@ pub enum FetchError {
     Status { url: String, status: u16 },
     #[error("{url}: the body is larger than {MAX_BODY_BYTES} bytes; refused")]
     TooLarge { url: String },
+    #[error(transparent)]
+    Dns(#[from] super::dns::ResolveError),
 }
 
 /// Fetches `source`, conditionally on `validators`.

@@ -11,6 +11,7 @@ mod aws;
 mod cloudflare;
 pub mod config;
 mod csv;
+pub mod dns;
 mod fastly;
 pub mod fetch;
 mod gcp;

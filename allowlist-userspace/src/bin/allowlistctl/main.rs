@@ -220,7 +220,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let entries = reply.entries.unwrap_or_default();
             let rows = entries.iter().filter(|entry| match &set {
                 Some(set) => entry.set == *set,
-                None => !matches!(entry.origin, Origin::Always | Origin::Feed),
+                None => !matches!(entry.origin, Origin::Always | Origin::Feed | Origin::Dns),
             });
             csv_format::write_rows(io::stdout().lock(), rows)
                 .map_err(|error| Failure::error(format!("writing CSV: {error}")))
