@@ -981,4 +981,108 @@ cidr = "2001:db8::1"
         assert!(error.contains("/etc/allowlist.toml"), "{error}");
         assert!(error.contains("line "), "{error}");
     }
+
+    #[test]
+    fn a_host_is_a_dns_source_with_the_configured_resolvers_and_ttl_bounds() {
+        let config = parse(
+            "interfaces = [\"lo\"]\ndns_servers = [\"10.0.0.1\", \"[2001:db8::1]:5353\"]\ndns_min_ttl = \"10s\"\ndns_max_ttl = \"5m\"\n[[allow]]\nhost = \"CI.Example.com.\"\nports = [\"22/tcp\"]\n",
+        )
+        .unwrap();
+        assert!(config.allow.is_empty());
+        let [feed] = config.feeds.as_slice() else {
+            panic!("{:?}", config.feeds)
+        };
+        assert_eq!(feed.name.as_str(), "ci.example.com");
+        assert_eq!(feed.line, 6);
+        assert_eq!(feed.description, "dns ci.example.com");
+        assert_eq!(feed.max_shrink_percent, 100, "a changed record is never held");
+        assert_eq!(feed.ports.len(), 1);
+        let crate::feeds::FeedSource::Dns(source) = &feed.source else {
+            panic!("{:?}", feed.source)
+        };
+        assert_eq!(source.host, "ci.example.com");
+        assert_eq!(
+            source.settings.servers,
+            vec![
+                "10.0.0.1:53".parse().unwrap(),
+                "[2001:db8::1]:5353".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            (source.settings.min_ttl_secs, source.settings.max_ttl_secs),
+            (10, 300)
+        );
+        // Defaults: /etc/resolv.conf, 30 s to 1 h.
+        let config =
+            parse("interfaces = [\"lo\"]\n[[allow]]\nhost = \"ci.example.com\"\n").unwrap();
+        let crate::feeds::FeedSource::Dns(source) = &config.feeds[0].source else {
+            panic!()
+        };
+        assert_eq!(source.settings, crate::feeds::dns::DnsSettings::default());
+        assert!(source.settings.servers.is_empty());
+    }
+
+    #[test]
+    fn ttls_are_clamped_to_the_configured_bounds() {
+        let settings = DnsSettings {
+            servers: Vec::new(),
+            min_ttl_secs: 30,
+            max_ttl_secs: 3600,
+        };
+        assert_eq!(settings.clamp_ttl(0), 30);
+        assert_eq!(settings.clamp_ttl(29), 30);
+        assert_eq!(settings.clamp_ttl(300), 300);
+        assert_eq!(settings.clamp_ttl(3601), 3600);
+        assert_eq!(settings.clamp_ttl(u64::from(u32::MAX)), 3600);
+        let equal = DnsSettings {
+            min_ttl_secs: 60,
+            max_ttl_secs: 60,
+            ..settings
+        };
+        assert_eq!(equal.clamp_ttl(1), 60);
+        assert_eq!(equal.clamp_ttl(86_400), 60);
+    }
+
+    #[test]
+    fn bad_hosts_and_dns_settings_name_file_line_and_value() {
+        let long = format!("{}.example.com", "a".repeat(60));
+        for (text, line, says) in [
+            ("[[allow]]\nhost = \"ci_bad..example.com\"\n", 3, "ci_bad..example.com"),
+            ("[[allow]]\nhost = \"localhost\"\n", 3, "single label"),
+            ("[[allow]]\nhost = \"10.0.0.1\"\n", 3, "is an address"),
+            ("[[allow]]\nhost = \"-x.example.com\"\n", 3, "-x.example.com"),
+            (&format!("[[allow]]\nhost = \"{long}\"\n"), 3, "at most 64 bytes"),
+            ("[[allow]]\nhost = \"a.example.com\"\ncidr = \"10.0.0.1\"\n", 4, "not both"),
+            ("[[allow]]\ndescription = \"x\"\n", 2, "or host"),
+            ("[[always]]\nhost = \"a.example.com\"\n", 3, "takes cidr, not host"),
+            (
+                "[[allow]]\nhost = \"a.example.com\"\n[[allow]]\nhost = \"A.example.com\"\n",
+                5,
+                "listed twice: at line 3",
+            ),
+            (
+                "[[feed]]\nname = \"a.example.com\"\npreset = \"elastic.io-eu\"\n[[allow]]\nhost = \"a.example.com\"\n",
+                6,
+                "hosts and feeds must differ",
+            ),
+            ("dns_servers = [\"resolver\"]\n", 2, "\"resolver\" is not an address"),
+            ("dns_min_ttl = \"0s\"\n", 2, "dns_min_ttl = \"0s\""),
+            ("dns_max_ttl = \"2d\"\n", 2, "dns_max_ttl = \"2d\""),
+            ("dns_min_ttl = \"10m\"\ndns_max_ttl = \"1m\"\n", 3, "above dns_max_ttl"),
+            (
+                "dns_servers = [\"1.1.1.1\",\"1.1.1.2\",\"1.1.1.3\",\"1.1.1.4\",\"1.1.1.5\",\"1.1.1.6\",\"1.1.1.7\",\"1.1.1.8\",\"1.1.1.9\"]\n",
+                2,
+                "at most 8",
+            ),
+        ] {
+            let error = parse(&format!("interfaces = [\"lo\"]\n{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with(&format!("/etc/allowlist.toml:{line}: ")),
+                "{text}: {error}"
+            );
+            assert!(error.contains(says), "{text}: {error}");
+        }
+    }
 }
