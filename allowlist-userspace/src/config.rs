@@ -266,8 +266,8 @@ impl Config {
         let mut seen: HashMap<IpNet, (usize, &'static str)> = HashMap::new();
         let mut hosts: Vec<(Spanned<String>, RawAllow)> = Vec::new();
         let by_cidr = |raw: Vec<Spanned<RawAllow>>,
-                           table: &'static str,
-                           hosts: Option<&mut Vec<(Spanned<String>, RawAllow)>>|
+                       table: &'static str,
+                       hosts: Option<&mut Vec<(Spanned<String>, RawAllow)>>|
          -> Result<Vec<(Spanned<String>, RawAllow)>, ConfigError> {
             let mut cidrs = Vec::with_capacity(raw.len());
             let mut hosts = hosts;
@@ -397,17 +397,10 @@ impl Config {
             let ports_span = entry.ports.first().map(|port| port.span());
             let ports =
                 parse_ports(entry.ports).map_err(|(span, message)| invalid(span, message))?;
-            crate::ports::check_kernel_fit(&ports).map_err(|message| {
-                invalid(ports_span.clone().unwrap_or(span.clone()), message)
-            })?;
-            let feed = FeedConfig::host(
-                name,
-                dns.clone(),
-                ports,
-                Some(entry.description),
-                line,
-            )
-            .map_err(|message| invalid(span.clone(), message))?;
+            crate::ports::check_kernel_fit(&ports)
+                .map_err(|message| invalid(ports_span.clone().unwrap_or(span.clone()), message))?;
+            let feed = FeedConfig::host(name, dns.clone(), ports, Some(entry.description), line)
+                .map_err(|message| invalid(span.clone(), message))?;
             if let Some(first) = feeds.iter().find(|other| other.name == feed.name) {
                 return Err(invalid(
                     span,
@@ -534,7 +527,8 @@ fn dns_settings(
             })?;
         addresses.push(address);
     }
-    let ttl = |value: Option<Spanned<String>>, key: &str, default: u64| match value {
+    let ttl = |value: Option<Spanned<String>>, key: &str, default: u64| {
+        match value {
         None => Ok(default),
         Some(value) => parse_duration_within(value.get_ref(), MIN_TTL_FLOOR_SECS, MAX_TTL_CEILING_SECS)
             .map_err(|()| {
@@ -547,6 +541,7 @@ fn dns_settings(
                     ),
                 )
             }),
+    }
     };
     let min_span = min_ttl.as_ref().map(Spanned::span);
     let min_ttl_secs = ttl(min_ttl, "dns_min_ttl", DEFAULT_MIN_TTL_SECS)?;
@@ -566,7 +561,7 @@ fn dns_settings(
 }
 
 /// `30s`, `15m`, `2h`, `1d` (or bare seconds), within `min..=max` seconds.
-pub fn parse_duration_within(given: &str, min: u64, max: u64) -> Result<u64, ()> {
+fn parse_duration_within(given: &str, min: u64, max: u64) -> Result<u64, ()> {
     let given = given.trim();
     let split = given
         .find(|c: char| !c.is_ascii_digit())
@@ -995,7 +990,10 @@ cidr = "2001:db8::1"
         assert_eq!(feed.name.as_str(), "ci.example.com");
         assert_eq!(feed.line, 6);
         assert_eq!(feed.description, "dns ci.example.com");
-        assert_eq!(feed.max_shrink_percent, 100, "a changed record is never held");
+        assert_eq!(
+            feed.max_shrink_percent, 100,
+            "a changed record is never held"
+        );
         assert_eq!(feed.ports.len(), 1);
         let crate::feeds::FeedSource::Dns(source) = &feed.source else {
             panic!("{:?}", feed.source)

@@ -99,9 +99,7 @@ impl StartPlan {
         let (mut allowlist, normalized) = Allowlist::restore(&config, managed, &first_seen);
         if let Some(saved) = &saved {
             for feed in &config.feeds {
-                if let (Some(saved), Some(key)) =
-                    (saved.feeds.get(&feed.name), feed.source.key())
-                {
+                if let (Some(saved), Some(key)) = (saved.feeds.get(&feed.name), feed.source.key()) {
                     // The last good list of the URL (or name) the file names: a feed
                     // pointed elsewhere starts empty and fetches.
                     if saved.url == key {

@@ -83,7 +83,11 @@ fn a_host_allows_what_its_name_resolves_to_follows_the_record_and_keeps_the_last
     assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
     assert_eq!(probe.verdict(Client::Blocked, true), Verdict::Pass);
     assert_eq!(probe.verdict(Client::Allowed, false), Verdict::Drop);
-    assert_eq!(probe.verdict(Client::Allowed, true), Verdict::Pass, "by address");
+    assert_eq!(
+        probe.verdict(Client::Allowed, true),
+        Verdict::Pass,
+        "by address"
+    );
     let feeds = daemon.ctl_json(&["feeds"]);
     let status = feeds
         .as_array()

@@ -292,7 +292,12 @@ impl<K: Kernel> Daemon<K> {
                         runtime.next_at = outcome.attempted_at.saturating_add(ttl);
                     }
                 }
-                result.map(|message| format!("{message} (TTL {}s, asked again in {ttl}s)", resolved.ttl_secs))
+                result.map(|message| {
+                    format!(
+                        "{message} (TTL {}s, asked again in {ttl}s)",
+                        resolved.ttl_secs
+                    )
+                })
             }
             Ok(Fetched::Body { body, validators }) => {
                 let FeedSource::Fetch(source) = &feed.source else {

@@ -251,7 +251,9 @@ impl FeedConfig {
     ) -> Result<FeedConfig, String> {
         let name = SetName::new(&host)?;
         if name.is_config_file() || name == SetName::default() {
-            return Err(format!("host = {host:?} is the name of a built-in set; it cannot be resolved as a name"));
+            return Err(format!(
+                "host = {host:?} is the name of a built-in set; it cannot be resolved as a name"
+            ));
         }
         let description = description
             .filter(|description| !description.is_empty())

@@ -110,7 +110,10 @@ pub enum ResolveError {
 /// lower-cased without a trailing dot: letters, digits, `-` and `_` in labels of at most
 /// 63 bytes, at least two labels, at most [`MAX_HOST_BYTES`] bytes.
 pub fn check_host(given: &str) -> Result<String, String> {
-    let name = given.strip_suffix('.').unwrap_or(given).to_ascii_lowercase();
+    let name = given
+        .strip_suffix('.')
+        .unwrap_or(given)
+        .to_ascii_lowercase();
     let bad = |why: &str| {
         format!(
             "host = {given:?}: {why}; give a DNS name such as \"ci.example.com\" (at most {MAX_HOST_BYTES} bytes)"
@@ -126,7 +129,9 @@ pub fn check_host(given: &str) -> Result<String, String> {
     }
     let labels: Vec<&str> = name.split('.').collect();
     if labels.len() < 2 {
-        return Err(bad("a single label is resolved through search domains and is ambiguous"));
+        return Err(bad(
+            "a single label is resolved through search domains and is ambiguous",
+        ));
     }
     for label in &labels {
         let valid = !label.is_empty()
