@@ -130,8 +130,11 @@ pub struct Config {
     pub dropped_sources: u32,
     /// Where the daemon serves Prometheus metrics (`/metrics`); `None`: nowhere.
     pub metrics_listen: Option<std::net::SocketAddr>,
-    /// `[[feed]]`: provider lists fetched (or preset), each a read-only set.
+    /// `[[feed]]`: provider lists fetched (or preset), each a read-only set; and each
+    /// `[[allow]] host` (and `allowlistctl add --host`) name, a set of its own.
     pub feeds: Vec<FeedConfig>,
+    /// How `host` names are resolved.
+    pub dns: DnsSettings,
     /// Notes worth logging that do not stop the config from loading (e.g. host bits).
     pub warnings: Vec<String>,
 }
@@ -488,8 +491,35 @@ impl Config {
             dropped_sources,
             metrics_listen,
             feeds,
+            dns,
             warnings,
         })
+    }
+
+    /// Adds the names added with `allowlistctl add --host` (from the state file or the
+    /// running daemon) as feeds, with this file's resolver settings. A name the file
+    /// lists itself is the file's; one that no longer fits is left out with a warning.
+    pub fn add_cli_hosts(&mut self, hosts: &[crate::feeds::dns::CliHost]) {
+        for host in hosts {
+            match FeedConfig::cli_host(host, self.dns.clone()) {
+                Ok(feed) if self.feeds.iter().all(|other| other.name != feed.name) => {
+                    self.feeds.push(feed);
+                }
+                Ok(_) => {}
+                Err(error) => self.warnings.push(format!(
+                    "host {} added with allowlistctl is left out: {error}",
+                    host.host
+                )),
+            }
+        }
+    }
+
+    /// The names added with `allowlistctl add --host`.
+    pub fn cli_hosts(&self) -> Vec<crate::feeds::dns::CliHost> {
+        self.feeds
+            .iter()
+            .filter_map(FeedConfig::as_cli_host)
+            .collect()
     }
 }
 

@@ -134,6 +134,24 @@ pub enum Request {
         #[serde(default)]
         safety: Safety,
     },
+    /// Lists a DNS name (`add --host`): its A and AAAA records, followed like an
+    /// `[[allow]] host`, kept in the state file. Fields left out keep what a listed name
+    /// has.
+    AddHost {
+        host: String,
+        #[serde(default)]
+        description: Option<String>,
+        #[serde(default)]
+        ports: Option<Vec<PortSpec>>,
+    },
+    /// Removes a name added with `add --host` (and the addresses it allowed).
+    RemoveHost {
+        host: String,
+        #[serde(default)]
+        if_present: bool,
+        #[serde(default)]
+        safety: Safety,
+    },
 }
 
 impl Request {

@@ -415,14 +415,33 @@ async fn serve_client(
                     reply
                 }
                 Ok(request) => {
-                    let daemon = Arc::clone(&daemon);
+                    // A name added with `add --host` is resolved before the reply.
+                    let resolve = match &request {
+                        Request::AddHost { host, .. } => crate::feeds::dns::check_host(host)
+                            .ok()
+                            .and_then(|host| SetName::new(&host).ok()),
+                        _ => None,
+                    };
+                    let shared = Arc::clone(&daemon);
                     let by = Actor::client(&peer);
-                    let reply =
-                        tokio::task::spawn_blocking(move || lock(&daemon).handle(request, &by))
+                    let mut reply =
+                        tokio::task::spawn_blocking(move || lock(&shared).handle(request, &by))
                             .await
                             .unwrap_or_else(|error| {
                                 Reply::failed(format!("internal error: {error}"))
                             });
+                    if let (true, Some(name)) = (reply.ok, resolve) {
+                        let resolved = refresh_feeds(
+                            &daemon,
+                            Err(Some(name)),
+                            Safety::default(),
+                            Actor::client(&peer),
+                        )
+                        .await;
+                        let said = resolved.message.or(resolved.error).unwrap_or_default();
+                        reply.message =
+                            Some(format!("{}\n{said}", reply.message.unwrap_or_default()));
+                    }
                     changed.notify_one();
                     reply
                 }

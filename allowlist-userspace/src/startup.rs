@@ -45,6 +45,8 @@ pub struct Saved {
     pub replay: Replay,
     /// Each fetched feed's last good list.
     pub feeds: std::collections::BTreeMap<crate::allowlist::SetName, state::SavedFeed>,
+    /// Names added with `allowlistctl add --host`.
+    pub hosts: Vec<crate::feeds::dns::CliHost>,
 }
 
 /// Why the daemon would not start. Nothing was changed.
@@ -61,7 +63,7 @@ pub enum PlanError {
 impl StartPlan {
     /// Reads the saved state in `config.state_dir` (if the directory exists; it is not
     /// created) and works out what a start would enforce.
-    pub fn new(config: Config) -> Result<StartPlan, PlanError> {
+    pub fn new(mut config: Config) -> Result<StartPlan, PlanError> {
         durable::check_creatable("state_dir", &config.state_dir)?;
         durable::check_creatable("socket directory", &durable::socket_dir(&config.socket))?;
         let (managed, saved) = match State::load(&config.state_dir)? {
@@ -77,6 +79,7 @@ impl StartPlan {
                     normalized: 0,
                     replay,
                     feeds: state.feeds,
+                    hosts: state.hosts,
                 };
                 (entries, Some(saved))
             }
@@ -96,6 +99,9 @@ impl StartPlan {
             .as_ref()
             .map(|saved| saved.config_first_seen.clone())
             .unwrap_or_default();
+        if let Some(saved) = &saved {
+            config.add_cli_hosts(&saved.hosts);
+        }
         let (mut allowlist, normalized) = Allowlist::restore(&config, managed, &first_seen);
         if let Some(saved) = &saved {
             for feed in &config.feeds {

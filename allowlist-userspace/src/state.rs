@@ -54,6 +54,9 @@ pub struct State {
     /// enforces it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub feeds: BTreeMap<SetName, SavedFeed>,
+    /// Names added with `allowlistctl add --host`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<crate::feeds::dns::CliHost>,
 }
 
 /// A feed's last good list and what the next fetch needs.
@@ -277,6 +280,7 @@ impl State {
             config_first_seen: BTreeMap::new(),
             generation: 0,
             feeds: BTreeMap::new(),
+            hosts: Vec::new(),
         }
     }
 

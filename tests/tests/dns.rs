@@ -131,3 +131,69 @@ fn a_host_allows_what_its_name_resolves_to_follows_the_record_and_keeps_the_last
     );
     assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
 }
+
+#[test]
+fn add_host_lists_a_name_from_the_cli_kept_across_restarts_until_removed() {
+    let topology = Topology::new().unwrap();
+    let mut dns = DnsServer::start(topology.host(), &[("10.10.2.2", "runner.test")]);
+    let config = ConfigBuilder::allowed_client(&topology)
+        .key(&format!("dns_servers = [\"{DNS_ADDRESS}\"]"))
+        .key("dns_min_ttl = \"1s\"");
+    let mut daemon = Daemon::start(&topology, &config).unwrap();
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Drop);
+
+    // `add --host` returns once the name is resolved and the kernel judges by it.
+    let out = daemon.ctl_ok(&[
+        "add",
+        "--host",
+        "Runner.Test.",
+        "--ports",
+        "7141/udp",
+        "-d",
+        "build runner",
+    ]);
+    assert!(out.contains("added host runner.test"), "{out}");
+    assert!(out.contains("1 entries: 1 added"), "{out}");
+    let entries = daemon.listed("10.10.2.2/32");
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].origin, "dns runner.test");
+    assert_eq!(entries[0].description, "build runner");
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+    // Its set is the name's: addresses cannot be added to it or removed from it.
+    let (_, stderr) = assert_exit_code(
+        &daemon.ctl(&["add", "192.0.2.1", "--set", "runner.test"]),
+        1,
+        "add to a name's set",
+    );
+    assert!(stderr.contains("read-only"), "{stderr}");
+    let (_, stderr) = assert_exit_code(
+        &daemon.ctl(&["add", "--host", "10.10.2.2"]),
+        1,
+        "an address given as a name",
+    );
+    assert!(stderr.contains("is an address"), "{stderr}");
+
+    // Kept across a restart, and its last good answer with the DNS server down.
+    dns.stop();
+    daemon.terminate().unwrap();
+    daemon.restart().unwrap();
+    assert!(listed(&daemon, "10.10.2.2/32"), "{}", daemon.log());
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+
+    // Removed: gone from the list and the kernel; removing it again is an error unless
+    // --if-present.
+    let out = daemon.ctl_ok(&["remove", "--host", "runner.test"]);
+    assert!(out.contains("removed host runner.test"), "{out}");
+    assert!(!listed(&daemon, "10.10.2.2/32"));
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Drop);
+    assert_exit_code(
+        &daemon.ctl(&["remove", "--host", "runner.test"]),
+        1,
+        "a name not listed",
+    );
+    daemon.ctl_ok(&["remove", "--host", "runner.test", "--if-present"]);
+    daemon.terminate().unwrap();
+    daemon.restart().unwrap();
+    assert!(!listed(&daemon, "10.10.2.2/32"));
+}

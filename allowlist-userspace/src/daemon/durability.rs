@@ -24,6 +24,7 @@ impl<K: Kernel> Daemon<K> {
         state.pending_confirm = self.pending_confirm;
         state.config_first_seen = self.allowlist.config_first_seen();
         state.feeds = self.saved_feeds();
+        state.hosts = self.config.cli_hosts();
         state
     }
 
@@ -53,7 +54,8 @@ impl<K: Kernel> Daemon<K> {
             && saved.config_mode == self.config_mode
             && saved.pending_confirm == self.pending_confirm
             && saved.config_first_seen == self.allowlist.config_first_seen()
-            && saved.feeds == self.saved_feeds();
+            && saved.feeds == self.saved_feeds()
+            && saved.hosts == self.config.cli_hosts();
         if unchanged {
             return Ok(());
         }

@@ -470,6 +470,147 @@ impl<K: Kernel> Daemon<K> {
         }
     }
 
+    /// `add --host NAME`: lists the name (or changes a listed one's description and
+    /// ports); it is resolved right after (the server asks at once).
+    pub(super) fn add_host(
+        &mut self,
+        host: &str,
+        description: Option<String>,
+        ports: Option<Vec<crate::ports::PortSpec>>,
+    ) -> Result<Reply, Refusal> {
+        let name = feeds::dns::check_host(host).map_err(Refusal::Error)?;
+        let set = SetName::new(&name).map_err(Refusal::Error)?;
+        if let Some(feed) = self.config.feeds.iter().find(|feed| feed.name == set) {
+            if feed.as_cli_host().is_none() {
+                return Err(Refusal::Error(format!(
+                    "{name} is {} at line {} of {}; change it there",
+                    feed.label(),
+                    feed.line,
+                    self.config.path.display()
+                )));
+            }
+        }
+        if set.is_config_file()
+            || set == SetName::default()
+            || self.allowlist.managed().any(|entry| entry.set == set)
+        {
+            return Err(Refusal::Error(format!(
+                "set {name} is in use by entries added with allowlistctl; a name's addresses are a set of their own named after it"
+            )));
+        }
+        if let Some(description) = &description {
+            crate::allowlist::check_description(description).map_err(Refusal::Error)?;
+        }
+        if let Some(ports) = &ports {
+            crate::ports::check_kernel_fit(ports).map_err(Refusal::Error)?;
+        }
+        let mut hosts = self.config.cli_hosts();
+        let message = match hosts.iter_mut().find(|listed| listed.host == name) {
+            Some(listed) => {
+                if let Some(description) = description {
+                    listed.description = description;
+                }
+                if let Some(ports) = ports {
+                    listed.ports = ports;
+                }
+                format!("updated host {name}")
+            }
+            None => {
+                let in_config = self
+                    .config
+                    .feeds
+                    .iter()
+                    .filter(|feed| matches!(feed.source, FeedSource::Dns(_)))
+                    .count();
+                if in_config >= feeds::dns::MAX_HOSTS {
+                    return Err(Refusal::Error(format!(
+                        "{in_config} names are listed already; at most {}",
+                        feeds::dns::MAX_HOSTS
+                    )));
+                }
+                hosts.push(feeds::dns::CliHost {
+                    host: name.clone(),
+                    description: description.unwrap_or_default(),
+                    ports: ports.unwrap_or_default(),
+                    line: 0,
+                });
+                format!("added host {name} (set {name}, origin dns {name})")
+            }
+        };
+        self.apply_hosts(&hosts, &Safety::default(), &format!("adding host {name}"))?;
+        Ok(Reply::done(message))
+    }
+
+    /// `remove --host NAME`: forgets a name added with `add --host` and the addresses it
+    /// allowed, after the lockout check.
+    pub(super) fn remove_host(
+        &mut self,
+        host: &str,
+        if_present: bool,
+        safety: &Safety,
+    ) -> Result<Reply, Refusal> {
+        let name = feeds::dns::check_host(host).map_err(Refusal::Error)?;
+        let mut hosts = self.config.cli_hosts();
+        let before = hosts.len();
+        hosts.retain(|listed| listed.host != name);
+        if hosts.len() == before {
+            if let Some(feed) = self
+                .config
+                .feeds
+                .iter()
+                .find(|feed| feed.name.as_str() == name)
+            {
+                return Err(Refusal::Error(format!(
+                    "{name} is {} at line {} of {}: remove it there, then `allowlistctl reload`",
+                    feed.label(),
+                    feed.line,
+                    self.config.path.display()
+                )));
+            }
+            if if_present {
+                return Ok(Reply::done(format!(
+                    "host {name} is not listed; nothing to remove"
+                )));
+            }
+            return Err(Refusal::Error(format!(
+                "host {name} is not listed (`allowlistctl feeds` lists the names)"
+            )));
+        }
+        self.apply_hosts(&hosts, safety, &format!("removing host {name}"))?;
+        Ok(Reply::done(format!("removed host {name}")))
+    }
+
+    /// Makes `hosts` the names added with `add --host`: the config's feeds with them,
+    /// the list changed to match, checked like any change, and saved.
+    fn apply_hosts(
+        &mut self,
+        hosts: &[feeds::dns::CliHost],
+        safety: &Safety,
+        what: &str,
+    ) -> Result<(), Refusal> {
+        let mut config = self.config.clone();
+        config.feeds.retain(|feed| feed.as_cli_host().is_none());
+        config.add_cli_hosts(hosts);
+        let mut next = self.allowlist.clone();
+        next.set_config(&config);
+        self.refuse_empty_enforce(&next, self.mode, what)?;
+        let compiled = next
+            .compile()
+            .map_err(|error| Refusal::Error(error.to_string()))?;
+        compiled.check_kernel_limits().map_err(Refusal::Error)?;
+        self.check_lockout_against(&compiled, self.mode, safety)?;
+        let previous = std::mem::replace(&mut self.config, config);
+        let previous_feeds = self.feeds.clone();
+        self.sync_feeds(&BTreeMap::new());
+        if let Err(error) = self.commit_with(next, self.mode, self.pending_confirm, Some(compiled))
+        {
+            self.config = previous;
+            self.feeds = previous_feeds;
+            return Err(error.into());
+        }
+        Ok(())
+    }
+
     /// Each feed as `feeds` and `status` show it.
     pub fn feed_statuses(&self) -> Vec<FeedStatus> {
         self.config

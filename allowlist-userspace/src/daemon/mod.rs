@@ -236,7 +236,8 @@ impl<K: Kernel> Daemon<K> {
 
     /// Re-reads the config file; on any error the running state is kept.
     pub fn reload(&mut self) -> Result<String, DaemonError> {
-        let config = Config::load(&self.config.path)?;
+        let mut config = Config::load(&self.config.path)?;
+        config.add_cli_hosts(&self.config.cli_hosts());
         for (what, old, new) in [
             ("socket", &self.config.socket, &config.socket),
             ("pin_path", &self.config.pin_path, &config.pin_path),

@@ -222,6 +222,16 @@ impl<K: Kernel> Daemon<K> {
                 }
             }
             Request::FeedsAccept { name, safety } => self.accept_feed(&name, &safety, by),
+            Request::AddHost {
+                host,
+                description,
+                ports,
+            } => self.add_host(&host, description, ports),
+            Request::RemoveHost {
+                host,
+                if_present,
+                safety,
+            } => self.remove_host(&host, if_present, &safety),
         };
         match result {
             Ok(reply) => {

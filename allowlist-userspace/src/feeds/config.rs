@@ -262,13 +262,49 @@ impl FeedConfig {
         Ok(FeedConfig {
             name,
             refresh_secs: settings.min_ttl_secs,
-            source: FeedSource::Dns(super::dns::DnsSource { host, settings }),
+            source: FeedSource::Dns(super::dns::DnsSource {
+                host,
+                settings,
+                from_cli: false,
+            }),
             ports,
             description,
             allow_empty: false,
             max_shrink_percent: 100,
             line,
         })
+    }
+
+    /// A name added with `allowlistctl add --host`, as the feed it becomes.
+    pub fn cli_host(
+        host: &super::dns::CliHost,
+        settings: super::dns::DnsSettings,
+    ) -> Result<FeedConfig, String> {
+        let name = super::dns::check_host(&host.host)?;
+        let mut feed = FeedConfig::host(
+            name,
+            settings,
+            host.ports.clone(),
+            Some(host.description.clone()),
+            0,
+        )?;
+        if let FeedSource::Dns(source) = &mut feed.source {
+            source.from_cli = true;
+        }
+        Ok(feed)
+    }
+
+    /// The `add --host` name this feed is, if it is one.
+    pub fn as_cli_host(&self) -> Option<super::dns::CliHost> {
+        match &self.source {
+            FeedSource::Dns(source) if source.from_cli => Some(super::dns::CliHost {
+                host: source.host.clone(),
+                description: self.description.clone(),
+                ports: self.ports.clone(),
+                line: 0,
+            }),
+            _ => None,
+        }
     }
 
     /// `dns NAME` for a name, `feed NAME` for a feed: how messages call it.

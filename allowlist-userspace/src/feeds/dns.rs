@@ -74,6 +74,22 @@ pub struct DnsSource {
     /// Lower case, without the trailing dot.
     pub host: String,
     pub settings: DnsSettings,
+    /// Added with `allowlistctl add --host` (kept in the state file) rather than listed
+    /// in the config file.
+    pub from_cli: bool,
+}
+
+/// A name added with `allowlistctl add --host`, as the state file keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CliHost {
+    pub host: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::ports::PortSpec>,
+    /// The line of the feed it becomes: 0, it is not in the file.
+    #[serde(skip)]
+    pub line: usize,
 }
 
 impl DnsSource {

@@ -75,13 +75,20 @@ pub enum Command {
   allowlistctl add 198.51.100.7 --expires 2h   # leaves the kernel in two hours
   allowlistctl add 192.0.2.10 --ports 22/tcp,5985-5986/tcp -d \"deploy host: SSH, WinRM\"
   allowlistctl add 192.0.2.10 --ports all --expires never   # widen and keep
+  allowlistctl add --host ci.example.com --ports 22/tcp    # a DNS name's A and AAAA records
 
 Adding a listed network changes only what you give: its description, ports and expiry
 stay as they are unless -d, --ports or --expires is given (-d \"\" clears the
 description). 0.0.0.0/0 and ::/0 allow every source and need --force.")]
     Add {
         /// IPv4/IPv6 address or CIDR network, e.g. 203.0.113.7 or 2001:db8::/48.
-        network: String,
+        #[arg(required_unless_present = "host")]
+        network: Option<String>,
+        /// Instead of an address: a DNS name whose A and AAAA records are allowed and
+        /// followed as their TTL runs out (set and origin `dns NAME`; kept across
+        /// restarts; the last good answer stays while resolving fails).
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["network", "expires", "set", "force"])]
+        host: Option<String>,
         /// What the entry is for, shown by `list` and exported (at most 4096 bytes);
         /// -d "" clears it.
         #[arg(long, short, value_name = "TEXT")]
@@ -108,12 +115,17 @@ description). 0.0.0.0/0 and ::/0 allow every source and need --force.")]
   allowlistctl remove 203.0.113.0/24
   allowlistctl remove 198.51.100.7 --if-present   # in scripts: absent is fine
   allowlistctl remove 198.51.100.7 --force        # even if it cuts off a live session
+  allowlistctl remove --host ci.example.com       # a name added with add --host
 
 Removing a network that is not listed is an error (exit 1) unless --if-present; one the
 config file lists is always an error: edit the file and reload.")]
     Remove {
         /// The listed address or network, as `list` shows it.
-        network: String,
+        #[arg(required_unless_present = "host")]
+        network: Option<String>,
+        /// Instead of an address: a DNS name added with `add --host`.
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["network", "set"])]
+        host: Option<String>,
         /// Succeed without change when the network is not listed.
         #[arg(long)]
         if_present: bool,

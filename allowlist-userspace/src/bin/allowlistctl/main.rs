@@ -93,14 +93,29 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Add {
+            host: Some(host),
+            description,
+            ports,
+            ..
+        } => {
+            let reply = ask(&Request::AddHost {
+                host,
+                description,
+                ports: ports.map(|Ports(ports)| ports),
+            })?;
+            print_message(&reply);
+            Ok(())
+        }
+        Command::Add {
             network,
             description,
             expires,
             ports,
             set,
             force,
+            host: None,
         } => {
-            let network = network_argument(&network)?;
+            let network = network_argument(network.as_deref().unwrap_or_default())?;
             let reply = ask(&Request::Add {
                 set,
                 network,
@@ -117,12 +132,26 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Remove {
+            host: Some(host),
+            if_present,
+            force,
+            ..
+        } => {
+            print_message(&ask(&Request::RemoveHost {
+                host,
+                if_present,
+                safety: safety(force),
+            })?);
+            Ok(())
+        }
+        Command::Remove {
             network,
             if_present,
             set,
             force,
+            host: None,
         } => {
-            let network = network_argument(&network)?;
+            let network = network_argument(network.as_deref().unwrap_or_default())?;
             print_message(&ask(&Request::Remove {
                 network,
                 set,
