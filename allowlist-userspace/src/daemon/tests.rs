@@ -438,3 +438,38 @@ fn top_ranks_dropped_or_monitored_sources_by_packets_within_since_and_limit() {
     );
     assert!(daemon.top(true, None, None).unwrap()[0].interface == "lo");
 }
+
+#[test]
+fn add_host_lists_a_name_as_its_own_set_refuses_the_files_and_remove_host_forgets_it() {
+    let (mut daemon, _dir) = daemon("enforce");
+    let add_host = |host: &str| Request::AddHost {
+        host: host.into(),
+        description: Some("runner".into()),
+        ports: None,
+    };
+    let remove_host = |host: &str| Request::RemoveHost {
+        host: host.into(),
+        if_present: false,
+        safety: Safety::default(),
+    };
+    let reply = daemon.handle(add_host("Runner.Example.com."), &ROOT);
+    assert!(reply.ok, "{reply:?}");
+    let hosts = daemon.config.cli_hosts();
+    assert_eq!(hosts.len(), 1);
+    assert_eq!(hosts[0].host, "runner.example.com");
+    assert_eq!(hosts[0].description, "runner");
+    // Saved with the state, for the next start.
+    assert_eq!(daemon.state().hosts, hosts);
+    // Again: an update, not a second name.
+    assert!(daemon.handle(add_host("runner.example.com"), &ROOT).ok);
+    assert_eq!(daemon.config.cli_hosts().len(), 1);
+    for bad in ["10.0.0.1", "localhost", "a..b"] {
+        let reply = daemon.handle(add_host(bad), &ROOT);
+        assert!(!reply.ok, "{bad}: {reply:?}");
+    }
+    assert!(daemon.handle(remove_host("runner.example.com"), &ROOT).ok);
+    assert!(daemon.config.cli_hosts().is_empty());
+    assert!(daemon.state().hosts.is_empty());
+    let reply = daemon.handle(remove_host("runner.example.com"), &ROOT);
+    assert!(!reply.ok, "{reply:?}");
+}
