@@ -36,7 +36,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // promtool and a Prometheus server: tests/tests/metrics.rs checks and scrapes /metrics
     "prometheus",
     // A DNS server for tests/tests/dns.rs (`[[allow]] host = …`)
-    "dnsmasq",
+    "dnsmasq-base",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
