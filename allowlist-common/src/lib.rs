@@ -29,7 +29,7 @@ pub const LAYOUT_VERSION: u32 = match option_env!("ALLOWLIST_TEST_LAYOUT") {
 };
 
 /// The layout of released builds.
-pub const RELEASED_LAYOUT: u32 = 2;
+pub const RELEASED_LAYOUT: u32 = 3;
 
 /// The test build's layout: a number no released layout will reach, so a test build's
 /// pins are never mistaken for a real later version's.
@@ -97,8 +97,29 @@ pub const MAP_CONTROL: &str = "CONTROL";
 /// or, after a crash, the next.
 pub const MAP_CARRIED: &str = "CARRIED";
 
-/// Per-CPU array of [`Counter`], indexed by [`Reason`].
+/// Per-CPU array of [`Counter`]: [`COUNTER_BLOCKS`] blocks of [`COUNTER_SLOTS`], one
+/// per attached interface ([`MAP_IFINDEX_BLOCKS`] says which), indexed within a block by
+/// [`Reason`]: index = `block × COUNTER_SLOTS + reason`. Each packet is counted once, in
+/// its interface's block, so the totals are the sum over blocks. Block 0 is what no
+/// attached interface owns: counts carried over from an older layout, those of
+/// interfaces since detached, and those of interfaces beyond the blocks or the index range. Layouts 1 and 2 had a single block.
 pub const MAP_COUNTERS: &str = "COUNTERS";
+
+/// Array of `u32` indexed by interface index (ifindex): the block of [`MAP_COUNTERS`] the
+/// interface's packets are counted in, written by the daemon before it attaches to the
+/// interface. 0 (the default) is the block of no attached interface; interface indices
+/// from [`MAX_COUNTED_IFINDEX`] up are counted there too. An array rather than a hash so
+/// the per-packet lookup is a bounds check and a load.
+pub const MAP_IFINDEX_BLOCKS: &str = "IFINDEX_BLOCKS";
+
+/// Blocks of [`MAP_COUNTERS`]: block 0 plus one per attached interface, so up to 63
+/// interfaces are counted apart. Never changes across layouts, so any version can fold
+/// another's counters: an older layout's block size is its map's length divided by this.
+pub const COUNTER_BLOCKS: u32 = 64;
+
+/// Capacity of [`MAP_IFINDEX_BLOCKS`]: interface indices below it are counted per
+/// interface (a host's indices stay far below unless it created 65,536 devices).
+pub const MAX_COUNTED_IFINDEX: u32 = 65_536;
 /// LRU hash of flows the host opened: [`FlowKey`] → [`FlowState`]. Written by the TC
 /// egress program (and seeded by the daemon), read by XDP to pass replies.
 pub const MAP_FLOWS: &str = "FLOWS";
@@ -385,7 +406,7 @@ pub struct Counter {
     pub bytes: u64,
 }
 
-/// Why the program passed or dropped a packet; the index into [`MAP_COUNTERS`].
+/// Why the program passed or dropped a packet; the index into a block of [`MAP_COUNTERS`].
 /// Every packet is counted under exactly one reason, so the counters add up to the
 /// traffic the interface received.
 #[repr(u32)]
@@ -428,7 +449,7 @@ pub enum Reason {
     PassedEncapsulated = 15,
 }
 
-/// Number of slots in [`MAP_COUNTERS`]; room is left for reasons added later so the
+/// Counters in each block of [`MAP_COUNTERS`]; room is left for reasons added later so the
 /// pinned map keeps its size. A reason's value never changes meaning (new reasons take
 /// new values), so an upgrade carries counters over slot by slot.
 pub const COUNTER_SLOTS: u32 = match option_env!("ALLOWLIST_TEST_LAYOUT") {
@@ -505,6 +526,7 @@ const _: () = assert!(LPM_KEY_V4_SIZE == 8);
 const _: () = assert!(SCREEN_BITS.is_multiple_of(64));
 const _: () = assert!(LPM_KEY_V6_SIZE == 20);
 const _: () = assert!((Reason::ALL.len() as u32) <= COUNTER_SLOTS);
+const _: () = assert!(COUNTER_SLOTS.checked_mul(COUNTER_BLOCKS).is_some());
 
 // ---- Dropped sources (issue 13: `allowlistctl top`) -------------------------------------
 // A block of its own so that it merges apart from the layout changes of other work.

@@ -26,6 +26,7 @@ use allowlist_common::{
     FEATURE_RECORD_DROPS, NEW_DROPPED_SOURCES_PER_SECOND,
 };
 use allowlist_common::{EntryHits, MAX_COUNTED_ENTRIES};
+use allowlist_common::{COUNTER_BLOCKS, MAX_COUNTED_IFINDEX};
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
     helpers::{
@@ -80,7 +81,9 @@ static REVERT: Array<Revert> = Array::pinned(1, 0);
 #[map]
 static LAYOUT: Array<LayoutStamp> = Array::pinned(1, 0);
 #[map]
-static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS * COUNTER_BLOCKS, 0);
+#[map]
+static IFINDEX_BLOCKS: Array<u32> = Array::pinned(MAX_COUNTED_IFINDEX, 0);
 /// Read and written by the daemon only, during upgrades (see `MAP_CARRIED`).
 #[map]
 static CARRIED: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
@@ -154,7 +157,7 @@ impl Frame for TcContext {
 #[xdp]
 pub fn allowlist(ctx: XdpContext) -> u32 {
     let reason = judge(&ctx);
-    count(reason, ctx.data_end() - ctx.data());
+    count(&ctx, reason);
     if reason.drops() {
         xdp_action::XDP_DROP
     } else {
@@ -509,13 +512,20 @@ fn fragment_train_admitted(ip: &IpHeader, transport: &Transport) -> bool {
     now.saturating_sub(state.last_seen_ns) <= FRAGMENT_IDLE_NS
 }
 
+/// Counts the packet in its interface's block of counters. The block comes from an array
+/// indexed by interface index (one bounds check and a load), not a hash.
 #[inline(always)]
-fn count(reason: Reason, frame_len: usize) {
-    if let Some(counter) = COUNTERS.get_ptr_mut(reason as u32) {
+fn count(ctx: &XdpContext, reason: Reason) {
+    let block = IFINDEX_BLOCKS
+        .get(ctx.ingress_ifindex() as u32)
+        .copied()
+        .filter(|block| *block < COUNTER_BLOCKS)
+        .unwrap_or(0);
+    if let Some(counter) = COUNTERS.get_ptr_mut(block * COUNTER_SLOTS + reason as u32) {
         // SAFETY: per-CPU slot, so no other program instance writes it concurrently.
         unsafe {
             (*counter).packets += 1;
-            (*counter).bytes += frame_len as u64;
+            (*counter).bytes += (ctx.data_end() - ctx.data()) as u64;
         }
     }
 }

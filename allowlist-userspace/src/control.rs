@@ -421,8 +421,13 @@ pub struct CounterValue {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stats {
-    /// By reason name (allowlist_common::Reason::name), summed over CPUs.
+    /// By reason name (allowlist_common::Reason::name), summed over CPUs and interfaces.
     pub counters: BTreeMap<String, CounterValue>,
+    /// Each attached interface's counters, by interface name, then reason name. What no
+    /// attached interface counted (an interface since detached, or counted before an
+    /// upgrade to per-interface counters) is only in the totals.
+    #[serde(default)]
+    pub interfaces: BTreeMap<String, BTreeMap<String, CounterValue>>,
 }
 
 /// Why a request could not be answered.

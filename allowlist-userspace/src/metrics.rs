@@ -9,7 +9,7 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `allowlist_packets_total`, `allowlist_bytes_total` | counter | `reason`, `verdict` |
+//! | `allowlist_packets_total`, `allowlist_bytes_total` | counter | `interface`, `reason`, `verdict` |
 //! | `allowlist_mode` | gauge (1 for the mode in force) | `mode` |
 //! | `allowlist_entries` | gauge | `family`, `origin` |
 //! | `allowlist_prefixes` | gauge | `family` |
@@ -21,6 +21,7 @@
 //! | `allowlist_build_info` | gauge (1) | `version` |
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     sync::{atomic::AtomicU64, Arc, Mutex},
     time::Duration,
@@ -109,7 +110,10 @@ fn unix_now() -> f64 {
 
 /// What one scrape shows, read from the daemon under its lock.
 pub struct Snapshot {
+    /// Totals over every interface.
     pub counters: Counters,
+    /// Each attached interface's counters.
+    pub interface_counters: BTreeMap<String, Counters>,
     pub mode: Mode,
     /// (family, origin) → entries.
     pub entries: Vec<((&'static str, String), usize)>,
@@ -121,6 +125,7 @@ pub struct Snapshot {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
+    interface: String,
     reason: &'static str,
     verdict: &'static str,
 }
@@ -161,26 +166,41 @@ pub fn encode_snapshot(snapshot: &Snapshot) -> String {
     let packets = Family::<ReasonLabels, Counter>::default();
     let bytes = Family::<ReasonLabels, Counter>::default();
     for reason in allowlist_common::Reason::ALL {
-        let counter = snapshot
-            .counters
-            .get(reason.name())
-            .copied()
-            .unwrap_or_default();
-        let labels = ReasonLabels {
+        let of = |counters: &Counters| counters.get(reason.name()).copied().unwrap_or_default();
+        let labels = |interface: &str| ReasonLabels {
+            interface: interface.to_string(),
             reason: reason.name(),
             verdict: if reason.drops() { "drop" } else { "pass" },
         };
-        packets.get_or_create(&labels).inc_by(counter.packets);
-        bytes.get_or_create(&labels).inc_by(counter.bytes);
+        let mut unattributed = of(&snapshot.counters);
+        for (interface, counters) in &snapshot.interface_counters {
+            let counter = of(counters);
+            packets
+                .get_or_create(&labels(interface))
+                .inc_by(counter.packets);
+            bytes
+                .get_or_create(&labels(interface))
+                .inc_by(counter.bytes);
+            unattributed.packets = unattributed.packets.saturating_sub(counter.packets);
+            unattributed.bytes = unattributed.bytes.saturating_sub(counter.bytes);
+        }
+        // What no attached interface counted (before per-interface counting, or on an
+        // interface since detached), so that the series add up to the totals.
+        if unattributed.packets > 0 || snapshot.interface_counters.is_empty() {
+            packets
+                .get_or_create(&labels(""))
+                .inc_by(unattributed.packets);
+            bytes.get_or_create(&labels("")).inc_by(unattributed.bytes);
+        }
     }
     registry.register(
         "packets",
-        "Packets the XDP program judged, by the reason it counted them under (allowlistctl stats) and whether it passed or dropped them",
+        "Packets the XDP program judged, by interface (empty: none attached now), the reason it counted them under (allowlistctl stats) and whether it passed or dropped them",
         packets,
     );
     registry.register(
         "bytes",
-        "Bytes of the frames the XDP program judged (Ethernet header included), by reason and verdict",
+        "Bytes of the frames the XDP program judged (Ethernet header included), by interface, reason and verdict",
         bytes,
     );
 
@@ -482,7 +502,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_text_follows_prometheus_naming_and_holds_no_source_address() {
+    fn the_text_follows_prometheus_naming_and_its_series_add_up_to_the_totals() {
         let mut counters = Counters::new();
         counters.insert(
             "dropped_not_listed",
@@ -494,8 +514,18 @@ mod tests {
         let mut events = Events::default();
         events.applied_whole(Duration::from_millis(3));
         events.changed();
+        let mut interface_counters = BTreeMap::new();
+        interface_counters.insert("eth0".to_string(), counters.clone());
+        counters.insert(
+            "dropped_not_listed",
+            allowlist_common::Counter {
+                packets: 30,
+                bytes: 3_000,
+            },
+        );
         let text = encode_snapshot(&Snapshot {
             counters,
+            interface_counters,
             mode: Mode::Enforce,
             entries: vec![(("ipv4", "config".into()), 2)],
             prefixes: (2, 0),
@@ -503,9 +533,10 @@ mod tests {
             events,
         });
         for expected in [
-            "allowlist_packets_total{reason=\"dropped_not_listed\",verdict=\"drop\"} 23\n",
-            "allowlist_bytes_total{reason=\"dropped_not_listed\",verdict=\"drop\"} 2300\n",
-            "allowlist_packets_total{reason=\"passed_listed\",verdict=\"pass\"} 0\n",
+            "allowlist_packets_total{interface=\"eth0\",reason=\"dropped_not_listed\",verdict=\"drop\"} 23\n",
+            "allowlist_bytes_total{interface=\"eth0\",reason=\"dropped_not_listed\",verdict=\"drop\"} 2300\n",
+            "allowlist_packets_total{interface=\"\",reason=\"dropped_not_listed\",verdict=\"drop\"} 7\n",
+            "allowlist_packets_total{interface=\"eth0\",reason=\"passed_listed\",verdict=\"pass\"} 0\n",
             "allowlist_mode{mode=\"enforce\"} 1\n",
             "allowlist_mode{mode=\"monitor\"} 0\n",
             "allowlist_entries{family=\"ipv4\",origin=\"config\"} 2\n",

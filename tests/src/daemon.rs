@@ -616,7 +616,10 @@ impl Stats {
                 (reason.clone(), delta)
             })
             .collect();
-        Stats(control::Stats { counters })
+        Stats(control::Stats {
+            counters,
+            interfaces: Default::default(),
+        })
     }
 
     pub fn reasons(&self) -> impl Iterator<Item = (&str, Counter)> {

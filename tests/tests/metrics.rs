@@ -93,7 +93,8 @@ fn daemon_with_traffic(topology: &Topology) -> Daemon<'_> {
     daemon
 }
 
-const DROPPED: &str = "allowlist_packets_total{reason=\"dropped_not_listed\",verdict=\"drop\"}";
+const DROPPED: &str =
+    "allowlist_packets_total{interface=\"to_blocked\",reason=\"dropped_not_listed\",verdict=\"drop\"}";
 
 #[test]
 fn the_metrics_endpoint_serves_what_stats_shows_and_promtool_accepts_it() {
@@ -106,21 +107,25 @@ fn the_metrics_endpoint_serves_what_stats_shows_and_promtool_accepts_it() {
         headers.contains("Content-Type: text/plain; version=0.0.4"),
         "{headers}"
     );
-    let stats = daemon.stats();
-    for (reason, verdict) in [("dropped_not_listed", "drop"), ("passed_listed", "pass")] {
-        let packets =
-            format!("allowlist_packets_total{{reason=\"{reason}\",verdict=\"{verdict}\"}}");
-        let bytes = format!("allowlist_bytes_total{{reason=\"{reason}\",verdict=\"{verdict}\"}}");
-        assert_eq!(
-            sample(&body, &packets),
-            Some(stats.get(reason).packets as f64),
-            "{packets}:\n{body}"
-        );
-        assert_eq!(
-            sample(&body, &bytes),
-            Some(stats.get(reason).bytes as f64),
-            "{bytes}:\n{body}"
-        );
+    let stats = daemon.ctl_json(&["stats"]);
+    for interface in ["to_allowed", "to_blocked"] {
+        for (reason, verdict) in [("dropped_not_listed", "drop"), ("passed_listed", "pass")] {
+            let labels =
+                format!("interface=\"{interface}\",reason=\"{reason}\",verdict=\"{verdict}\"");
+            let counted = &stats["interfaces"][interface][reason];
+            let packets = format!("allowlist_packets_total{{{labels}}}");
+            let bytes = format!("allowlist_bytes_total{{{labels}}}");
+            assert_eq!(
+                sample(&body, &packets),
+                counted["packets"].as_f64(),
+                "{packets}:\n{body}"
+            );
+            assert_eq!(
+                sample(&body, &bytes),
+                counted["bytes"].as_f64(),
+                "{bytes}:\n{body}"
+            );
+        }
     }
     assert_eq!(sample(&body, DROPPED), Some(23.0), "{body}");
     assert_eq!(sample(&body, "allowlist_mode{mode=\"enforce\"}"), Some(1.0));
@@ -235,8 +240,9 @@ fn a_prometheus_server_scrapes_the_endpoint_and_its_counter_matches_stats() {
     let _prometheus = Prometheus::start(topology.host(), metrics_at(), web);
 
     let expected = daemon.stats().get("dropped_not_listed").packets;
-    let query =
-        "/api/v1/query?query=allowlist_packets_total%7Breason%3D%22dropped_not_listed%22%7D";
+    // sum(allowlist_packets_total{reason="dropped_not_listed"}): every interface's series
+    // add up to the total `stats` shows.
+    let query = "/api/v1/query?query=sum%28allowlist_packets_total%7Breason%3D%22dropped_not_listed%22%7D%29";
     let mut answer = Value::Null;
     let scraped = wait_until(WAIT, || {
         let Ok(result) = std::panic::catch_unwind(|| http_get(topology.host(), web, query)) else {
@@ -250,5 +256,56 @@ fn a_prometheus_server_scrapes_the_endpoint_and_its_counter_matches_stats() {
         scraped,
         "Prometheus never reported {expected} for dropped_not_listed: {answer:#}"
     );
-    assert_eq!(answer["data"]["result"][0]["metric"]["verdict"], "drop");
+}
+
+#[test]
+fn stats_counts_each_interface_apart_the_totals_add_up_and_a_restart_keeps_them() {
+    let topology = Topology::new().unwrap();
+    let mut daemon = daemon_with_traffic(&topology);
+    let counted = |daemon: &Daemon, interface: &str, reason: &str| {
+        daemon.ctl_json(&["stats", "--interface", interface])["counters"][reason]["packets"]
+            .as_u64()
+            .unwrap()
+    };
+    let on_each = |daemon: &Daemon| {
+        (
+            counted(daemon, "to_blocked", "dropped_not_listed"),
+            counted(daemon, "to_blocked", "passed_listed"),
+            counted(daemon, "to_allowed", "dropped_not_listed"),
+            counted(daemon, "to_allowed", "passed_listed") >= 11,
+        )
+    };
+    assert_eq!(on_each(&daemon), (23, 0, 0, true), "{}", daemon.log());
+    let total = daemon.stats();
+    let all = daemon.ctl_json(&["stats"]);
+    for reason in ["dropped_not_listed", "passed_listed"] {
+        let sum: u64 = ["to_allowed", "to_blocked"]
+            .iter()
+            .map(|interface| {
+                all["interfaces"][interface][reason]["packets"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(sum, total.get(reason).packets, "{reason}: {all:#}");
+    }
+
+    let text = daemon.ctl_ok(&["stats", "--interface", "to_blocked"]);
+    assert!(
+        text.lines()
+            .any(|line| line.split_whitespace().collect::<Vec<_>>()[..2]
+                == ["dropped_not_listed", "23"]),
+        "{text}"
+    );
+    let unknown = daemon.ctl(&["stats", "--interface", "eth9"]);
+    assert!(!unknown.status.success());
+    let said = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        said.contains("eth9") && said.contains("to_allowed, to_blocked"),
+        "{said}"
+    );
+
+    daemon.terminate().unwrap();
+    daemon.restart().unwrap();
+    assert_eq!(on_each(&daemon), (23, 0, 0, true), "{}", daemon.log());
 }

@@ -202,6 +202,13 @@ fn an_upgrade_under_traffic_drops_no_listed_packet_passes_no_unlisted_one_and_ke
         );
     }
     let after_upgrade = daemon.stats();
+    let on_allowed = |daemon: &Daemon| {
+        daemon.ctl_json(&["stats", "--interface", ALLOWED_LINK.host_dev])["counters"]
+            ["passed_listed"]["packets"]
+            .as_u64()
+            .unwrap()
+    };
+    let on_allowed_before = on_allowed(&daemon);
     udp_send(
         topology.allowed(),
         None,
@@ -218,6 +225,11 @@ fn an_upgrade_under_traffic_drops_no_listed_packet_passes_no_unlisted_one_and_ke
             bytes: 10 * udp_ipv4_frame_len(PAYLOAD)
         },
         "the new program counts by the same reasons"
+    );
+    assert_eq!(
+        on_allowed(&daemon) - on_allowed_before,
+        10,
+        "and on the interface that received them"
     );
 }
 

@@ -39,7 +39,10 @@ pub trait Kernel {
     fn mode(&self) -> Mode;
     /// Prefixes per family (IPv4, IPv6) the kernel judges by now.
     fn entry_counts(&self) -> (usize, usize);
+    /// What the program counted, by reason, summed over CPUs and interfaces.
     fn counters(&self) -> Result<Counters, FilterError>;
+    /// What it counted on each attached interface.
+    fn interface_counters(&self) -> Result<BTreeMap<String, Counters>, FilterError>;
     /// Attaches to `interface` (or takes over its pinned link), given the mode recorded
     /// for it earlier.
     fn attach(
@@ -96,6 +99,9 @@ impl Kernel for Filter {
     }
     fn counters(&self) -> Result<Counters, FilterError> {
         Filter::counters(self)
+    }
+    fn interface_counters(&self) -> Result<BTreeMap<String, Counters>, FilterError> {
+        Filter::interface_counters(self)
     }
     fn attach(
         &mut self,

@@ -585,6 +585,7 @@ impl<K: Kernel> Daemon<K> {
         }
         Ok(metrics::Snapshot {
             counters: self.filter.counters()?,
+            interface_counters: self.filter.interface_counters()?,
             mode: self.filter.mode(),
             entries: entries.into_iter().collect(),
             prefixes: self.filter.entry_counts(),

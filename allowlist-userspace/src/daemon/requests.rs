@@ -4,7 +4,7 @@
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use super::{Actor, Daemon, DaemonError, Kernel, Refusal};
 use crate::{
@@ -16,7 +16,7 @@ use crate::{
         CheckResult, CounterValue, DroppedRow, EntryCounts, InterfaceStatus, Reply, Request,
         Safety, Stats, Status,
     },
-    filter::DroppedSource,
+    filter::{Counters, DroppedSource},
     ports::{self, PortSpec},
     startup,
     state::{Change, PendingConfirm},
@@ -48,9 +48,8 @@ impl<K: Kernel> Daemon<K> {
     }
 
     pub fn stats(&self) -> Result<Stats, DaemonError> {
-        let counters = self.filter.counters()?;
-        Ok(Stats {
-            counters: counters
+        let by_reason = |counters: Counters| -> BTreeMap<String, CounterValue> {
+            counters
                 .into_iter()
                 .map(|(name, counter)| {
                     (
@@ -61,6 +60,15 @@ impl<K: Kernel> Daemon<K> {
                         },
                     )
                 })
+                .collect()
+        };
+        Ok(Stats {
+            counters: by_reason(self.filter.counters()?),
+            interfaces: self
+                .filter
+                .interface_counters()?
+                .into_iter()
+                .map(|(interface, counters)| (interface, by_reason(counters)))
                 .collect(),
         })
     }

@@ -98,6 +98,9 @@ impl Kernel for FakeKernel {
     fn counters(&self) -> Result<Counters, FilterError> {
         Ok(Counters::new())
     }
+    fn interface_counters(&self) -> Result<BTreeMap<String, Counters>, FilterError> {
+        Ok(BTreeMap::new())
+    }
     fn attach(
         &mut self,
         interface: &str,
@@ -143,10 +146,16 @@ impl Kernel for FakeKernel {
 }
 
 /// A daemon on `lo` in `mode` with one config entry, its state in a temporary directory.
+/// A daemon on no interface: with `lo` protected, the lockout check would count every
+/// TCP connection on this host's loopback (whatever else runs here) as someone at risk.
 fn daemon(mode: &str) -> (Daemon<FakeKernel>, tempfile::TempDir) {
+    daemon_on("[]", mode)
+}
+
+fn daemon_on(interfaces: &str, mode: &str) -> (Daemon<FakeKernel>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "interfaces = [\"lo\"]\nmode = \"{mode}\"\nstate_dir = {:?}\nsocket = {:?}\n\n[[allow]]\ncidr = \"192.0.2.0/24\"\ndescription = \"office\"\n",
+        "interfaces = {interfaces}\nmode = \"{mode}\"\nstate_dir = {:?}\nsocket = {:?}\n\n[[allow]]\ncidr = \"192.0.2.0/24\"\ndescription = \"office\"\n",
         dir.path().join("state"),
         dir.path().join("run/control.sock"),
     );
@@ -184,7 +193,7 @@ fn saved(daemon: &Daemon<FakeKernel>) -> Vec<IpNet> {
 
 #[test]
 fn a_start_applies_the_list_and_mode_attaches_pins_and_saves() {
-    let (daemon, _dir) = daemon("enforce");
+    let (daemon, _dir) = daemon_on("[\"lo\"]", "enforce");
     assert!(covers(&daemon, "192.0.2.7") && !covers(&daemon, "198.51.100.1"));
     assert_eq!(daemon.filter.mode, Some(Mode::Enforce));
     assert_eq!(daemon.filter.attached.keys().collect::<Vec<_>>(), ["lo"]);

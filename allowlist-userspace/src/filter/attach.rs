@@ -67,6 +67,11 @@ impl Filter {
         if let Some(mode) = self.attached.get(interface) {
             return Ok(*mode);
         }
+        self.counter_blocks.claim(
+            interface,
+            &mut self.maps.ifindex_blocks,
+            &mut self.maps.counters,
+        )?;
         let link_pin = self.pins.link(interface);
         if link_pin.exists() {
             self.before_switching();
@@ -160,6 +165,7 @@ impl Filter {
                 detach_tc_filter(&interface);
                 self.attached.remove(&interface);
                 self.egress.remove(&interface);
+                self.counter_blocks.release(&interface);
                 info!(interface, "detached: no longer in the config");
             }
         }

@@ -17,8 +17,9 @@ use std::{
 };
 
 use allowlist_common::{
-    Counter, FlowKey, FlowState, FragmentKey, LayoutStamp, Revert, LAYOUT_BUILDING, LAYOUT_LIVE,
-    LAYOUT_VERSION, MAP_CARRIED, MAP_COUNTERS, MAP_FLOWS, MAP_FRAGMENTS, MAP_LAYOUT, MAP_REVERT,
+    Counter, FlowKey, FlowState, FragmentKey, LayoutStamp, Revert, COUNTER_BLOCKS, COUNTER_SLOTS,
+    LAYOUT_BUILDING, LAYOUT_LIVE, LAYOUT_VERSION, MAP_CARRIED, MAP_COUNTERS, MAP_FLOWS,
+    MAP_FRAGMENTS, MAP_LAYOUT, MAP_REVERT,
 };
 use aya::{
     maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray, PerCpuValues},
@@ -212,8 +213,9 @@ pub(super) const BUILDING: u32 = LAYOUT_BUILDING;
 pub(super) const LIVE: u32 = LAYOUT_LIVE;
 
 /// First half of carrying what the old layout counted over into this version's fresh
-/// maps, before any interface runs the new program: the counters, slot by slot (a
-/// reason keeps its value across versions), into both this layout's counters and the
+/// maps, before any interface runs the new program: the counters, summed over the old
+/// blocks and slot by slot (a reason keeps its value across versions), into block 0 (what
+/// no interface owns: the old layout did not count per interface in this one's blocks) and this layout's counters and the
 /// record of what was carried. A start that resumes a cut-short upgrade leaves both
 /// alone: its counters already hold what was carried plus what the new program counted.
 /// A map whose layout changed is not carried over, and the log says so.
@@ -221,9 +223,10 @@ pub(super) fn carry_counters_before_switch(source: &OldLayout, ours: &Path, resu
     if resuming {
         return;
     }
-    let old = source.maps.join(MAP_COUNTERS);
-    let copied = copy_counters(&old, &ours.join(MAP_COUNTERS))
-        .and_then(|slots| copy_counters(&old, &ours.join(MAP_CARRIED)).map(|_| slots));
+    let copied = old_totals(&source.maps.join(MAP_COUNTERS), source.version).and_then(|totals| {
+        copy_counters(&totals, &ours.join(MAP_COUNTERS))
+            .and_then(|slots| copy_counters(&totals, &ours.join(MAP_CARRIED)).map(|_| slots))
+    });
     match copied {
         Ok(slots) => info!(slots, from = source.version, "carried the counters over"),
         Err(error) => {
@@ -239,11 +242,8 @@ pub(super) fn carry_counters_before_switch(source: &OldLayout, ours: &Path, resu
 /// counting them twice. A packet the new program counts on the same CPU between this
 /// read and write is lost from the count: a window of microseconds.
 pub(super) fn carry_over_after_switch(source: &OldLayout, ours: &Path) {
-    let counted = add_counted_since(
-        &source.maps.join(MAP_COUNTERS),
-        &ours.join(MAP_CARRIED),
-        &ours.join(MAP_COUNTERS),
-    );
+    let counted = old_totals(&source.maps.join(MAP_COUNTERS), source.version)
+        .and_then(|now| add_counted_since(&now, &ours.join(MAP_CARRIED), &ours.join(MAP_COUNTERS)));
     if let Err(error) = counted {
         warn!(%error, "the packets the old program counted during the switch are not carried over");
     }
@@ -270,36 +270,54 @@ pub(super) fn carry_tables(source: &OldLayout, ours: &Path) {
     }
 }
 
-fn copy_counters(old: &Path, new: &Path) -> Result<usize> {
+/// What an older layout's counters hold, per reason slot and CPU, summed over its
+/// blocks: layouts up to 2 had one block, later ones [`COUNTER_BLOCKS`] (a number that
+/// never changes, so any layout's block size is its length divided by it).
+fn old_totals(old: &Path, version: u32) -> Result<Vec<Vec<Counter>>> {
     let old: PerCpuArray<MapData, Counter> = open_pinned(old)?;
-    let mut new: PerCpuArray<MapData, Counter> = open_pinned(new)?;
-    let slots = old.len().min(new.len());
-    for index in 0..slots {
+    let blocks = if version <= 2 { 1 } else { COUNTER_BLOCKS };
+    let block_size = (old.len() / blocks).max(1);
+    let mut totals: Vec<Vec<Counter>> = Vec::new();
+    for index in 0..old.len() {
         let values = old
             .get(&index, 0)
             .map_err(kernel_error("reading the old counters"))?;
-        let per_cpu = PerCpuValues::try_from(values.iter().copied().collect::<Vec<_>>())
-            .map_err(io_error("collecting per-CPU counters"))?;
-        new.set(index, per_cpu, 0)
-            .map_err(kernel_error("writing the counters"))?;
+        let slot = (index % block_size) as usize;
+        if totals.len() <= slot {
+            totals.resize(slot + 1, Vec::new());
+        }
+        let sum = &mut totals[slot];
+        sum.resize(values.iter().count().max(sum.len()), Counter::default());
+        for (sum, cpu) in sum.iter_mut().zip(values.iter()) {
+            sum.packets = sum.packets.saturating_add(cpu.packets);
+            sum.bytes = sum.bytes.saturating_add(cpu.bytes);
+        }
     }
-    Ok(slots as usize)
+    Ok(totals)
 }
 
-/// Adds to `counters` what `old` counted since `carried` was taken, and moves `carried`
-/// up to now (before adding: see [`carry_over_after_switch`]).
-fn add_counted_since(old: &Path, carried: &Path, counters: &Path) -> Result<()> {
-    let old: PerCpuArray<MapData, Counter> = open_pinned(old)?;
+/// Writes the older layout's totals into slot by slot of `new` (block 0 of this
+/// layout's counters, or the record of what was carried).
+fn copy_counters(totals: &[Vec<Counter>], new: &Path) -> Result<usize> {
+    let mut new: PerCpuArray<MapData, Counter> = open_pinned(new)?;
+    let slots = totals.len().min(COUNTER_SLOTS as usize);
+    for (index, per_cpu) in totals.iter().take(slots).enumerate() {
+        let per_cpu = PerCpuValues::try_from(per_cpu.clone())
+            .map_err(io_error("collecting per-CPU counters"))?;
+        new.set(index as u32, per_cpu, 0)
+            .map_err(kernel_error("writing the counters"))?;
+    }
+    Ok(slots)
+}
+
+/// Adds to `counters` (block 0) what the old layout counted since `carried` was taken,
+/// and moves `carried` up to now (before adding: see [`carry_over_after_switch`]).
+fn add_counted_since(now: &[Vec<Counter>], carried: &Path, counters: &Path) -> Result<()> {
     let mut carried: PerCpuArray<MapData, Counter> = open_pinned(carried)?;
     let mut counters: PerCpuArray<MapData, Counter> = open_pinned(counters)?;
-    let slots = old.len().min(carried.len()).min(counters.len());
-    for index in 0..slots {
-        let now: Vec<Counter> = old
-            .get(&index, 0)
-            .map_err(kernel_error("reading the old counters"))?
-            .iter()
-            .copied()
-            .collect();
+    let slots = now.len().min(carried.len() as usize);
+    for (index, now) in now.iter().take(slots).enumerate() {
+        let index = index as u32;
         let before = carried
             .get(&index, 0)
             .map_err(kernel_error("reading the carried counters"))?;
@@ -318,7 +336,7 @@ fn add_counted_since(old: &Path, carried: &Path, counters: &Path) -> Result<()> 
             PerCpuValues::try_from(values).map_err(io_error("collecting per-CPU counters"))
         };
         carried
-            .set(index, per_cpu(now)?, 0)
+            .set(index, per_cpu(now.clone())?, 0)
             .map_err(kernel_error("writing the carried counters"))?;
         let here = counters
             .get(&index, 0)
@@ -408,6 +426,7 @@ mod tests {
         FEATURE_RETURN_TRAFFIC, FEATURE_REVERT_PENDING, LAYOUT_VERSION, NEXT_TEST_LAYOUT,
         RELEASED_LAYOUT, RULE_ALLOW_ALL, RULE_HIT_SHIFT, RULE_PORTS,
     };
+    use allowlist_common::{COUNTER_BLOCKS, MAX_COUNTED_IFINDEX};
 
     use crate::filter::EBPF_OBJECT;
 
@@ -417,8 +436,9 @@ mod tests {
     /// A change to either is a new layout. The test build's layout is the released one
     /// with more counter slots.
     const RECORDED: &[(u32, &str, &str)] = &[
-        (RELEASED_LAYOUT, MAPS_2, MEANING_2),
-        (NEXT_TEST_LAYOUT, MAPS_NEXT_TEST, MEANING_2),
+        (2, MAPS_2, MEANING_2),
+        (RELEASED_LAYOUT, MAPS_3, MEANING_3),
+        (NEXT_TEST_LAYOUT, MAPS_NEXT_TEST, MEANING_3),
     ];
 
     const MAPS_2: &str = "\
@@ -447,14 +467,14 @@ SCREEN_V4_1 type=2 key=4 value=8 entries=262144 flags=0x400
 SCREEN_V6_0 type=2 key=4 value=8 entries=262144 flags=0x400
 SCREEN_V6_1 type=2 key=4 value=8 entries=262144 flags=0x400";
 
-    const MAPS_NEXT_TEST: &str = "\
+    const MAPS_3: &str = "\
 ALLOW_V4_0 type=11 key=8 value=8 entries=2000000 flags=0x1
 ALLOW_V4_1 type=11 key=8 value=8 entries=2000000 flags=0x1
 ALLOW_V6_0 type=11 key=20 value=8 entries=2000000 flags=0x1
 ALLOW_V6_1 type=11 key=20 value=8 entries=2000000 flags=0x1
-CARRIED type=6 key=4 value=16 entries=48 flags=0x0
+CARRIED type=6 key=4 value=16 entries=32 flags=0x0
 CONTROL type=2 key=4 value=16 entries=1 flags=0x0
-COUNTERS type=6 key=4 value=16 entries=48 flags=0x0
+COUNTERS type=6 key=4 value=16 entries=2048 flags=0x0
 DROPPED_SOURCES type=10 key=24 value=24 entries=4096 flags=0x0
 DROP_ADMISSION type=6 key=4 value=16 entries=1 flags=0x0
 ENTRY_HITS type=6 key=4 value=24 entries=16384 flags=0x0
@@ -464,6 +484,34 @@ EXACT_V6_0 type=1 key=16 value=8 entries=262144 flags=0x1
 EXACT_V6_1 type=1 key=16 value=8 entries=262144 flags=0x1
 FLOWS type=9 key=40 value=8 entries=65536 flags=0x0
 FRAGMENTS type=9 key=40 value=8 entries=4096 flags=0x0
+IFINDEX_BLOCKS type=2 key=4 value=4 entries=65536 flags=0x0
+LAYOUT type=2 key=4 value=64 entries=1 flags=0x0
+PORT_SETS_0 type=2 key=4 value=136 entries=4096 flags=0x0
+PORT_SETS_1 type=2 key=4 value=136 entries=4096 flags=0x0
+REVERT type=2 key=4 value=16 entries=1 flags=0x0
+SCREEN_V4_0 type=2 key=4 value=8 entries=262144 flags=0x400
+SCREEN_V4_1 type=2 key=4 value=8 entries=262144 flags=0x400
+SCREEN_V6_0 type=2 key=4 value=8 entries=262144 flags=0x400
+SCREEN_V6_1 type=2 key=4 value=8 entries=262144 flags=0x400";
+
+    const MAPS_NEXT_TEST: &str = "\
+ALLOW_V4_0 type=11 key=8 value=8 entries=2000000 flags=0x1
+ALLOW_V4_1 type=11 key=8 value=8 entries=2000000 flags=0x1
+ALLOW_V6_0 type=11 key=20 value=8 entries=2000000 flags=0x1
+ALLOW_V6_1 type=11 key=20 value=8 entries=2000000 flags=0x1
+CARRIED type=6 key=4 value=16 entries=48 flags=0x0
+CONTROL type=2 key=4 value=16 entries=1 flags=0x0
+COUNTERS type=6 key=4 value=16 entries=3072 flags=0x0
+DROPPED_SOURCES type=10 key=24 value=24 entries=4096 flags=0x0
+DROP_ADMISSION type=6 key=4 value=16 entries=1 flags=0x0
+ENTRY_HITS type=6 key=4 value=24 entries=16384 flags=0x0
+EXACT_V4_0 type=1 key=4 value=8 entries=1048576 flags=0x1
+EXACT_V4_1 type=1 key=4 value=8 entries=1048576 flags=0x1
+EXACT_V6_0 type=1 key=16 value=8 entries=262144 flags=0x1
+EXACT_V6_1 type=1 key=16 value=8 entries=262144 flags=0x1
+FLOWS type=9 key=40 value=8 entries=65536 flags=0x0
+FRAGMENTS type=9 key=40 value=8 entries=4096 flags=0x0
+IFINDEX_BLOCKS type=2 key=4 value=4 entries=65536 flags=0x0
 LAYOUT type=2 key=4 value=64 entries=1 flags=0x0
 PORT_SETS_0 type=2 key=4 value=136 entries=4096 flags=0x0
 PORT_SETS_1 type=2 key=4 value=136 entries=4096 flags=0x0
@@ -509,6 +557,44 @@ mode Monitor=1
 mode Enforce=2
 features return_traffic=1 dhcp_client=2 pass_encapsulated=4 revert_pending=8 record_drops=16
 rules allow_all=1 ports=2 hit_shift=16";
+
+    const MEANING_3: &str = "\
+LayoutStamp size=64 version@0 state@4 writer@8
+Control size=16 mode@0 active_slot@4 features@8
+Revert size=16 deadline_ns@0 mode@8 fired@12
+AllowRule size=8 flags@0 port_set@4
+PortRange size=8 protocol@0 first@4 last@6
+PortSet size=136 len@0 ranges@8
+FlowKey size=40 remote@0 local@16 remote_port@32 local_port@34 protocol@36
+FlowState size=8 last_seen_ns@0
+FragmentKey size=40 source@0 destination@16 id@32 protocol@36
+Counter size=16 packets@0 bytes@8
+DroppedSourceKey size=24 source@0 ifindex@16 reason@20
+DroppedSourceStats size=24 packets@0 bytes@8 last_seen_ns@16
+DropAdmission size=16 window_start_ns@0 admitted@8
+EntryHits size=24 packets@0 bytes@8 last_hit_ns@16
+reason PassedListed=0
+reason PassedNonIp=1
+reason PassedExempt=2
+reason PassedOff=3
+reason DroppedNotListed=4
+reason DroppedMalformed=5
+reason MonitorNotListed=6
+reason MonitorMalformed=7
+reason PassedReturnTraffic=8
+reason PassedPublicPort=9
+reason PassedFragment=12
+reason DroppedPortNotAllowed=10
+reason MonitorPortNotAllowed=11
+reason DroppedEncapsulated=13
+reason MonitorEncapsulated=14
+reason PassedEncapsulated=15
+mode Off=0
+mode Monitor=1
+mode Enforce=2
+features return_traffic=1 dhcp_client=2 pass_encapsulated=4 revert_pending=8 record_drops=16
+rules allow_all=1 ports=2 hit_shift=16
+counters blocks=64 max_ifindex=65536";
 
     fn maps() -> String {
         let object = aya_obj::Object::parse(EBPF_OBJECT).expect("parsing the embedded XDP object");
@@ -617,6 +703,9 @@ rules allow_all=1 ports=2 hit_shift=16";
         ));
         lines.push(format!(
             "rules allow_all={RULE_ALLOW_ALL} ports={RULE_PORTS} hit_shift={RULE_HIT_SHIFT}"
+        ));
+        lines.push(format!(
+            "counters blocks={COUNTER_BLOCKS} max_ifindex={MAX_COUNTED_IFINDEX}"
         ));
         lines.join("\n")
     }

@@ -2,6 +2,7 @@
 //! read back so that a daemon taking over continues by difference, and each family's
 //! lookups behind [`SlotMaps`].
 
+use allowlist_common::MAP_IFINDEX_BLOCKS;
 use allowlist_common::{
     AllowRule, Control, Counter, FlowKey, FlowState, LayoutStamp, PortSet, Revert, MAP_CONTROL,
     MAP_COUNTERS, MAP_FLOWS, MAP_LAYOUT, MAP_PORT_SETS, MAP_REVERT, SLOTS,
@@ -30,6 +31,8 @@ pub(super) struct Maps {
     pub revert: Array<MapData, Revert>,
     pub layout: Array<MapData, LayoutStamp>,
     pub counters: PerCpuArray<MapData, Counter>,
+    /// Which block of `counters` each interface counts in; see `blocks.rs`.
+    pub ifindex_blocks: Array<MapData, u32>,
     pub flows: BpfHashMap<MapData, FlowKey, FlowState>,
     /// Dropped sources (`allowlistctl top`); see `dropped.rs`.
     pub dropped: PerCpuHashMap<MapData, DroppedSourceKey, DroppedSourceStats>,
@@ -110,6 +113,8 @@ impl Maps {
             layout: Array::try_from(take(MAP_LAYOUT)?).map_err(kernel_error(MAP_LAYOUT))?,
             counters: PerCpuArray::try_from(take(MAP_COUNTERS)?)
                 .map_err(kernel_error(MAP_COUNTERS))?,
+            ifindex_blocks: Array::try_from(take(MAP_IFINDEX_BLOCKS)?)
+                .map_err(kernel_error(MAP_IFINDEX_BLOCKS))?,
             dropped: PerCpuHashMap::try_from(take(MAP_DROPPED_SOURCES)?)
                 .map_err(kernel_error(MAP_DROPPED_SOURCES))?,
             hits: PerCpuArray::try_from(take(MAP_ENTRY_HITS)?)

@@ -21,6 +21,7 @@
 //! sequences them.
 
 mod attach;
+mod blocks;
 mod dropped;
 mod error;
 mod family;
@@ -38,8 +39,8 @@ use std::{
 };
 
 use allowlist_common::{
-    AllowRule, Control, Counter, FlowKey, FlowState, PortSet, Reason, Revert,
-    FEATURE_REVERT_PENDING, MAX_PORT_SETS, RULE_PORTS, SLOTS,
+    AllowRule, Control, FlowKey, FlowState, PortSet, Revert, FEATURE_REVERT_PENDING, MAX_PORT_SETS,
+    RULE_PORTS, SLOTS,
 };
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use ipnet::IpNet;
@@ -102,10 +103,11 @@ pub struct Filter {
     dropped_capacity: u32,
     /// Each listed prefix's hit counter.
     hit_counters: hits::HitCounters,
+    /// Which block of the counters each attached interface counts in.
+    counter_blocks: blocks::CounterBlocks,
 }
 
-/// Counters summed over CPUs, by reason.
-pub type Counters = BTreeMap<&'static str, Counter>;
+pub use blocks::Counters;
 
 /// What applying a list changed in the kernel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -198,7 +200,10 @@ impl Filter {
                         .map(|(net, rule)| (IpNet::V6(*net), *rule)),
                 ),
         );
+        let counter_blocks =
+            blocks::CounterBlocks::read_back(&maps.ifindex_blocks, &pins.pinned_interfaces()?);
         Ok(Filter {
+            counter_blocks,
             ebpf,
             pins,
             maps,
@@ -527,21 +532,14 @@ impl Filter {
             )))
     }
 
+    /// What the program counted on every interface, by reason.
     pub fn counters(&self) -> Result<Counters> {
-        let mut counters = Counters::new();
-        for reason in Reason::ALL {
-            let per_cpu = self
-                .maps
-                .counters
-                .get(&(reason as u32), 0)
-                .map_err(kernel_error("reading counters"))?;
-            let total = per_cpu.iter().fold(Counter::default(), |sum, cpu| Counter {
-                packets: sum.packets + cpu.packets,
-                bytes: sum.bytes + cpu.bytes,
-            });
-            counters.insert(reason.name(), total);
-        }
-        Ok(counters)
+        blocks::CounterBlocks::totals(&self.maps.counters)
+    }
+
+    /// What the program counted on each attached interface, by name and reason.
+    pub fn interface_counters(&self) -> Result<BTreeMap<String, Counters>> {
+        self.counter_blocks.per_interface(&self.maps.counters)
     }
 
     /// The loaded program, for `BPF_PROG_TEST_RUN`.

@@ -19,7 +19,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// links, which outlive any one layout.
 ///
 /// ```text
-/// pin_path/v2/program   pin_path/v2/maps/NAME     this version's layout
+/// pin_path/vN/program   pin_path/vN/maps/NAME     this version's layout (N = LAYOUT_VERSION)
 /// pin_path/program      pin_path/maps/NAME        layout 1 (before stamps)
 /// pin_path/links/IFNAME pin_path/egress/IFNAME
 /// ```

@@ -281,12 +281,15 @@ max_shrink (default 50%) of a feed's entries is held until `feeds accept`.")]
         #[arg(long)]
         json: bool,
     },
-    /// Packets and bytes by verdict reason, summed over CPUs: passes, then what monitor
-    /// would have dropped, then drops.
+    /// Packets and bytes by verdict reason, summed over CPUs and interfaces (or of one
+    /// interface): passes, then what monitor would have dropped, then drops.
     #[command(
-        after_help = "Examples:\n  watch -n1 allowlistctl stats\n  allowlistctl stats --json | jq .counters.dropped_not_listed.packets"
+        after_help = "Examples:\n  watch -n1 allowlistctl stats\n  allowlistctl stats --interface eth0 --watch\n  allowlistctl stats --json | jq .counters.dropped_not_listed.packets\n  allowlistctl stats --json | jq '.interfaces.eth0.dropped_not_listed.packets'"
     )]
     Stats {
+        /// Only what this interface counted (an interface the daemon is attached to).
+        #[arg(long, value_name = "NAME")]
+        interface: Option<String>,
         /// Show reasons that counted nothing too.
         #[arg(long)]
         all: bool,

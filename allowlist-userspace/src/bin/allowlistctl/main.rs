@@ -82,6 +82,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Failure> {
     let socket = cli.socket;
     let ask = |request: &Request| ask(&socket, request);
+    let ask_stats = |interface: Option<&str>| ask_stats(&socket, interface);
     match cli.command {
         Command::Completions { shell } => {
             clap_complete::generate(
@@ -285,12 +286,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
             json: _,
             watch: true,
             interval,
+            interface,
         } => {
             let mut previous: Option<(allowlist_userspace::control::Stats, Instant)> = None;
             watch_in_place(interval, || {
-                let stats = ask(&Request::Stats)?
-                    .stats
-                    .ok_or_else(|| Failure::error("the daemon sent no counters"))?;
+                let stats = ask_stats(interface.as_deref())?;
                 let now = Instant::now();
                 let text = render_stats_rates(
                     &stats,
@@ -303,10 +303,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 Ok(text)
             })
         }
-        Command::Stats { all, json, .. } => {
-            let stats = ask(&Request::Stats)?
-                .stats
-                .ok_or_else(|| Failure::error("the daemon sent no counters"))?;
+        Command::Stats {
+            all,
+            json,
+            interface,
+            ..
+        } => {
+            let stats = ask_stats(interface.as_deref())?;
             if json {
                 print_json(&stats);
             } else {
@@ -422,6 +425,30 @@ fn watch_in_place(
         drop(out);
         std::thread::sleep(interval);
     }
+}
+
+/// The counters, in total or (with `interface`) of that interface alone.
+fn ask_stats(
+    socket: &Path,
+    interface: Option<&str>,
+) -> Result<allowlist_userspace::control::Stats, Failure> {
+    let mut stats = ask(socket, &Request::Stats)?
+        .stats
+        .ok_or_else(|| Failure::error("the daemon sent no counters"))?;
+    let Some(interface) = interface else {
+        return Ok(stats);
+    };
+    let Some(counters) = stats.interfaces.remove(interface) else {
+        let attached: Vec<&str> = stats.interfaces.keys().map(String::as_str).collect();
+        return Err(Failure::error(format!(
+            "allowlistd counts nothing on {interface}: it is not attached there (attached: {}); see `allowlistctl status`",
+            if attached.is_empty() { "none".to_string() } else { attached.join(", ") }
+        )));
+    };
+    stats.counters = counters;
+    stats.interfaces =
+        std::collections::BTreeMap::from([(interface.to_string(), stats.counters.clone())]);
+    Ok(stats)
 }
 
 fn set_mode(socket: &Path, mode: Mode) -> Result<(), Failure> {
