@@ -565,14 +565,14 @@ pub struct DroppedSourceKey {
 }
 
 /// What one CPU saw of a dropped source. Layout: `packets: u64` at 0, `bytes: u64` at 8,
-/// `last_seen_ns: u64` at 16 (24 bytes): `bpf_ktime_get_coarse_ns`, i.e.
-/// CLOCK_MONOTONIC_COARSE, a tick's resolution, cheaper than the precise clocks.
+/// `last_seen_jiffies: u64` at 16 (24 bytes): the kernel's tick count, as for
+/// [`EntryHits`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DroppedSourceStats {
     pub packets: u64,
     pub bytes: u64,
-    pub last_seen_ns: u64,
+    pub last_seen_jiffies: u64,
 }
 
 impl Reason {
@@ -611,6 +611,46 @@ pub struct DropAdmission {
     pub admitted: u64,
 }
 
+/// Per-CPU array of [`RECENT_DROP_SLOTS`] [`RecentDrop`]s in front of
+/// [`MAP_DROPPED_SOURCES`]: a direct-mapped cache, so that a source that keeps sending
+/// costs an array slot's update per packet instead of a hash lookup. A source lands in
+/// the slot its key hashes to ([`RecentDrop::slot_of`]); the one it displaces moves into
+/// [`MAP_DROPPED_SOURCES`] (added to its entry there, or admitted as a new one). The
+/// daemon reads both and adds them up, wherever a source is, so the hash is not part of
+/// the layout: a source in another slot than its hash says is still counted.
+pub const MAP_RECENT_DROPS: &str = "RECENT_DROPS";
+/// Slots of [`MAP_RECENT_DROPS`] per CPU (a power of two).
+pub const RECENT_DROP_SLOTS: u32 = 1024;
+
+/// One slot of [`MAP_RECENT_DROPS`]: a source and what this CPU counted of it since it
+/// took the slot. Empty while `stats.packets` is 0. Layout: `key` at 0 (24 bytes),
+/// `stats` at 24 (24 bytes): 48 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecentDrop {
+    pub key: DroppedSourceKey,
+    pub stats: DroppedSourceStats,
+}
+
+impl RecentDrop {
+    /// The slot of `key`: a multiplicative hash of its words (Fibonacci hashing), cheap
+    /// enough for every dropped packet.
+    #[inline(always)]
+    pub fn slot_of(key: &DroppedSourceKey) -> u32 {
+        let s = &key.source;
+        let word = |i: usize| u32::from_ne_bytes([s[i], s[i + 1], s[i + 2], s[i + 3]]);
+        let mixed = word(0)
+            ^ word(4)
+            ^ word(8)
+            ^ word(12).rotate_left(7)
+            ^ key.ifindex.rotate_left(13)
+            ^ key.reason.rotate_left(27);
+        mixed.wrapping_mul(0x9E37_79B1) >> (32 - RECENT_DROP_SLOTS.trailing_zeros())
+    }
+}
+
+const _: () = assert!(RECENT_DROP_SLOTS.is_power_of_two());
+const _: () = assert!(size_of::<RecentDrop>() == 48);
 const _: () = assert!(size_of::<DropAdmission>() == 16);
 const _: () = assert!(size_of::<DroppedSourceKey>() == 24);
 const _: () = assert!(size_of::<DroppedSourceStats>() == 24);
@@ -651,15 +691,24 @@ impl AllowRule {
 }
 
 /// What one CPU admitted for one listed prefix. Layout: `packets: u64` at 0, `bytes: u64`
-/// at 8, `last_hit_ns: u64` (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC_COARSE) at 16
-/// (24 bytes).
+/// at 8, `last_hit_jiffies: u64` at 16 (24 bytes): the kernel's tick count
+/// (`bpf_jiffies64`, which the verifier turns into one load; a clock helper call would
+/// cost the listed path more than the rest of counting), put on the wall clock by the
+/// daemon through [`MAP_CLOCK_PROBE`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EntryHits {
     pub packets: u64,
     pub bytes: u64,
-    pub last_hit_ns: u64,
+    pub last_hit_jiffies: u64,
 }
+
+/// Name of the XDP program that only writes the kernel's tick count (jiffies) into
+/// [`MAP_CLOCK_PROBE`]: the daemon runs it with `BPF_PROG_TEST_RUN` to learn "now" on the
+/// clock the filter stamps hits and drops with. Never attached.
+pub const CLOCK_PROBE_PROGRAM: &str = "read_jiffies";
+/// Array map with one `u64`: the jiffies [`CLOCK_PROBE_PROGRAM`] last read.
+pub const MAP_CLOCK_PROBE: &str = "CLOCK_PROBE";
 
 const _: () = assert!(size_of::<EntryHits>() == 24);
 const _: () = assert!(MAX_COUNTED_ENTRIES < (1 << (32 - RULE_HIT_SHIFT)));
@@ -695,4 +744,6 @@ mod pod {
     unsafe impl aya::Pod for super::DropAdmission {}
     // SAFETY: as above (hits per entry).
     unsafe impl aya::Pod for super::EntryHits {}
+    // SAFETY: as above (recent dropped sources: two such structs, no padding).
+    unsafe impl aya::Pod for super::RecentDrop {}
 }

@@ -26,11 +26,13 @@ use allowlist_common::{
     FEATURE_RECORD_DROPS, NEW_DROPPED_SOURCES_PER_SECOND,
 };
 use allowlist_common::{EntryHits, MAX_COUNTED_ENTRIES};
+use allowlist_common::{RecentDrop, RECENT_DROP_SLOTS};
 use allowlist_common::{COUNTER_BLOCKS, MAX_COUNTED_IFINDEX};
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
     helpers::{
-        bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes,
+        bpf_jiffies64, bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_skb_load_bytes,
+        bpf_xdp_load_bytes,
     },
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
@@ -101,6 +103,10 @@ static DROPPED_SOURCES: LruPerCpuHashMap<DroppedSourceKey, DroppedSourceStats> =
 /// New sources each CPU recorded this second (see `allowlist_common::MAP_DROP_ADMISSION`).
 #[map]
 static DROP_ADMISSION: PerCpuArray<DropAdmission> = PerCpuArray::pinned(1, 0);
+#[map]
+static CLOCK_PROBE: Array<u64> = Array::pinned(1, 0);
+#[map]
+static RECENT_DROPS: PerCpuArray<RecentDrop> = PerCpuArray::pinned(RECENT_DROP_SLOTS, 0);
 
 const DHCP_SERVER_PORT: u16 = 67;
 const DHCP_CLIENT_PORT: u16 = 68;
@@ -255,14 +261,15 @@ fn count_hit(ctx: &XdpContext, rule: AllowRule) {
         unsafe {
             (*hits).packets += 1;
             (*hits).bytes += (ctx.data_end() - ctx.data()) as u64;
-            (*hits).last_hit_ns = bpf_ktime_get_coarse_ns();
+            (*hits).last_hit_jiffies = bpf_jiffies64();
         }
     }
 }
 
-/// The drop path's one map update: who was dropped (or would be), where and why, for
-/// `allowlistctl top`. Per CPU, so no atomics; a source seen first on two CPUs at once
-/// may lose a packet of its count, never more.
+/// The drop path's one update: who was dropped (or would be), where and why, for
+/// `allowlistctl top`. Per CPU, so no atomics. A source that keeps sending stays in its
+/// slot of RECENT_DROPS (an array: no hashing of the key by the kernel, no lock); the
+/// source it displaces moves on into the LRU table DROPPED_SOURCES.
 #[inline(always)]
 fn record_dropped_source(ctx: &XdpContext, ip: &IpHeader, reason: Reason) {
     let key = DroppedSourceKey {
@@ -271,30 +278,53 @@ fn record_dropped_source(ctx: &XdpContext, ip: &IpHeader, reason: Reason) {
         reason: reason as u32,
     };
     let bytes = (ctx.data_end() - ctx.data()) as u64;
-    // The coarse clock (a tick's resolution, plenty for "last seen") costs a fraction
-    // of the precise one.
+    // The tick count: one load (the verifier inlines it), where a clock helper call would
+    // cost more than the rest of recording. A tick's resolution is plenty for "last seen".
     // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = unsafe { bpf_jiffies64() };
+    let Some(slot) = RECENT_DROPS.get_ptr_mut(RecentDrop::slot_of(&key)) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; no other program run writes it now.
+    let slot = unsafe { &mut *slot };
+    if slot.stats.packets != 0 && slot.key == key {
+        slot.stats.packets += 1;
+        slot.stats.bytes += bytes;
+        slot.stats.last_seen_jiffies = now;
+        return;
+    }
+    if slot.stats.packets != 0 {
+        move_to_table(&slot.key, &slot.stats);
+    }
+    slot.key = key;
+    slot.stats = DroppedSourceStats {
+        packets: 1,
+        bytes,
+        last_seen_jiffies: now,
+    };
+}
+
+/// Adds what a slot of RECENT_DROPS counted to the source's entry in DROPPED_SOURCES, or
+/// makes it one if this second's admissions allow.
+#[inline(always)]
+fn move_to_table(key: &DroppedSourceKey, counted: &DroppedSourceStats) {
     if let Some(stats) = DROPPED_SOURCES.get_ptr_mut(key) {
         // SAFETY: this CPU's value of the entry; no other program run writes it now.
         unsafe {
-            (*stats).packets += 1;
-            (*stats).bytes += bytes;
-            (*stats).last_seen_ns = now;
+            (*stats).packets += counted.packets;
+            (*stats).bytes += counted.bytes;
+            (*stats).last_seen_jiffies = counted.last_seen_jiffies;
         }
-    } else if admit_new_source(now) {
-        let stats = DroppedSourceStats {
-            packets: 1,
-            bytes,
-            last_seen_ns: now,
-        };
-        let _ = DROPPED_SOURCES.insert(key, stats, 0);
+    } else if admit_new_source() {
+        let _ = DROPPED_SOURCES.insert(key, counted, 0);
     }
 }
 
 /// Whether this CPU may record one more new source this second.
 #[inline(always)]
-fn admit_new_source(now: u64) -> bool {
+fn admit_new_source() -> bool {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let Some(admission) = DROP_ADMISSION.get_ptr_mut(0) else {
         return false;
     };
@@ -528,6 +558,17 @@ fn count(ctx: &XdpContext, reason: Reason) {
             (*counter).bytes += (ctx.data_end() - ctx.data()) as u64;
         }
     }
+}
+
+/// Writes the kernel's tick count into CLOCK_PROBE, for the daemon to put the stamps of
+/// hits and drops on the wall clock. Run with BPF_PROG_TEST_RUN, never attached.
+#[xdp]
+pub fn read_jiffies(_ctx: XdpContext) -> u32 {
+    if let Some(jiffies) = CLOCK_PROBE.get_ptr_mut(0) {
+        // SAFETY: the map's single element; a helper without arguments.
+        unsafe { *jiffies = bpf_jiffies64() };
+    }
+    xdp_action::XDP_PASS
 }
 
 /// TC egress: remembers the flows the host opens, so their replies pass at XDP. Never

@@ -92,6 +92,20 @@ fn a_blocked_client_shows_up_in_top_with_its_count_reason_and_interface() {
     assert_eq!(row["reason"], "dropped_not_listed", "{row:#}");
     assert_eq!(row["interface"], BLOCKED_LINK.host_dev, "{row:#}");
     assert_eq!(row["dropped"], true, "{row:#}");
+    // Last seen is the wall-clock second the packets arrived (the kernel stamps its tick
+    // count; the daemon puts it on the wall clock).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let shown = row["last_seen"].as_str().unwrap();
+    let last_seen = (now.saturating_sub(10)..=now)
+        .find(|second| allowlist_userspace::clock::format_time(*second) == shown)
+        .unwrap_or(0);
+    assert!(
+        last_seen <= now && now - last_seen <= 10,
+        "last seen {last_seen}, now {now}: {row:#}"
+    );
     assert_eq!(
         row["bytes"],
         blocked_count * udp_ipv4_frame_len(payload),
@@ -269,4 +283,49 @@ fn stats_and_top_watch_refresh_with_rates() {
     );
     assert!(top.contains("PKT/S"), "{top}");
     assert!(top.lines().any(|line| line.contains(&blocked)), "{top}");
+}
+
+/// Two sources whose keys share a slot of the CPUs' cache of recent drops (RECENT_DROPS):
+/// each displaces the other into the LRU table, and `top` still shows each one's count
+/// in full, added up from both places.
+#[test]
+fn sources_that_take_turns_in_one_slot_of_the_recent_cache_are_each_counted_in_full() {
+    use allowlist_common::{DroppedSourceKey, Reason, RecentDrop};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    let topology = quiet_topology();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client_v4(&topology)).unwrap();
+    // `ip -o link show DEV`: "7: to_blocked@if6: <...> ...".
+    let link = topology
+        .host()
+        .ip(&["-o", "link", "show", BLOCKED_LINK.host_dev])
+        .unwrap();
+    let ifindex: u32 = link.split(':').next().unwrap().trim().parse().unwrap();
+    let key = |address: Ipv4Addr| DroppedSourceKey {
+        source: address.to_ipv6_mapped().octets(),
+        ifindex,
+        reason: Reason::DroppedNotListed as u32,
+    };
+    // Consecutive addresses spread over the slots, so look further for two that share one.
+    let mut seen = std::collections::HashMap::new();
+    let (first, second) = (0..8u8)
+        .flat_map(|third| (1..=254u8).map(move |fourth| Ipv4Addr::new(10, 99, third, fourth)))
+        .find_map(|address| {
+            seen.insert(RecentDrop::slot_of(&key(address)), address)
+                .map(|earlier| (earlier, address))
+        })
+        .expect("two of 2,032 addresses share one of 1,024 slots");
+    for address in [first, second] {
+        topology
+            .blocked()
+            .ip(&["addr", "add", &format!("{address}/32"), "dev", "eth0"])
+            .unwrap();
+    }
+    let to = SocketAddr::new(BLOCKED_LINK.host_v4.into(), UDP_PORT);
+    for (from, count) in [(first, 5), (second, 7), (first, 3), (second, 2), (first, 1)] {
+        udp_send(topology.blocked(), Some(IpAddr::V4(from)), to, count, 100).unwrap();
+    }
+    top_once_counted(&daemon, &[], &first.to_string(), 9);
+    top_once_counted(&daemon, &[], &second.to_string(), 9);
+    assert_eq!(daemon.stats().get("dropped_not_listed").packets, 18);
 }

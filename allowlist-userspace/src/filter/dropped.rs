@@ -11,11 +11,12 @@ use std::{collections::BTreeMap, fs, io, net::IpAddr, path::Path};
 use allowlist_common::{
     DroppedSourceKey, DroppedSourceStats, Reason, MAP_DROPPED_SOURCES, MAX_DROPPED_SOURCES,
 };
-use aya::maps::{MapData, MapInfo, PerCpuHashMap};
+use allowlist_common::{RecentDrop, MAP_RECENT_DROPS, RECENT_DROP_SLOTS};
+use aya::maps::{MapData, MapInfo, PerCpuArray, PerCpuHashMap};
 use tracing::info;
 
 use super::error::{io_error, kernel_error, Result};
-use crate::clock;
+use super::ticks::Reading;
 
 /// A source the program dropped (or would have), on one interface, for one reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,14 +60,17 @@ pub(super) fn resize_pinned(maps_dir: &Path, capacity: u32) -> Result<()> {
     }
 }
 
-/// Every source in the map, each folded over CPUs. Entries the kernel evicts while this
-/// reads are skipped; one met twice (the kernel restarts a walk whose key vanished) is
-/// counted once.
+/// Every source in the table and in the CPUs' recent slots, each added up over both and
+/// over CPUs. Entries the kernel evicts while this reads are skipped; one met twice in
+/// the table (the kernel restarts a walk whose key vanished) is counted once. A source
+/// moving from a slot into the table while this reads may be missed or counted twice
+/// for that moment.
 pub(super) fn read_all(
     map: &PerCpuHashMap<MapData, DroppedSourceKey, DroppedSourceStats>,
+    recent: &PerCpuArray<MapData, RecentDrop>,
     capacity: u32,
+    now: &Reading,
 ) -> Result<Vec<DroppedSource>> {
-    let now = Clocks::now();
     let mut found = BTreeMap::new();
     // A walk restarted by evictions could go on as long as traffic does.
     let most = (capacity as usize).saturating_mul(2).max(64);
@@ -82,10 +86,21 @@ pub(super) fn read_all(
                 DroppedSourceStats {
                     packets: sum.packets.saturating_add(cpu.packets),
                     bytes: sum.bytes.saturating_add(cpu.bytes),
-                    last_seen_ns: sum.last_seen_ns.max(cpu.last_seen_ns),
+                    last_seen_jiffies: sum.last_seen_jiffies.max(cpu.last_seen_jiffies),
                 }
             });
         found.insert(key, folded);
+    }
+    for index in 0..RECENT_DROP_SLOTS {
+        let per_cpu = recent
+            .get(&index, 0)
+            .map_err(kernel_error(format!("reading {MAP_RECENT_DROPS}")))?;
+        for slot in per_cpu.iter().filter(|slot| slot.stats.packets != 0) {
+            let sum = found.entry(slot.key).or_default();
+            sum.packets = sum.packets.saturating_add(slot.stats.packets);
+            sum.bytes = sum.bytes.saturating_add(slot.stats.bytes);
+            sum.last_seen_jiffies = sum.last_seen_jiffies.max(slot.stats.last_seen_jiffies);
+        }
     }
     Ok(found
         .into_iter()
@@ -99,53 +114,15 @@ pub(super) fn read_all(
                 reason,
                 packets: stats.packets,
                 bytes: stats.bytes,
-                last_seen: now.wall_clock_of(stats.last_seen_ns),
+                last_seen: now.wall_clock_of(stats.last_seen_jiffies),
             })
         })
         .collect())
 }
 
-/// The clock the program stamps dropped sources with (`bpf_ktime_get_coarse_ns`:
-/// CLOCK_MONOTONIC_COARSE) and the wall clock, read together.
-pub(super) struct Clocks {
-    clock_ns: u64,
-    unix: u64,
-}
-
-impl Clocks {
-    pub fn now() -> Self {
-        let coarse_ns = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
-            .map(|time| {
-                (time.tv_sec() as u64).saturating_mul(1_000_000_000) + time.tv_nsec() as u64
-            })
-            .unwrap_or(0);
-        Self {
-            clock_ns: coarse_ns,
-            unix: clock::now(),
-        }
-    }
-
-    /// Unix seconds of an instant in the past on the program's clock.
-    pub fn wall_clock_of(&self, clock_ns: u64) -> u64 {
-        let ago = self.clock_ns.saturating_sub(clock_ns) / 1_000_000_000;
-        self.unix.saturating_sub(ago)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_program_clock_instant_maps_to_the_wall_clock_second_it_was() {
-        let clocks = Clocks {
-            clock_ns: 100_000_000_000,
-            unix: 1_800_000_000,
-        };
-        assert_eq!(clocks.wall_clock_of(97_500_000_000), 1_800_000_000 - 2);
-        // An instant the clocks disagree on (after "now") is now, not the future.
-        assert_eq!(clocks.wall_clock_of(200_000_000_000), 1_800_000_000);
-    }
 
     #[test]
     fn recording_off_still_makes_a_map_and_the_bound_holds() {

@@ -121,14 +121,14 @@ impl HitCounters {
                 .fold(EntryHits::default(), |sum, cpu| EntryHits {
                     packets: sum.packets.saturating_add(cpu.packets),
                     bytes: sum.bytes.saturating_add(cpu.bytes),
-                    last_hit_ns: sum.last_hit_ns.max(cpu.last_hit_ns),
+                    last_hit_jiffies: sum.last_hit_jiffies.max(cpu.last_hit_jiffies),
                 });
             all.insert(
                 *net,
                 PrefixHits {
                     packets: folded.packets,
                     bytes: folded.bytes,
-                    last_hit: (folded.packets > 0).then(|| wall_clock_of(folded.last_hit_ns)),
+                    last_hit: (folded.packets > 0).then(|| wall_clock_of(folded.last_hit_jiffies)),
                 },
             );
         }

@@ -426,7 +426,7 @@ mod tests {
         FEATURE_RETURN_TRAFFIC, FEATURE_REVERT_PENDING, LAYOUT_VERSION, NEXT_TEST_LAYOUT,
         RELEASED_LAYOUT, RULE_ALLOW_ALL, RULE_HIT_SHIFT, RULE_PORTS,
     };
-    use allowlist_common::{COUNTER_BLOCKS, MAX_COUNTED_IFINDEX};
+    use allowlist_common::{RecentDrop, COUNTER_BLOCKS, MAX_COUNTED_IFINDEX};
 
     use crate::filter::EBPF_OBJECT;
 
@@ -473,6 +473,7 @@ ALLOW_V4_1 type=11 key=8 value=8 entries=2000000 flags=0x1
 ALLOW_V6_0 type=11 key=20 value=8 entries=2000000 flags=0x1
 ALLOW_V6_1 type=11 key=20 value=8 entries=2000000 flags=0x1
 CARRIED type=6 key=4 value=16 entries=32 flags=0x0
+CLOCK_PROBE type=2 key=4 value=8 entries=1 flags=0x0
 CONTROL type=2 key=4 value=16 entries=1 flags=0x0
 COUNTERS type=6 key=4 value=16 entries=2048 flags=0x0
 DROPPED_SOURCES type=10 key=24 value=24 entries=4096 flags=0x0
@@ -488,6 +489,7 @@ IFINDEX_BLOCKS type=2 key=4 value=4 entries=65536 flags=0x0
 LAYOUT type=2 key=4 value=64 entries=1 flags=0x0
 PORT_SETS_0 type=2 key=4 value=136 entries=4096 flags=0x0
 PORT_SETS_1 type=2 key=4 value=136 entries=4096 flags=0x0
+RECENT_DROPS type=6 key=4 value=48 entries=1024 flags=0x0
 REVERT type=2 key=4 value=16 entries=1 flags=0x0
 SCREEN_V4_0 type=2 key=4 value=8 entries=262144 flags=0x400
 SCREEN_V4_1 type=2 key=4 value=8 entries=262144 flags=0x400
@@ -500,6 +502,7 @@ ALLOW_V4_1 type=11 key=8 value=8 entries=2000000 flags=0x1
 ALLOW_V6_0 type=11 key=20 value=8 entries=2000000 flags=0x1
 ALLOW_V6_1 type=11 key=20 value=8 entries=2000000 flags=0x1
 CARRIED type=6 key=4 value=16 entries=48 flags=0x0
+CLOCK_PROBE type=2 key=4 value=8 entries=1 flags=0x0
 CONTROL type=2 key=4 value=16 entries=1 flags=0x0
 COUNTERS type=6 key=4 value=16 entries=3072 flags=0x0
 DROPPED_SOURCES type=10 key=24 value=24 entries=4096 flags=0x0
@@ -515,6 +518,7 @@ IFINDEX_BLOCKS type=2 key=4 value=4 entries=65536 flags=0x0
 LAYOUT type=2 key=4 value=64 entries=1 flags=0x0
 PORT_SETS_0 type=2 key=4 value=136 entries=4096 flags=0x0
 PORT_SETS_1 type=2 key=4 value=136 entries=4096 flags=0x0
+RECENT_DROPS type=6 key=4 value=48 entries=1024 flags=0x0
 REVERT type=2 key=4 value=16 entries=1 flags=0x0
 SCREEN_V4_0 type=2 key=4 value=8 entries=262144 flags=0x400
 SCREEN_V4_1 type=2 key=4 value=8 entries=262144 flags=0x400
@@ -570,9 +574,10 @@ FlowState size=8 last_seen_ns@0
 FragmentKey size=40 source@0 destination@16 id@32 protocol@36
 Counter size=16 packets@0 bytes@8
 DroppedSourceKey size=24 source@0 ifindex@16 reason@20
-DroppedSourceStats size=24 packets@0 bytes@8 last_seen_ns@16
+DroppedSourceStats size=24 packets@0 bytes@8 last_seen_jiffies@16
 DropAdmission size=16 window_start_ns@0 admitted@8
-EntryHits size=24 packets@0 bytes@8 last_hit_ns@16
+EntryHits size=24 packets@0 bytes@8 last_hit_jiffies@16
+RecentDrop size=48 key@0 stats@24
 reason PassedListed=0
 reason PassedNonIp=1
 reason PassedExempt=2
@@ -674,7 +679,7 @@ counters blocks=64 max_ifindex=65536";
             layout_of!(DroppedSourceStats {
                 packets,
                 bytes,
-                last_seen_ns
+                last_seen_jiffies
             }),
             layout_of!(DropAdmission {
                 window_start_ns,
@@ -683,8 +688,9 @@ counters blocks=64 max_ifindex=65536";
             layout_of!(EntryHits {
                 packets,
                 bytes,
-                last_hit_ns
+                last_hit_jiffies
             }),
+            layout_of!(RecentDrop { key, stats }),
         ];
         lines.extend(
             Reason::ALL

@@ -9,6 +9,7 @@ use allowlist_common::{
 };
 use allowlist_common::{DroppedSourceKey, DroppedSourceStats, MAP_DROPPED_SOURCES};
 use allowlist_common::{EntryHits, MAP_ENTRY_HITS};
+use allowlist_common::{RecentDrop, MAP_RECENT_DROPS};
 use aya::{
     maps::{
         Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
@@ -36,6 +37,8 @@ pub(super) struct Maps {
     pub flows: BpfHashMap<MapData, FlowKey, FlowState>,
     /// Dropped sources (`allowlistctl top`); see `dropped.rs`.
     pub dropped: PerCpuHashMap<MapData, DroppedSourceKey, DroppedSourceStats>,
+    /// The CPUs' slots of recently dropped sources in front of `dropped`.
+    pub recent_drops: PerCpuArray<MapData, RecentDrop>,
     /// What each listed prefix admitted; see `hits.rs`.
     pub hits: PerCpuArray<MapData, EntryHits>,
 }
@@ -117,6 +120,8 @@ impl Maps {
                 .map_err(kernel_error(MAP_IFINDEX_BLOCKS))?,
             dropped: PerCpuHashMap::try_from(take(MAP_DROPPED_SOURCES)?)
                 .map_err(kernel_error(MAP_DROPPED_SOURCES))?,
+            recent_drops: PerCpuArray::try_from(take(MAP_RECENT_DROPS)?)
+                .map_err(kernel_error(MAP_RECENT_DROPS))?,
             hits: PerCpuArray::try_from(take(MAP_ENTRY_HITS)?)
                 .map_err(kernel_error(MAP_ENTRY_HITS))?,
         })

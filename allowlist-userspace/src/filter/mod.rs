@@ -31,6 +31,7 @@ mod maps;
 mod pins;
 mod probe;
 mod slots;
+mod ticks;
 
 use std::{
     collections::BTreeMap,
@@ -105,6 +106,8 @@ pub struct Filter {
     hit_counters: hits::HitCounters,
     /// Which block of the counters each attached interface counts in.
     counter_blocks: blocks::CounterBlocks,
+    /// The clock hits and drops are stamped with.
+    ticks: ticks::TickClock,
 }
 
 pub use blocks::Counters;
@@ -169,6 +172,7 @@ impl Filter {
         egress_program_of(&mut ebpf)?.load().map_err(kernel_error(
             "loading the TC egress program into the kernel",
         ))?;
+        let ticks = ticks::TickClock::load(&mut ebpf)?;
 
         if ebpf_debug_log {
             forward_program_log(&mut ebpf)?;
@@ -204,6 +208,7 @@ impl Filter {
             blocks::CounterBlocks::read_back(&maps.ifindex_blocks, &pins.pinned_interfaces()?);
         Ok(Filter {
             counter_blocks,
+            ticks,
             ebpf,
             pins,
             maps,
@@ -265,15 +270,20 @@ impl Filter {
 
     /// What each listed prefix that has a hit counter admitted, folded over CPUs.
     pub fn prefix_hits(&self) -> Result<BTreeMap<IpNet, PrefixHits>> {
-        let clocks = dropped::Clocks::now();
+        let now = self.ticks.now(&self.ebpf)?;
         self.hit_counters
-            .read(&self.maps.hits, |ns| clocks.wall_clock_of(ns))
+            .read(&self.maps.hits, |jiffies| now.wall_clock_of(jiffies))
     }
 
     /// The sources the program dropped (or would have, in monitor mode) that the
     /// kernel's table still holds, folded over CPUs.
     pub fn dropped_sources(&self) -> Result<Vec<DroppedSource>> {
-        dropped::read_all(&self.maps.dropped, self.dropped_capacity)
+        dropped::read_all(
+            &self.maps.dropped,
+            &self.maps.recent_drops,
+            self.dropped_capacity,
+            &self.ticks.now(&self.ebpf)?,
+        )
     }
 
     /// Whether a previous daemon left this filter attached somewhere.
