@@ -20,17 +20,26 @@ pub enum Shape {
     /// IPv4 networks of mixed prefix lengths (mostly /24, some /32 and shorter),
     /// scattered over 1.0.0.0–223.255.255.255.
     V4Mixed,
+    /// IPv4 networks shaped like the cloud providers' published ranges: mostly /20–/24
+    /// (some /16–/19 and longer), clustered in a few hundred blocks ([`clustered_v4`]).
+    V4Clustered,
     /// IPv6 networks of mixed prefix lengths (/32–/64 and /128), scattered over 2000::/3.
     V6Mixed,
 }
 
 impl Shape {
-    pub const ALL: [Shape; 3] = [Shape::V4Dense, Shape::V4Mixed, Shape::V6Mixed];
+    pub const ALL: [Shape; 4] = [
+        Shape::V4Dense,
+        Shape::V4Mixed,
+        Shape::V4Clustered,
+        Shape::V6Mixed,
+    ];
 
     pub fn key(self) -> &'static str {
         match self {
             Shape::V4Dense => "v4_dense32",
             Shape::V4Mixed => "v4_mixed",
+            Shape::V4Clustered => "v4_clustered",
             Shape::V6Mixed => "v6_mixed",
         }
     }
@@ -59,8 +68,12 @@ pub fn build(shape: Shape, entries: usize, seed: u64) -> BenchList {
                 unlisted: Ipv4Addr::from(base + entries as u32).into(),
             }
         }
-        Shape::V4Mixed => {
-            let list = mixed_v4(entries, &mut rng);
+        Shape::V4Mixed | Shape::V4Clustered => {
+            let list = if shape == Shape::V4Mixed {
+                mixed_v4(entries, &mut rng)
+            } else {
+                clustered_v4(entries, &mut rng)
+            };
             let listed = listed_v4(&list, &mut rng).into();
             let unlisted = unlisted_v4(&list, &mut rng).into();
             BenchList {
@@ -97,6 +110,40 @@ pub fn build(shape: Shape, entries: usize, seed: u64) -> BenchList {
 /// IPv4 networks of mixed lengths, roughly as in routing tables and real allowlists.
 pub fn mixed_v4(entries: usize, rng: &mut Rng) -> CompiledList {
     exactly(entries, rng, |rng| IpNet::V4(random_v4_net(rng)))
+}
+
+/// Blocks a provider-shaped list is drawn in.
+const CLUSTERS: u64 = 300;
+
+/// IPv4 networks shaped like a cloud provider's published ranges: drawn in [`CLUSTERS`]
+/// blocks at random places, with lengths mostly /20–/24 (1% /16–/19, 14% /20–/22, 60%
+/// /23–/24, 25% /25–/29). The blocks are sized so together they hold about eight /24s per
+/// entry: the list fills under half of them, and the rest of the address space holds
+/// nothing (at 100k entries the blocks are /12s, 8% of the space; at 1M /9s, which
+/// overlap and cover about half of it — no provider publishes that many).
+pub fn clustered_v4(entries: usize, rng: &mut Rng) -> CompiledList {
+    let per_cluster_24s = (entries as u64).saturating_mul(8) / CLUSTERS;
+    let block_bits =
+        (per_cluster_24s.max(1).next_power_of_two().trailing_zeros() + 8).clamp(16, 24);
+    let blocks: Vec<u32> = (0..CLUSTERS)
+        .map(|_| u32::from(random_v4(rng)) & (u32::MAX << block_bits))
+        .collect();
+    exactly(entries, rng, |rng| loop {
+        let block = blocks[rng.below(CLUSTERS) as usize];
+        let address = Ipv4Addr::from(block | rng.below(1 << block_bits) as u32);
+        let prefix_len = match rng.below(100) {
+            0 => 16 + rng.below(4) as u8,
+            1..=14 => 20 + rng.below(3) as u8,
+            15..=74 => 23 + rng.below(2) as u8,
+            _ => 25 + rng.below(5) as u8,
+        };
+        let net = Ipv4Net::new(address, prefix_len)
+            .expect("valid prefix length")
+            .trunc();
+        if !net.contains(&KEPT_OUT) && !KEPT_OUT.contains(&net) {
+            break IpNet::V4(net);
+        }
+    })
 }
 
 /// An address inside a randomly chosen listed IPv4 network.
