@@ -7,7 +7,7 @@
 //! veth there, with its socket, state and pins in private places. "Until the kernel
 //! judges by it" is seen from outside: a watcher thread reads the pinned CONTROL record
 //! every 200 µs and notes when `active_slot` flips, which is the moment the new list takes
-//! over (the daemon then goes on syncing the old slot and writing its state file before
+//! over (the daemon then waits out packets in flight and writes its state file before
 //! `allowlistctl` returns; that is the second figure). One added entry is written in
 //! place, without a flip: for it the watcher notes when the host appears in the active
 //! slot's exact-host map.

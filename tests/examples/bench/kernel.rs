@@ -60,7 +60,7 @@ impl PinnedFilter {
         &self.pins
     }
 
-    /// Applies `list` (both slots, as the daemon does) and enforces it with `features`.
+    /// Applies `list` (as the daemon does) and enforces it with `features`.
     pub fn enforce(&mut self, list: &CompiledList, features: u32) -> Result<()> {
         self.filter().apply(list).context("applying the list")?;
         self.filter()

@@ -210,7 +210,7 @@ impl<'a> Report<'a> {
         let repeat = r.note("per_packet.repeat").unwrap_or("1000000");
         let _ = write!(
             doc,
-            "**Method.** The real XDP program, loaded and filled as the daemon does (both slots \
+            "**Method.** The real XDP program, loaded and filled as the daemon does (the active slot \
              written, enforce mode, `return_traffic` and `dhcp_client` on as by default), runs \
              under `BPF_PROG_TEST_RUN` with repeat {repeat} on one 60-byte UDP frame (66 for \
              IPv6); the kernel reports the mean time per run. One source inside a listed network \
@@ -288,8 +288,9 @@ impl<'a> Report<'a> {
              networks, none shared: `allowlistctl import FILE --replace`. \"Until the kernel \
              judges by it\" is observed from outside: a thread reads the pinned CONTROL record \
              every 200 µs and notes when the active slot flips, measured from the start of \
-             `allowlistctl`; the command itself returns later (the daemon syncs the old slot and \
-             writes its state file first). One added entry is written into both slots in place, \
+             `allowlistctl`; the command itself returns later (the daemon waits out packets in flight on \
+             the old slot and writes its state file first). One added entry is written into the \
+             active slot in place, \
              without a flip: for it the thread notes when the host appears in the active slot's \
              hash of listed hosts. The kernel layer alone (`Filter::apply` called in the \
              benchmark process, no CLI, socket, checks or state) shows how much of it is map \
