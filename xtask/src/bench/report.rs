@@ -218,10 +218,11 @@ impl<'a> Report<'a> {
              a flow the host opened). Lists: IPv4 host addresses counting up from 16.0.0.0 \
              (the \"dense /32 keys\" of the published LPM trie figures); IPv4 networks of mixed \
              lengths (half /24, 15% /32, the rest /16–/30) scattered over 1.0.0.0–223.255.255.255; \
-             IPv4 networks shaped like the cloud providers' published ranges (2% /16–/19, 20% \
-             /20–/22, 60% /23–/24, 18% /25–/29, laid out in runs in 300 blocks starting at \
-             random places, each network aligned to its size and followed by a gap of up to \
-             its size, so most of the address space holds none; \
+             IPv4 networks shaped like the cloud providers' published ranges (1% /16–/19, 20% \
+             /20–/22, 60% /23–/24, 19% /25–/29, laid out in runs in 300 blocks, one starting \
+             at a random place in each 300th of the space, each network aligned to its size and \
+             followed by a gap of up to a quarter of its size: 100k fill a thirtieth of each \
+             block's share, 1M a third; \
              `tests/examples/bench/lists.rs`); \
              IPv6 networks (/32–/64 and /128) scattered over 2000::/3. N counts prefixes after \
              the daemon's compile step (no duplicates, nothing covered). The floor is a no-op \
