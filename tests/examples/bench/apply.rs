@@ -203,7 +203,8 @@ fn library(
     lists: &[CompiledList; 2],
     runs: usize,
 ) -> Result<()> {
-    let mut filter = PinnedFilter::open(&format!("apply-{entries}"))?;
+    // bpffs refuses a `.` in a name.
+    let mut filter = PinnedFilter::open(&format!("apply-{}", entries.replace('.', "-")))?;
     filter.enforce(&lists[0], DEFAULT_FEATURES)?;
     let root = filter.pins().root().to_path_buf();
     let (mut flip, mut done) = (Vec::new(), Vec::new());
