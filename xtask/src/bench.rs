@@ -94,6 +94,23 @@ pub fn bench(quick: bool, only: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Rewrites BENCHMARKS.md from the figures in `raw`, recorded by an earlier run (the
+/// machine facts are taken now: run it on the machine and commit that measured).
+pub fn report_from(raw: &std::path::Path) -> Result<()> {
+    let path = workspace::root().join("BENCHMARKS.md");
+    let analyses = analysis::Analyses::read(&path)?;
+    report::check_analyses(&analyses)?;
+    let results = Results::read(raw)?;
+    let quick = results.note("mode") == Some("quick");
+    let machine = machine()?;
+    let report = report::Report::new(&results, &machine, quick);
+    println!("\n{}", report.console());
+    fs::write(&path, report.markdown(&analyses))
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {} (from {})", path.display(), raw.display());
+    Ok(())
+}
+
 fn machine() -> Result<Machine> {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
