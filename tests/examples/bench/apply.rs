@@ -73,8 +73,10 @@ pub fn run(options: &Options, results: &mut Results, bin_dir: &Path) -> Result<(
                 "  -- {entries} entries{}",
                 if clustered { ", clustered" } else { "" }
             );
-            // Two different lists of the same size: each import replaces one by the other.
-            let lists = [draw(0xa), draw(0xb)];
+            // Three different lists of the same size, taken in turn: the filter writes a new
+            // list into the idle slot, which holds the list before the one in force, so with
+            // two lists taking turns it would already hold the new one and write nothing.
+            let lists = [draw(0xa), draw(0xb), draw(0xc)];
             for list in &lists {
                 ensure!(
                     !list.covers_v4(ADDED.parse()?),
@@ -89,13 +91,15 @@ pub fn run(options: &Options, results: &mut Results, bin_dir: &Path) -> Result<(
             let csv = [
                 write_csv(work.path(), &format!("a-{label}"), &lists[0])?,
                 write_csv(work.path(), &format!("b-{label}"), &lists[1])?,
+                write_csv(work.path(), &format!("c-{label}"), &lists[2])?,
             ];
             let ours = daemon(&netns, results, &label, &csv, runs)?;
             library(results, &label, &lists, runs)?;
+            let two = [lists[0].clone(), lists[1].clone()];
             if !clustered {
-                nft(&netns, results, entries, &lists, runs, options)?;
+                nft(&netns, results, entries, &two, runs, options)?;
             }
-            let theirs = ipset(&netns, results, &label, &lists, runs)?;
+            let theirs = ipset(&netns, results, &label, &two, runs)?;
             // The comparison: a whole list until the kernel judges by it, against
             // `ipset restore` + swap of the same lists, run by run.
             let ratio: Vec<f64> = ours.iter().zip(&theirs).map(|(a, b)| a / b).collect();
@@ -116,7 +120,7 @@ fn daemon(
     netns: &Netns,
     results: &mut Results,
     entries: &str,
-    csv: &[PathBuf; 2],
+    csv: &[PathBuf; 3],
     runs: usize,
 ) -> Result<Vec<f64>> {
     let config =
@@ -134,11 +138,13 @@ fn daemon(
         Ok(())
     };
 
-    // The first import fills an empty list; it is not one of the figures.
+    // The first two imports fill both slots; they are not among the figures, so every
+    // figure replaces a whole list in the kernel.
     ctl(&["import", path_str(&csv[0])?, "--replace"])?;
+    ctl(&["import", path_str(&csv[1])?, "--replace"])?;
     let (mut replaced, mut done) = (Vec::new(), Vec::new());
     for run in 0..runs {
-        let file = path_str(&csv[(run + 1) % 2])?;
+        let file = path_str(&csv[(run + 2) % 3])?;
         let (to_flip, to_return) =
             timed_until_flip(daemon.pin_path(), || ctl(&["import", file, "--replace"]))?;
         replaced.push(to_flip);
@@ -200,16 +206,18 @@ fn daemon(
 fn library(
     results: &mut Results,
     entries: &str,
-    lists: &[CompiledList; 2],
+    lists: &[CompiledList; 3],
     runs: usize,
 ) -> Result<()> {
     // bpffs refuses a `.` in a name.
     let mut filter = PinnedFilter::open(&format!("apply-{}", entries.replace('.', "-")))?;
     filter.enforce(&lists[0], DEFAULT_FEATURES)?;
+    // Both slots filled, as in `daemon`.
+    filter.filter().apply(&lists[1])?;
     let root = filter.pins().root().to_path_buf();
     let (mut flip, mut done) = (Vec::new(), Vec::new());
     for run in 0..runs {
-        let list = &lists[(run + 1) % 2];
+        let list = &lists[(run + 2) % 3];
         let (to_flip, to_return) = timed_until_flip(&root, || {
             filter.filter().apply(list)?;
             Ok(())

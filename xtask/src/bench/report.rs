@@ -286,7 +286,10 @@ impl<'a> Report<'a> {
             "**Method.** The release `allowlistd` runs as in production, in a network namespace \
              of its own guarding a veth, with its socket, state and pins in private places, and \
              a list of N IPv4 networks (mixed lengths) imported. A whole new list is another N \
-             networks, none shared: `allowlistctl import FILE --replace`. \"Until the kernel \
+             networks, none shared: `allowlistctl import FILE --replace`, three lists taken in \
+             turn after two unmeasured imports, so the idle slot the new list is written into \
+             always holds a list sharing nothing with it (with two lists taking turns it would \
+             hold the new one already). \"Until the kernel \
              judges by it\" is observed from outside: a thread reads the pinned CONTROL record \
              every 200 µs and notes when the active slot flips, measured from the start of \
              `allowlistctl`; the command itself returns later (the daemon waits out packets in flight on \
