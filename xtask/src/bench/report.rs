@@ -172,6 +172,13 @@ impl<'a> Report<'a> {
             date = m.date,
         );
 
+        if let Some(joined) = r.note("joined") {
+            let _ = write!(
+                doc,
+                "**Not one run:** these figures were recorded by separate runs on the same \
+                 machine and joined (`cargo xtask bench --report-from`): {joined}\n\n"
+            );
+        }
         doc.push_str("## Machine\n\n| | |\n|---|---|\n");
         let _ = writeln!(doc, "| kernel | {} |", m.kernel);
         let _ = writeln!(doc, "| CPU | {} × {} |", m.cpus, m.cpu);
