@@ -3,7 +3,10 @@
 //! - `noop`: returns XDP_PASS and touches nothing; the floor of per-packet cost under
 //!   `BPF_PROG_TEST_RUN`.
 //! - `drop_all`: counts the packet and drops it; the floor of the drop-rate benchmark
-//!   (the cheapest thing any XDP filter can do).
+//!   (the cheapest thing any XDP program can do).
+//! - `read_drop`: reads the IPv4 source address, counts the packet and drops it; the
+//!   floor any filter has to pay for (it must read the source, and on veth that read is
+//!   a cache miss on a page another core just wrote), which `drop_all` skips.
 //! - `generate`: the traffic generator. Run with `BPF_F_TEST_XDP_LIVE_FRAMES` on one end
 //!   of a veth pair, it writes the next source address from `SOURCES` into the template
 //!   frame, fixes the IPv4 checksum and returns XDP_TX, which test_run turns into a
@@ -30,7 +33,8 @@ static SOURCES: Array<[u8; 4]> = Array::with_max_entries(SOURCE_SLOTS, 0);
 /// Index 0: frames generated on this CPU so far.
 #[map]
 static SEQUENCE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
-/// Index 0: packets `drop_all` dropped on this CPU.
+/// Index 0: packets `drop_all` or `read_drop` dropped on this CPU (one is attached at a
+/// time, and the benchmark counts the difference over a sample).
 #[map]
 static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
@@ -46,6 +50,42 @@ pub fn noop(_ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub fn drop_all(_ctx: XdpContext) -> u32 {
+    if let Some(count) = DROPPED.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, no concurrent writer.
+        unsafe { *count += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+/// Index 0 on this CPU: how many sources `read_drop` saw equal to the previous one. Kept
+/// so the read of the source has an effect the compiler cannot remove.
+#[map]
+static SAME_SOURCE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+/// Index 0 on this CPU: the last source `read_drop` read.
+#[map]
+static LAST_SOURCE: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[xdp]
+pub fn read_drop(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + ETH_HLEN + IPV4_HLEN > ctx.data_end() {
+        return xdp_action::XDP_DROP;
+    }
+    // SAFETY: the whole IPv4 header was bounds-checked above; a volatile read so the load
+    // from the frame happens even though only a comparison depends on it.
+    // Read as bytes: the address is not 4-byte aligned in the frame.
+    let source = u32::from_ne_bytes(unsafe {
+        core::ptr::read_volatile((start + IPV4_SOURCE_AT) as *const [u8; 4])
+    });
+    if let (Some(last), Some(same)) = (LAST_SOURCE.get_ptr_mut(0), SAME_SOURCE.get_ptr_mut(0)) {
+        // SAFETY: per-CPU slots, no concurrent writer.
+        unsafe {
+            if *last == source {
+                *same += 1;
+            }
+            *last = source;
+        }
+    }
     if let Some(count) = DROPPED.get_ptr_mut(0) {
         // SAFETY: per-CPU slot, no concurrent writer.
         unsafe { *count += 1 };

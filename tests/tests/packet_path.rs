@@ -1419,12 +1419,14 @@ fn verdicts_follow_the_list_in_force_across_atomic_swaps() {
     assert_list_in_force(&mut filter, &[], &everyone, "empty list");
 }
 
-/// `Filter::apply` leaves both slots equal, so only the maps themselves can show that the
-/// program reads the slot the control record names: here the standby slot is rewritten
-/// behind the filter's back, as `apply` does before it flips the index.
+/// Applied twice, a list is in both slots (each apply writes the standby slot and flips),
+/// so only the maps themselves can show that the program reads the slot the control
+/// record names: here the standby slot is rewritten behind the filter's back, as `apply`
+/// does before it flips the index.
 #[test]
 fn program_judges_by_the_slot_the_control_record_names_and_ignores_the_other() {
     let mut filter = TestFilter::open();
+    filter.apply(&["192.0.2.0/24", "2001:db8:a::/48"]);
     filter.apply(&["192.0.2.0/24", "2001:db8:a::/48"]);
     filter.set_mode(Mode::Enforce);
     let from_a = [udp4("192.0.2.200"), udp6("2001:db8:a::5")];

@@ -1,5 +1,6 @@
-//! `cargo xtask bench [--quick]`: measures the filter side by side with nftables and
-//! iptables + ipset, prints the tables and writes BENCHMARKS.md.
+//! `cargo xtask bench [--quick] [--only SECTION]...`: measures the filter side by side
+//! with nftables and iptables + ipset, prints the tables and writes BENCHMARKS.md (not
+//! with `--only`: a report of some sections would blank the others).
 //!
 //! The measuring is done by `tests/examples/bench` (it links the daemon's library, which
 //! xtask must not: xtask builds before bpf-linker exists). xtask sets up, builds it and
@@ -29,7 +30,7 @@ pub struct Machine {
     pub tools: Vec<(&'static str, String)>,
 }
 
-pub fn bench(quick: bool) -> Result<()> {
+pub fn bench(quick: bool, only: &[String]) -> Result<()> {
     sys::require_root(
         "cargo xtask bench",
         "it loads XDP programs, creates network namespaces and runs nft, ipset and iptables",
@@ -55,16 +56,19 @@ pub fn bench(quick: bool) -> Result<()> {
 
     let out_dir = workspace::target_dir().join("bench");
     fs::create_dir_all(&out_dir)?;
-    let raw = out_dir.join(if quick {
-        "results-quick.tsv"
-    } else {
-        "results.tsv"
+    let raw = out_dir.join(match (only.is_empty(), quick) {
+        (false, _) => "results-only.tsv",
+        (true, true) => "results-quick.tsv",
+        (true, false) => "results.tsv",
     });
     let bin_dir = workspace::bin_dir(true);
     let mut runner = Command::new(bin_dir.join("examples").join("bench"));
     runner.arg("--out").arg(&raw).arg("--bin-dir").arg(&bin_dir);
     if quick {
         runner.arg("--quick");
+    }
+    for section in only {
+        runner.arg("--only").arg(section);
     }
     // Gathered first: the date is when the run started.
     let machine = machine()?;
@@ -77,9 +81,33 @@ pub fn bench(quick: bool) -> Result<()> {
     let results = Results::read(&raw)?;
     let report = report::Report::new(&results, &machine, quick);
     println!("\n{}", report.console());
+    if !only.is_empty() {
+        println!(
+            "BENCHMARKS.md is unchanged (--only); raw figures: {}",
+            raw.display()
+        );
+        return Ok(());
+    }
     fs::write(&path, report.markdown(&analyses))
         .with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {} (raw figures: {})", path.display(), raw.display());
+    Ok(())
+}
+
+/// Rewrites BENCHMARKS.md from the figures in `raw`, recorded by an earlier run (the
+/// machine facts are taken now: run it on the machine and commit that measured).
+pub fn report_from(raw: &std::path::Path) -> Result<()> {
+    let path = workspace::root().join("BENCHMARKS.md");
+    let analyses = analysis::Analyses::read(&path)?;
+    report::check_analyses(&analyses)?;
+    let results = Results::read(raw)?;
+    let quick = results.note("mode") == Some("quick");
+    let machine = machine()?;
+    let report = report::Report::new(&results, &machine, quick);
+    println!("\n{}", report.console());
+    fs::write(&path, report.markdown(&analyses))
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {} (from {})", path.display(), raw.display());
     Ok(())
 }
 

@@ -75,6 +75,14 @@ enum Task {
         /// Fewer runs and shorter samples: a few minutes
         #[arg(long)]
         quick: bool,
+        /// Measure only this section (repeatable): print its tables, leave BENCHMARKS.md
+        /// as it is (it is written from full runs only)
+        #[arg(long, value_name = "SECTION", value_parser = ["per-packet", "drop-rate", "apply", "config"])]
+        only: Vec<String>,
+        /// Write BENCHMARKS.md from figures recorded earlier (a results TSV, e.g. of
+        /// sections run with --only and joined) instead of measuring
+        #[arg(long, value_name = "TSV", conflicts_with_all = ["quick", "only"])]
+        report_from: Option<std::path::PathBuf>,
     },
     /// Check formatting and run clippy with warnings denied, on userspace and the XDP program
     Lint,
@@ -132,7 +140,19 @@ fn perform(task: Task) -> anyhow::Result<()> {
         Task::Run { release, args } => run::run_daemon(release, &args),
         Task::Test { test_threads, args } => test_suite::test(test_threads, &args),
         Task::Demo => demo::demo(),
-        Task::Bench { quick } => bench::bench(quick),
+        Task::Bench {
+            quick,
+            only,
+            report_from: Some(raw),
+        } => {
+            let _ = (quick, only);
+            bench::report_from(&raw)
+        }
+        Task::Bench {
+            quick,
+            only,
+            report_from: None,
+        } => bench::bench(quick, &only),
         Task::Lint => lint::lint(),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
         Task::Vm {

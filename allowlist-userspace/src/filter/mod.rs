@@ -361,8 +361,14 @@ impl Filter {
     }
 
     /// Makes the kernel judge by `list`, atomically: the inactive slot is brought to
-    /// `list`, the program is pointed at it, and only after every packet in flight has
-    /// finished with the old slot is that one brought up to date too.
+    /// `list`, the program is pointed at it, and this returns once every packet in flight
+    /// has finished with the old slot.
+    ///
+    /// One pass: the old slot is left as it is (idle, holding the previous list), and the
+    /// next change brings it up to date by diffing against its own mirror of what it
+    /// holds. Writing the same change into it again here would double every whole-list
+    /// change for nothing, as the next change rewrites it anyway. The report counts the
+    /// writes made to the slot now in force.
     pub fn apply(&mut self, list: &CompiledList) -> Result<ApplyReport> {
         let started = Instant::now();
         let mut list = KernelSlot::from_list(list)?;
@@ -372,16 +378,17 @@ impl Filter {
         self.refresh_control()?;
         let active = self.control.active_slot as usize % SLOTS;
         let standby = 1 - active;
-        self.write_slot(standby, &list, &screens)?;
+        let mut report = self.write_slot(standby, &list, &screens)?;
         self.write_control(Control {
             active_slot: standby as u32,
             ..self.control
         })?;
+        // Before the old slot may be written again (the next change) and before counters
+        // of prefixes gone from the list are given out again: a packet still judged by
+        // the old slot could count into them.
         wait_for_packets_in_flight();
-        // The old slot is idle now; keep it identical so the next change is a small diff.
-        // Its diff is exactly what changed from the previous list.
-        let mut report = self.write_slot(active, &list, &screens)?;
-        // No slot points at the counters of prefixes gone from the list any more.
+        // The old slot still points at the counters of prefixes gone from the list, but
+        // no packet is judged by it, and the next change rewrites its rules.
         let listed = list
             .v4
             .iter()
@@ -393,18 +400,20 @@ impl Filter {
         Ok(report)
     }
 
-    /// Applies a change confined to `region` (one entry added, updated or removed) to
-    /// both slots in place, without the flip and its wait: `list` is the whole new list,
-    /// equal to the one in force outside `region`. This is what keeps one change to a
-    /// list of millions in the milliseconds.
+    /// Applies a change confined to `region` (one entry added, updated or removed) in
+    /// place to the slot in force, without the flip and its wait: `list` is the whole new
+    /// list, equal to the one in force outside `region`. This is what keeps one change to
+    /// a list of millions in the milliseconds. The idle slot is left as it is: the next
+    /// whole apply brings it up to date from its own mirror.
     ///
     /// Each key is replaced atomically, screen bits are set before the prefixes that
     /// need them (and left set after a removal: a set bit only means "look further",
     /// until the next whole apply clears it), and prefixes are written longest first,
     /// so a packet meets its source's old verdict or its new one.
     pub fn apply_region(&mut self, list: &CompiledList, region: IpNet) -> Result<ApplyReport> {
-        if self.maps.slots[0].port_sets != self.maps.slots[1].port_sets {
-            // Only after a start that found slots from another version: rewrite whole.
+        if self.active_slot().port_sets.is_empty() {
+            // Not written since this process took the maps over (the port sets are only
+            // known once written): rewrite whole.
             return self.apply(list);
         }
         let started = Instant::now();
@@ -416,6 +425,10 @@ impl Filter {
         Ok(report)
     }
 
+    fn active_slot(&self) -> &maps::Slot {
+        &self.maps.slots[self.control.active_slot as usize % SLOTS]
+    }
+
     /// One family's part of [`Filter::apply_region`]; `compiled` is that family's list.
     fn write_region<P: Prefix + Into<IpNet>>(
         &mut self,
@@ -425,11 +438,9 @@ impl Filter {
         let range = region_range(compiled, &region, |net| region.covers(net));
         let mut wanted = self.rules_for(&compiled[range])?;
         self.hit_counters.stamp(&mut wanted, &mut self.maps.hits)?;
-        let mut report = ApplyReport::default();
-        for slot in &mut self.maps.slots {
-            // Both slots get the same change, so either's report is the change's.
-            report = P::in_slot(slot).write_region(&region, &wanted)?;
-        }
+        self.refresh_control()?;
+        let active = self.control.active_slot as usize % SLOTS;
+        let report = P::in_slot(&mut self.maps.slots[active]).write_region(&region, &wanted)?;
         if !wanted.iter().any(|(net, _)| *net == region) {
             // The changed network left the kernel (removed, or now inside another).
             self.hit_counters.release(region.into());
@@ -446,7 +457,7 @@ impl Filter {
                 Reach::All => AllowRule::ALLOW_ALL,
                 Reach::Ports(ranges) => {
                     let set = port_set(ranges);
-                    let known = &self.maps.slots[0].port_sets;
+                    let known = &self.active_slot().port_sets;
                     let id = match known.iter().skip(1).position(|known| *known == set) {
                         Some(index) => index + 1,
                         None => self.add_port_set(set)?,
@@ -462,14 +473,16 @@ impl Filter {
         Ok(rules)
     }
 
+    /// Adds a port set to the slot in force (the idle one gets its sets with the next
+    /// whole apply).
     fn add_port_set(&mut self, set: PortSet) -> Result<usize> {
-        let id = self.maps.slots[0].port_sets.len();
+        let active = self.control.active_slot as usize % SLOTS;
+        let slot = &mut self.maps.slots[active];
+        let id = slot.port_sets.len();
         if id >= MAX_PORT_SETS as usize {
             return Err(too_many_port_sets("adding a port scope"));
         }
-        for slot in &mut self.maps.slots {
-            slot.push_port_set(set)?;
-        }
+        slot.push_port_set(set)?;
         Ok(id)
     }
 

@@ -7,7 +7,7 @@
 //! veth there, with its socket, state and pins in private places. "Until the kernel
 //! judges by it" is seen from outside: a watcher thread reads the pinned CONTROL record
 //! every 200 µs and notes when `active_slot` flips, which is the moment the new list takes
-//! over (the daemon then goes on syncing the old slot and writing its state file before
+//! over (the daemon then waits out packets in flight and writes its state file before
 //! `allowlistctl` returns; that is the second figure). One added entry is written in
 //! place, without a flip: for it the watcher notes when the host appears in the active
 //! slot's exact-host map.
@@ -52,44 +52,77 @@ pub fn run(options: &Options, results: &mut Results, bin_dir: &Path) -> Result<(
     netns.ip(&["link", "set", DEVICE, "up"])?;
 
     for &entries in &options.apply_sizes {
-        println!("  -- {entries} entries");
-        // Two different lists of the same size: each import replaces one by the other.
-        let lists = [
-            lists::mixed_v4(entries, &mut Rng::new(options.seed ^ 0xa ^ entries as u64)),
-            lists::mixed_v4(entries, &mut Rng::new(options.seed ^ 0xb ^ entries as u64)),
-        ];
-        for list in &lists {
-            ensure!(
-                !list.covers_v4(ADDED.parse()?),
-                "{ADDED} is in a generated list"
+        // Random lists (figures under `apply.N.…`), then provider-shaped ones
+        // (`apply.clustered.N.…`: the daemon, the kernel layer and ipset only, as `nft` at
+        // 1M takes minutes).
+        for clustered in [false, true] {
+            let draw = |salt: u64| {
+                let mut rng = Rng::new(options.seed ^ salt ^ entries as u64);
+                if clustered {
+                    lists::clustered_v4(entries, &mut rng)
+                } else {
+                    lists::mixed_v4(entries, &mut rng)
+                }
+            };
+            let label = if clustered {
+                format!("clustered.{entries}")
+            } else {
+                entries.to_string()
+            };
+            println!(
+                "  -- {entries} entries{}",
+                if clustered { ", clustered" } else { "" }
             );
+            // Three different lists of the same size, taken in turn: the filter writes a new
+            // list into the idle slot, which holds the list before the one in force, so with
+            // two lists taking turns it would already hold the new one and write nothing.
+            let lists = [draw(0xa), draw(0xb), draw(0xc)];
+            for list in &lists {
+                ensure!(
+                    !list.covers_v4(ADDED.parse()?),
+                    "{ADDED} is in a generated list"
+                );
+            }
+            let runs = if entries >= 1_000_000 {
+                options.runs_1m
+            } else {
+                options.runs
+            };
+            let csv = [
+                write_csv(work.path(), &format!("a-{label}"), &lists[0])?,
+                write_csv(work.path(), &format!("b-{label}"), &lists[1])?,
+                write_csv(work.path(), &format!("c-{label}"), &lists[2])?,
+            ];
+            let ours = daemon(&netns, results, &label, &csv, runs)?;
+            library(results, &label, &lists, runs)?;
+            let two = [lists[0].clone(), lists[1].clone()];
+            if !clustered {
+                nft(&netns, results, entries, &two, runs, options)?;
+            }
+            let theirs = ipset(&netns, results, &label, &two, runs)?;
+            // The issue's comparison: a whole list until the kernel judges by it, against
+            // `ipset restore` + swap of the same lists, run by run.
+            let ratio: Vec<f64> = ours.iter().zip(&theirs).map(|(a, b)| a / b).collect();
+            results.figure(
+                &format!("apply.{label}.ratio.allowlist_judged_vs_ipset"),
+                "x",
+                &ratio,
+            )?;
         }
-        let runs = if entries >= 1_000_000 {
-            options.runs_1m
-        } else {
-            options.runs
-        };
-        let csv = [
-            write_csv(work.path(), "a", &lists[0])?,
-            write_csv(work.path(), "b", &lists[1])?,
-        ];
-        daemon(&netns, results, entries, &csv, runs)?;
-        library(results, entries, &lists, runs)?;
-        nft(&netns, results, entries, &lists, runs, options)?;
-        ipset(&netns, results, entries, &lists, runs)?;
     }
     Ok(())
 }
 
 /// The daemon: `allowlistctl import FILE --replace` of a whole new list, then
-/// `allowlistctl add` of one entry; RSS and map memory at the end.
+/// `allowlistctl add` of one entry; RSS and map memory at the end. Returns the seconds
+/// of each whole-list run until the kernel judged by it.
 fn daemon(
     netns: &Netns,
     results: &mut Results,
-    entries: usize,
-    csv: &[PathBuf; 2],
+    entries: &str,
+    csv: &[PathBuf; 3],
     runs: usize,
-) -> Result<()> {
+) -> Result<Vec<f64>> {
     let config =
         ConfigBuilder::new(&[DEVICE]).allow("192.0.2.1/32", "bench: keeps the list non-empty");
     let daemon = Daemon::start_in(netns, &config)?;
@@ -105,20 +138,22 @@ fn daemon(
         Ok(())
     };
 
-    // The first import fills an empty list; it is not one of the figures.
+    // The first two imports fill both slots; they are not among the figures, so every
+    // figure replaces a whole list in the kernel.
     ctl(&["import", path_str(&csv[0])?, "--replace"])?;
-    let (mut flip, mut done) = (Vec::new(), Vec::new());
+    ctl(&["import", path_str(&csv[1])?, "--replace"])?;
+    let (mut replaced, mut done) = (Vec::new(), Vec::new());
     for run in 0..runs {
-        let file = path_str(&csv[(run + 1) % 2])?;
+        let file = path_str(&csv[(run + 2) % 3])?;
         let (to_flip, to_return) =
             timed_until_flip(daemon.pin_path(), || ctl(&["import", file, "--replace"]))?;
-        flip.push(to_flip);
+        replaced.push(to_flip);
         done.push(to_return);
     }
     results.figure(
         &format!("apply.{entries}.allowlist.replace_judged"),
         "s",
-        &flip,
+        &replaced,
     )?;
     results.figure(
         &format!("apply.{entries}.allowlist.replace_returned"),
@@ -163,23 +198,26 @@ fn daemon(
         "MiB",
         &[all as f64 / (1 << 20) as f64],
     )?;
-    Ok(())
+    Ok(replaced)
 }
 
 /// The kernel layer alone (`Filter::apply` in this process): what the daemon's figures
 /// would be without parsing, checking and persisting the list.
 fn library(
     results: &mut Results,
-    entries: usize,
-    lists: &[CompiledList; 2],
+    entries: &str,
+    lists: &[CompiledList; 3],
     runs: usize,
 ) -> Result<()> {
-    let mut filter = PinnedFilter::open(&format!("apply-{entries}"))?;
+    // bpffs refuses a `.` in a name.
+    let mut filter = PinnedFilter::open(&format!("apply-{}", entries.replace('.', "-")))?;
     filter.enforce(&lists[0], DEFAULT_FEATURES)?;
+    // Both slots filled, as in `daemon`.
+    filter.filter().apply(&lists[1])?;
     let root = filter.pins().root().to_path_buf();
     let (mut flip, mut done) = (Vec::new(), Vec::new());
     for run in 0..runs {
-        let list = &lists[(run + 1) % 2];
+        let list = &lists[(run + 2) % 3];
         let (to_flip, to_return) = timed_until_flip(&root, || {
             filter.filter().apply(list)?;
             Ok(())
@@ -275,14 +313,15 @@ fn nft(
 }
 
 /// ipset: `ipset restore` of a new hash:net set, swapped with the live one and the old one
-/// destroyed, all in one restore; then `ipset add` of one address.
+/// destroyed, all in one restore; then `ipset add` of one address. Returns the seconds of
+/// each whole-list run.
 fn ipset(
     netns: &Netns,
     results: &mut Results,
-    entries: usize,
+    entries: &str,
     lists: &[CompiledList; 2],
     runs: usize,
-) -> Result<()> {
+) -> Result<Vec<f64>> {
     let in_netns = |args: &[&str]| netns.command(args);
     for set in [IPSET_LIVE, IPSET_NEXT] {
         let _ = tools::output(&mut in_netns(&["ipset", "destroy", set]));
@@ -300,16 +339,16 @@ fn ipset(
             )
         })
         .collect();
-    let mut took = Vec::new();
+    let mut replaced = Vec::new();
     for run in 0..runs {
         let started = Instant::now();
         tools::output_with_input(
             &mut in_netns(&["ipset", "restore"]),
             &scripts[(run + 1) % 2],
         )?;
-        took.push(started.elapsed().as_secs_f64());
+        replaced.push(started.elapsed().as_secs_f64());
     }
-    results.figure(&format!("apply.{entries}.ipset.replace"), "s", &took)?;
+    results.figure(&format!("apply.{entries}.ipset.replace"), "s", &replaced)?;
     let mut took = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
@@ -331,7 +370,7 @@ fn ipset(
         )?;
     }
     tools::output(&mut in_netns(&["ipset", "destroy", IPSET_LIVE]))?;
-    Ok(())
+    Ok(replaced)
 }
 
 /// Runs `change`, timing it, while a watcher notes when the CONTROL record pinned under

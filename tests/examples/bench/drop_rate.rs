@@ -95,50 +95,85 @@ pub fn run(options: &Options, results: &mut Results) -> Result<()> {
             println!("  -- {entries} prefixes");
             let list = subset(&full, entries, &mut rng);
             helpers.set_sources(&sources(&list, &full, &mut rng))?;
-            let mut receivers = receivers(&list, entries, &iptables)?;
-            // One sample per receiver per round; all receivers take turns in each round,
-            // and ratios are taken within a round.
-            let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
-            for _round in 0..options.runs {
-                for receiver in receivers.iter_mut() {
-                    crate::check_interrupted()?;
-                    let sample = generator.measure(&mut helpers, receiver.as_mut(), options)?;
-                    samples.entry(receiver.key()).or_default().push(sample);
-                }
-            }
-            for (key, samples) in &samples {
-                let figure = |what: &str| format!("drop_rate.{entries}.{key}.{what}");
-                let mpps: Vec<f64> = samples.iter().map(|s| s.judged_mpps).collect();
-                results.figure(&figure("mpps"), "Mpps", &mpps)?;
-                let ns: Vec<f64> = mpps.iter().map(|mpps| 1e3 / mpps).collect();
-                results.figure(&figure("ns"), "ns", &ns)?;
-                let offered: Vec<f64> = samples.iter().map(|s| s.offered_mpps).collect();
-                results.figure(&figure("offered_mpps"), "Mpps", &offered)?;
-                let lost: Vec<f64> = samples.iter().map(|s| s.lost_share * 100.0).collect();
-                results.figure(&figure("lost_at_ring"), "%", &lost)?;
-            }
-            let ours = &samples["allowlist"];
-            for (other, theirs) in samples
-                .iter()
-                .filter(|(key, _)| !key.starts_with("allowlist"))
-            {
-                let ratio: Vec<f64> = ours
-                    .iter()
-                    .zip(theirs)
-                    .map(|(a, b)| a.judged_mpps / b.judged_mpps)
-                    .collect();
-                results.figure(
-                    &format!("drop_rate.{entries}.ratio.allowlist_vs_{other}"),
-                    "x",
-                    &ratio,
-                )?;
-            }
-            for receiver in receivers.iter_mut() {
-                receiver.teardown()?;
-            }
+            let prefix = format!("drop_rate.{entries}");
+            measure_list(
+                options,
+                results,
+                &mut helpers,
+                &generator,
+                &list,
+                &prefix,
+                &iptables,
+            )?;
         }
+        // Provider-shaped: the clustered list of the largest size, against the same
+        // receivers, under keys of its own (`drop_rate.clustered.N.…`).
+        println!("  -- {largest} prefixes, clustered (provider-shaped)");
+        let clustered = lists::clustered_v4(largest, &mut rng);
+        helpers.set_sources(&sources(&clustered, &clustered, &mut rng))?;
+        let prefix = format!("drop_rate.clustered.{largest}");
+        measure_list(
+            options,
+            results,
+            &mut helpers,
+            &generator,
+            &clustered,
+            &prefix,
+            &iptables,
+        )?;
         Ok(())
     })
+}
+
+/// Every receiver judging the generator's frames with `list` loaded, `options.runs` times
+/// in turns; figures under `prefix`.
+fn measure_list(
+    options: &Options,
+    results: &mut Results,
+    helpers: &mut Helpers,
+    generator: &Generator,
+    list: &CompiledList,
+    prefix: &str,
+    iptables: &[String],
+) -> Result<()> {
+    let mut receivers = receivers(list, list.v4.len(), iptables)?;
+    // One sample per receiver per round; all receivers take turns in each round, and
+    // ratios are taken within a round.
+    let mut samples: BTreeMap<String, Vec<Sample>> = BTreeMap::new();
+    for _round in 0..options.runs {
+        for receiver in receivers.iter_mut() {
+            crate::check_interrupted()?;
+            let sample = generator.measure(helpers, receiver.as_mut(), options)?;
+            samples.entry(receiver.key()).or_default().push(sample);
+        }
+    }
+    for (key, samples) in &samples {
+        let figure = |what: &str| format!("{prefix}.{key}.{what}");
+        let mpps: Vec<f64> = samples.iter().map(|s| s.judged_mpps).collect();
+        results.figure(&figure("mpps"), "Mpps", &mpps)?;
+        let ns: Vec<f64> = mpps.iter().map(|mpps| 1e3 / mpps).collect();
+        results.figure(&figure("ns"), "ns", &ns)?;
+        let offered: Vec<f64> = samples.iter().map(|s| s.offered_mpps).collect();
+        results.figure(&figure("offered_mpps"), "Mpps", &offered)?;
+        let lost: Vec<f64> = samples.iter().map(|s| s.lost_share * 100.0).collect();
+        results.figure(&figure("lost_at_ring"), "%", &lost)?;
+    }
+    let ours = &samples["allowlist"];
+    for (other, theirs) in samples
+        .iter()
+        .filter(|(key, _)| !key.starts_with("allowlist"))
+    {
+        let ratio: Vec<f64> = ours
+            .iter()
+            .zip(theirs)
+            .map(|(a, b)| a.judged_mpps / b.judged_mpps)
+            .collect();
+        results.figure(&format!("{prefix}.ratio.allowlist_vs_{other}"), "x", &ratio)?;
+    }
+    for receiver in receivers.iter_mut() {
+        receiver.teardown()?;
+    }
+    Ok(())
 }
 
 const GENERATOR_CPU: usize = 0;
@@ -239,7 +274,8 @@ fn receivers(
         DEFAULT_FEATURES | allowlist_common::FEATURE_RECORD_DROPS,
     )?;
     let mut all: Vec<Box<dyn Receiver>> = vec![
-        Box::new(XdpDropAll),
+        Box::new(XDP_DROP_ALL),
+        Box::new(XDP_READ_DROP),
         Box::new(NftDropAll),
         Box::new(Allowlist {
             filter,
@@ -289,14 +325,28 @@ impl Receiver for Allowlist {
     }
 }
 
-struct XdpDropAll;
+/// An XDP floor of `allowlist-bench`: `drop_all` (drops without reading the frame) or
+/// `read_drop` (reads the IPv4 source first, as any filter must).
+struct XdpFloor {
+    program: &'static str,
+    key: &'static str,
+}
 
-impl Receiver for XdpDropAll {
+const XDP_DROP_ALL: XdpFloor = XdpFloor {
+    program: "drop_all",
+    key: "xdp_drop_all",
+};
+const XDP_READ_DROP: XdpFloor = XdpFloor {
+    program: "read_drop",
+    key: "xdp_read_drop",
+};
+
+impl Receiver for XdpFloor {
     fn key(&self) -> String {
-        "xdp_drop_all".into()
+        self.key.into()
     }
     fn start(&mut self, helpers: &mut Helpers) -> Result<()> {
-        helpers.attach_drop_all(RX_DEV)
+        helpers.attach_floor(self.program, RX_DEV)
     }
     fn judged(&mut self, helpers: &mut Helpers) -> Result<u64> {
         helpers.dropped()

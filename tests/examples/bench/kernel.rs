@@ -60,7 +60,7 @@ impl PinnedFilter {
         &self.pins
     }
 
-    /// Applies `list` (both slots, as the daemon does) and enforces it with `features`.
+    /// Applies `list` (as the daemon does) and enforces it with `features`.
     pub fn enforce(&mut self, list: &CompiledList, features: u32) -> Result<()> {
         self.filter().apply(list).context("applying the list")?;
         self.filter()
@@ -136,13 +136,13 @@ impl Helpers {
         Ok(program)
     }
 
-    /// Attaches `drop_all` in driver mode to `interface`.
-    pub fn attach_drop_all(&mut self, interface: &str) -> Result<()> {
+    /// Attaches a floor (`drop_all` or `read_drop`) in driver mode to `interface`.
+    pub fn attach_floor(&mut self, name: &'static str, interface: &str) -> Result<()> {
         let id = self
-            .program("drop_all")?
+            .program(name)?
             .attach(interface, XdpMode::Driver)
-            .with_context(|| format!("attaching drop_all to {interface}"))?;
-        self.attached = Some(("drop_all", id));
+            .with_context(|| format!("attaching {name} to {interface}"))?;
+        self.attached = Some((name, id));
         Ok(())
     }
 
@@ -153,7 +153,7 @@ impl Helpers {
         Ok(())
     }
 
-    /// Packets `drop_all` has dropped so far, over every CPU.
+    /// Packets `drop_all` and `read_drop` have dropped so far, over every CPU.
     pub fn dropped(&self) -> Result<u64> {
         let map: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.ebpf.map("DROPPED").context("no map DROPPED")?)?;

@@ -20,17 +20,26 @@ pub enum Shape {
     /// IPv4 networks of mixed prefix lengths (mostly /24, some /32 and shorter),
     /// scattered over 1.0.0.0–223.255.255.255.
     V4Mixed,
+    /// IPv4 networks shaped like the cloud providers' published ranges: mostly /20–/24
+    /// (some /16–/19 and longer), clustered in a few hundred blocks ([`clustered_v4`]).
+    V4Clustered,
     /// IPv6 networks of mixed prefix lengths (/32–/64 and /128), scattered over 2000::/3.
     V6Mixed,
 }
 
 impl Shape {
-    pub const ALL: [Shape; 3] = [Shape::V4Dense, Shape::V4Mixed, Shape::V6Mixed];
+    pub const ALL: [Shape; 4] = [
+        Shape::V4Dense,
+        Shape::V4Mixed,
+        Shape::V4Clustered,
+        Shape::V6Mixed,
+    ];
 
     pub fn key(self) -> &'static str {
         match self {
             Shape::V4Dense => "v4_dense32",
             Shape::V4Mixed => "v4_mixed",
+            Shape::V4Clustered => "v4_clustered",
             Shape::V6Mixed => "v6_mixed",
         }
     }
@@ -59,8 +68,12 @@ pub fn build(shape: Shape, entries: usize, seed: u64) -> BenchList {
                 unlisted: Ipv4Addr::from(base + entries as u32).into(),
             }
         }
-        Shape::V4Mixed => {
-            let list = mixed_v4(entries, &mut rng);
+        Shape::V4Mixed | Shape::V4Clustered => {
+            let list = if shape == Shape::V4Mixed {
+                mixed_v4(entries, &mut rng)
+            } else {
+                clustered_v4(entries, &mut rng)
+            };
             let listed = listed_v4(&list, &mut rng).into();
             let unlisted = unlisted_v4(&list, &mut rng).into();
             BenchList {
@@ -97,6 +110,57 @@ pub fn build(shape: Shape, entries: usize, seed: u64) -> BenchList {
 /// IPv4 networks of mixed lengths, roughly as in routing tables and real allowlists.
 pub fn mixed_v4(entries: usize, rng: &mut Rng) -> CompiledList {
     exactly(entries, rng, |rng| IpNet::V4(random_v4_net(rng)))
+}
+
+/// Blocks a provider-shaped list is laid out in.
+const CLUSTERS: usize = 300;
+
+/// IPv4 networks shaped like a cloud provider's published ranges: runs of networks in
+/// [`CLUSTERS`] blocks, with lengths mostly /20–/24 (1% /16–/19, 20% /20–/22, 60%
+/// /23–/24, 19% /25–/29), each aligned to its size and followed by a random gap of up to
+/// a quarter of its size. Laid out in address order, never overlapping, so the list has
+/// exactly `entries` prefixes, built in one pass (drawing networks at random and dropping
+/// covered ones saturates the clusters at 1M). Block *i* starts at a random place in the
+/// first quarter of the *i*th of [`CLUSTERS`] equal shares of 1.0.0.0–223.255.255.255 (a
+/// block that runs into the next one pushes it on): about 1,300 addresses per entry, so
+/// 1M entries fill about a third of each share, 100k a thirtieth.
+pub fn clustered_v4(entries: usize, rng: &mut Rng) -> CompiledList {
+    const FIRST: u64 = 0x0100_0000; // 1.0.0.0
+    const END: u64 = 0xe000_0000; // 224.0.0.0
+    let share = (END - FIRST) / CLUSTERS as u64;
+    let mut networks = Vec::with_capacity(entries);
+    let mut cursor = FIRST;
+    for block in 0..CLUSTERS {
+        let start = FIRST + block as u64 * share + rng.below(share / 4);
+        cursor = cursor.max(start);
+        // Entries spread evenly over the blocks, the remainder one each to the first.
+        let count = entries / CLUSTERS + usize::from(block < entries % CLUSTERS);
+        let mut placed = 0;
+        while placed < count {
+            let prefix_len: u8 = match rng.below(100) {
+                0 => 16 + rng.below(4) as u8,
+                1..=20 => 20 + rng.below(3) as u8,
+                21..=80 => 23 + rng.below(2) as u8,
+                _ => 25 + rng.below(5) as u8,
+            };
+            let size = 1u64 << (32 - prefix_len);
+            let at = cursor.div_ceil(size) * size;
+            assert!(
+                at + size <= END,
+                "clustered_v4({entries}): the blocks ran past 224.0.0.0; make the gaps smaller"
+            );
+            cursor = at + size + rng.below(size / 4 + 1);
+            let net = Ipv4Net::new(Ipv4Addr::from(at as u32), prefix_len).expect("valid length");
+            if net.contains(&KEPT_OUT) || KEPT_OUT.contains(&net) {
+                continue;
+            }
+            networks.push(IpNet::V4(net));
+            placed += 1;
+        }
+    }
+    let (list, _) = CompiledList::compile(networks);
+    assert_eq!(list.v4.len(), entries, "clustered_v4: networks overlap");
+    list
 }
 
 /// An address inside a randomly chosen listed IPv4 network.
@@ -198,4 +262,31 @@ fn exactly(entries: usize, rng: &mut Rng, mut draw: impl FnMut(&mut Rng) -> IpNe
         networks.swap_remove(victim);
     }
     CompiledList::compile(networks).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clustered_lists_have_exactly_their_size_and_leave_most_of_the_space_empty() {
+        for seed in 0..8 {
+            for entries in [10, 1_000, 100_000, 1_000_000] {
+                let list = clustered_v4(entries, &mut Rng::new(seed ^ entries as u64));
+                assert_eq!(list.v4.len(), entries);
+            }
+        }
+        let list = clustered_v4(100_000, &mut Rng::new(7));
+        let slash8s: std::collections::BTreeSet<u8> = list
+            .v4
+            .iter()
+            .map(|(net, _)| net.network().octets()[0])
+            .collect();
+        assert!(slash8s.len() < 224, "{} /8s", slash8s.len());
+        let mut rng = Rng::new(8);
+        let unlisted = (0..1000)
+            .filter(|_| !list.covers_v4(random_v4(&mut rng)))
+            .count();
+        assert!(unlisted > 900, "{unlisted} of 1000 random sources unlisted");
+    }
 }
