@@ -111,7 +111,12 @@ fn send(topology: &Topology, stop: Arc<AtomicBool>) -> Result<()> {
 
 /// `size` networks of round `round`, none shared with another round's; with the
 /// blocked client when `with_client`.
-fn set_file(dir: &std::path::Path, size: usize, round: usize, with_client: bool) -> Result<PathBuf> {
+fn set_file(
+    dir: &std::path::Path,
+    size: usize,
+    round: usize,
+    with_client: bool,
+) -> Result<PathBuf> {
     let path = dir.join(format!("set-{size}-{round}-{with_client}.csv"));
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
     writeln!(file, "ip_address,description")?;

@@ -75,6 +75,19 @@ enum Task {
         /// Fewer runs and shorter samples: a few minutes
         #[arg(long)]
         quick: bool,
+        /// Instead: the fleet latency (N daemons following one local etcd, from `fleet
+        /// push` returning until every kernel judges by the new list); prints its table
+        #[arg(long, conflicts_with = "quick")]
+        fleet: bool,
+        /// With --fleet: daemons, comma-separated (each a run of its own)
+        #[arg(long, default_value = "10", requires = "fleet")]
+        hosts: String,
+        /// With --fleet: set sizes, comma-separated
+        #[arg(long, default_value = "1000,10000,100000", requires = "fleet")]
+        sizes: String,
+        /// With --fleet: pushes per figure
+        #[arg(long, default_value_t = 10, requires = "fleet")]
+        rounds: usize,
     },
     /// Check formatting and run clippy with warnings denied, on userspace and the XDP program
     Lint,
@@ -132,7 +145,14 @@ fn perform(task: Task) -> anyhow::Result<()> {
         Task::Run { release, args } => run::run_daemon(release, &args),
         Task::Test { test_threads, args } => test_suite::test(test_threads, &args),
         Task::Demo => demo::demo(),
-        Task::Bench { quick } => bench::bench(quick),
+        Task::Bench {
+            fleet: true,
+            hosts,
+            sizes,
+            rounds,
+            ..
+        } => bench::fleet(&hosts, &sizes, rounds),
+        Task::Bench { quick, .. } => bench::bench(quick),
         Task::Lint => lint::lint(),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
         Task::Vm {

@@ -147,10 +147,10 @@ impl FleetConfig {
         let mut sets: Vec<SetName> = Vec::new();
         for set in raw.sets {
             let name = SetName::new(set.get_ref()).map_err(|message| (set.span(), message))?;
-            if name.is_config_file() {
+            if name.is_config_file() || name == SetName::default() {
                 return Err((
                     set.span(),
-                    format!("set {name} is the config file's own; a fleet set needs another name"),
+                    format!("set {name} is the config file's or the CLI's own; a fleet set needs another name (e.g. \"fleet-{name}\")"),
                 ));
             }
             if sets.contains(&name) {
@@ -223,4 +223,100 @@ pub fn check_host(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::{
+        allowlist::{Allowlist, SetName},
+        config::{Config, ConfigError},
+        feeds::FeedSource,
+    };
+
+    const HEAD: &str = "interfaces = [\"lo\"]\n";
+
+    fn parse(fleet: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            Path::new("/etc/allowlist/allowlist.toml"),
+            &format!("{HEAD}{fleet}"),
+        )
+    }
+
+    fn refused(fleet: &str, needle: &str) {
+        match parse(fleet) {
+            Ok(_) => panic!("accepted:\n{fleet}"),
+            Err(error) => {
+                let text = error.to_string();
+                assert!(text.contains(needle), "{text} (wanted {needle:?})");
+            }
+        }
+    }
+
+    #[test]
+    fn a_fleet_set_is_a_read_only_set_whose_source_is_etcd() {
+        let config = parse(
+            "[fleet]\nendpoints = [\"http://127.0.0.1:2379/\"]\nhost = \"web-1\"\nsets = [\"office\"]\n",
+        )
+        .unwrap();
+        let fleet = config.fleet.clone().unwrap();
+        assert_eq!(fleet.endpoints, ["http://127.0.0.1:2379"]);
+        assert_eq!(fleet.prefix, super::DEFAULT_PREFIX);
+        assert_eq!(fleet.line, 3);
+        let [feed] = config.feeds.as_slice() else {
+            panic!("{:?}", config.feeds)
+        };
+        assert_eq!(feed.source, FeedSource::Fleet);
+        assert_eq!(feed.label(), "fleet office");
+        let mut allowlist = Allowlist::default();
+        allowlist.set_config(&config);
+        let error = allowlist
+            .check_writable_set(&SetName::new("office").unwrap())
+            .unwrap_err();
+        assert!(error.to_string().contains("allowlistctl fleet"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_fleet_section_is_refused_with_its_line() {
+        refused("[fleet]\nendpoints = []\n", "give 1 to 16");
+        refused("[fleet]\nendpoints = [\"127.0.0.1:2379\"]\n", "client URL");
+        refused("[fleet]\nendpoints = [\"http://e:2379/v3\"]\n", "no path");
+        refused(
+            "[fleet]\nendpoints = [\"http://e:2379\"]\npassword = \"x\"\n",
+            "password_file",
+        );
+        refused(
+            "[fleet]\nendpoints = [\"http://e:2379\"]\nprefix = \"no-slash\"\n",
+            "starting with /",
+        );
+        refused(
+            "[fleet]\nendpoints = [\"http://e:2379\"]\nhost = \"a b\"\n",
+            "host \"a b\"",
+        );
+        refused(
+            "[fleet]\nendpoints = [\"http://e:2379\"]\nsets = [\"a\", \"a\"]\n",
+            "listed twice",
+        );
+        refused(
+            "[fleet]\nendpoints = [\"http://e:2379\"]\nsets = [\"config\"]\n",
+            "config file's or the CLI's own",
+        );
+        refused(
+            "[fleet]\nendpoints = [\"http://e:2379\"]\nsets = [\"default\"]\n",
+            "fleet-default",
+        );
+        refused(
+            "[fleet]\nendpoints = [\"http://e:2379\"]\ncert_file = \"/c\"\n",
+            "both cert_file and key_file",
+        );
+        refused(
+            "[[feed]]\nname = \"office\"\npreset = \"elastic.io-eu\"\n[fleet]\nendpoints = [\"http://e:2379\"]\nsets = [\"office\"]\n",
+            "a set has one source",
+        );
+        refused(
+            "[fleet]\nendpoints = [\"http://e:2379\"]\nsetz = []\n",
+            "unknown field",
+        );
+    }
 }
