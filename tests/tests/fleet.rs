@@ -52,7 +52,7 @@ fn start_host<'t>(etcd: &Etcd, topology: &'t Topology, name: &str) -> Daemon<'t>
 /// `allowlistctl fleet` as an operator runs it, from anywhere etcd is reachable.
 struct Operator {
     config: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Operator {
@@ -67,7 +67,7 @@ impl Operator {
             ),
         )
         .unwrap();
-        Operator { config, _dir: dir }
+        Operator { config, dir }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -93,7 +93,7 @@ impl Operator {
 
     /// Pushes `rows` (CSV lines after the header) as set `office`; the revision.
     fn push(&self, rows: &[&str]) -> i64 {
-        let file = self._dir.path().join("office.csv");
+        let file = self.dir.path().join("office.csv");
         let mut csv = String::from("ip_address,description\n");
         for row in rows {
             csv.push_str(row);
@@ -159,7 +159,7 @@ fn a_push_reaches_every_hosts_kernel_and_each_host_reports_the_revision_it_appli
     }
 
     // A dry run changes nothing.
-    let file = operator._dir.path().join("dry.csv");
+    let file = operator.dir.path().join("dry.csv");
     std::fs::write(&file, "ip_address,description\n10.10.2.2,build agent\n").unwrap();
     let out = operator.ok(&[
         "push",
