@@ -76,7 +76,7 @@ impl Etcd {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("test={peer}")])
-            .args(["--max-txn-ops", "200000", "--max-request-bytes", "67108864"])
+            .args(["--max-txn-ops", "250000", "--max-request-bytes", "67108864"])
             .args(["--logger", "zap", "--log-level", "warn"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
