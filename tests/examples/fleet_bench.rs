@@ -8,9 +8,8 @@
 //! ```
 //!
 //! Judged by packets, not by asking the daemons: the blocked client of every host sends
-//! a datagram to it each millisecond, and each round pushes a new set (`size` entries,
-//! all different from the last round's) that lists the blocked client for the first
-//! time; a host's latency is when its first datagram from the blocked client arrives
+//! a datagram to it each millisecond, and each round pushes the set (`size` entries, 1%
+//! of them new this round) listing the blocked client for the first time; a host's latency is when its first datagram from the blocked client arrives
 //! after the push returned (0 when it arrived before: the host was faster than the CLI).
 //! Between rounds a set without the client is pushed and every host is waited for.
 //! Needs root and etcd (`cargo xtask setup`).
@@ -30,6 +29,10 @@ use std::{
 
 use allowlist_tests::{
     daemon::toml_string, etcd::Etcd, in_netns, interrupt, ConfigBuilder, Daemon, Topology,
+};
+use allowlist_userspace::{
+    allowlist::SetName,
+    fleet::{admin, Layout},
 };
 use anyhow::{bail, Context as _, Result};
 
@@ -109,28 +112,56 @@ fn send(topology: &Topology, stop: Arc<AtomicBool>) -> Result<()> {
     Ok(())
 }
 
-/// `size` networks of round `round`, none shared with another round's; with the
-/// blocked client when `with_client`.
-fn set_file(
-    dir: &std::path::Path,
-    size: usize,
-    round: usize,
-    with_client: bool,
-) -> Result<PathBuf> {
+/// Share of a set each round replaces (at least one entry), besides the blocked client.
+const CHURN_PERCENT: usize = 1;
+
+fn churn(size: usize) -> usize {
+    (size * CHURN_PERCENT / 100).max(1)
+}
+
+/// The entries every round of a `size`-entry set shares.
+fn base(size: usize) -> Vec<std::net::Ipv4Addr> {
+    let first = u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0));
+    (0..size.saturating_sub(churn(size) + 1))
+        .map(|i| std::net::Ipv4Addr::from(first + i as u32))
+        .collect()
+}
+
+/// Round `round`'s set: the shared entries, [`churn`] entries of this round only, and
+/// the blocked client when `with_client` (else one more entry of this round).
+fn set_file(dir: &std::path::Path, size: usize, round: usize, with_client: bool) -> Result<PathBuf> {
     let path = dir.join(format!("set-{size}-{round}-{with_client}.csv"));
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
     writeln!(file, "ip_address,description")?;
-    let base: u32 = u32::from(std::net::Ipv4Addr::new(100, 64, 0, 0))
-        + u32::try_from(round * 2 + usize::from(with_client))? * 0x0004_0000;
-    let others = if with_client { size - 1 } else { size };
-    for i in 0..others {
-        let address = std::net::Ipv4Addr::from(base + u32::try_from(i)?);
+    for address in base(size) {
         writeln!(file, "{address},bench")?;
+    }
+    let own = u32::from(std::net::Ipv4Addr::new(100, 96, 0, 0))
+        + u32::try_from(round * 2 + usize::from(with_client))? * 0x0004_0000;
+    for i in 0..churn(size) {
+        writeln!(file, "{},round", std::net::Ipv4Addr::from(own + u32::try_from(i)?))?;
     }
     if with_client {
         writeln!(file, "10.10.2.2,the blocked client")?;
+    } else {
+        writeln!(file, "{},round", std::net::Ipv4Addr::from(own + 0x0003_ffff))?;
     }
     Ok(path)
+}
+
+/// Writes the shared entries in batches (etcd's default limits would refuse them in
+/// one transaction, and seeding is not what is measured).
+fn seed(etcd: &Etcd, size: usize) -> Result<()> {
+    let layout = Layout::new("/allowlist");
+    let set = SetName::new("office").map_err(anyhow::Error::msg)?;
+    let networks: Vec<ipnet::IpNet> = base(size)
+        .into_iter()
+        .map(|address| ipnet::IpNet::from(std::net::IpAddr::from(address)))
+        .collect();
+    for batch in networks.chunks(10_000) {
+        admin::add(&etcd.client(), &layout, &set, batch, "bench").map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
 }
 
 fn push(ctl: &std::path::Path, config: &std::path::Path, file: &std::path::Path) -> Result<()> {
@@ -182,6 +213,7 @@ fn run_one(options: &Options, etcd: &Etcd, hosts: usize, dir: &std::path::Path) 
         format!("[fleet]\nendpoints = [{}]\n", toml_string(&etcd.url())),
     )?;
     for &size in &options.sizes {
+        seed(etcd, size)?;
         let mut all = Vec::new();
         let mut each = Vec::new();
         for round in 0..options.rounds {

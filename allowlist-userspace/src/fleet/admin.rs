@@ -117,16 +117,26 @@ pub fn push(
             .keys()
             .map(|network| layout.entry(set, network))
             .collect();
-        let mut ops: Vec<Op> = kvs
-            .into_iter()
-            .filter(|kv| !keep.contains(&kv.key))
-            .map(|kv| Op::Delete(kv.key))
-            .collect();
-        ops.extend(
-            entries
-                .iter()
-                .map(|(network, description)| put_entry(layout, set, network, description)),
-        );
+        let mut current = BTreeMap::new();
+        let mut ops: Vec<Op> = Vec::new();
+        for kv in kvs {
+            if keep.contains(&kv.key) {
+                current.insert(kv.key, kv.value);
+            } else {
+                ops.push(Op::Delete(kv.key));
+            }
+        }
+        // Only what changes is written: a push of a large set that changes a few rows
+        // is a small transaction (and a small event for every host).
+        for (network, description) in entries {
+            let put = put_entry(layout, set, network, description);
+            if let Op::Put { key, value, .. } = &put {
+                if current.get(key) == Some(value) {
+                    continue;
+                }
+            }
+            ops.push(put);
+        }
         ops.push(changed(layout, set));
         let applied = etcd
             .txn_if_unchanged(Some((&layout.set(set), revision)), &ops)
