@@ -129,7 +129,12 @@ fn base(size: usize) -> Vec<std::net::Ipv4Addr> {
 
 /// Round `round`'s set: the shared entries, [`churn`] entries of this round only, and
 /// the blocked client when `with_client` (else one more entry of this round).
-fn set_file(dir: &std::path::Path, size: usize, round: usize, with_client: bool) -> Result<PathBuf> {
+fn set_file(
+    dir: &std::path::Path,
+    size: usize,
+    round: usize,
+    with_client: bool,
+) -> Result<PathBuf> {
     let path = dir.join(format!("set-{size}-{round}-{with_client}.csv"));
     let mut file = std::io::BufWriter::new(std::fs::File::create(&path)?);
     writeln!(file, "ip_address,description")?;
@@ -139,12 +144,20 @@ fn set_file(dir: &std::path::Path, size: usize, round: usize, with_client: bool)
     let own = u32::from(std::net::Ipv4Addr::new(100, 96, 0, 0))
         + u32::try_from(round * 2 + usize::from(with_client))? * 0x0004_0000;
     for i in 0..churn(size) {
-        writeln!(file, "{},round", std::net::Ipv4Addr::from(own + u32::try_from(i)?))?;
+        writeln!(
+            file,
+            "{},round",
+            std::net::Ipv4Addr::from(own + u32::try_from(i)?)
+        )?;
     }
     if with_client {
         writeln!(file, "10.10.2.2,the blocked client")?;
     } else {
-        writeln!(file, "{},round", std::net::Ipv4Addr::from(own + 0x0003_ffff))?;
+        writeln!(
+            file,
+            "{},round",
+            std::net::Ipv4Addr::from(own + 0x0003_ffff)
+        )?;
     }
     Ok(path)
 }
