@@ -189,6 +189,17 @@ fn a_push_reaches_every_hosts_kernel_and_each_host_reports_the_revision_it_appli
         assert_eq!(listed[0].description, "build agent");
         assert_eq!(daemon.listed("198.51.100.0/24").len(), 1);
     }
+    // Pushing it again writes nothing but the change marker: rows that are the same are
+    // not written again (hosts get no event for them).
+    let key = "/allowlist/sets/office/198.51.100.0/24";
+    let written = etcd.client().get(key).unwrap().1.unwrap().mod_revision;
+    let again = operator.push(&["10.10.2.2,build agent", "198.51.100.0/24,office"]);
+    assert!(again > revision);
+    assert_eq!(
+        etcd.client().get(key).unwrap().1.unwrap().mod_revision,
+        written
+    );
+
     // The set is etcd's: the local CLI may not change it.
     let out = hosts[0].ctl(&["remove", "10.10.2.2", "--set", "office"]);
     assert_eq!(out.status.code(), Some(1));

@@ -1,5 +1,5 @@
 //! What `allowlistctl fleet` does in etcd: replace a set whole (one transaction), add
-//! or remove entries, and read every host's status. Every write also touches `P/changed`
+//! or remove entries, and read every host's status. Every write also touches `P/sets/.changed`
 //! in the same transaction, so its revision is the fleet's last change.
 
 use std::collections::BTreeMap;

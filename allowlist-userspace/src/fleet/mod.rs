@@ -7,8 +7,10 @@
 //! Layout under the prefix `P` (default `/allowlist`):
 //! - `P/sets/NAME/CIDR` → `{"description":"…"}`: one key per entry, so `fleet add` and
 //!   `fleet remove` are single-key writes and a host sees each change as it happened;
-//! - `P/changed` → `{"set":"NAME","at":SECS}`: written in every `allowlistctl fleet`
-//!   transaction, so its revision is the fleet's last change (what "lag" compares to);
+//! - `P/sets/.changed` → `{"set":"NAME","at":SECS}`: written in every `allowlistctl
+//!   fleet` transaction, so its revision is the fleet's last change (what "lag" compares
+//!   to). It is inside the range hosts watch (but no set's entry), so a push that
+//!   changes no entry still moves every host's applied revision up to it;
 //! - `P/hosts/HOST` → [`HostStatus`], under a lease: it vanishes when the host stops.
 
 pub mod admin;
@@ -92,7 +94,7 @@ impl Layout {
     }
 
     pub fn changed(&self) -> String {
-        format!("{}/changed", self.prefix)
+        format!("{}/sets/.changed", self.prefix)
     }
 
     pub fn hosts(&self) -> String {
@@ -201,6 +203,11 @@ mod tests {
         let key = layout.entry(&set("office"), &"10.0.0.0/8".parse().unwrap());
         assert_eq!(key, "/allowlist/sets/office/10.0.0.0/8");
         assert_eq!(layout.split_entry(&key), Some(("office", "10.0.0.0/8")));
+        assert_eq!(
+            layout.split_entry(&layout.changed()),
+            None,
+            "the marker is no entry"
+        );
         assert!(parse_entry(&key, "10.0.0.0/8", br#"{"description":"vpn"}"#).is_ok());
         for (network, value) in [
             ("10.0.0.0/8", &b"not json"[..]),
