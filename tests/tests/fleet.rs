@@ -471,3 +471,44 @@ fn a_malformed_value_in_etcd_is_reported_and_never_applied() {
         operator.status()
     );
 }
+
+#[test]
+fn catching_up_a_host_counts_as_applied_only_the_revisions_it_was_sent() {
+    use allowlist_userspace::fleet::{etcd::WatchMessage, follow::applied_revision};
+    let etcd = Etcd::start().unwrap();
+    let client = etcd.client();
+    // More revisions than etcd sends a watch that catches up in one message.
+    let mut last = 0;
+    for index in 0..1500 {
+        last = client
+            .txn(&[Op::Put {
+                key: format!(
+                    "/allowlist/sets/office/198.51.{}.{}/32",
+                    index / 256,
+                    index % 256
+                ),
+                value: br#"{"description":"x"}"#.to_vec(),
+                lease: None,
+            }])
+            .unwrap();
+    }
+    let mut watch = client.watch("/allowlist/sets/", 1).unwrap();
+    let (header, events) = loop {
+        match watch.next_message().unwrap() {
+            WatchMessage::Events { revision, events } => break (revision, events),
+            WatchMessage::Created => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    let sent = events
+        .iter()
+        .map(|event| event.mod_revision())
+        .max()
+        .unwrap();
+    assert!(
+        sent < header,
+        "etcd sent everything at once ({sent} of {header})"
+    );
+    assert_eq!(header, last);
+    assert_eq!(applied_revision(header, &events), Ok(sent));
+}

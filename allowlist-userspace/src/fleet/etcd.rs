@@ -86,6 +86,16 @@ pub enum Event {
     Delete { key: String, mod_revision: i64 },
 }
 
+impl Event {
+    /// The revision that made this change.
+    pub fn mod_revision(&self) -> i64 {
+        match self {
+            Event::Put(kv) => kv.mod_revision,
+            Event::Delete { mod_revision, .. } => *mod_revision,
+        }
+    }
+}
+
 pub struct Etcd {
     agent: ureq::Agent,
     /// Agent without a total timeout, for watches.

@@ -147,8 +147,10 @@ impl Follower {
                     self.backoff = Duration::from_millis(200);
                 }
                 Ok(Ok(WatchMessage::Events { revision, events })) => {
-                    self.take(revision, events);
-                    self.offer();
+                    match self.take(revision, events) {
+                        Ok(()) => self.offer(),
+                        Err(error) => self.disconnected(error),
+                    }
                 }
                 Ok(Ok(WatchMessage::Compacted { compact_revision })) => {
                     info!(
@@ -229,12 +231,13 @@ impl Follower {
             .cloned()
     }
 
-    fn take(&mut self, revision: i64, events: Vec<Event>) {
-        let mut newest = revision;
+    /// Applies one watch message's events to `desired`; refuses the whole message (the
+    /// watch starts again after the last applied revision) when it is not consistent.
+    fn take(&mut self, header: i64, events: Vec<Event>) -> Result<(), EtcdError> {
+        let through = applied_revision(header, &events).map_err(EtcdError::Protocol)?;
         for event in events {
             match event {
                 Event::Put(kv) => {
-                    newest = newest.max(kv.mod_revision);
                     if let Some(set) = self.followed(&kv.key) {
                         self.desired
                             .entry(set)
@@ -242,15 +245,15 @@ impl Follower {
                             .insert(kv.key, kv.value);
                     }
                 }
-                Event::Delete { key, mod_revision } => {
-                    newest = newest.max(mod_revision);
+                Event::Delete { key, .. } => {
                     if let Some(set) = self.followed(&key) {
                         self.desired.entry(set).or_default().remove(&key);
                     }
                 }
             }
         }
-        self.revision = self.revision.max(newest);
+        self.revision = self.revision.max(through);
+        Ok(())
     }
 
     /// Hands the followed sets as of `revision` to the daemon; parsed before its lock.
@@ -335,5 +338,47 @@ impl Follower {
         }
         self.published = Some((status, Instant::now()));
         Ok(())
+    }
+}
+
+/// The revision a host has applied once it took a watch message: the newest event's.
+/// The header holds etcd's current revision, not this message's: catching up, etcd
+/// sends at most 1000 revisions of events per message, each with the current revision in
+/// its header, so taking the header would skip what is still to come. Only a message
+/// without events (a progress notification) vouches for the header's revision. An event
+/// newer than the header, or without a revision, makes no sense: refused.
+pub fn applied_revision(header: i64, events: &[Event]) -> Result<i64, String> {
+    let mut newest = None;
+    for event in events {
+        let revision = event.mod_revision();
+        if revision <= 0 || revision > header {
+            return Err(format!(
+                "watch: an event of revision {revision} in a message of revision {header}"
+            ));
+        }
+        newest = newest.max(Some(revision));
+    }
+    Ok(newest.unwrap_or(header))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fleet::etcd::Kv;
+
+    fn put(mod_revision: i64) -> Event {
+        Event::Put(Kv {
+            key: "/allowlist/sets/office/10.0.0.1/32".into(),
+            value: b"{}".to_vec(),
+            mod_revision,
+        })
+    }
+
+    #[test]
+    fn the_applied_revision_is_the_newest_event_not_the_header() {
+        assert_eq!(applied_revision(5000, &[put(3), put(1002)]), Ok(1002));
+        assert_eq!(applied_revision(5000, &[]), Ok(5000));
+        assert!(applied_revision(10, &[put(11)]).is_err());
+        assert!(applied_revision(10, &[put(0)]).is_err());
     }
 }
