@@ -512,3 +512,56 @@ fn catching_up_a_host_counts_as_applied_only_the_revisions_it_was_sent() {
     assert_eq!(header, last);
     assert_eq!(applied_revision(header, &events), Ok(sent));
 }
+
+#[test]
+fn a_revision_that_empties_a_set_is_held_until_accepted_and_push_refuses_an_empty_file() {
+    let etcd = Etcd::start().unwrap();
+    let operator = Operator::new(&etcd);
+    let topology = Topology::new().unwrap();
+    let daemon = start_host(&etcd, &topology, "guarded");
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    operator.push(&["10.10.2.2,ci", "198.51.100.1,a", "198.51.100.2,b"]);
+    wait_for_verdict(&probe, &daemon, Verdict::Pass, "push");
+
+    // An empty file is refused unless the operator says it is meant.
+    let empty = operator.dir.path().join("empty.csv");
+    std::fs::write(&empty, "ip_address,description\n").unwrap();
+    let out = operator.run(&["push", empty.to_str().unwrap(), "--set", "office"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--allow-empty"),
+        "{out:?}"
+    );
+
+    // The set emptied in etcd (past allowlistctl, as a bad restore or a stray delete
+    // would): the host keeps its list and says why.
+    let emptied = etcd
+        .client()
+        .txn(&[Op::DeletePrefix("/allowlist/sets/office/".into())])
+        .unwrap();
+    assert!(
+        wait_until(PATIENCE, || office(&daemon)["held"]
+            .as_str()
+            .is_some_and(|held| held.contains("feeds accept office"))),
+        "{}\nlog:\n{}",
+        office(&daemon),
+        daemon.log()
+    );
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+    assert_eq!(daemon.listed("198.51.100.1/32").len(), 1);
+    assert!(
+        wait_until(PATIENCE, || operator
+            .host("guarded")
+            .is_some_and(|host| host["held"].to_string().contains("held"))),
+        "{}",
+        operator.status()
+    );
+
+    // Accepted, it is applied.
+    let out = daemon.ctl(&["feeds", "accept", "office"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Drop);
+    assert!(daemon.listed("198.51.100.1/32").is_empty());
+    assert!(applied(&daemon) >= emptied);
+    assert!(office(&daemon)["held"].is_null(), "{}", office(&daemon));
+}

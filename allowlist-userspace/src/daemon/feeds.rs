@@ -40,10 +40,12 @@ pub(crate) struct FeedRuntime {
 /// A refresh that would remove too much, waiting for `feeds accept`.
 #[derive(Clone, Debug)]
 pub(crate) struct Held {
-    networks: Vec<IpNet>,
-    validators: Validators,
-    removed: usize,
-    before: usize,
+    pub(super) networks: Vec<IpNet>,
+    pub(super) validators: Validators,
+    pub(super) removed: usize,
+    pub(super) before: usize,
+    /// A fleet set's: the revision held, and its descriptions.
+    pub(super) fleet: Option<(i64, BTreeMap<IpNet, String>)>,
 }
 
 /// One fetch to make, as handed out without the lock.
@@ -383,6 +385,7 @@ impl<K: Kernel> Daemon<K> {
                 validators,
                 removed,
                 before: old.len(),
+                fleet: None,
             };
             let message = format!(
                 "held: this refresh would remove {removed} of its {} entries (more than max_shrink = {}%); `allowlistctl feeds accept {}` applies it",
@@ -500,6 +503,17 @@ impl<K: Kernel> Daemon<K> {
                 ))
             })?;
         let at = now();
+        if let Some((revision, descriptions)) = &held.fleet {
+            return self
+                .fleet_accept(&feed, &held, *revision, descriptions, at, safety)
+                .map(|()| {
+                    info!(by = %by, set = %name, revision, "fleet {name}: accepted revision {revision}");
+                    Reply::done(format!(
+                        "fleet set {name}: accepted revision {revision} ({} of {} entries removed)",
+                        held.removed, held.before
+                    ))
+                });
+        }
         match self.apply_feed(&feed, held.networks, held.validators, at, safety, by) {
             Ok(message) => Ok(Reply::done(format!(
                 "feed {name}: accepted ({} of {} entries removed): {message}",

@@ -10,12 +10,12 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 use tracing::{info, warn};
 
-use super::{Daemon, Kernel, Refusal};
+use super::{feeds::Held, Daemon, Kernel, Refusal};
 use crate::{
     allowlist::SetName,
     clock::now,
     control::Safety,
-    feeds::{FeedConfig, FeedSource},
+    feeds::{fetch::Validators, FeedConfig, FeedSource},
     fleet::{FleetConfig, HostStatus},
 };
 
@@ -154,9 +154,13 @@ impl<K: Kernel> Daemon<K> {
                 && self.allowlist.feed(&feed.name).is_some()
             {
                 if let Some(runtime) = self.feeds.get_mut(&feed.name) {
-                    if runtime.saved.revision != Some(revision) || runtime.fleet_held.is_some() {
+                    if runtime.saved.revision != Some(revision)
+                        || runtime.fleet_held.is_some()
+                        || runtime.held.is_some()
+                    {
                         runtime.saved.revision = Some(revision);
                         runtime.fleet_held = None;
+                        runtime.held = None;
                         save = true;
                     }
                 }
@@ -164,6 +168,33 @@ impl<K: Kernel> Daemon<K> {
             }
             let networks: Vec<IpNet> = want.networks.keys().copied().collect();
             let before = self.allowlist.feed(&feed.name).map_or(0, |n| n.len());
+            if shrinks_too_much(&feed, before, networks.len()) {
+                let old = self.fleet_entries(&feed.name);
+                let removed = old
+                    .keys()
+                    .filter(|n| !want.networks.contains_key(n))
+                    .count();
+                let message = format!(
+                    "revision {revision} held (not applied): it would leave {} of the set's {before} entries (more than max_shrink = {}% gone); `allowlistctl feeds accept {}` applies it",
+                    networks.len(),
+                    feed.max_shrink_percent,
+                    feed.name
+                );
+                if let Some(runtime) = self.feeds.get_mut(&feed.name) {
+                    if runtime.fleet_held.as_ref().map(|(r, _)| *r) != Some(revision) {
+                        warn!(set = %feed.name, revision, "{label}: {message}");
+                    }
+                    runtime.held = Some(Held {
+                        networks,
+                        validators: Validators::default(),
+                        removed,
+                        before,
+                        fleet: Some((revision, want.networks.clone())),
+                    });
+                    runtime.fleet_held = Some((revision, message));
+                }
+                continue;
+            }
             let at = now();
             let result = self.commit_feed(
                 &feed,
@@ -175,6 +206,7 @@ impl<K: Kernel> Daemon<K> {
                     runtime.saved.revision = Some(revision);
                     runtime.saved.fetched_at = Some(at);
                     runtime.fleet_held = None;
+                    runtime.held = None;
                 },
             );
             match result {
@@ -214,6 +246,31 @@ impl<K: Kernel> Daemon<K> {
         held
     }
 
+    /// `feeds accept NAME` of a fleet set: applies the revision held for shrinking it.
+    pub(super) fn fleet_accept(
+        &mut self,
+        feed: &FeedConfig,
+        held: &Held,
+        revision: i64,
+        descriptions: &BTreeMap<IpNet, String>,
+        at: u64,
+        safety: &Safety,
+    ) -> Result<(), Refusal> {
+        self.commit_feed(
+            feed,
+            &held.networks,
+            Some(descriptions),
+            at,
+            safety,
+            |runtime| {
+                runtime.saved.revision = Some(revision);
+                runtime.saved.fetched_at = Some(at);
+                runtime.fleet_held = None;
+                runtime.held = None;
+            },
+        )
+    }
+
     /// What this host publishes under `P/hosts/HOST`.
     pub fn fleet_host_status(&self) -> Option<HostStatus> {
         let fleet = self.config.fleet.as_ref()?;
@@ -249,4 +306,19 @@ impl<K: Kernel> Daemon<K> {
             version: env!("CARGO_PKG_VERSION").to_string(),
         })
     }
+}
+
+/// Whether going from `before` to `after` entries empties a set (not `allow_empty`) or
+/// shrinks it by more than `max_shrink`. Counted by size, not by entries removed: an
+/// operator replacing a set by another as big is applied; a read of etcd that lost most
+/// of the set (or all of it) is held.
+fn shrinks_too_much(feed: &FeedConfig, before: usize, after: usize) -> bool {
+    if before == 0 {
+        return false;
+    }
+    if after == 0 && !feed.allow_empty {
+        return true;
+    }
+    let gone = before.saturating_sub(after);
+    gone.saturating_mul(100) > before.saturating_mul(usize::from(feed.max_shrink_percent))
 }

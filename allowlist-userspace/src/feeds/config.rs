@@ -310,8 +310,9 @@ impl FeedConfig {
         }
     }
 
-    /// A `[fleet]` set (line: that of `[fleet]`'s endpoints): its entries are etcd's,
-    /// never held for shrinking (the fleet's operator replaced them on purpose).
+    /// A `[fleet]` set (line: that of `[fleet]`'s endpoints): its entries are etcd's. A
+    /// revision that empties it or leaves less than half of it is held for `feeds
+    /// accept`: a bad read of etcd looks just like that (`crate::daemon::fleet`).
     pub fn fleet(name: SetName, line: usize) -> FeedConfig {
         FeedConfig {
             description: format!("fleet {name}"),
@@ -319,8 +320,8 @@ impl FeedConfig {
             source: FeedSource::Fleet,
             refresh_secs: 0,
             ports: Vec::new(),
-            allow_empty: true,
-            max_shrink_percent: 100,
+            allow_empty: false,
+            max_shrink_percent: DEFAULT_MAX_SHRINK_PERCENT,
             line,
         }
     }

@@ -326,6 +326,13 @@ impl Etcd {
             &json!({"key": encode(prefix.as_bytes()), "range_end": encode(&prefix_end(prefix))}),
         )?;
         let revision = int(&answer["header"]["revision"]);
+        // No revision, no telling what the answer is as of: an empty `kvs` from it
+        // would read as an empty set.
+        if revision <= 0 {
+            return Err(EtcdError::Protocol(format!(
+                "range {prefix}: an answer without a revision"
+            )));
+        }
         let kvs = match answer["kvs"].as_array() {
             None => Vec::new(),
             Some(kvs) => kvs.iter().map(kv).collect::<Result<_, _>>()?,

@@ -62,8 +62,10 @@ struct Follower {
     layout: Layout,
     /// Each followed set's keys as of `revision`.
     desired: BTreeMap<SetName, RawSet>,
-    /// 0: read everything before watching.
+    /// The revision applied (0: none yet).
     revision: i64,
+    /// Read everything before watching (nothing applied yet, or etcd compacted past it).
+    resync: bool,
     watch: Option<WatchFeed>,
     lease: Option<i64>,
     published: Option<(HostStatus, Instant)>,
@@ -98,6 +100,7 @@ impl Follower {
             layout,
             desired,
             revision: revision.unwrap_or(0),
+            resync: revision.is_none(),
             config,
             watch: None,
             lease: None,
@@ -158,7 +161,7 @@ impl Follower {
                         compact_revision,
                         "fleet: etcd compacted past this host's revision; reading everything again"
                     );
-                    self.revision = 0;
+                    self.resync = true;
                     self.watch = None;
                 }
                 Ok(Ok(WatchMessage::Canceled(why))) => {
@@ -187,8 +190,16 @@ impl Follower {
 
     /// Reads everything when there is no revision to resume after, then opens the watch.
     fn connect(&mut self, etcd: &Arc<Etcd>) -> Result<(), EtcdError> {
-        if self.revision == 0 {
+        if self.resync {
             let (revision, kvs) = etcd.range_prefix(&self.layout.sets())?;
+            // An etcd behind what this host applied (a lagging member, a restored
+            // backup) would take back changes: keep the last list until it catches up.
+            if revision < self.revision {
+                return Err(EtcdError::Protocol(format!(
+                    "etcd answered a full read as of revision {revision}, older than revision {} this host applied; keeping the last applied list",
+                    self.revision
+                )));
+            }
             let mut desired: BTreeMap<SetName, RawSet> = self
                 .config
                 .sets
@@ -202,11 +213,12 @@ impl Follower {
             }
             self.desired = desired;
             self.revision = revision;
+            self.resync = false;
             info!(revision, "fleet: read the followed sets whole");
             self.offer();
         }
         let (sender, receiver) = mpsc::channel();
-        let mut watch = etcd.watch(&self.layout.sets(), self.revision + 1)?;
+        let mut watch = etcd.watch(&self.layout.sets(), self.revision.saturating_add(1))?;
         std::thread::Builder::new()
             .name("fleet-watch".into())
             .spawn(move || loop {

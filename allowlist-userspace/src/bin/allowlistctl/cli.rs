@@ -80,6 +80,9 @@ pub enum FleetAction {
         /// Print what changed (or would) as a JSON object.
         #[arg(long)]
         json: bool,
+        /// Push a file with no entries: empties the set on every host that follows it.
+        #[arg(long)]
+        allow_empty: bool,
     },
     /// Add addresses or networks to fleet set NAME (or change their description).
     Add {

@@ -26,6 +26,7 @@ pub fn run(config: &Path, action: FleetAction) -> Result<(), Failure> {
             set,
             dry_run,
             json,
+            allow_empty,
         } => {
             let mut entries = BTreeMap::new();
             for row in read_csv(&file)? {
@@ -41,6 +42,14 @@ pub fn run(config: &Path, action: FleetAction) -> Result<(), Failure> {
                     )));
                 }
                 entries.insert(row.network, row.description);
+            }
+            // An empty file is more often a failed export than a wish to drop every
+            // host's access at once.
+            if entries.is_empty() && !allow_empty {
+                return Err(Failure::error(format!(
+                    "{}: no entries; pushing it would empty set {set} on every host. Give --allow-empty if that is meant. Nothing was pushed",
+                    file.display()
+                )));
             }
             let before = admin::read_set(&etcd, &layout, &set).map_err(Failure::error)?;
             let plan = admin::plan(&before, &entries);
