@@ -31,6 +31,8 @@ pub struct Etcd {
     dir: tempfile::TempDir,
     client_port: u16,
     peer_port: u16,
+    /// etcd derives its cluster id from it: another token, another cluster.
+    token: String,
     stop_forwarders: Arc<AtomicBool>,
 }
 
@@ -47,6 +49,7 @@ impl Etcd {
             dir: tempfile::tempdir()?,
             client_port: free_port()?,
             peer_port: free_port()?,
+            token: "allowlist-test".into(),
             stop_forwarders: Arc::new(AtomicBool::new(false)),
         };
         etcd.spawn()?;
@@ -76,6 +79,7 @@ impl Etcd {
                 &peer,
             ])
             .args(["--initial-cluster", &format!("test={peer}")])
+            .args(["--initial-cluster-token", &self.token])
             .args(["--max-txn-ops", "250000", "--max-request-bytes", "67108864"])
             .args(["--logger", "zap", "--log-level", "warn"])
             .stdin(Stdio::null())
@@ -131,6 +135,15 @@ impl Etcd {
     /// Starts it again on the same ports and data.
     pub fn restart(&mut self) -> Result<()> {
         assert!(self.child.is_none(), "stop() it first");
+        self.spawn()
+    }
+
+    /// Replaces it by a new, empty etcd cluster (another cluster id, history from
+    /// revision 1) on the same ports, as a rebuilt etcd would be.
+    pub fn rebuild(&mut self) -> Result<()> {
+        self.stop();
+        std::fs::remove_dir_all(self.data_dir())?;
+        self.token.push_str("-rebuilt");
         self.spawn()
     }
 

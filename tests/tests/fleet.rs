@@ -565,3 +565,35 @@ fn a_revision_that_empties_a_set_is_held_until_accepted_and_push_refuses_an_empt
     assert!(applied(&daemon) >= emptied);
     assert!(office(&daemon)["held"].is_null(), "{}", office(&daemon));
 }
+
+#[test]
+fn a_host_facing_a_rebuilt_etcd_reads_it_whole_instead_of_resuming_in_another_history() {
+    let mut etcd = Etcd::start().unwrap();
+    let operator = Operator::new(&etcd);
+    let topology = Topology::new().unwrap();
+    let mut daemon = start_host(&etcd, &topology, "moved");
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    let first = operator.push(&["10.10.2.2,ci", "198.51.100.1,a"]);
+    wait_for_verdict(&probe, &daemon, Verdict::Pass, "push");
+    assert!(wait_until(PATIENCE, || applied(&daemon) >= first));
+    let (cluster, _) = etcd.client().header("/").unwrap();
+
+    // A new etcd cluster whose history passes the host's revision: the set's keys are
+    // all written before it, later revisions change only the marker. Resuming after
+    // the host's revision would see none of the new set.
+    daemon.terminate().unwrap();
+    etcd.rebuild().unwrap();
+    assert_ne!(etcd.client().header("/").unwrap().0, cluster);
+    let mut last = operator.push(&["198.51.100.3,c", "198.51.100.4,d"]);
+    while last <= first + 1 {
+        last = operator.push(&["198.51.100.3,c", "198.51.100.4,d"]);
+    }
+
+    daemon.restart().unwrap();
+    wait_for_verdict(&probe, &daemon, Verdict::Drop, "after the rebuild");
+    assert_eq!(daemon.listed("198.51.100.3/32").len(), 1);
+    assert!(daemon.listed("198.51.100.1/32").is_empty());
+    assert!(wait_until(PATIENCE, || applied(&daemon) == last));
+    let log = daemon.log();
+    assert!(log.contains("another cluster"), "{log}");
+}

@@ -44,8 +44,8 @@ pub(crate) struct Held {
     pub(super) validators: Validators,
     pub(super) removed: usize,
     pub(super) before: usize,
-    /// A fleet set's: the revision held, and its descriptions.
-    pub(super) fleet: Option<(i64, BTreeMap<IpNet, String>)>,
+    /// A fleet set's: the revision held, its cluster id, and its descriptions.
+    pub(super) fleet: Option<(i64, Option<u64>, BTreeMap<IpNet, String>)>,
 }
 
 /// One fetch to make, as handed out without the lock.
@@ -503,9 +503,9 @@ impl<K: Kernel> Daemon<K> {
                 ))
             })?;
         let at = now();
-        if let Some((revision, descriptions)) = &held.fleet {
+        if let Some((revision, cluster, descriptions)) = &held.fleet {
             return self
-                .fleet_accept(&feed, &held, *revision, descriptions, at, safety)
+                .fleet_accept(&feed, &held, (*revision, *cluster), descriptions, at, safety)
                 .map(|()| {
                     info!(by = %by, set = %name, revision, "fleet {name}: accepted revision {revision}");
                     Reply::done(format!(

@@ -27,6 +27,13 @@ pub(crate) struct FleetRuntime {
     error: Option<(u64, String)>,
 }
 
+/// What [`Daemon::fleet_baseline`] returns: revision, cluster id, sets.
+pub type FleetBaseline = (
+    Option<i64>,
+    Option<u64>,
+    BTreeMap<SetName, BTreeMap<IpNet, String>>,
+);
+
 /// One followed set as etcd holds it at a revision, parsed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DesiredSet {
@@ -51,20 +58,22 @@ impl<K: Kernel> Daemon<K> {
             .collect()
     }
 
-    /// The followed sets as last applied (network → description), and the revision
-    /// they are all as of; `None` when one was never applied (read everything).
-    pub fn fleet_baseline(&self) -> (Option<i64>, BTreeMap<SetName, BTreeMap<IpNet, String>>) {
+    /// The followed sets as last applied (network → description), the revision they
+    /// are all as of (`None` when one was never applied: read everything) and the etcd
+    /// cluster it is of (`None` if not saved).
+    pub fn fleet_baseline(&self) -> FleetBaseline {
         let mut revision: Option<i64> = Some(i64::MAX);
+        let mut cluster = None;
         let mut sets = BTreeMap::new();
         for feed in self.fleet_sets() {
-            let saved = self
-                .feeds
-                .get(&feed.name)
-                .and_then(|runtime| runtime.saved.revision);
-            revision = revision.zip(saved).map(|(a, b)| a.min(b));
+            let saved = self.feeds.get(&feed.name).map(|runtime| &runtime.saved);
+            revision = revision
+                .zip(saved.and_then(|saved| saved.revision))
+                .map(|(a, b)| a.min(b));
+            cluster = cluster.or(saved.and_then(|saved| saved.cluster_id));
             sets.insert(feed.name.clone(), self.fleet_entries(&feed.name));
         }
-        (revision.filter(|r| *r != i64::MAX), sets)
+        (revision.filter(|r| *r != i64::MAX), cluster, sets)
     }
 
     fn fleet_entries(&self, name: &SetName) -> BTreeMap<IpNet, String> {
@@ -117,7 +126,12 @@ impl<K: Kernel> Daemon<K> {
     /// Applies the followed sets as of `revision`: each that differs from what the
     /// kernel enforces is committed, or held when it would cut off a local session.
     /// Sets etcd does not hold are empty. Returns whether anything is held.
-    pub fn fleet_apply(&mut self, revision: i64, desired: &BTreeMap<SetName, DesiredSet>) -> bool {
+    pub fn fleet_apply(
+        &mut self,
+        revision: i64,
+        cluster: Option<u64>,
+        desired: &BTreeMap<SetName, DesiredSet>,
+    ) -> bool {
         let empty = DesiredSet::default();
         let mut save = false;
         let mut held = false;
@@ -155,10 +169,12 @@ impl<K: Kernel> Daemon<K> {
             {
                 if let Some(runtime) = self.feeds.get_mut(&feed.name) {
                     if runtime.saved.revision != Some(revision)
+                        || runtime.saved.cluster_id != cluster
                         || runtime.fleet_held.is_some()
                         || runtime.held.is_some()
                     {
                         runtime.saved.revision = Some(revision);
+                        runtime.saved.cluster_id = cluster;
                         runtime.fleet_held = None;
                         runtime.held = None;
                         save = true;
@@ -189,7 +205,7 @@ impl<K: Kernel> Daemon<K> {
                         validators: Validators::default(),
                         removed,
                         before,
-                        fleet: Some((revision, want.networks.clone())),
+                        fleet: Some((revision, cluster, want.networks.clone())),
                     });
                     runtime.fleet_held = Some((revision, message));
                 }
@@ -204,6 +220,7 @@ impl<K: Kernel> Daemon<K> {
                 &Safety::default(),
                 |runtime| {
                     runtime.saved.revision = Some(revision);
+                    runtime.saved.cluster_id = cluster;
                     runtime.saved.fetched_at = Some(at);
                     runtime.fleet_held = None;
                     runtime.held = None;
@@ -251,7 +268,7 @@ impl<K: Kernel> Daemon<K> {
         &mut self,
         feed: &FeedConfig,
         held: &Held,
-        revision: i64,
+        (revision, cluster): (i64, Option<u64>),
         descriptions: &BTreeMap<IpNet, String>,
         at: u64,
         safety: &Safety,
@@ -264,6 +281,7 @@ impl<K: Kernel> Daemon<K> {
             safety,
             |runtime| {
                 runtime.saved.revision = Some(revision);
+                runtime.saved.cluster_id = cluster;
                 runtime.saved.fetched_at = Some(at);
                 runtime.fleet_held = None;
                 runtime.held = None;

@@ -31,7 +31,8 @@ pub struct Plan {
 pub struct HostView {
     #[serde(flatten)]
     pub status: HostStatus,
-    /// Revisions of fleet changes this host has not applied (0: current).
+    /// Revisions of fleet changes this host has not applied (0: current; below 0: the
+    /// host applied a revision this etcd has not reached, so another etcd's history).
     pub lag: i64,
     /// Seconds since the host last wrote its status.
     pub last_seen_secs: u64,
@@ -196,9 +197,20 @@ pub fn remove(
     etcd.txn(&ops).map_err(|error| explain(error, ops.len()))
 }
 
+/// How far `applied` is behind the fleet's last change `changed`; 0 when it is not
+/// (a hand-written key may come after the last change); below 0 when it is past etcd's
+/// `current` revision, which no host of this etcd can be (not hidden as "current").
+fn lag(changed: i64, current: i64, applied: i64) -> i64 {
+    if applied > current {
+        current.saturating_sub(applied)
+    } else {
+        changed.saturating_sub(applied).max(0)
+    }
+}
+
 /// Every host's published status, with its lag behind the fleet's last change.
 pub fn status(etcd: &Etcd, layout: &Layout) -> Result<FleetView, String> {
-    let (_, last) = etcd
+    let (current, last) = etcd
         .get(&layout.changed())
         .map_err(|error| error.to_string())?;
     let revision = last.map_or(0, |kv| kv.mod_revision);
@@ -214,7 +226,7 @@ pub fn status(etcd: &Etcd, layout: &Layout) -> Result<FleetView, String> {
     for kv in kvs {
         match serde_json::from_slice::<HostStatus>(&kv.value) {
             Ok(status) => view.hosts.push(HostView {
-                lag: (revision - status.applied_revision).max(0),
+                lag: lag(revision, current, status.applied_revision),
                 last_seen_secs: now.saturating_sub(status.updated_at),
                 status,
             }),
@@ -233,5 +245,22 @@ fn explain(error: EtcdError, ops: usize) -> String {
         format!("{text}: start etcd with a larger --max-request-bytes (e.g. 67108864 for a 100,000-entry set)")
     } else {
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lag;
+
+    #[test]
+    fn a_host_past_etcds_revision_has_a_negative_lag() {
+        assert_eq!(lag(10, 12, 7), 3);
+        assert_eq!(
+            lag(10, 12, 12),
+            0,
+            "a hand-written key after the last change"
+        );
+        assert_eq!(lag(10, 12, 20), -8);
+        assert_eq!(lag(i64::MAX, i64::MAX, i64::MIN), i64::MAX);
     }
 }

@@ -340,6 +340,26 @@ impl Etcd {
         Ok((revision, kvs))
     }
 
+    /// etcd's cluster id and current revision (a range that counts one key).
+    pub fn header(&self, key: &str) -> Result<(u64, i64), EtcdError> {
+        let answer = self.call(
+            "/v3/kv/range",
+            &json!({"key": encode(key.as_bytes()), "count_only": true}),
+        )?;
+        let header = &answer["header"];
+        // A u64: JSON gateways write it as a string, too big for `int`.
+        let cluster = match &header["cluster_id"] {
+            Value::String(text) => text.parse().ok(),
+            value => value.as_u64(),
+        };
+        match (cluster, int(&header["revision"])) {
+            (Some(cluster), revision) if revision > 0 => Ok((cluster, revision)),
+            _ => Err(EtcdError::Protocol(format!(
+                "range {key}: an answer without cluster id or revision: {header}"
+            ))),
+        }
+    }
+
     /// One key, or `None`.
     pub fn get(&self, key: &str) -> Result<(i64, Option<Kv>), EtcdError> {
         let answer = self.call("/v3/kv/range", &json!({"key": encode(key.as_bytes())}))?;

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{
     etcd::{Etcd, EtcdError, Event, Op, WatchMessage},
@@ -66,6 +66,10 @@ struct Follower {
     revision: i64,
     /// Read everything before watching (nothing applied yet, or etcd compacted past it).
     resync: bool,
+    /// The etcd cluster `revision` is of.
+    cluster: Option<u64>,
+    /// etcd is not the history `revision` is of: the full read may be behind it.
+    new_history: bool,
     watch: Option<WatchFeed>,
     lease: Option<i64>,
     published: Option<(HostStatus, Instant)>,
@@ -78,7 +82,7 @@ struct Follower {
 impl Follower {
     fn new(daemon: Arc<Mutex<Daemon>>, config: FleetConfig) -> Follower {
         let layout = Layout::new(&config.prefix);
-        let (revision, sets) = lock(&daemon).fleet_baseline();
+        let (revision, cluster, sets) = lock(&daemon).fleet_baseline();
         // Resuming after the applied revision needs that revision's keys: rebuilt from
         // the applied list, as `allowlistctl fleet` writes them.
         let desired = sets
@@ -101,6 +105,8 @@ impl Follower {
             desired,
             revision: revision.unwrap_or(0),
             resync: revision.is_none(),
+            cluster,
+            new_history: false,
             config,
             watch: None,
             lease: None,
@@ -190,11 +196,35 @@ impl Follower {
 
     /// Reads everything when there is no revision to resume after, then opens the watch.
     fn connect(&mut self, etcd: &Arc<Etcd>) -> Result<(), EtcdError> {
+        // The applied revision is a place in one cluster's history. Another cluster (a
+        // rebuilt etcd, other endpoints), or one whose history ends before it (restored
+        // from a backup), has no delta after it to send: read it all, guarded as any
+        // full read (a list that shrinks too much is held).
+        let (cluster, current) = etcd.header(&self.layout.sets())?;
+        let elsewhere = self.cluster.is_some_and(|known| known != cluster);
+        let rewound = !self.resync && current < self.revision;
+        if elsewhere || rewound {
+            warn!(
+                cluster = format!("{cluster:x}"),
+                was = self.cluster.map(|known| format!("{known:x}")),
+                current,
+                applied = self.revision,
+                "fleet: etcd is not the history this host applied ({}); reading everything again",
+                if elsewhere {
+                    "another cluster"
+                } else {
+                    "its revision is behind the applied one"
+                }
+            );
+            self.resync = true;
+            self.new_history = true;
+        }
+        self.cluster = Some(cluster);
         if self.resync {
             let (revision, kvs) = etcd.range_prefix(&self.layout.sets())?;
-            // An etcd behind what this host applied (a lagging member, a restored
-            // backup) would take back changes: keep the last list until it catches up.
-            if revision < self.revision {
+            // Within the same history, a read behind what this host applied (a lagging
+            // member) would take back changes: keep the last list until it catches up.
+            if revision < self.revision && !self.new_history {
                 return Err(EtcdError::Protocol(format!(
                     "etcd answered a full read as of revision {revision}, older than revision {} this host applied; keeping the last applied list",
                     self.revision
@@ -214,6 +244,7 @@ impl Follower {
             self.desired = desired;
             self.revision = revision;
             self.resync = false;
+            self.new_history = false;
             info!(revision, "fleet: read the followed sets whole");
             self.offer();
         }
@@ -290,7 +321,7 @@ impl Follower {
                 (set.clone(), parsed)
             })
             .collect();
-        self.held = lock(&self.daemon).fleet_apply(self.revision, &desired);
+        self.held = lock(&self.daemon).fleet_apply(self.revision, self.cluster, &desired);
         self.retried = Instant::now();
     }
 

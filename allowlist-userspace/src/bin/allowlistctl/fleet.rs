@@ -122,10 +122,10 @@ pub fn run(config: &Path, action: FleetAction) -> Result<(), Failure> {
                 table.add_row([
                     host.status.host.clone(),
                     host.status.applied_revision.to_string(),
-                    if host.lag == 0 {
-                        "current".into()
-                    } else {
-                        format!("{} behind", host.lag)
+                    match host.lag {
+                        0 => "current".into(),
+                        ..0 => format!("{} ahead of etcd", host.lag.unsigned_abs()),
+                        _ => format!("{} behind", host.lag),
                     },
                     host.status.mode.clone(),
                     host.status.entries.to_string(),
