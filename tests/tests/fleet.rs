@@ -597,3 +597,52 @@ fn a_host_facing_a_rebuilt_etcd_reads_it_whole_instead_of_resuming_in_another_hi
     let log = daemon.log();
     assert!(log.contains("another cluster"), "{log}");
 }
+
+#[test]
+fn a_malformed_value_written_over_an_entry_keeps_its_last_good_value() {
+    let etcd = Etcd::start().unwrap();
+    let operator = Operator::new(&etcd);
+    let topology = Topology::new().unwrap();
+    let mut daemon = start_host(&etcd, &topology, "steady");
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    operator.push(&["10.10.2.2,ci", "198.51.100.1,a"]);
+    wait_for_verdict(&probe, &daemon, Verdict::Pass, "push");
+    let spoil = |network: &str| {
+        etcd.client()
+            .txn(&[Op::Put {
+                key: format!("/allowlist/sets/office/{network}"),
+                value: b"not json".to_vec(),
+                lease: None,
+            }])
+            .unwrap()
+    };
+    let malformed = |daemon: &Daemon, count: &str| {
+        wait_until(PATIENCE, || {
+            office(daemon)["error"]
+                .as_str()
+                .is_some_and(|error| error.contains(count))
+        })
+    };
+
+    let spoiled = spoil("10.10.2.2/32");
+    assert!(malformed(&daemon, "1 malformed key"), "{}", office(&daemon));
+    assert!(wait_until(PATIENCE, || applied(&daemon) >= spoiled));
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+    assert_eq!(daemon.listed(BLOCKED)[0].description, "ci");
+
+    // Also when the bad value arrives while the daemon is down (it resumes from the
+    // list it applied, so it reports only the key spoiled since).
+    daemon.terminate().unwrap();
+    spoil("198.51.100.1/32");
+    daemon.restart().unwrap();
+    assert!(
+        malformed(
+            &daemon,
+            "malformed key (never applied): /allowlist/sets/office/198.51.100.1/32"
+        ),
+        "{}",
+        office(&daemon)
+    );
+    assert_eq!(daemon.listed("198.51.100.1/32").len(), 1);
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+}

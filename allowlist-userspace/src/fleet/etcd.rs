@@ -13,6 +13,8 @@ use base64::{engine::general_purpose::STANDARD, Engine as _};
 use serde_json::{json, Value};
 use ureq::tls::{Certificate, ClientCert, PrivateKey, TlsConfig};
 
+use tracing::warn;
+
 use super::FleetConfig;
 
 /// Connecting to an endpoint may take this long.
@@ -143,6 +145,14 @@ pub fn prefix_end(prefix: &str) -> Vec<u8> {
         }
     }
     vec![0]
+}
+
+/// A key-value of an answer, or `None` (logged) when it does not decode: one bad key
+/// (not base64, not UTF-8: no key allowlistctl writes) fails no other.
+fn decodable_kv(value: &Value) -> Option<Kv> {
+    kv(value)
+        .map_err(|error| warn!(key = %value["key"], "fleet: skipped an etcd key: {error}"))
+        .ok()
 }
 
 fn kv(value: &Value) -> Result<Kv, EtcdError> {
@@ -335,7 +345,7 @@ impl Etcd {
         }
         let kvs = match answer["kvs"].as_array() {
             None => Vec::new(),
-            Some(kvs) => kvs.iter().map(kv).collect::<Result<_, _>>()?,
+            Some(kvs) => kvs.iter().filter_map(decodable_kv).collect(),
         };
         Ok((revision, kvs))
     }
@@ -408,7 +418,7 @@ impl Etcd {
                     "range_end": encode(&prefix_end(prefix)),
                     "target": "MOD",
                     "result": "LESS",
-                    "mod_revision": (revision + 1).to_string(),
+                    "mod_revision": revision.saturating_add(1).to_string(),
                 })
             })
             .into_iter()
@@ -522,7 +532,9 @@ impl Watch {
         }
         let mut events = Vec::new();
         for event in result["events"].as_array().into_iter().flatten() {
-            let kv = kv(&event["kv"])?;
+            let Some(kv) = decodable_kv(&event["kv"]) else {
+                continue;
+            };
             if event["type"].as_str() == Some("DELETE") {
                 events.push(Event::Delete {
                     key: kv.key,
@@ -548,5 +560,19 @@ mod tests {
         assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
         assert_eq!(int(&json!("42")), 42);
         assert_eq!(int(&Value::Null), 0);
+    }
+
+    #[test]
+    fn an_undecodable_key_is_skipped_alone() {
+        let good = json!({"key": encode(b"/a/1"), "value": encode(b"{}"), "mod_revision": "7"});
+        let not_utf8 = json!({"key": encode(&[0xff, 0xfe]), "mod_revision": "8"});
+        let not_base64 = json!({"key": "%%%", "mod_revision": "9"});
+        let kvs: Vec<Kv> = [not_utf8, good, not_base64]
+            .iter()
+            .filter_map(decodable_kv)
+            .collect();
+        assert_eq!(kvs.len(), 1);
+        assert_eq!(kvs[0].key, "/a/1");
+        assert_eq!(kvs[0].mod_revision, 7);
     }
 }

@@ -4,6 +4,7 @@
 //! its own and takes the daemon's lock only to apply and to read its status, so a slow
 //! or lost etcd delays no request. Losing etcd changes nothing the kernel enforces.
 
+use ipnet::IpNet;
 use std::{
     collections::BTreeMap,
     sync::{
@@ -62,6 +63,9 @@ struct Follower {
     layout: Layout,
     /// Each followed set's keys as of `revision`.
     desired: BTreeMap<SetName, RawSet>,
+    /// Each key's last value that parsed (network, description): a bad value written
+    /// over a good entry keeps that entry as it was instead of dropping it.
+    last_good: BTreeMap<String, (IpNet, String)>,
     /// The revision applied (0: none yet).
     revision: i64,
     /// Read everything before watching (nothing applied yet, or etcd compacted past it).
@@ -83,6 +87,14 @@ impl Follower {
     fn new(daemon: Arc<Mutex<Daemon>>, config: FleetConfig) -> Follower {
         let layout = Layout::new(&config.prefix);
         let (revision, cluster, sets) = lock(&daemon).fleet_baseline();
+        let last_good = sets
+            .iter()
+            .flat_map(|(name, networks)| {
+                networks.iter().map(|(network, description)| {
+                    (layout.entry(name, network), (*network, description.clone()))
+                })
+            })
+            .collect();
         // Resuming after the applied revision needs that revision's keys: rebuilt from
         // the applied list, as `allowlistctl fleet` writes them.
         let desired = sets
@@ -103,6 +115,7 @@ impl Follower {
             daemon,
             layout,
             desired,
+            last_good,
             revision: revision.unwrap_or(0),
             resync: revision.is_none(),
             cluster,
@@ -301,18 +314,37 @@ impl Follower {
 
     /// Hands the followed sets as of `revision` to the daemon; parsed before its lock.
     fn offer(&mut self) {
-        let desired: BTreeMap<SetName, DesiredSet> = self
-            .config
-            .sets
+        let sets = self.config.sets.clone();
+        // Keys gone from etcd have no last good value any more.
+        self.last_good
+            .retain(|key, _| self.desired.values().any(|raw| raw.contains_key(key)));
+        let desired: BTreeMap<SetName, DesiredSet> = sets
             .iter()
             .map(|set| {
                 let raw = self.desired.get(set).cloned().unwrap_or_default();
                 let parsed = match parse_set(&self.layout, &raw) {
-                    Ok((networks, malformed)) => DesiredSet {
-                        networks,
-                        malformed: malformed.iter().map(ToString::to_string).collect(),
-                        refused: None,
-                    },
+                    Ok((mut networks, malformed)) => {
+                        for key in raw.keys() {
+                            if let Some((network, description)) = self.last_good.get(key) {
+                                // A key that parses gives its own network: only a
+                                // malformed one falls back to its last good value.
+                                networks
+                                    .entry(*network)
+                                    .or_insert_with(|| description.clone());
+                            }
+                        }
+                        for (network, description) in &networks {
+                            self.last_good.insert(
+                                self.layout.entry(set, network),
+                                (*network, description.clone()),
+                            );
+                        }
+                        DesiredSet {
+                            networks,
+                            malformed: malformed.iter().map(ToString::to_string).collect(),
+                            refused: None,
+                        }
+                    }
                     Err(why) => DesiredSet {
                         refused: Some(why),
                         ..DesiredSet::default()
