@@ -135,6 +135,9 @@ pub struct Config {
     pub feeds: Vec<FeedConfig>,
     /// How `host` names are resolved.
     pub dns: DnsSettings,
+    /// `[fleet]`: the etcd this host follows; its `sets` are in `feeds` too (each a
+    /// read-only set whose source is etcd).
+    pub fleet: Option<crate::fleet::FleetConfig>,
     /// Notes worth logging that do not stop the config from loading (e.g. host bits).
     pub warnings: Vec<String>,
 }
@@ -190,6 +193,8 @@ struct RawConfig {
     always: Vec<Spanned<RawAllow>>,
     #[serde(default)]
     feed: Vec<crate::feeds::config::RawFeed>,
+    #[serde(default)]
+    fleet: Option<crate::fleet::config::RawFleet>,
     #[serde(default)]
     dns_servers: Vec<Spanned<String>>,
     #[serde(default)]
@@ -415,6 +420,33 @@ impl Config {
             }
             feeds.push(feed);
         }
+        let fleet = match raw.fleet {
+            None => None,
+            Some(fleet) => Some(
+                crate::fleet::FleetConfig::validate(fleet, |offset| lines.line_of(offset))
+                    .map_err(|(span, message)| invalid(span, message))?,
+            ),
+        };
+        for set in fleet.iter().flat_map(|fleet| fleet.sets.iter()) {
+            let fleet = fleet.as_ref().map_or(0, |fleet| fleet.line);
+            if let Some(first) = feeds.iter().find(|other| other.name == *set) {
+                return Err(ConfigError::Invalid {
+                    path: shown.clone(),
+                    line: fleet,
+                    message: format!(
+                        "[fleet] sets names {set}, which is {} at line {}; a set has one source",
+                        first.label(),
+                        first.line
+                    ),
+                });
+            }
+            if feeds.len()
+                >= MAX_FEEDS + crate::feeds::dns::MAX_HOSTS + crate::fleet::config::MAX_SETS
+            {
+                break;
+            }
+            feeds.push(FeedConfig::fleet(set.clone(), fleet));
+        }
         for warning in warnings.iter_mut().filter(|w| w.starts_with("line ")) {
             *warning = format!("{shown}:{}", &warning["line ".len()..]);
         }
@@ -492,6 +524,7 @@ impl Config {
             metrics_listen,
             feeds,
             dns,
+            fleet,
             warnings,
         })
     }

@@ -374,9 +374,13 @@ pub struct FeedStatus {
     /// Why the last fetch was not applied; the last good list stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// A refresh held for `allowlistctl feeds accept NAME`.
+    /// A refresh held for `allowlistctl feeds accept NAME`, or a fleet change held
+    /// because it would cut off a local session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<String>,
+    /// A fleet set: the etcd revision its list is as of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

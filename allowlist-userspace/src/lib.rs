@@ -31,6 +31,7 @@ pub mod daemon;
 pub mod durable;
 pub mod feeds;
 pub mod filter;
+pub mod fleet;
 pub mod instance;
 pub mod metrics;
 pub mod ports;

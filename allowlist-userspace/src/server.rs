@@ -102,6 +102,16 @@ pub async fn serve(daemon: Daemon) -> Result<(), DaemonError> {
     let changed = Arc::new(Notify::new());
     tokio::spawn(run_timers(Arc::clone(&daemon), Arc::clone(&changed)));
     tokio::spawn(run_feeds(Arc::clone(&daemon), Arc::clone(&changed)));
+    {
+        // Blocking HTTP to etcd on a thread of its own; it takes the lock only to apply.
+        let daemon = Arc::clone(&daemon);
+        if let Err(error) = std::thread::Builder::new()
+            .name("fleet".into())
+            .spawn(move || crate::fleet::follow::follow(daemon))
+        {
+            warn!(%error, "cannot start the fleet thread; [fleet] is not followed");
+        }
+    }
     let mut admission = Admission::new(descriptor_limit());
     let mut accept_errors = RateLimited::new(WARNING_INTERVAL);
     let mut backoff = Duration::ZERO;

@@ -110,6 +110,7 @@ impl StartPlan {
                     // pointed elsewhere starts empty and fetches.
                     if saved.url == key {
                         allowlist.restore_feed(feed, &saved.networks);
+                        allowlist.describe_feed(&feed.name, &saved.descriptions);
                     }
                 }
             }

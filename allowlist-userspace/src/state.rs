@@ -75,6 +75,16 @@ pub struct SavedFeed {
     /// When the list last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed_at: Option<u64>,
+    /// A fleet set: the etcd revision the list is as of (the watch resumes after it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// A fleet set: the etcd cluster that revision is of (a revision means nothing in
+    /// another cluster's history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<u64>,
+    /// Entries whose description is their own rather than the set's (a fleet set's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub descriptions: BTreeMap<IpNet, String>,
 }
 
 /// An `activate --confirm` that reverts unless confirmed by `deadline`.

@@ -21,6 +21,7 @@
 
 pub mod daemon;
 pub mod dns_server;
+pub mod etcd;
 pub mod feed_server;
 pub mod frames;
 pub mod interrupt;

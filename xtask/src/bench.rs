@@ -111,6 +111,37 @@ pub fn report_from(raw: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// `cargo xtask bench --fleet`: builds the release daemon and `tests/examples/fleet_bench`
+/// and runs it; its table goes to standard output (and the Fleet section of
+/// BENCHMARKS.md is written by hand from it: the main report does not run it).
+pub fn fleet(hosts: &str, sizes: &str, rounds: usize) -> Result<()> {
+    sys::require_root(
+        "cargo xtask bench --fleet",
+        "it loads XDP programs and creates network namespaces",
+    )?;
+    sys::catch_interrupts();
+    setup::setup()?;
+    workspace::build_userspace(true)?;
+    let mut build = workspace::cargo();
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "allowlist-tests",
+        "--example",
+        "fleet_bench",
+    ]);
+    process::run(&mut build)?;
+    let bin_dir = workspace::bin_dir(true);
+    let mut runner = Command::new(bin_dir.join("examples").join("fleet_bench"));
+    runner
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .args(["--hosts", hosts, "--sizes", sizes, "--rounds"])
+        .arg(rounds.to_string());
+    process::run(&mut runner).context("the fleet benchmark failed")
+}
+
 fn machine() -> Result<Machine> {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo

@@ -83,6 +83,19 @@ enum Task {
         /// sections run with --only and joined) instead of measuring
         #[arg(long, value_name = "TSV", conflicts_with_all = ["quick", "only"])]
         report_from: Option<std::path::PathBuf>,
+        /// Instead: the fleet latency (N daemons following one local etcd, from `fleet
+        /// push` returning until every kernel judges by the new list); prints its table
+        #[arg(long, conflicts_with_all = ["quick", "only", "report_from"])]
+        fleet: bool,
+        /// With --fleet: daemons, comma-separated (each a run of its own)
+        #[arg(long, default_value = "10", requires = "fleet")]
+        hosts: String,
+        /// With --fleet: set sizes, comma-separated
+        #[arg(long, default_value = "1000,10000,100000", requires = "fleet")]
+        sizes: String,
+        /// With --fleet: pushes per figure
+        #[arg(long, default_value_t = 10, requires = "fleet")]
+        rounds: usize,
     },
     /// Check formatting and run clippy with warnings denied, on userspace and the XDP program
     Lint,
@@ -141,9 +154,17 @@ fn perform(task: Task) -> anyhow::Result<()> {
         Task::Test { test_threads, args } => test_suite::test(test_threads, &args),
         Task::Demo => demo::demo(),
         Task::Bench {
+            fleet: true,
+            hosts,
+            sizes,
+            rounds,
+            ..
+        } => bench::fleet(&hosts, &sizes, rounds),
+        Task::Bench {
             quick,
             only,
             report_from: Some(raw),
+            ..
         } => {
             let _ = (quick, only);
             bench::report_from(&raw)
@@ -152,6 +173,7 @@ fn perform(task: Task) -> anyhow::Result<()> {
             quick,
             only,
             report_from: None,
+            ..
         } => bench::bench(quick, &only),
         Task::Lint => lint::lint(),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),

@@ -37,6 +37,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     // A DNS server for tests/tests/dns.rs (`[[allow]] host = …`)
     "dnsmasq-base",
+    // etcd for tests/tests/fleet.rs and the fleet benchmark; they start their own on
+    // loopback. Its system service is not started here (see stop_etcd_service).
+    "etcd-server",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -48,6 +51,7 @@ const CARGO_DEB_VERSION: &str = "3.8.0";
 pub fn setup() -> Result<()> {
     ensure_nightly_rust_src()?;
     ensure_debian_packages()?;
+    stop_etcd_service();
     ensure_bpf_linker()?;
     ensure_cargo_subcommand("fuzz", "cargo-fuzz", CARGO_FUZZ_VERSION)?;
     ensure_cargo_subcommand("deb", "cargo-deb", CARGO_DEB_VERSION)?;
@@ -161,6 +165,18 @@ fn ensure_debian_packages() -> Result<()> {
             .args(["install", "-q", "-y", "--no-install-recommends"])
             .args(&missing),
     )
+}
+
+/// etcd-server's package enables and, where systemd runs, starts a system etcd on
+/// 127.0.0.1:2379; the tests need none (each starts its own on free ports), and a
+/// machine that runs tests should not keep a database it did not ask for.
+fn stop_etcd_service() {
+    let running = capture(Command::new("systemctl").args(["is-active", "etcd"]))
+        .is_ok_and(|state| state.trim() == "active");
+    if running {
+        println!("stopping: the etcd system service the etcd-server package started");
+        let _ = process::run(Command::new("systemctl").args(["disable", "--now", "etcd"]));
+    }
 }
 
 fn debian_package_installed(package: &str) -> bool {

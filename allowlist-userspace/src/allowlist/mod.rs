@@ -10,11 +10,7 @@
 //!
 //! Imports are in `import.rs`. Past 500 lines only with its unit tests (the second part).
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt,
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -46,6 +42,8 @@ pub enum Origin {
     Feed,
     /// `[[allow]] host = "NAME"`: an address the name resolves to (its set is the name).
     Dns,
+    /// A `[fleet]` set's entry, from etcd.
+    Fleet,
 }
 
 impl fmt::Display for Origin {
@@ -57,6 +55,7 @@ impl fmt::Display for Origin {
             Origin::CsvImport => "csv import",
             Origin::Feed => "feed",
             Origin::Dns => "dns",
+            Origin::Fleet => "fleet",
         })
     }
 }
@@ -133,8 +132,9 @@ pub struct Allowlist {
     managed: Managed,
     /// Each feed's entries (its last good list), by feed name.
     feeds: BTreeMap<SetName, BTreeMap<IpNet, Entry>>,
-    /// The config file's feeds: sets the CLI may not change.
-    feed_names: BTreeSet<SetName>,
+    /// The config file's feeds and fleet sets: sets the CLI may not change, with what
+    /// owns each.
+    feed_names: BTreeMap<SetName, &'static str>,
     public_ports: Vec<PortSpec>,
 }
 
@@ -218,7 +218,17 @@ impl Allowlist {
             .map(|entry| carry(&self.always, entry, Origin::Always))
             .collect();
         self.public_ports.clone_from(&config.public_ports);
-        self.feed_names = config.feeds.iter().map(|feed| feed.name.clone()).collect();
+        self.feed_names = config
+            .feeds
+            .iter()
+            .map(|feed| {
+                let owner = match feed.source {
+                    FeedSource::Fleet => "etcd: it is a [fleet] set; change it with `allowlistctl fleet … --set NAME`",
+                    _ => "a [[feed]] of the config file",
+                };
+                (feed.name.clone(), owner)
+            })
+            .collect();
         self.feeds
             .retain(|name, _| config.feeds.iter().any(|feed| feed.name == *name));
         for feed in &config.feeds {
@@ -231,7 +241,7 @@ impl Allowlist {
                         .collect();
                     self.set_feed(feed, &networks, now);
                 }
-                FeedSource::Fetch(_) | FeedSource::Dns(_) => {
+                FeedSource::Fetch(_) | FeedSource::Dns(_) | FeedSource::Fleet => {
                     // The last good list stays; its entries take the feed's ports and
                     // description as the file now says.
                     let networks: Vec<IpNet> = self
@@ -259,6 +269,7 @@ impl Allowlist {
                     description: feed.description.clone(),
                     origin: match feed.source {
                         FeedSource::Dns(_) => Origin::Dns,
+                        FeedSource::Fleet => Origin::Fleet,
                         _ => Origin::Feed,
                     },
                     set: feed.name.clone(),
@@ -284,6 +295,28 @@ impl Allowlist {
                 }
             }
         }
+    }
+
+    /// Gives entries of feed `name` descriptions of their own (a fleet set's, from etcd).
+    pub fn describe_feed(&mut self, name: &SetName, descriptions: &BTreeMap<IpNet, String>) {
+        if let Some(entries) = self.feeds.get_mut(name) {
+            for (network, description) in descriptions {
+                if let Some(entry) = entries.get_mut(network) {
+                    entry.description.clone_from(description);
+                }
+            }
+        }
+    }
+
+    /// The entries of feed `name` whose description is not `default`.
+    pub fn feed_descriptions(&self, name: &SetName, default: &str) -> BTreeMap<IpNet, String> {
+        self.feeds
+            .get(name)
+            .into_iter()
+            .flat_map(BTreeMap::values)
+            .filter(|entry| entry.description != default)
+            .map(|entry| (entry.network, entry.description.clone()))
+            .collect()
     }
 
     /// A feed's networks, with when each was first listed (`None`: never fetched).
@@ -438,10 +471,10 @@ impl Allowlist {
                 owner: "the config file",
             });
         }
-        if self.feed_names.contains(set) {
+        if let Some(owner) = self.feed_names.get(set) {
             return Err(ListError::ReadOnlySet {
                 set: set.clone(),
-                owner: "a [[feed]] of the config file",
+                owner,
             });
         }
         Ok(())

@@ -33,15 +33,19 @@ pub(crate) struct FeedRuntime {
     pub(super) next_at: u64,
     pub(super) error: Option<String>,
     pub(super) held: Option<Held>,
+    /// A fleet set: the revision held because it would cut off a local session, and why.
+    pub(super) fleet_held: Option<(i64, String)>,
 }
 
 /// A refresh that would remove too much, waiting for `feeds accept`.
 #[derive(Clone, Debug)]
 pub(crate) struct Held {
-    networks: Vec<IpNet>,
-    validators: Validators,
-    removed: usize,
-    before: usize,
+    pub(super) networks: Vec<IpNet>,
+    pub(super) validators: Validators,
+    pub(super) removed: usize,
+    pub(super) before: usize,
+    /// A fleet set's: the revision held, its cluster id, and its descriptions.
+    pub(super) fleet: Option<(i64, Option<u64>, BTreeMap<IpNet, String>)>,
 }
 
 /// One fetch to make, as handed out without the lock.
@@ -65,6 +69,10 @@ impl FetchJob {
             FeedSource::Preset(preset) => Err(FetchError::Transport {
                 url: format!("preset {}", preset.name),
                 cause: "a preset has nothing to fetch".into(),
+            }),
+            FeedSource::Fleet => Err(FetchError::Transport {
+                url: format!("fleet {}", self.name),
+                cause: "a fleet set follows etcd; nothing to fetch".into(),
             }),
         };
         FetchOutcome {
@@ -117,7 +125,7 @@ impl<K: Kernel> Daemon<K> {
                     })
                 })
                 .filter(|kept| kept.saved.url == key);
-            let entry = kept.unwrap_or_else(|| FeedRuntime {
+            let mut entry = kept.unwrap_or_else(|| FeedRuntime {
                 saved: SavedFeed {
                     url: key.clone(),
                     ..SavedFeed::default()
@@ -125,6 +133,10 @@ impl<K: Kernel> Daemon<K> {
                 next_at: now,
                 ..FeedRuntime::default()
             });
+            if let FeedSource::Fleet = feed.source {
+                // Followed by the fleet's watch, never by the fetch timer.
+                entry.next_at = u64::MAX;
+            }
             self.feeds.insert(feed.name.clone(), entry);
         }
     }
@@ -135,10 +147,15 @@ impl<K: Kernel> Daemon<K> {
             .iter()
             .filter_map(|(name, runtime)| {
                 let networks = self.allowlist.feed(name)?;
+                let descriptions = self
+                    .feed_config(name)
+                    .map(|feed| self.allowlist.feed_descriptions(name, &feed.description))
+                    .unwrap_or_default();
                 Some((
                     name.clone(),
                     SavedFeed {
                         networks,
+                        descriptions,
                         ..runtime.saved.clone()
                     },
                 ))
@@ -161,6 +178,11 @@ impl<K: Kernel> Daemon<K> {
                     preset.name
                 ));
             }
+            if let FeedSource::Fleet = &feed.source {
+                return Err(format!(
+                    "{name} is a [fleet] set: it follows etcd as it changes; `allowlistctl fleet status` shows how far each host is"
+                ));
+            }
         }
         Ok(self
             .config
@@ -172,7 +194,7 @@ impl<K: Kernel> Daemon<K> {
     }
 
     fn job(&self, feed: &FeedConfig) -> Option<FetchJob> {
-        if let FeedSource::Preset(_) = &feed.source {
+        if let FeedSource::Preset(_) | FeedSource::Fleet = &feed.source {
             return None;
         }
         Some(FetchJob {
@@ -257,8 +279,8 @@ impl<K: Kernel> Daemon<K> {
         let Some(feed) = self.feed_config(&name).cloned() else {
             return Err("no longer in the config; ignored".into());
         };
-        if let FeedSource::Preset(_) = &feed.source {
-            return Err("a preset; nothing fetched".into());
+        if let FeedSource::Preset(_) | FeedSource::Fleet = &feed.source {
+            return Err("nothing to fetch; ignored".into());
         }
         let before = self
             .allowlist
@@ -363,6 +385,7 @@ impl<K: Kernel> Daemon<K> {
                 validators,
                 removed,
                 before: old.len(),
+                fleet: None,
             };
             let message = format!(
                 "held: this refresh would remove {removed} of its {} entries (more than max_shrink = {}%); `allowlistctl feeds accept {}` applies it",
@@ -394,7 +417,6 @@ impl<K: Kernel> Daemon<K> {
         let removed = old
             .len()
             .saturating_sub(networks.len().saturating_sub(added));
-        let previous = self.feeds.get(&feed.name).cloned();
         if let Some(runtime) = self.feeds.get_mut(&feed.name) {
             runtime.held = None;
         }
@@ -405,34 +427,59 @@ impl<K: Kernel> Daemon<K> {
             }
             return Ok(format!("unchanged; {} entries", networks.len()));
         }
-        let mut next = self.allowlist.clone();
-        next.set_feed(feed, &networks, at);
-        let refused = |refusal: Refusal| match refusal {
+        self.commit_feed(feed, &networks, None, at, safety, |runtime| {
+            runtime.saved.fetched_at = Some(at);
+            runtime.error = None;
+            runtime.saved.validators = validators;
+        })
+        .map_err(|refusal| match refusal {
             Refusal::Error(message) | Refusal::Unsafe(message, _) => message,
-        };
-        self.refuse_empty_enforce(&next, self.mode, "applying the feed")
-            .map_err(refused)?;
-        let compiled = next.compile().map_err(|error| error.to_string())?;
-        compiled.check_kernel_limits()?;
-        self.check_lockout_against(&compiled, self.mode, safety)
-            .map_err(refused)?;
-        self.feed_good(&feed.name, at, Some(validators));
-        if let Some(runtime) = self.feeds.get_mut(&feed.name) {
-            runtime.saved.changed_at = Some(at);
-        }
-        if let Err(error) = self.commit_with(next, self.mode, self.pending_confirm, Some(compiled))
-        {
-            if let (Some(runtime), Some(previous)) = (self.feeds.get_mut(&feed.name), previous) {
-                *runtime = previous;
-            }
-            return Err(error.to_string());
-        }
+        })?;
         let message = format!(
             "{} entries: {added} added, {removed} removed",
             networks.len()
         );
         info!(by = %by, kernel_took = ?self.kernel_took, feed = %feed.name, "{}: {message}", feed.label());
         Ok(message)
+    }
+
+    /// Makes `networks` (with their own `descriptions`, if given) the entries of `feed`
+    /// through the path every change takes: compiled, checked against the kernel's
+    /// limits and for lockout, then committed to the kernel and saved with what `record`
+    /// writes into the feed's runtime. Refused, nothing changes (the runtime included).
+    pub(super) fn commit_feed(
+        &mut self,
+        feed: &FeedConfig,
+        networks: &[IpNet],
+        descriptions: Option<&BTreeMap<IpNet, String>>,
+        at: u64,
+        safety: &Safety,
+        record: impl FnOnce(&mut FeedRuntime),
+    ) -> Result<(), Refusal> {
+        let mut next = self.allowlist.clone();
+        next.set_feed(feed, networks, at);
+        if let Some(descriptions) = descriptions {
+            next.describe_feed(&feed.name, descriptions);
+        }
+        self.refuse_empty_enforce(&next, self.mode, &format!("applying {}", feed.label()))?;
+        let compiled = next
+            .compile()
+            .map_err(|error| Refusal::Error(error.to_string()))?;
+        compiled.check_kernel_limits().map_err(Refusal::Error)?;
+        self.check_lockout_against(&compiled, self.mode, safety)?;
+        let previous = self.feeds.get(&feed.name).cloned();
+        if let Some(runtime) = self.feeds.get_mut(&feed.name) {
+            runtime.saved.changed_at = Some(at);
+            record(runtime);
+        }
+        if let Err(error) = self.commit_with(next, self.mode, self.pending_confirm, Some(compiled))
+        {
+            if let (Some(runtime), Some(previous)) = (self.feeds.get_mut(&feed.name), previous) {
+                *runtime = previous;
+            }
+            return Err(error.into());
+        }
+        Ok(())
     }
 
     /// `feeds accept NAME`: applies the refresh held for removing too much.
@@ -456,6 +503,17 @@ impl<K: Kernel> Daemon<K> {
                 ))
             })?;
         let at = now();
+        if let Some((revision, cluster, descriptions)) = &held.fleet {
+            return self
+                .fleet_accept(&feed, &held, (*revision, *cluster), descriptions, at, safety)
+                .map(|()| {
+                    info!(by = %by, set = %name, revision, "fleet {name}: accepted revision {revision}");
+                    Reply::done(format!(
+                        "fleet set {name}: accepted revision {revision} ({} of {} entries removed)",
+                        held.removed, held.before
+                    ))
+                });
+        }
         match self.apply_feed(&feed, held.networks, held.validators, at, safety, by) {
             Ok(message) => Ok(Reply::done(format!(
                 "feed {name}: accepted ({} of {} entries removed): {message}",
@@ -626,6 +684,12 @@ impl<K: Kernel> Daemon<K> {
                     FeedSource::Dns(source) => {
                         (format!("dns {}", source.host), Some("dns".to_string()))
                     }
+                    FeedSource::Fleet => (
+                        self.config.fleet.as_ref().map_or_else(String::new, |fleet| {
+                            format!("etcd {}", crate::fleet::Layout::new(&fleet.prefix).set(&feed.name))
+                        }),
+                        Some("fleet".to_string()),
+                    ),
                 };
                 FeedStatus {
                     name: feed.name.clone(),
@@ -636,14 +700,17 @@ impl<K: Kernel> Daemon<K> {
                     last_fetch: runtime.and_then(|r| r.attempted_at),
                     last_good: runtime.and_then(|r| r.saved.fetched_at),
                     last_change: runtime.and_then(|r| r.saved.changed_at),
-                    next_refresh: runtime.map(|r| r.next_at),
-                    error: runtime.and_then(|r| r.error.clone()),
+                    next_refresh: runtime.map(|r| r.next_at).filter(|at| *at != u64::MAX),
+                    error: runtime
+                        .and_then(|r| r.error.clone())
+                        .or_else(|| self.fleet_disconnected(feed)),
                     held: runtime.and_then(|r| r.held.as_ref()).map(|held| {
                         format!(
                             "a refresh removing {} of {} entries waits for `allowlistctl feeds accept {}`",
                             held.removed, held.before, feed.name
                         )
-                    }),
+                    }).or_else(|| runtime.and_then(|r| r.fleet_held.as_ref()).map(|(_, why)| why.clone())),
+                    revision: runtime.and_then(|r| r.saved.revision),
                 }
             })
             .collect()

@@ -15,6 +15,7 @@
 mod actor;
 mod durability;
 mod feeds;
+mod fleet;
 mod guards;
 mod kernel;
 mod requests;
@@ -23,6 +24,7 @@ mod tests;
 
 pub use actor::Actor;
 pub use feeds::{FetchJob, FetchOutcome};
+pub use fleet::DesiredSet;
 pub use kernel::Kernel;
 
 use std::{
@@ -118,6 +120,8 @@ pub struct Daemon<K: Kernel = Filter> {
     events: metrics::Events,
     /// Each fetched feed's schedule, validators and last error.
     feeds: std::collections::BTreeMap<crate::allowlist::SetName, feeds::FeedRuntime>,
+    /// Whether the fleet's watch reaches etcd.
+    fleet: fleet::FleetRuntime,
     /// Held for the daemon's life: no second daemon on this pin path or state dir.
     _instance: Option<InstanceLock>,
 }
@@ -218,6 +222,7 @@ impl<K: Kernel> Daemon<K> {
             kernel_took: Duration::ZERO,
             events: metrics::Events::default(),
             feeds: Default::default(),
+            fleet: Default::default(),
             _instance: instance,
         };
         daemon.sync_feeds(

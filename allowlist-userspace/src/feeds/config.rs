@@ -86,6 +86,8 @@ pub enum FeedSource {
     Fetch(FetchSource),
     /// `[[allow]] host = "NAME"`: the name's A and AAAA records.
     Dns(super::dns::DnsSource),
+    /// A `[fleet]` set: its entries are etcd's, followed by `crate::fleet`.
+    Fleet,
 }
 
 impl FeedSource {
@@ -97,6 +99,7 @@ impl FeedSource {
             FeedSource::Preset(_) => None,
             FeedSource::Fetch(source) => Some(source.url.clone()),
             FeedSource::Dns(source) => Some(source.key()),
+            FeedSource::Fleet => Some("fleet".into()),
         }
     }
 }
@@ -220,7 +223,7 @@ impl FeedConfig {
         };
         let description = raw.description.unwrap_or_else(|| match &source {
             FeedSource::Preset(preset) => preset.description.to_string(),
-            FeedSource::Fetch(_) | FeedSource::Dns(_) => format!("feed {name}"),
+            FeedSource::Fetch(_) | FeedSource::Dns(_) | FeedSource::Fleet => format!("feed {name}"),
         });
         crate::allowlist::check_description(&description)
             .map_err(|message| (name_span.clone(), message))?;
@@ -307,10 +310,28 @@ impl FeedConfig {
         }
     }
 
-    /// `dns NAME` for a name, `feed NAME` for a feed: how messages call it.
+    /// A `[fleet]` set (line: that of `[fleet]`'s endpoints): its entries are etcd's. A
+    /// revision that empties it or leaves less than half of it is held for `feeds
+    /// accept`: a bad read of etcd looks just like that (`crate::daemon::fleet`).
+    pub fn fleet(name: SetName, line: usize) -> FeedConfig {
+        FeedConfig {
+            description: format!("fleet {name}"),
+            name,
+            source: FeedSource::Fleet,
+            refresh_secs: 0,
+            ports: Vec::new(),
+            allow_empty: false,
+            max_shrink_percent: DEFAULT_MAX_SHRINK_PERCENT,
+            line,
+        }
+    }
+
+    /// `dns NAME` for a name, `fleet NAME` for a fleet set, `feed NAME` for a feed: how
+    /// messages call it.
     pub fn label(&self) -> String {
         match self.source {
             FeedSource::Dns(_) => format!("dns {}", self.name),
+            FeedSource::Fleet => format!("fleet {}", self.name),
             _ => format!("feed {}", self.name),
         }
     }

@@ -133,7 +133,7 @@ pub fn fetch(source: &FetchSource, validators: &Validators) -> Result<Fetched, F
 }
 
 /// Reads at most `max` bytes of `path`, refusing a longer file.
-fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>, String> {
     let file = fs::File::open(path).map_err(|error| error.to_string())?;
     let mut bytes = Vec::new();
     file.take(max.saturating_add(1))
@@ -164,7 +164,7 @@ fn read_api_key(path: &Path) -> Result<String, FetchError> {
     Ok(key.to_owned())
 }
 
-fn read_ca_file(path: &Path) -> Result<RootCerts, FetchError> {
+pub(crate) fn read_ca_file(path: &Path) -> Result<RootCerts, FetchError> {
     let error = |cause: String| FetchError::CaFile {
         path: path.display().to_string(),
         cause,

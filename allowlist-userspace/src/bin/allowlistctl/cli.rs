@@ -66,6 +66,49 @@ pub enum FeedsAction {
 }
 
 #[derive(Subcommand)]
+pub enum FleetAction {
+    /// Make FILE (CSV: ip_address,description) the whole of fleet set NAME, in one etcd
+    /// transaction: every host following NAME gets all of it or none of it.
+    Push {
+        /// The CSV file, or - for standard input.
+        file: PathBuf,
+        #[arg(long, value_name = "NAME")]
+        set: SetName,
+        /// Print what would be added, updated and removed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print what changed (or would) as a JSON object.
+        #[arg(long)]
+        json: bool,
+        /// Push a file with no entries: empties the set on every host that follows it.
+        #[arg(long)]
+        allow_empty: bool,
+    },
+    /// Add addresses or networks to fleet set NAME (or change their description).
+    Add {
+        #[arg(required = true, value_name = "NETWORK")]
+        networks: Vec<String>,
+        #[arg(long, value_name = "NAME")]
+        set: SetName,
+        #[arg(long, short, default_value = "")]
+        description: String,
+    },
+    /// Remove addresses or networks from fleet set NAME; refused if one is not in it.
+    Remove {
+        #[arg(required = true, value_name = "NETWORK")]
+        networks: Vec<String>,
+        #[arg(long, value_name = "NAME")]
+        set: SetName,
+    },
+    /// Every host of the fleet: the revision it applied, how far behind the last change
+    /// it is, held changes, its last error, when it was last seen.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum Command {
     /// Add an address or network; if it is listed already, update its description
     /// (cleared when none is given).
@@ -273,6 +316,31 @@ max_shrink (default 50%) of a feed's entries is held until `feeds accept`.")]
         json: bool,
         #[command(subcommand)]
         action: Option<FeedsAction>,
+    },
+    /// The fleet in etcd ([fleet] of the config file): push, add to and remove from
+    /// fleet sets, and see which host enforces what. Talks to etcd, not to the daemon,
+    /// so it works from any machine with the config's [fleet] section and etcd access.
+    #[command(after_help = "Examples:
+  allowlistctl fleet push office.csv --set office --dry-run
+  allowlistctl fleet push office.csv --set office      # one transaction: all or nothing
+  allowlistctl fleet add 203.0.113.0/24 --set office -d \"VPN\"
+  allowlistctl fleet remove 203.0.113.0/24 --set office
+  allowlistctl fleet status
+  allowlistctl fleet status --json | jq '.hosts[] | select(.lag > 0)'
+
+A host whose sessions a change would cut off holds it (shown in `fleet status`) and
+keeps the last list it applied.")]
+    Fleet {
+        /// The config file whose [fleet] section names etcd and the prefix.
+        #[arg(
+            long,
+            value_name = "PATH",
+            env = "ALLOWLIST_CONFIG",
+            default_value = "/etc/allowlist/allowlist.toml"
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: FleetAction,
     },
     /// Mode, protected interfaces (with the XDP mode attached) and entries per family.
     #[command(after_help = "Example:\n  allowlistctl status --json | jq .mode")]

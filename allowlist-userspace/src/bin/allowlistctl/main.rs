@@ -7,6 +7,7 @@
 #![allow(unused_crate_dependencies)]
 
 mod cli;
+mod fleet;
 mod input;
 mod output;
 
@@ -250,7 +251,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let entries = reply.entries.unwrap_or_default();
             let rows = entries.iter().filter(|entry| match &set {
                 Some(set) => entry.set == *set,
-                None => !matches!(entry.origin, Origin::Always | Origin::Feed | Origin::Dns),
+                None => !matches!(
+                    entry.origin,
+                    Origin::Always | Origin::Feed | Origin::Dns | Origin::Fleet
+                ),
             });
             csv_format::write_rows(io::stdout().lock(), rows)
                 .map_err(|error| Failure::error(format!("writing CSV: {error}")))
@@ -317,6 +321,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Fleet { config, action } => fleet::run(&config, action),
         Command::Feeds { json, action } => {
             let request = match action {
                 None => Request::Feeds,

@@ -123,6 +123,7 @@ pub fn table(header: &[&str]) -> comfy_table::Table {
 fn origin(entry: &Entry) -> String {
     match entry.origin {
         Origin::Feed => format!("feed {}", entry.set),
+        Origin::Fleet => format!("fleet {}", entry.set),
         Origin::Dns => format!("dns {}", entry.set),
         origin => origin.to_string(),
     }

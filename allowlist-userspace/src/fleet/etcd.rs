@@ -1,0 +1,578 @@
+//! A small etcd v3 client over its JSON gateway (`/v3/kv/range`, `/v3/kv/txn`,
+//! `/v3/watch`, `/v3/lease/*`, `/v3/auth/authenticate`): ureq over rustls like the
+//! feeds, serde_json and base64, so nothing needs protoc or a gRPC stack. Keys and values
+//! travel base64-encoded; 64-bit numbers come back as JSON strings.
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    sync::Mutex,
+    time::Duration,
+};
+
+use base64::{engine::general_purpose::STANDARD, Engine as _};
+use serde_json::{json, Value};
+use ureq::tls::{Certificate, ClientCert, PrivateKey, TlsConfig};
+
+use tracing::warn;
+
+use super::FleetConfig;
+
+/// Connecting to an endpoint may take this long.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A request other than a watch may take this long (a 100k-entry push included).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Largest answer read (a full read of 100k entries with descriptions fits).
+pub const MAX_ANSWER_BYTES: u64 = 256 << 20;
+/// Largest password file read.
+const MAX_PASSWORD_BYTES: u64 = 4096;
+/// Largest client certificate or key file read.
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcd {endpoint}: {cause}")]
+    Transport { endpoint: String, cause: String },
+    #[error("etcd {endpoint} answered HTTP {status}: {message}")]
+    Status {
+        endpoint: String,
+        status: u16,
+        message: String,
+    },
+    #[error("etcd answered something that is not its API: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// One key-value as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kv {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub mod_revision: i64,
+}
+
+/// One write of a transaction.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<i64>,
+    },
+    /// Every key starting with `prefix`.
+    DeletePrefix(String),
+    Delete(String),
+}
+
+/// One message of a watch stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchMessage {
+    Created,
+    /// The events of one answer (a transaction's are never split), and the revision
+    /// the store was at.
+    Events {
+        revision: i64,
+        events: Vec<Event>,
+    },
+    /// The revision asked for was compacted away: read everything again.
+    Compacted {
+        compact_revision: i64,
+    },
+    Canceled(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Put(Kv),
+    Delete { key: String, mod_revision: i64 },
+}
+
+impl Event {
+    /// The revision that made this change.
+    pub fn mod_revision(&self) -> i64 {
+        match self {
+            Event::Put(kv) => kv.mod_revision,
+            Event::Delete { mod_revision, .. } => *mod_revision,
+        }
+    }
+}
+
+pub struct Etcd {
+    agent: ureq::Agent,
+    /// Agent without a total timeout, for watches.
+    watch_agent: ureq::Agent,
+    endpoints: Vec<String>,
+    username: Option<String>,
+    password_file: Option<std::path::PathBuf>,
+    token: Mutex<Option<String>>,
+}
+
+pub fn encode(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+fn decode(value: &Value) -> Result<Vec<u8>, EtcdError> {
+    match value.as_str() {
+        None => Ok(Vec::new()),
+        Some(text) => STANDARD
+            .decode(text)
+            .map_err(|error| EtcdError::Protocol(format!("bad base64: {error}"))),
+    }
+}
+
+fn decode_key(value: &Value) -> Result<String, EtcdError> {
+    String::from_utf8(decode(value)?)
+        .map_err(|_| EtcdError::Protocol("a key that is not UTF-8".into()))
+}
+
+/// A 64-bit field: the gateway writes them as strings, and leaves zeros out.
+fn int(value: &Value) -> i64 {
+    match value {
+        Value::String(text) => text.parse().unwrap_or(0),
+        Value::Number(number) => number.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// The end of the range of keys starting with `prefix` (etcd's `--prefix`).
+pub fn prefix_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A key-value of an answer, or `None` (logged) when it does not decode: one bad key
+/// (not base64, not UTF-8: no key allowlistctl writes) fails no other.
+fn decodable_kv(value: &Value) -> Option<Kv> {
+    kv(value)
+        .map_err(|error| warn!(key = %value["key"], "fleet: skipped an etcd key: {error}"))
+        .ok()
+}
+
+fn kv(value: &Value) -> Result<Kv, EtcdError> {
+    Ok(Kv {
+        key: decode_key(&value["key"])?,
+        value: decode(&value["value"])?,
+        mod_revision: int(&value["mod_revision"]),
+    })
+}
+
+impl Etcd {
+    pub fn new(config: &FleetConfig) -> Result<Etcd, EtcdError> {
+        let mut tls = TlsConfig::builder();
+        if let Some(path) = &config.ca_file {
+            let roots = crate::feeds::fetch::read_ca_file(path)
+                .map_err(|error| EtcdError::Setup(error.to_string()))?;
+            tls = tls.root_certs(roots);
+        }
+        if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
+            let read = |path: &std::path::Path| {
+                crate::feeds::fetch::read_bounded(path, MAX_PEM_BYTES).map_err(|cause| {
+                    EtcdError::Setup(format!("reading {}: {cause}", path.display()))
+                })
+            };
+            let cert_pem = read(cert)?;
+            let key_pem = read(key)?;
+            let certs: Vec<Certificate<'static>> = ureq::tls::parse_pem(&cert_pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(cert)) => Some(cert.to_owned()),
+                    _ => None,
+                })
+                .collect();
+            if certs.is_empty() {
+                return Err(EtcdError::Setup(format!(
+                    "{}: no PEM certificate in it",
+                    cert.display()
+                )));
+            }
+            let key = PrivateKey::from_pem(&key_pem)
+                .map_err(|error| EtcdError::Setup(format!("{}: {error}", key.display())))?;
+            tls = tls.client_cert(Some(ClientCert::new_with_certs(&certs, key)));
+        }
+        let tls = tls.build();
+        let build = |total: Option<Duration>| -> ureq::Agent {
+            ureq::Agent::config_builder()
+                .timeout_connect(Some(CONNECT_TIMEOUT))
+                .timeout_global(total)
+                .http_status_as_error(false)
+                .max_redirects(0)
+                .tls_config(tls.clone())
+                .user_agent(concat!("allowlist/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .into()
+        };
+        Ok(Etcd {
+            agent: build(Some(REQUEST_TIMEOUT)),
+            watch_agent: build(None),
+            endpoints: config.endpoints.clone(),
+            username: config.username.clone(),
+            password_file: config.password_file.clone(),
+            token: Mutex::new(None),
+        })
+    }
+
+    fn token(&self) -> Option<String> {
+        self.token.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_token(&self, token: Option<String>) {
+        *self.token.lock().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+
+    /// Logs in with the configured user, once per token (etcd tokens expire; a refused
+    /// token is dropped and the next request logs in again).
+    fn authenticate(&self, endpoint: &str) -> Result<(), EtcdError> {
+        let (Some(user), Some(file)) = (&self.username, &self.password_file) else {
+            return Ok(());
+        };
+        if self.token().is_some() {
+            return Ok(());
+        }
+        let bytes =
+            crate::feeds::fetch::read_bounded(file, MAX_PASSWORD_BYTES).map_err(|cause| {
+                EtcdError::Setup(format!(
+                    "reading the etcd password file {}: {cause}",
+                    file.display()
+                ))
+            })?;
+        let password = String::from_utf8_lossy(&bytes)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let answer = self.send(
+            &self.agent,
+            endpoint,
+            "/v3/auth/authenticate",
+            &json!({"name": user, "password": password}),
+            false,
+        )?;
+        let mut body = String::new();
+        answer
+            .take(MAX_ANSWER_BYTES)
+            .read_to_string(&mut body)
+            .map_err(|error| transport(endpoint, error))?;
+        let value: Value =
+            serde_json::from_str(&body).map_err(|error| EtcdError::Protocol(error.to_string()))?;
+        let token = value["token"]
+            .as_str()
+            .ok_or_else(|| EtcdError::Protocol("authenticate gave no token".into()))?;
+        self.set_token(Some(token.to_string()));
+        Ok(())
+    }
+
+    fn send(
+        &self,
+        agent: &ureq::Agent,
+        endpoint: &str,
+        path: &str,
+        body: &Value,
+        with_token: bool,
+    ) -> Result<impl Read, EtcdError> {
+        let mut request = agent
+            .post(&format!("{endpoint}{path}"))
+            .header("Content-Type", "application/json");
+        if with_token {
+            if let Some(token) = self.token() {
+                request = request.header("Authorization", &token);
+            }
+        }
+        let response = request
+            .send(body.to_string().as_bytes())
+            .map_err(|error| transport(endpoint, error))?;
+        let status = response.status().as_u16();
+        let reader = response.into_body().into_reader();
+        if status != 200 {
+            let mut message = String::new();
+            let _ = reader.take(4096).read_to_string(&mut message);
+            if status == 401 || message.contains("invalid auth token") {
+                self.set_token(None);
+            }
+            return Err(EtcdError::Status {
+                endpoint: endpoint.to_string(),
+                status,
+                message: message.trim().chars().take(300).collect(),
+            });
+        }
+        Ok(reader)
+    }
+
+    /// Posts `body` to the first endpoint that answers.
+    fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        let mut last = None;
+        for endpoint in &self.endpoints {
+            let answer = self
+                .authenticate(endpoint)
+                .and_then(|()| self.send(&self.agent, endpoint, path, body, true));
+            match answer {
+                Ok(reader) => {
+                    let mut text = String::new();
+                    reader
+                        .take(MAX_ANSWER_BYTES)
+                        .read_to_string(&mut text)
+                        .map_err(|error| transport(endpoint, error))?;
+                    return serde_json::from_str(&text)
+                        .map_err(|error| EtcdError::Protocol(format!("{path}: {error}")));
+                }
+                // etcd itself answered: another endpoint would say the same.
+                Err(error @ (EtcdError::Status { .. } | EtcdError::Setup(_))) => return Err(error),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| EtcdError::Setup("no etcd endpoint configured".into())))
+    }
+
+    /// Every key starting with `prefix` (at `revision`, or the newest), and the store's
+    /// revision.
+    pub fn range_prefix(&self, prefix: &str) -> Result<(i64, Vec<Kv>), EtcdError> {
+        let answer = self.call(
+            "/v3/kv/range",
+            &json!({"key": encode(prefix.as_bytes()), "range_end": encode(&prefix_end(prefix))}),
+        )?;
+        let revision = int(&answer["header"]["revision"]);
+        // No revision, no telling what the answer is as of: an empty `kvs` from it
+        // would read as an empty set.
+        if revision <= 0 {
+            return Err(EtcdError::Protocol(format!(
+                "range {prefix}: an answer without a revision"
+            )));
+        }
+        let kvs = match answer["kvs"].as_array() {
+            None => Vec::new(),
+            Some(kvs) => kvs.iter().filter_map(decodable_kv).collect(),
+        };
+        Ok((revision, kvs))
+    }
+
+    /// etcd's cluster id and current revision (a range that counts one key).
+    pub fn header(&self, key: &str) -> Result<(u64, i64), EtcdError> {
+        let answer = self.call(
+            "/v3/kv/range",
+            &json!({"key": encode(key.as_bytes()), "count_only": true}),
+        )?;
+        let header = &answer["header"];
+        // A u64: JSON gateways write it as a string, too big for `int`.
+        let cluster = match &header["cluster_id"] {
+            Value::String(text) => text.parse().ok(),
+            value => value.as_u64(),
+        };
+        match (cluster, int(&header["revision"])) {
+            (Some(cluster), revision) if revision > 0 => Ok((cluster, revision)),
+            _ => Err(EtcdError::Protocol(format!(
+                "range {key}: an answer without cluster id or revision: {header}"
+            ))),
+        }
+    }
+
+    /// One key, or `None`.
+    pub fn get(&self, key: &str) -> Result<(i64, Option<Kv>), EtcdError> {
+        let answer = self.call("/v3/kv/range", &json!({"key": encode(key.as_bytes())}))?;
+        let revision = int(&answer["header"]["revision"]);
+        let found = match answer["kvs"].as_array().and_then(|kvs| kvs.first()) {
+            None => None,
+            Some(value) => Some(kv(value)?),
+        };
+        Ok((revision, found))
+    }
+
+    /// Applies every op in one transaction (all or none); returns its revision.
+    pub fn txn(&self, ops: &[Op]) -> Result<i64, EtcdError> {
+        self.txn_if_unchanged(None, ops)?
+            .ok_or_else(|| EtcdError::Protocol("an unconditional transaction failed".into()))
+    }
+
+    /// As [`Etcd::txn`], only if no key starting with `unchanged.0` was written after
+    /// revision `unchanged.1`; `None` when one was (nothing was applied).
+    pub fn txn_if_unchanged(
+        &self,
+        unchanged: Option<(&str, i64)>,
+        ops: &[Op],
+    ) -> Result<Option<i64>, EtcdError> {
+        let success: Vec<Value> = ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, value, lease } => {
+                    let mut put = json!({"key": encode(key.as_bytes()), "value": encode(value)});
+                    if let Some(lease) = lease {
+                        put["lease"] = json!(lease.to_string());
+                    }
+                    json!({"request_put": put})
+                }
+                Op::DeletePrefix(prefix) => json!({"request_delete_range": {
+                    "key": encode(prefix.as_bytes()),
+                    "range_end": encode(&prefix_end(prefix)),
+                }}),
+                Op::Delete(key) => json!({"request_delete_range": {"key": encode(key.as_bytes())}}),
+            })
+            .collect();
+        let compare: Vec<Value> = unchanged
+            .map(|(prefix, revision)| {
+                json!({
+                    "key": encode(prefix.as_bytes()),
+                    "range_end": encode(&prefix_end(prefix)),
+                    "target": "MOD",
+                    "result": "LESS",
+                    "mod_revision": revision.saturating_add(1).to_string(),
+                })
+            })
+            .into_iter()
+            .collect();
+        let answer = self.call(
+            "/v3/kv/txn",
+            &json!({"compare": compare, "success": success}),
+        )?;
+        if answer["succeeded"].as_bool() != Some(true) {
+            return Ok(None);
+        }
+        Ok(Some(int(&answer["header"]["revision"])))
+    }
+
+    /// Drops the history before `revision` (what an operator's `etcdctl compact` does;
+    /// the tests and the benchmark use it to send hosts through a full resync).
+    pub fn compact(&self, revision: i64) -> Result<(), EtcdError> {
+        self.call(
+            "/v3/kv/compaction",
+            &json!({"revision": revision.to_string(), "physical": true}),
+        )
+        .map(|_| ())
+    }
+
+    /// A lease of `ttl_secs`; its id.
+    pub fn grant(&self, ttl_secs: i64) -> Result<i64, EtcdError> {
+        let answer = self.call("/v3/lease/grant", &json!({"TTL": ttl_secs.to_string()}))?;
+        match int(&answer["ID"]) {
+            0 => Err(EtcdError::Protocol(format!("lease grant: {answer}"))),
+            id => Ok(id),
+        }
+    }
+
+    /// Renews a lease; `false` when etcd no longer has it (it expired).
+    pub fn keep_alive(&self, lease: i64) -> Result<bool, EtcdError> {
+        let answer = self.call("/v3/lease/keepalive", &json!({"ID": lease.to_string()}))?;
+        Ok(int(&answer["result"]["TTL"]) > 0)
+    }
+
+    /// Watches every key starting with `prefix` from `start_revision` on. The stream
+    /// ends when etcd goes away.
+    pub fn watch(&self, prefix: &str, start_revision: i64) -> Result<Watch, EtcdError> {
+        let body = json!({"create_request": {
+            "key": encode(prefix.as_bytes()),
+            "range_end": encode(&prefix_end(prefix)),
+            "start_revision": start_revision.to_string(),
+        }});
+        let mut last = None;
+        for endpoint in &self.endpoints {
+            let answer = self
+                .authenticate(endpoint)
+                .and_then(|()| self.send(&self.watch_agent, endpoint, "/v3/watch", &body, true));
+            match answer {
+                Ok(reader) => {
+                    return Ok(Watch {
+                        reader: Box::new(BufReader::new(reader)),
+                        endpoint: endpoint.clone(),
+                    })
+                }
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| EtcdError::Setup("no etcd endpoint configured".into())))
+    }
+}
+
+fn transport(endpoint: &str, error: impl std::fmt::Display) -> EtcdError {
+    EtcdError::Transport {
+        endpoint: endpoint.to_string(),
+        cause: error.to_string(),
+    }
+}
+
+/// An open watch: one JSON message per line.
+pub struct Watch {
+    reader: Box<dyn BufRead + Send>,
+    endpoint: String,
+}
+
+impl Watch {
+    /// The next message; an error when the stream ended or broke.
+    pub fn next_message(&mut self) -> Result<WatchMessage, EtcdError> {
+        let mut line = Vec::new();
+        let read = (&mut self.reader)
+            .take(MAX_ANSWER_BYTES)
+            .read_until(b'\n', &mut line)
+            .map_err(|error| transport(&self.endpoint, error))?;
+        if read == 0 {
+            return Err(transport(&self.endpoint, "the watch stream ended"));
+        }
+        let value: Value = serde_json::from_slice(&line)
+            .map_err(|error| EtcdError::Protocol(format!("watch: {error}")))?;
+        if let Some(error) = value.get("error") {
+            return Ok(WatchMessage::Canceled(error.to_string()));
+        }
+        let result = &value["result"];
+        let compact_revision = int(&result["compact_revision"]);
+        if compact_revision > 0 {
+            return Ok(WatchMessage::Compacted { compact_revision });
+        }
+        if result["canceled"].as_bool() == Some(true) {
+            return Ok(WatchMessage::Canceled(
+                result["cancel_reason"]
+                    .as_str()
+                    .unwrap_or("canceled")
+                    .to_string(),
+            ));
+        }
+        if result["created"].as_bool() == Some(true) {
+            return Ok(WatchMessage::Created);
+        }
+        let mut events = Vec::new();
+        for event in result["events"].as_array().into_iter().flatten() {
+            let Some(kv) = decodable_kv(&event["kv"]) else {
+                continue;
+            };
+            if event["type"].as_str() == Some("DELETE") {
+                events.push(Event::Delete {
+                    key: kv.key,
+                    mod_revision: kv.mod_revision,
+                });
+            } else {
+                events.push(Event::Put(kv));
+            }
+        }
+        Ok(WatchMessage::Events {
+            revision: int(&result["header"]["revision"]),
+            events,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_range_end_of_a_prefix_is_its_successor() {
+        assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+        assert_eq!(int(&json!("42")), 42);
+        assert_eq!(int(&Value::Null), 0);
+    }
+
+    #[test]
+    fn an_undecodable_key_is_skipped_alone() {
+        let good = json!({"key": encode(b"/a/1"), "value": encode(b"{}"), "mod_revision": "7"});
+        let not_utf8 = json!({"key": encode(&[0xff, 0xfe]), "mod_revision": "8"});
+        let not_base64 = json!({"key": "%%%", "mod_revision": "9"});
+        let kvs: Vec<Kv> = [not_utf8, good, not_base64]
+            .iter()
+            .filter_map(decodable_kv)
+            .collect();
+        assert_eq!(kvs.len(), 1);
+        assert_eq!(kvs[0].key, "/a/1");
+        assert_eq!(kvs[0].mod_revision, 7);
+    }
+}
