@@ -592,22 +592,28 @@ impl Reason {
 }
 
 /// Per-CPU array with one [`DropAdmission`]: how many new sources this CPU put into
-/// [`MAP_DROPPED_SOURCES`] in the current second. Inserting into an LRU is what a drop
-/// costs most (an eviction, per-CPU values to clear), so new sources enter at most
-/// [`NEW_DROPPED_SOURCES_PER_SECOND`] a second per CPU: a flood of random sources costs
-/// a lookup per packet, not an insert, and cannot flush the table faster than that.
-/// Sources already in the table are counted on every packet.
+/// [`MAP_DROPPED_SOURCES`] in the current window of [`ADMISSION_WINDOW_JIFFIES`] kernel
+/// ticks. Inserting into an LRU is what a drop costs most (an eviction, per-CPU values to
+/// clear), so new sources enter at most [`NEW_DROPPED_SOURCES_PER_WINDOW`] a window per
+/// CPU, and a flood of random sources cannot flush the table faster than that. While a
+/// CPU's window is spent (a flood), a source displaced from its slot of
+/// [`MAP_RECENT_DROPS`] with a single packet is not looked up in the table either: that
+/// lookup is what a flood of one-packet sources would cost, and such a source is either
+/// new (not admitted anyway) or loses that one packet from its count.
 pub const MAP_DROP_ADMISSION: &str = "DROP_ADMISSION";
-/// New sources one CPU records per second at most; the rest of that second's new sources
+/// New sources one CPU records per window at most; the rest of that window's new sources
 /// are dropped and counted by reason, but not recorded.
-pub const NEW_DROPPED_SOURCES_PER_SECOND: u64 = 256;
+pub const NEW_DROPPED_SOURCES_PER_WINDOW: u64 = 256;
+/// The admission window in kernel ticks (jiffies, read with one load): 256 ticks are
+/// 0.26 s to 2.56 s by the kernel's HZ (1000 to 100), so 100 to 1,000 new sources a
+/// second per CPU.
+pub const ADMISSION_WINDOW_JIFFIES: u64 = 256;
 
-/// Layout: `window_start_ns: u64` (`bpf_ktime_get_coarse_ns`) at 0, `admitted: u64` at 8
-/// (16 bytes).
+/// Layout: `window_start_jiffies: u64` at 0, `admitted: u64` at 8 (16 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DropAdmission {
-    pub window_start_ns: u64,
+    pub window_start_jiffies: u64,
     pub admitted: u64,
 }
 

@@ -22,18 +22,15 @@ use allowlist_common::{
     SCREEN_WORDS, TCP_IDLE_NS, UDP_IDLE_NS,
 };
 use allowlist_common::{
-    DropAdmission, DroppedSourceKey, DroppedSourceStats, DEFAULT_DROPPED_SOURCES,
-    FEATURE_RECORD_DROPS, NEW_DROPPED_SOURCES_PER_SECOND,
+    DropAdmission, DroppedSourceKey, DroppedSourceStats, ADMISSION_WINDOW_JIFFIES,
+    DEFAULT_DROPPED_SOURCES, FEATURE_RECORD_DROPS, NEW_DROPPED_SOURCES_PER_WINDOW,
 };
 use allowlist_common::{EntryHits, MAX_COUNTED_ENTRIES};
 use allowlist_common::{RecentDrop, RECENT_DROP_SLOTS};
 use allowlist_common::{COUNTER_BLOCKS, MAX_COUNTED_IFINDEX};
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK},
-    helpers::{
-        bpf_jiffies64, bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_skb_load_bytes,
-        bpf_xdp_load_bytes,
-    },
+    helpers::{bpf_jiffies64, bpf_ktime_get_boot_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes},
     macros::{classifier, map, xdp},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
     programs::{TcContext, XdpContext},
@@ -294,7 +291,7 @@ fn record_dropped_source(ctx: &XdpContext, ip: &IpHeader, reason: Reason) {
         return;
     }
     if slot.stats.packets != 0 {
-        move_to_table(&slot.key, &slot.stats);
+        move_to_table(&slot.key, &slot.stats, now);
     }
     slot.key = key;
     slot.stats = DroppedSourceStats {
@@ -305,9 +302,23 @@ fn record_dropped_source(ctx: &XdpContext, ip: &IpHeader, reason: Reason) {
 }
 
 /// Adds what a slot of RECENT_DROPS counted to the source's entry in DROPPED_SOURCES, or
-/// makes it one if this second's admissions allow.
+/// makes it one if this window's admissions allow. While they are spent (a flood), a
+/// one-packet source skips the table: see MAP_DROP_ADMISSION.
 #[inline(always)]
-fn move_to_table(key: &DroppedSourceKey, counted: &DroppedSourceStats) {
+fn move_to_table(key: &DroppedSourceKey, counted: &DroppedSourceStats, now: u64) {
+    let Some(admission) = DROP_ADMISSION.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; no other program run writes it now.
+    let admission = unsafe { &mut *admission };
+    if now.wrapping_sub(admission.window_start_jiffies) >= ADMISSION_WINDOW_JIFFIES {
+        admission.window_start_jiffies = now;
+        admission.admitted = 0;
+    }
+    let flooding = admission.admitted >= NEW_DROPPED_SOURCES_PER_WINDOW;
+    if flooding && counted.packets == 1 {
+        return;
+    }
     if let Some(stats) = DROPPED_SOURCES.get_ptr_mut(key) {
         // SAFETY: this CPU's value of the entry; no other program run writes it now.
         unsafe {
@@ -315,30 +326,10 @@ fn move_to_table(key: &DroppedSourceKey, counted: &DroppedSourceStats) {
             (*stats).bytes += counted.bytes;
             (*stats).last_seen_jiffies = counted.last_seen_jiffies;
         }
-    } else if admit_new_source() {
+    } else if !flooding {
+        admission.admitted += 1;
         let _ = DROPPED_SOURCES.insert(key, counted, 0);
     }
-}
-
-/// Whether this CPU may record one more new source this second.
-#[inline(always)]
-fn admit_new_source() -> bool {
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let Some(admission) = DROP_ADMISSION.get_ptr_mut(0) else {
-        return false;
-    };
-    // SAFETY: this CPU's slot; no other program run writes it now.
-    let admission = unsafe { &mut *admission };
-    if now.wrapping_sub(admission.window_start_ns) >= 1_000_000_000 {
-        admission.window_start_ns = now;
-        admission.admitted = 0;
-    }
-    if admission.admitted >= NEW_DROPPED_SOURCES_PER_SECOND {
-        return false;
-    }
-    admission.admitted += 1;
-    true
 }
 
 /// Commit-confirm in the kernel: a change made with `--confirm` that nobody confirmed by

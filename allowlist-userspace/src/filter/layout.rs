@@ -575,7 +575,7 @@ FragmentKey size=40 source@0 destination@16 id@32 protocol@36
 Counter size=16 packets@0 bytes@8
 DroppedSourceKey size=24 source@0 ifindex@16 reason@20
 DroppedSourceStats size=24 packets@0 bytes@8 last_seen_jiffies@16
-DropAdmission size=16 window_start_ns@0 admitted@8
+DropAdmission size=16 window_start_jiffies@0 admitted@8
 EntryHits size=24 packets@0 bytes@8 last_hit_jiffies@16
 RecentDrop size=48 key@0 stats@24
 reason PassedListed=0
@@ -682,7 +682,7 @@ counters blocks=64 max_ifindex=65536";
                 last_seen_jiffies
             }),
             layout_of!(DropAdmission {
-                window_start_ns,
+                window_start_jiffies,
                 admitted
             }),
             layout_of!(EntryHits {
