@@ -43,16 +43,7 @@ pub fn bench(quick: bool, only: &[String]) -> Result<()> {
     sys::catch_interrupts();
     setup::setup()?;
     workspace::build_userspace(true)?;
-    let mut build = workspace::cargo();
-    build.args([
-        "build",
-        "--release",
-        "-p",
-        "allowlist-tests",
-        "--example",
-        "bench",
-    ]);
-    process::run(&mut build)?;
+    build_release_example("bench")?;
 
     let out_dir = workspace::target_dir().join("bench");
     fs::create_dir_all(&out_dir)?;
@@ -122,16 +113,7 @@ pub fn fleet(hosts: &str, sizes: &str, rounds: usize) -> Result<()> {
     sys::catch_interrupts();
     setup::setup()?;
     workspace::build_userspace(true)?;
-    let mut build = workspace::cargo();
-    build.args([
-        "build",
-        "--release",
-        "-p",
-        "allowlist-tests",
-        "--example",
-        "fleet_bench",
-    ]);
-    process::run(&mut build)?;
+    build_release_example("fleet_bench")?;
     let bin_dir = workspace::bin_dir(true);
     let mut runner = Command::new(bin_dir.join("examples").join("fleet_bench"));
     runner
@@ -238,4 +220,18 @@ fn first_line(command: &mut Command) -> String {
         })
         .filter(|line| !line.is_empty())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// Builds the release example `name` of allowlist-tests (a benchmark runner).
+fn build_release_example(name: &str) -> Result<()> {
+    let mut build = workspace::cargo();
+    build.args([
+        "build",
+        "--release",
+        "-p",
+        "allowlist-tests",
+        "--example",
+        name,
+    ]);
+    process::run(&mut build)
 }

@@ -218,13 +218,7 @@ impl<K: Kernel> Daemon<K> {
                 Some(&want.networks),
                 at,
                 &Safety::default(),
-                |runtime| {
-                    runtime.saved.revision = Some(revision);
-                    runtime.saved.cluster_id = cluster;
-                    runtime.saved.fetched_at = Some(at);
-                    runtime.fleet_held = None;
-                    runtime.held = None;
-                },
+                applied(revision, cluster, at),
             );
             match result {
                 Ok(()) => info!(
@@ -279,13 +273,7 @@ impl<K: Kernel> Daemon<K> {
             Some(descriptions),
             at,
             safety,
-            |runtime| {
-                runtime.saved.revision = Some(revision);
-                runtime.saved.cluster_id = cluster;
-                runtime.saved.fetched_at = Some(at);
-                runtime.fleet_held = None;
-                runtime.held = None;
-            },
+            applied(revision, cluster, at),
         )
     }
 
@@ -339,4 +327,20 @@ fn shrinks_too_much(feed: &FeedConfig, before: usize, after: usize) -> bool {
     }
     let gone = before.saturating_sub(after);
     gone.saturating_mul(100) > before.saturating_mul(usize::from(feed.max_shrink_percent))
+}
+
+/// What a fleet set's runtime records once a revision reached the kernel: the revision
+/// and cluster it came from, and that nothing of it is held any more.
+fn applied(
+    revision: i64,
+    cluster: Option<u64>,
+    at: u64,
+) -> impl FnOnce(&mut super::feeds::FeedRuntime) {
+    move |runtime| {
+        runtime.saved.revision = Some(revision);
+        runtime.saved.cluster_id = cluster;
+        runtime.saved.fetched_at = Some(at);
+        runtime.fleet_held = None;
+        runtime.held = None;
+    }
 }

@@ -126,8 +126,7 @@ fn add_block(
             .map_err(kernel_error("reading counters"))?;
         let sum = sums.entry(reason.name()).or_default();
         for cpu in per_cpu.iter() {
-            sum.packets = sum.packets.saturating_add(cpu.packets);
-            sum.bytes = sum.bytes.saturating_add(cpu.bytes);
+            add_to(sum, cpu);
         }
     }
     Ok(())
@@ -145,14 +144,7 @@ fn empty_into_block_0(counters: &mut PerCpuArray<MapData, Counter>, block: u32) 
         let here = counters
             .get(&slot, 0)
             .map_err(kernel_error("reading counters"))?;
-        let sum: Vec<Counter> = here
-            .iter()
-            .zip(left.iter())
-            .map(|(here, left)| Counter {
-                packets: here.packets.saturating_add(left.packets),
-                bytes: here.bytes.saturating_add(left.bytes),
-            })
-            .collect();
+        let sum = added_per_cpu(here.iter(), left.iter());
         let zeros = vec![Counter::default(); sum.len()];
         let per_cpu = |values| {
             PerCpuValues::try_from(values).map_err(io_error("collecting per-CPU counters"))
@@ -165,4 +157,25 @@ fn empty_into_block_0(counters: &mut PerCpuArray<MapData, Counter>, block: u32) 
             .map_err(kernel_error("writing counters"))?;
     }
     Ok(())
+}
+
+/// Adds `more` to `sum` (saturating: a counter that reached the top stays there).
+pub(super) fn add_to(sum: &mut Counter, more: &Counter) {
+    sum.packets = sum.packets.saturating_add(more.packets);
+    sum.bytes = sum.bytes.saturating_add(more.bytes);
+}
+
+/// Two per-CPU sets of counters added CPU by CPU.
+pub(super) fn added_per_cpu<'a>(
+    a: impl IntoIterator<Item = &'a Counter>,
+    b: impl IntoIterator<Item = &'a Counter>,
+) -> Vec<Counter> {
+    a.into_iter()
+        .zip(b)
+        .map(|(a, b)| {
+            let mut sum = *a;
+            add_to(&mut sum, b);
+            sum
+        })
+        .collect()
 }

@@ -28,6 +28,7 @@ use aya::{
 use tracing::{info, warn};
 
 use super::{
+    blocks::{add_to, added_per_cpu},
     error::{io_error, kernel_error, Result},
     pins::{layout_of_dir_name, Pins},
     FilterError,
@@ -289,8 +290,7 @@ fn old_totals(old: &Path, version: u32) -> Result<Vec<Vec<Counter>>> {
         let sum = &mut totals[slot];
         sum.resize(values.iter().count().max(sum.len()), Counter::default());
         for (sum, cpu) in sum.iter_mut().zip(values.iter()) {
-            sum.packets = sum.packets.saturating_add(cpu.packets);
-            sum.bytes = sum.bytes.saturating_add(cpu.bytes);
+            add_to(sum, cpu);
         }
     }
     Ok(totals)
@@ -341,14 +341,7 @@ fn add_counted_since(now: &[Vec<Counter>], carried: &Path, counters: &Path) -> R
         let here = counters
             .get(&index, 0)
             .map_err(kernel_error("reading the counters"))?;
-        let sum: Vec<Counter> = here
-            .iter()
-            .zip(&since)
-            .map(|(here, since)| Counter {
-                packets: here.packets.saturating_add(since.packets),
-                bytes: here.bytes.saturating_add(since.bytes),
-            })
-            .collect();
+        let sum = added_per_cpu(here.iter(), &since);
         counters
             .set(index, per_cpu(sum)?, 0)
             .map_err(kernel_error("writing the counters"))?;
