@@ -224,7 +224,7 @@ pub(super) fn carry_counters_before_switch(source: &OldLayout, ours: &Path, resu
     if resuming {
         return;
     }
-    let copied = old_totals(&source.maps.join(MAP_COUNTERS), source.version).and_then(|totals| {
+    let copied = old_totals(&source.maps.join(MAP_COUNTERS)).and_then(|totals| {
         copy_counters(&totals, &ours.join(MAP_COUNTERS))
             .and_then(|slots| copy_counters(&totals, &ours.join(MAP_CARRIED)).map(|_| slots))
     });
@@ -243,7 +243,7 @@ pub(super) fn carry_counters_before_switch(source: &OldLayout, ours: &Path, resu
 /// counting them twice. A packet the new program counts on the same CPU between this
 /// read and write is lost from the count: a window of microseconds.
 pub(super) fn carry_over_after_switch(source: &OldLayout, ours: &Path) {
-    let counted = old_totals(&source.maps.join(MAP_COUNTERS), source.version)
+    let counted = old_totals(&source.maps.join(MAP_COUNTERS))
         .and_then(|now| add_counted_since(&now, &ours.join(MAP_CARRIED), &ours.join(MAP_COUNTERS)));
     if let Err(error) = counted {
         warn!(%error, "the packets the old program counted during the switch are not carried over");
@@ -272,11 +272,17 @@ pub(super) fn carry_tables(source: &OldLayout, ours: &Path) {
 }
 
 /// What an older layout's counters hold, per reason slot and CPU, summed over its
-/// blocks: layouts up to 2 had one block, later ones [`COUNTER_BLOCKS`] (a number that
-/// never changes, so any layout's block size is its length divided by it).
-fn old_totals(old: &Path, version: u32) -> Result<Vec<Vec<Counter>>> {
+/// blocks: layouts up to 2 had one block of 32 (48 in test builds), later ones
+/// [`COUNTER_BLOCKS`] (a number that never changes, so any layout's block size is its
+/// length divided by it). The map's length says which, whatever the directory's stamp
+/// claims: a single block is never a multiple of [`COUNTER_BLOCKS`] long.
+fn old_totals(old: &Path) -> Result<Vec<Vec<Counter>>> {
     let old: PerCpuArray<MapData, Counter> = open_pinned(old)?;
-    let blocks = if version <= 2 { 1 } else { COUNTER_BLOCKS };
+    let blocks = if old.len().is_multiple_of(COUNTER_BLOCKS) {
+        COUNTER_BLOCKS
+    } else {
+        1
+    };
     let block_size = (old.len() / blocks).max(1);
     let mut totals: Vec<Vec<Counter>> = Vec::new();
     for index in 0..old.len() {
