@@ -258,6 +258,17 @@ fn explain_symlink(path: &Path, error: io::Error) -> io::Error {
 /// fsync the directory so the rename itself is durable. If any step fails, the temporary
 /// file is removed and `path` is as it was.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_atomically_with(path, |writer| writer.write_all(contents))
+}
+
+/// As [`write_atomically`], with the contents written by `write` through a buffer, so a
+/// large file (a state file of a million entries) is never held whole in memory.
+pub fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    /// Large enough that a file of hundreds of MB takes few write(2) calls.
+    const WRITE_BUFFER_BYTES: usize = 1 << 20;
     let dir = path.parent().unwrap_or(Path::new("."));
     let file_name = path
         .file_name()
@@ -276,7 +287,10 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> io::Result<()> {
             .mode(PRIVATE_FILE_MODE)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&temporary)?;
-        file.write_all(contents)?;
+        let mut buffered = io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, &mut file);
+        write(&mut buffered)?;
+        buffered.flush()?;
+        drop(buffered);
         file.sync_all()?;
         fs::rename(&temporary, path)
     })();

@@ -33,8 +33,10 @@ const FILE: &str = "state.json";
 const JOURNAL: &str = "journal.ndjson";
 const VERSION: u32 = 1;
 
+/// `E` is the entries as held: a `Vec` when read back, [`EntriesOf`] (borrowed from the
+/// running list) when written, so writing a million entries copies none of them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct State {
+pub struct State<E = Vec<Entry>> {
     pub version: u32,
     pub mode: Mode,
     /// The config file's `mode` when `mode` was last decided. If the file's value differs
@@ -43,7 +45,7 @@ pub struct State {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_confirm: Option<PendingConfirm>,
     /// Entries added with allowlistctl (origin cli or csv import).
-    pub entries: Vec<Entry>,
+    pub entries: E,
     /// When each network of the config file was first listed (shown by `list`).
     #[serde(default)]
     pub config_first_seen: BTreeMap<IpNet, u64>,
@@ -279,6 +281,63 @@ pub fn cut_torn_tail(state_dir: &Path, tail: &TornTail) -> Result<(), StateError
     file.sync_data().map_err(write_error)
 }
 
+/// Entries serialized as a JSON array straight from an iterator over the list that holds
+/// them (called once per write).
+pub struct EntriesOf<F>(pub F);
+
+impl<'a, F, I> Serialize for EntriesOf<F>
+where
+    F: Fn() -> I,
+    I: Iterator<Item = &'a Entry>,
+{
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq((self.0)())
+    }
+}
+
+impl<E: Serialize> State<E> {
+    /// Writes the state file whole (streamed through a buffer, one fsync and a rename)
+    /// and retires the journal.
+    pub fn store(&self, state_dir: &Path) -> Result<(), StateError> {
+        let path = path(state_dir);
+        let write_error = |cause| StateError::Write {
+            path: path.display().to_string(),
+            cause,
+        };
+        durable::write_atomically_with(&path, |writer| {
+            serde_json::to_writer(writer, self).map_err(io::Error::from)
+        })
+        .map_err(write_error)?;
+        // The state file now holds everything the journal did. Should the journal
+        // outlive this (a crash, a failed unlink), its lines are of an older generation
+        // and are not replayed, so the new state is in force either way.
+        let journal = journal_path(state_dir);
+        match fs::remove_file(&journal) {
+            Ok(()) => durable::sync_directory_of(&journal),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(%error, journal = %journal.display(), "could not remove the folded-in journal; it is ignored at the next start");
+            }
+        }
+        Ok(())
+    }
+
+    /// The same state with other entries (e.g. borrowed ones, to write).
+    pub fn with_entries<T>(self, entries: T) -> State<T> {
+        State {
+            version: self.version,
+            mode: self.mode,
+            config_mode: self.config_mode,
+            pending_confirm: self.pending_confirm,
+            entries,
+            config_first_seen: self.config_first_seen,
+            generation: self.generation,
+            feeds: self.feeds,
+            hosts: self.hosts,
+        }
+    }
+}
+
 impl State {
     pub fn new(mode: Mode, config_mode: Mode, entries: Vec<Entry>) -> Self {
         State {
@@ -321,29 +380,6 @@ impl State {
         let mut state = state;
         let replay = replay(state_dir, state.generation, &mut state.entries)?;
         Ok(Some((state, replay)))
-    }
-
-    pub fn store(&self, state_dir: &Path) -> Result<(), StateError> {
-        let path = path(state_dir);
-        let write_error = |cause| StateError::Write {
-            path: path.display().to_string(),
-            cause,
-        };
-        let bytes =
-            serde_json::to_vec(self).map_err(|error| write_error(io::Error::other(error)))?;
-        durable::write_atomically(&path, &bytes).map_err(write_error)?;
-        // The state file now holds everything the journal did. Should the journal
-        // outlive this (a crash, a failed unlink), its lines are of an older generation
-        // and are not replayed, so the new state is in force either way.
-        let journal = journal_path(state_dir);
-        match fs::remove_file(&journal) {
-            Ok(()) => durable::sync_directory_of(&journal),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => {
-                tracing::warn!(%error, journal = %journal.display(), "could not remove the folded-in journal; it is ignored at the next start");
-            }
-        }
-        Ok(())
     }
 }
 

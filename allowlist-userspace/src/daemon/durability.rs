@@ -7,7 +7,7 @@ use tracing::warn;
 use super::{Daemon, DaemonError, Kernel};
 use crate::{
     startup::Saved,
-    state::{self, Change, State},
+    state::{self, Change, EntriesOf, State},
 };
 
 /// Journaled changes after which the state file is written whole again (so a restart
@@ -15,12 +15,9 @@ use crate::{
 const JOURNAL_COMPACT_AT: usize = 4_096;
 
 impl<K: Kernel> Daemon<K> {
-    pub(super) fn state(&self) -> State {
-        let mut state = State::new(
-            self.mode,
-            self.config_mode,
-            self.allowlist.managed().cloned().collect(),
-        );
+    /// The state to save, without its entries (see [`Daemon::persist`]).
+    fn state_without_entries(&self) -> State {
+        let mut state = State::new(self.mode, self.config_mode, Vec::new());
         state.pending_confirm = self.pending_confirm;
         state.config_first_seen = self.allowlist.config_first_seen();
         state.feeds = self.saved_feeds();
@@ -28,8 +25,21 @@ impl<K: Kernel> Daemon<K> {
         state
     }
 
+    #[cfg(test)]
+    pub(super) fn state(&self) -> State {
+        let state = self.state_without_entries();
+        State {
+            entries: self.allowlist.managed().cloned().collect(),
+            ..state
+        }
+    }
+
+    /// Writes the state file whole. The entries are serialized from the list itself:
+    /// a copy of a million would cost hundreds of MB at the peak.
     pub(super) fn persist(&mut self) -> Result<(), DaemonError> {
-        let mut state = self.state();
+        let mut state = self
+            .state_without_entries()
+            .with_entries(EntriesOf(|| self.allowlist.managed()));
         state.generation = self.generation.wrapping_add(1);
         state.store(&self.config.state_dir)?;
         self.generation = state.generation;
