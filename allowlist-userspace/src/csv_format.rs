@@ -220,13 +220,14 @@ pub fn restore_description(cell: &str) -> String {
 }
 
 /// Writes the full header and one row per entry, quoting only where needed.
-pub fn write_rows<'a>(
+pub fn write_rows<E: std::borrow::Borrow<Entry>>(
     writer: impl Write,
-    entries: impl IntoIterator<Item = &'a Entry>,
+    entries: impl IntoIterator<Item = E>,
 ) -> csv::Result<()> {
     let mut csv = csv::Writer::from_writer(writer);
     csv.write_record(FULL_HEADER)?;
     for entry in entries {
+        let entry = entry.borrow();
         let ports: Vec<String> = entry.ports.iter().map(ToString::to_string).collect();
         let expires_at = entry.expires_at.map(clock::format_time).unwrap_or_default();
         csv.write_record([

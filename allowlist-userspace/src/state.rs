@@ -285,10 +285,11 @@ pub fn cut_torn_tail(state_dir: &Path, tail: &TornTail) -> Result<(), StateError
 /// them (called once per write).
 pub struct EntriesOf<F>(pub F);
 
-impl<'a, F, I> Serialize for EntriesOf<F>
+impl<F, I> Serialize for EntriesOf<F>
 where
     F: Fn() -> I,
-    I: Iterator<Item = &'a Entry>,
+    I: Iterator,
+    I::Item: Serialize,
 {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq((self.0)())

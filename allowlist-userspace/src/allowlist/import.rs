@@ -2,12 +2,16 @@
 //! importing them changes (a row updates or adds; `--replace` removes what the file does
 //! not name; the config file's networks are left as the file says).
 
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{check_description, Allowlist, Entry, ListError, Origin, SetName};
+use super::{
+    check_description,
+    managed::{expiry, Interner, Kept, SetEntries},
+    Allowlist, ListError, Origin, SetName,
+};
 use crate::{clock::now, config::normalize, ports::PortSpec};
 
 /// One row of an import, already parsed by the client; `line` is its line in the file.
@@ -90,22 +94,16 @@ pub struct ImportPlan {
     pub unchanged_config: Vec<IpNet>,
 }
 
-/// `entry` as an import row leaves it: the row's description, and its ports and expiry
+/// `base` as an import row leaves it: the row's description, and its ports and expiry
 /// when the file has those columns.
-fn imported(entry: Entry, row: &ImportRow) -> Entry {
-    let description = row.description.clone();
-    match &row.scope {
-        Some(scope) => Entry {
-            description,
-            ports: scope.ports.clone(),
-            expires_at: scope.expires_at,
-            ..entry
-        },
-        None => Entry {
-            description,
-            ..entry
-        },
+fn imported(base: &Kept, row: &ImportRow, interner: &mut Interner) -> Kept {
+    let mut kept = base.clone();
+    kept.description = interner.description(&row.description);
+    if let Some(scope) = &row.scope {
+        kept.ports = interner.ports(&scope.ports);
+        kept.expires_at = scope.expires_at.map(expiry);
     }
+    kept
 }
 
 impl Allowlist {
@@ -119,37 +117,7 @@ impl Allowlist {
         set: &SetName,
         replace: bool,
     ) -> Result<ImportPlan, ListError> {
-        self.check_writable_set(set)?;
-        let mut final_rows: BTreeMap<IpNet, &ImportRow> = BTreeMap::new();
-        let mut plan = ImportPlan::default();
-        for row in rows {
-            let network = normalize(row.network);
-            if self.owner_in_config(&network).is_some() {
-                if !plan.unchanged_config.contains(&network) {
-                    plan.unchanged_config.push(network);
-                }
-                continue;
-            }
-            final_rows.insert(network, row);
-        }
-        for (network, row) in &final_rows {
-            match self.managed.get(network, set) {
-                None => plan.added.push(*network),
-                Some(entry) if imported(entry.clone(), row) != *entry => {
-                    plan.updated.push(*network)
-                }
-                Some(_) => {}
-            }
-        }
-        if replace {
-            plan.removed = self
-                .managed
-                .values()
-                .filter(|entry| entry.set == *set && !final_rows.contains_key(&entry.network))
-                .map(|entry| entry.network)
-                .collect();
-        }
-        Ok(plan)
+        Ok(self.imported_set(rows, set, replace)?.0)
     }
 
     pub fn import(
@@ -158,27 +126,80 @@ impl Allowlist {
         set: &SetName,
         replace: bool,
     ) -> Result<ImportPlan, ListError> {
-        let plan = self.plan_import(rows, set, replace)?;
-        let now = now();
-        for network in &plan.removed {
-            self.managed.remove(network, set);
-        }
+        let (plan, entries) = self.imported_set(rows, set, replace)?;
+        self.managed.replace_set(set, entries);
+        Ok(plan)
+    }
+
+    /// What importing `rows` does, and `set` as it leaves it: built whole in one pass, a
+    /// merge of the set's entries and the rows, both in network order. The set as it was
+    /// is not copied (a list kept for a rollback still holds it).
+    fn imported_set(
+        &self,
+        rows: &[ImportRow],
+        set: &SetName,
+        replace: bool,
+    ) -> Result<(ImportPlan, SetEntries), ListError> {
+        self.check_writable_set(set)?;
+        let mut plan = ImportPlan::default();
+        let mut left_to_config = HashSet::new();
+        let mut final_rows: Vec<(IpNet, &ImportRow)> = Vec::with_capacity(rows.len());
         for row in rows {
             let network = normalize(row.network);
             if self.owner_in_config(&network).is_some() {
+                if left_to_config.insert(network) {
+                    plan.unchanged_config.push(network);
+                }
                 continue;
             }
-            let base = self.managed.get(&network, set).cloned().unwrap_or(Entry {
-                network,
-                description: String::new(),
-                origin: Origin::CsvImport,
-                set: set.clone(),
-                added_at: now,
-                expires_at: None,
-                ports: Vec::new(),
-            });
-            self.managed.insert(imported(base, row));
+            final_rows.push((network, row));
         }
-        Ok(plan)
+        // A later row for the same network wins: reversed, a stable sort puts it first.
+        final_rows.reverse();
+        final_rows.sort_by_key(|(network, _)| *network);
+        final_rows.dedup_by_key(|(network, _)| *network);
+
+        let fresh = Kept {
+            added_at: now(),
+            expires_at: None,
+            description: None,
+            ports: None,
+            origin: Origin::CsvImport,
+        };
+        let old = self.managed.set(set);
+        let mut interner = Interner::default();
+        let mut listed = old.iter().peekable();
+        let mut merged = Vec::with_capacity(final_rows.len());
+        for (network, row) in final_rows {
+            while let Some((before, kept)) = listed.next_if(|(before, _)| **before < network) {
+                if replace {
+                    plan.removed.push(*before);
+                } else {
+                    merged.push((*before, kept.clone()));
+                }
+            }
+            let kept = match listed.next_if(|(before, _)| **before == network) {
+                Some((_, was)) => {
+                    let now = imported(was, row, &mut interner);
+                    if now != *was {
+                        plan.updated.push(network);
+                    }
+                    now
+                }
+                None => {
+                    plan.added.push(network);
+                    imported(&fresh, row, &mut interner)
+                }
+            };
+            merged.push((network, kept));
+        }
+        for (before, kept) in listed {
+            if replace {
+                plan.removed.push(*before);
+            } else {
+                merged.push((*before, kept.clone()));
+            }
+        }
+        Ok((plan, SetEntries::from_sorted(merged.into_iter())))
     }
 }

@@ -22,7 +22,7 @@ mod sets;
 pub use import::{check_import_rows, ImportPlan, ImportRow, RowScope};
 pub use sets::{check_set_name, SetName, ALWAYS_SET, CONFIG_SET, DEFAULT_SET, MAX_SET_NAME_BYTES};
 
-use managed::Managed;
+use managed::{Interner, Managed};
 
 use crate::{
     clock::now,
@@ -160,14 +160,30 @@ impl Allowlist {
         let (normal, mapped): (Vec<Entry>, Vec<Entry>) = managed
             .into_iter()
             .partition(|entry| normalize(entry.network) == entry.network);
+        let mut interner = Interner::default();
+        // Set by set, sorted, so each set's tree is built in one pass with full nodes.
+        let mut by_set: BTreeMap<SetName, Vec<(IpNet, managed::Kept)>> = BTreeMap::new();
         for entry in normal {
-            list.managed.insert(entry);
+            let kept = managed::Kept::new(&entry, &mut interner);
+            by_set
+                .entry(entry.set)
+                .or_default()
+                .push((entry.network, kept));
+        }
+        for (set, mut entries) in by_set {
+            // A later entry for the same network wins, as inserting one by one did.
+            entries.reverse();
+            entries.sort_by_key(|(network, _)| *network);
+            entries.dedup_by_key(|(network, _)| *network);
+            list.managed
+                .replace_set(&set, managed::SetEntries::from_sorted(entries.into_iter()));
         }
         let normalized = mapped.len();
         for entry in mapped {
             let network = normalize(entry.network);
-            if list.managed.get(&network, &entry.set).is_none() {
-                list.managed.insert(Entry { network, ..entry });
+            if list.managed.get_kept(&network, &entry.set).is_none() {
+                list.managed
+                    .insert_interned(Entry { network, ..entry }, &mut interner);
             }
         }
         list.set_config(config);
@@ -329,8 +345,14 @@ impl Allowlist {
         })
     }
 
-    pub fn managed(&self) -> impl Iterator<Item = &Entry> {
+    /// The operator's entries, set by set (assembled from their compact form).
+    pub fn managed(&self) -> impl Iterator<Item = Entry> + '_ {
         self.managed.values()
+    }
+
+    /// Whether the operator's set `set` has entries.
+    pub fn has_managed_set(&self, set: &SetName) -> bool {
+        self.managed.has_set(set)
     }
 
     /// The feeds' entries, feed by feed.
@@ -339,12 +361,13 @@ impl Allowlist {
     }
 
     /// Every entry, sorted by network then origin then set.
-    pub fn entries(&self) -> Vec<&Entry> {
-        let mut all: Vec<&Entry> = self
+    pub fn entries(&self) -> Vec<Entry> {
+        let mut all: Vec<Entry> = self
             .always
             .values()
             .chain(self.config.values())
             .chain(self.feed_entries())
+            .cloned()
             .chain(self.managed.values())
             .collect();
         all.sort_by(|a, b| {
@@ -384,10 +407,15 @@ impl Allowlist {
 
     /// The prefixes the kernel should hold now: the union of every set.
     pub fn compile(&self) -> Result<CompiledList, TooManyPortRanges> {
-        let entries = self
-            .entries()
-            .into_iter()
-            .map(|entry| (entry.network, Reach::from_ports(&entry.ports)));
+        let owned = self
+            .always
+            .values()
+            .chain(self.config.values())
+            .chain(self.feed_entries())
+            .map(|entry| (entry.network, entry.ports.as_slice()));
+        let entries = owned
+            .chain(self.managed.networks())
+            .map(|(network, ports)| (network, Reach::from_ports(ports)));
         Ok(CompiledList::compile_with_ports(entries, &self.public_ports)?.0)
     }
 
@@ -416,21 +444,17 @@ impl Allowlist {
                 }
             }
         }
-        for entry in self
-            .managed
-            .starting_at(region)
-            .take_while(|entry| entry.network <= last)
-        {
-            if region.contains(&entry.network) {
-                around.push((entry.network, Reach::from_ports(&entry.ports)));
+        for (network, ports) in self.managed.in_range(region..=last) {
+            if region.contains(&network) {
+                around.push((network, Reach::from_ports(ports)));
             }
         }
         for len in 0..region.prefix_len() {
             let wider = IpNet::new(region.network(), len)
                 .expect("shorter than a valid prefix")
                 .trunc();
-            for entry in self.managed.of_network(wider) {
-                around.push((wider, Reach::from_ports(&entry.ports)));
+            for (_, kept) in self.managed.of_network(wider) {
+                around.push((wider, Reach::from_ports(kept.ports())));
             }
         }
         around
@@ -438,7 +462,7 @@ impl Allowlist {
 
     /// The managed entry for `network` in `set`, if any (to undo a change that failed
     /// later).
-    pub fn managed_entry(&self, network: IpNet, set: &SetName) -> Option<&Entry> {
+    pub fn managed_entry(&self, network: IpNet, set: &SetName) -> Option<Entry> {
         self.managed.get(&network.trunc(), set)
     }
 
@@ -493,7 +517,7 @@ impl Allowlist {
         if let Some(origin) = self.owner_in_config(&network) {
             return Err(ListError::OwnedByConfig { network, origin });
         }
-        let listed = self.managed.get(&network, set).cloned();
+        let listed = self.managed.get(&network, set);
         let new = listed.is_none();
         let base = listed.unwrap_or(Entry {
             network,
@@ -527,7 +551,7 @@ impl Allowlist {
         let elsewhere: Vec<SetName> = self
             .managed
             .of_network(network)
-            .map(|entry| entry.set.clone())
+            .map(|(set, _)| set.clone())
             .collect();
         if elsewhere.is_empty() {
             Err(ListError::NotListed(network))
@@ -547,10 +571,10 @@ impl Allowlist {
             .expiring()
             .filter(|(at, network, set)| {
                 self.managed
-                    .get(network, set)
-                    .is_some_and(|now| now.expires_at.is_none_or(|was| *at < was))
+                    .get_kept(network, set)
+                    .is_some_and(|now| now.expires_at().is_none_or(|was| *at < was))
             })
-            .map(|(_, network, set)| (*network, set.clone()))
+            .map(|(_, network, set)| (network, set.clone()))
             .collect()
     }
 
@@ -571,7 +595,7 @@ impl Allowlist {
     /// it (always before config before feeds before the operator's sets at equal
     /// length). One lookup per prefix length and owner, so a `check` costs the same at a
     /// million entries.
-    pub fn deciding_entry(&self, addr: IpAddr) -> Option<&Entry> {
+    pub fn deciding_entry(&self, addr: IpAddr) -> Option<Entry> {
         let longest = match addr {
             IpAddr::V4(_) => 32,
             IpAddr::V6(_) => 128,
@@ -581,8 +605,11 @@ impl Allowlist {
             [&self.always, &self.config]
                 .into_iter()
                 .chain(self.feeds.values())
-                .find_map(|entries| entries.get(&network))
-                .or_else(|| self.managed.of_network(network).next())
+                .find_map(|entries| entries.get(&network).cloned())
+                .or_else(|| {
+                    let (set, kept) = self.managed.of_network(network).next()?;
+                    Some(kept.entry(network, set))
+                })
         })
     }
 }

@@ -49,11 +49,6 @@ impl SetName {
     pub(crate) fn always() -> SetName {
         SetName(Arc::from(ALWAYS_SET))
     }
-
-    /// Orders before every valid name (a valid name is never empty), for range bounds.
-    pub(super) fn min() -> SetName {
-        SetName(Arc::from(""))
-    }
 }
 
 impl Default for SetName {

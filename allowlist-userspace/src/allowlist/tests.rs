@@ -214,10 +214,11 @@ fn sets_hold_their_own_entries_and_replacing_one_leaves_the_others() {
         .unwrap();
     assert_eq!(plan.added, [net("10.0.0.9/32")]);
     assert_eq!(plan.removed, [net("10.0.0.1/32")]);
-    let left: Vec<_> = list
+    let mut left: Vec<_> = list
         .managed()
         .map(|e| (e.network.to_string(), e.set.to_string()))
         .collect();
+    left.sort();
     assert_eq!(
         left,
         [
@@ -253,4 +254,18 @@ fn entries_saved_before_sets_load_into_the_default_set() {
     let old = r#"{"network":"10.0.0.0/8","description":"x","origin":"cli","added_at":1}"#;
     let entry: Entry = serde_json::from_str(old).unwrap();
     assert_eq!(entry.set, SetName::default());
+}
+
+#[test]
+fn importing_into_a_copy_leaves_the_list_it_was_copied_from_as_it_was() {
+    let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
+    list.add(net("10.0.0.1/32"), &d(), described("kept"))
+        .unwrap();
+    let before = list.clone();
+    let mut next = list.clone();
+    next.import(&[row(2, "10.0.0.2", "new")], &d(), true)
+        .unwrap();
+    assert_eq!(list, before, "the list a rollback goes back to");
+    let networks: Vec<IpNet> = next.managed().map(|entry| entry.network).collect();
+    assert_eq!(networks, [net("10.0.0.2/32")]);
 }

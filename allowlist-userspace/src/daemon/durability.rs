@@ -29,7 +29,7 @@ impl<K: Kernel> Daemon<K> {
     pub(super) fn state(&self) -> State {
         let state = self.state_without_entries();
         State {
-            entries: self.allowlist.managed().cloned().collect(),
+            entries: self.allowlist.managed().collect(),
             ..state
         }
     }

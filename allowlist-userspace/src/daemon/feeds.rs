@@ -548,9 +548,7 @@ impl<K: Kernel> Daemon<K> {
                 )));
             }
         }
-        if set.is_config_file()
-            || set == SetName::default()
-            || self.allowlist.managed().any(|entry| entry.set == set)
+        if set.is_config_file() || set == SetName::default() || self.allowlist.has_managed_set(&set)
         {
             return Err(Refusal::Error(format!(
                 "set {name} is in use by entries added with allowlistctl; a name's addresses are a set of their own named after it"

@@ -96,7 +96,7 @@ impl<K: Kernel> Daemon<K> {
                 Some(Reach::Ports(ranges)) => Some(ranges.clone()),
                 _ => None,
             },
-            entry: self.allowlist.deciding_entry(address).cloned(),
+            entry: self.allowlist.deciding_entry(address),
             recent_drops: self
                 .dropped_rows()
                 .map_err(Refusal::from)?
@@ -109,7 +109,7 @@ impl<K: Kernel> Daemon<K> {
     /// `list`: every entry, and what each one the kernel counts for admitted.
     fn list_with_hits(&self) -> Result<Reply, DaemonError> {
         let hits = self.filter.prefix_hits()?;
-        let entries: Vec<_> = self.allowlist.entries().into_iter().cloned().collect();
+        let entries = self.allowlist.entries();
         let rows = entries
             .iter()
             .filter_map(|entry| {
@@ -170,9 +170,7 @@ impl<K: Kernel> Daemon<K> {
             Request::Status => Ok(Reply::with_status(self.status())),
             Request::Stats => self.stats().map(Reply::with_stats).map_err(Refusal::from),
             Request::List => self.list_with_hits().map_err(Refusal::from),
-            Request::Export => Ok(Reply::with_entries(
-                self.allowlist.entries().into_iter().cloned().collect(),
-            )),
+            Request::Export => Ok(Reply::with_entries(self.allowlist.entries())),
             Request::Check { address, port } => self.check(address, port).map(Reply::with_check),
             Request::Reload => self.reload().map(Reply::done).map_err(Refusal::from),
             Request::Add {
@@ -288,14 +286,14 @@ impl<K: Kernel> Daemon<K> {
             (None, true) => Some(None),
             (None, false) => None,
         };
-        let previous = self.allowlist.managed_entry(network, set).cloned();
+        let previous = self.allowlist.managed_entry(network, set);
         let update = EntryUpdate {
             description,
             expires_at,
             ports,
         };
         let new = self.allowlist.add(network, set, update)?;
-        let added = self.allowlist.managed_entry(network, set).cloned();
+        let added = self.allowlist.managed_entry(network, set);
         let added = added.ok_or_else(|| Refusal::Error(format!("{network} vanished")))?;
         if let Some(before) = &previous {
             if let Err(refusal) = self.check_narrowing(before, &added, safety) {
