@@ -7,6 +7,20 @@
 //! → {"command":"reload"}
 //! ← {"ok":false,"error":"/etc/allowlist.toml:7: invalid cidr ..."}
 //! ```
+//!
+//! An import streams its rows instead of sending them in one line: the request
+//! (`import_stream`), then one row per line, then an empty line; the reply comes after
+//! the empty line. A connection that ends before it (the client found a bad row in its
+//! file) changes nothing. At most [`MAX_IMPORT_ROWS`] rows of at most
+//! [`MAX_IMPORT_ROW_BYTES`] each are read; the older one-line `import` still works.
+//!
+//! ```text
+//! → {"command":"import_stream","set":"default","replace":true}
+//! → {"line":2,"network":"192.0.2.0/24","description":"office"}
+//! → {"line":3,"network":"2001:db8::/48","description":""}
+//! →
+//! ← {"ok":true,"message":"imported 2 rows: 2 added, 0 updated, 0 removed, …"}
+//! ```
 
 use std::{
     collections::BTreeMap,
@@ -33,6 +47,13 @@ use crate::{
 pub const MAX_REQUEST_BYTES: usize = 256 << 20;
 /// Longest request line from a client that may only read.
 pub const MAX_READ_ONLY_REQUEST_BYTES: usize = 64 << 10;
+/// Most rows one streamed import may carry: as many as the kernel holds for both
+/// families, so the daemon never buffers more than a list it could enforce.
+pub const MAX_IMPORT_ROWS: usize = 2 * allowlist_common::MAX_ENTRIES_PER_FAMILY as usize;
+/// Longest row line of a streamed import: a description of the most bytes kept
+/// ([`crate::allowlist::MAX_DESCRIPTION_BYTES`], each escaped as up to 6), a network,
+/// ports and an expiry.
+pub const MAX_IMPORT_ROW_BYTES: usize = 32 << 10;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -96,6 +117,22 @@ pub enum Request {
         dry_run: bool,
         #[serde(default)]
         safety: Safety,
+    },
+    /// An import whose rows follow on lines of their own, ended by an empty line (see
+    /// the module's documentation).
+    ImportStream {
+        #[serde(default)]
+        set: SetName,
+        #[serde(default)]
+        replace: bool,
+        #[serde(default)]
+        dry_run: bool,
+        #[serde(default)]
+        safety: Safety,
+        /// Answer with the summary only, without the networks the import added,
+        /// updated and removed (a million of them, for a whole new list).
+        #[serde(default)]
+        summary_only: bool,
     },
     SetMode {
         mode: Mode,
@@ -509,32 +546,73 @@ fn permission_denied(socket: &Path) -> ClientError {
 
 /// Sends one request and waits for its reply.
 pub fn request(socket: &Path, request: &Request, timeout: Duration) -> Result<Reply, ClientError> {
-    let shown = socket.display().to_string();
-    let io = |cause| ClientError::Io {
-        socket: shown.clone(),
-        cause,
-    };
-    let stream = UnixStream::connect(socket).map_err(|cause| {
-        if cause.kind() == std::io::ErrorKind::PermissionDenied {
-            permission_denied(socket)
-        } else {
-            ClientError::Connect {
-                socket: shown.clone(),
-                cause,
+    let mut connection = Connection::open(socket, timeout)?;
+    connection.send(request)?;
+    connection.reply()
+}
+
+/// A connection to the daemon, for a request whose rows follow it
+/// ([`Request::ImportStream`]): writes are buffered, so a million rows take few
+/// system calls. Dropped before [`Connection::end_rows`], it tells the daemon to change
+/// nothing.
+pub struct Connection {
+    socket: String,
+    writer: std::io::BufWriter<UnixStream>,
+}
+
+impl Connection {
+    pub fn open(socket: &Path, timeout: Duration) -> Result<Connection, ClientError> {
+        let shown = socket.display().to_string();
+        let stream = UnixStream::connect(socket).map_err(|cause| {
+            if cause.kind() == std::io::ErrorKind::PermissionDenied {
+                permission_denied(socket)
+            } else {
+                ClientError::Connect {
+                    socket: shown.clone(),
+                    cause,
+                }
             }
+        })?;
+        let connection = Connection {
+            socket: shown,
+            writer: std::io::BufWriter::with_capacity(1 << 16, stream),
+        };
+        let set_timeout = connection.writer.get_ref().set_read_timeout(Some(timeout));
+        set_timeout.map_err(|cause| connection.io(cause))?;
+        Ok(connection)
+    }
+
+    fn io(&self, cause: std::io::Error) -> ClientError {
+        ClientError::Io {
+            socket: self.socket.clone(),
+            cause,
         }
-    })?;
-    stream.set_read_timeout(Some(timeout)).map_err(io)?;
-    let mut line = serde_json::to_vec(request).map_err(|error| ClientError::BadReply {
-        socket: shown.clone(),
-        detail: error.to_string(),
-    })?;
-    line.push(b'\n');
-    (&stream).write_all(&line).map_err(io)?;
-    let mut reply = String::new();
-    BufReader::new(&stream).read_line(&mut reply).map_err(io)?;
-    serde_json::from_str(&reply).map_err(|error| ClientError::BadReply {
-        socket: shown.clone(),
-        detail: format!("{error}: {:?}", reply.trim_end()),
-    })
+    }
+
+    /// Writes `value` as one JSON line: a request, or a row after [`Request::ImportStream`].
+    pub fn send(&mut self, value: &impl Serialize) -> Result<(), ClientError> {
+        let written = serde_json::to_writer(&mut self.writer, value)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.writer.write_all(b"\n"));
+        written.map_err(|cause| self.io(cause))
+    }
+
+    /// Ends the rows of a [`Request::ImportStream`] (an empty line).
+    pub fn end_rows(&mut self) -> Result<(), ClientError> {
+        let written = self.writer.write_all(b"\n");
+        written.map_err(|cause| self.io(cause))
+    }
+
+    /// Waits for the reply to what was sent.
+    pub fn reply(&mut self) -> Result<Reply, ClientError> {
+        let flushed = self.writer.flush();
+        flushed.map_err(|cause| self.io(cause))?;
+        let mut reply = String::new();
+        let read = BufReader::new(self.writer.get_ref()).read_line(&mut reply);
+        read.map_err(|cause| self.io(cause))?;
+        serde_json::from_str(&reply).map_err(|error| ClientError::BadReply {
+            socket: self.socket.clone(),
+            detail: format!("{error}: {:?}", reply.trim_end()),
+        })
+    }
 }

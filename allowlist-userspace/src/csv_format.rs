@@ -51,11 +51,25 @@ pub struct Rows {
 /// file). `now` decides which expiry times are past (those rows are left out, with a
 /// note) or too far ahead ([`clock::MAX_EXPIRY`]).
 pub fn read_rows(reader: impl Read, now: u64) -> Result<Rows, Vec<BadRow>> {
+    let mut rows = Vec::new();
+    let notes = read_rows_each(reader, now, |row| rows.push(row))?;
+    Ok(Rows { rows, notes })
+}
+
+/// As [`read_rows`], handing each good row to `take` as it is read instead of keeping
+/// them (an import streams them to the daemon). After the first bad row no more are
+/// handed over, but the rest are still read so that every bad one is reported. Returns
+/// the notes.
+pub fn read_rows_each(
+    reader: impl Read,
+    now: u64,
+    mut take: impl FnMut(ImportRow),
+) -> Result<Vec<(u64, String)>, Vec<BadRow>> {
     let mut csv = csv::ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
         .from_reader(reader);
-    let mut read = Rows::default();
+    let mut notes = Vec::new();
     let mut bad = Vec::new();
     let mut record = csv::StringRecord::new();
     let mut columns = None;
@@ -106,11 +120,13 @@ pub fn read_rows(reader: impl Read, now: u64) -> Result<Rows, Vec<BadRow>> {
         match parse_row(&record, columns, line, now) {
             Ok(Parsed::Row(row, note)) => {
                 if let Some(note) = note {
-                    read.notes.push((line, note));
+                    notes.push((line, note));
                 }
-                read.rows.push(row);
+                if bad.is_empty() {
+                    take(row);
+                }
             }
-            Ok(Parsed::Expired(note)) => read.notes.push((line, note)),
+            Ok(Parsed::Expired(note)) => notes.push((line, note)),
             Err(problem) => bad.push(BadRow { line, problem }),
         }
     }
@@ -121,7 +137,7 @@ pub fn read_rows(reader: impl Read, now: u64) -> Result<Rows, Vec<BadRow>> {
         });
     }
     if bad.is_empty() {
-        Ok(read)
+        Ok(notes)
     } else {
         Err(bad)
     }

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 
 use crate::{
     access::{Access, Peer, SharedAccess},
-    allowlist::SetName,
+    allowlist::{ImportRow, SetName},
     clock,
     control::{self, Reply, Request, Safety},
     daemon::{Actor, Daemon, DaemonError, FetchJob, FetchOutcome},
@@ -416,7 +416,52 @@ async fn serve_client(
                         by = %Actor::client(&peer),
                         "refused a request from a client without permission"
                     );
-                    permission_denied(&client.access.get(), &peer, &request)
+                    let reply = permission_denied(&client.access.get(), &peer, &request);
+                    if matches!(request, Request::ImportStream { .. }) {
+                        // Its rows would be read as requests: the connection ends here.
+                        let _ = write_reply(&mut writer, &reply).await;
+                        return;
+                    }
+                    reply
+                }
+                Ok(Request::ImportStream {
+                    set,
+                    replace,
+                    dry_run,
+                    safety,
+                    summary_only,
+                }) => {
+                    let rows = match read_import_rows(&mut reader).await {
+                        Ok(rows) => rows,
+                        Err(RowsNotRead::Ended) => return,
+                        Err(RowsNotRead::Refused(message)) => {
+                            let reply = Reply::failed(format!(
+                                "import refused, nothing changed: {message}"
+                            ));
+                            let _ = write_reply(&mut writer, &reply).await;
+                            return;
+                        }
+                    };
+                    let request = Request::Import {
+                        rows,
+                        set,
+                        replace,
+                        dry_run,
+                        safety,
+                    };
+                    let shared = Arc::clone(&daemon);
+                    let by = Actor::client(&peer);
+                    let mut reply =
+                        tokio::task::spawn_blocking(move || lock(&shared).handle(request, &by))
+                            .await
+                            .unwrap_or_else(|error| {
+                                Reply::failed(format!("internal error: {error}"))
+                            });
+                    if summary_only {
+                        reply.import = None;
+                    }
+                    changed.notify_one();
+                    reply
                 }
                 Ok(Request::FeedsRefresh { name, safety }) => {
                     let reply =
@@ -462,6 +507,64 @@ async fn serve_client(
         if !matches!(written.await, Ok(Ok(()))) {
             return;
         }
+    }
+}
+
+/// Why the rows of a streamed import were not all read.
+enum RowsNotRead {
+    /// The client went away (or fell silent) before the empty line that ends the rows:
+    /// it found a bad row in its file, or was stopped. Nothing is changed.
+    Ended,
+    /// A row the daemon cannot take; the message names it.
+    Refused(String),
+}
+
+/// Reads the rows of an `import_stream` up to the empty line that ends them, each parsed
+/// as it arrives, within the protocol's bounds ([`control::MAX_IMPORT_ROWS`] rows of
+/// [`control::MAX_IMPORT_ROW_BYTES`]).
+async fn read_import_rows(
+    reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+) -> Result<Vec<ImportRow>, RowsNotRead> {
+    let mut rows = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let limit = control::MAX_IMPORT_ROW_BYTES;
+        let read = tokio::time::timeout(
+            CLIENT_IDLE_TIMEOUT,
+            (&mut *reader)
+                .take(limit as u64 + 1)
+                .read_until(b'\n', &mut line),
+        )
+        .await;
+        match read {
+            Err(_) | Ok(Err(_)) | Ok(Ok(0)) => return Err(RowsNotRead::Ended),
+            Ok(Ok(_)) => {}
+        }
+        if line.last() != Some(&b'\n') {
+            if line.len() > limit {
+                return Err(RowsNotRead::Refused(format!(
+                    "row {} is longer than {limit} bytes",
+                    rows.len() + 1
+                )));
+            }
+            // The connection ended within a row.
+            return Err(RowsNotRead::Ended);
+        }
+        if line == b"\n" {
+            return Ok(rows);
+        }
+        if rows.len() >= control::MAX_IMPORT_ROWS {
+            return Err(RowsNotRead::Refused(format!(
+                "more than {} rows; the kernel holds at most {} prefixes per family",
+                control::MAX_IMPORT_ROWS,
+                allowlist_common::MAX_ENTRIES_PER_FAMILY
+            )));
+        }
+        let row: ImportRow = serde_json::from_slice(&line).map_err(|error| {
+            RowsNotRead::Refused(format!("row {} is not valid: {error}", rows.len() + 1))
+        })?;
+        rows.push(row);
     }
 }
 

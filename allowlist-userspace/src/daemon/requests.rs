@@ -201,6 +201,9 @@ impl<K: Kernel> Daemon<K> {
                 dry_run,
                 safety,
             } => self.import(&rows, &set, replace, dry_run, &safety),
+            Request::ImportStream { .. } => Err(Refusal::Error(
+                "import_stream: its rows follow on the control socket, which reads them and asks as `import`".into(),
+            )),
             Request::SetMode {
                 mode,
                 confirm_secs,

@@ -9,9 +9,10 @@ use std::{
 };
 
 use allowlist_userspace::{
+    allowlist::ImportRow,
     clock,
     config::parse_network_noting,
-    csv_format,
+    control, csv_format,
     ports::{self, PortSpec},
 };
 use ipnet::IpNet;
@@ -86,10 +87,41 @@ pub fn parse_confirm(given: &str) -> Result<Duration, String> {
     parse_duration(given, "--confirm", clock::MAX_CONFIRM)
 }
 
-/// Reads and validates the whole file before anything is sent: any bad row, nothing
-/// changes. Notes on rows (host bits, expired entries left out) go to stderr. Shows a
-/// progress bar on a terminal (files of a million rows take a while).
-pub fn read_csv(file: &PathBuf) -> Result<Vec<allowlist_userspace::allowlist::ImportRow>, Failure> {
+/// Reads the file row by row and sends each row to the daemon as it is read, so a file
+/// of a million rows is never held whole, then ends the rows. Any bad row, and the rows
+/// are not ended: the connection is dropped and the daemon changes nothing. Notes on
+/// rows (host bits, expired entries left out) go to stderr. Shows a progress bar on a
+/// terminal (files of a million rows take a while).
+pub fn stream_csv(file: &PathBuf, connection: &mut control::Connection) -> Result<(), Failure> {
+    let mut sent = Ok(());
+    let read = read_csv_each(file, |row| {
+        if sent.is_ok() {
+            sent = connection.send(&row);
+        }
+    });
+    if let Err(error) = sent {
+        // The daemon stopped reading: its reply says why, if it sent one.
+        return Err(match crate::answered(connection.reply()) {
+            Err(refused) => refused,
+            Ok(_) => Failure::error(error.to_string()),
+        });
+    }
+    read?;
+    connection
+        .end_rows()
+        .map_err(|error| Failure::error(error.to_string()))
+}
+
+/// Reads and validates the whole file: any bad row, and nothing is returned.
+pub fn read_csv(file: &PathBuf) -> Result<Vec<ImportRow>, Failure> {
+    let mut rows = Vec::new();
+    read_csv_each(file, |row| rows.push(row))?;
+    Ok(rows)
+}
+
+/// Reads the file, handing each good row to `take` as it is read (none after a bad
+/// one), and says what is wrong with every bad row.
+fn read_csv_each(file: &PathBuf, take: impl FnMut(ImportRow)) -> Result<(), Failure> {
     const SHOWN: usize = 50;
     let shown = file.display().to_string();
     let (reader, size): (Box<dyn Read>, u64) = if shown == "-" {
@@ -112,7 +144,7 @@ pub fn read_csv(file: &PathBuf) -> Result<Vec<allowlist_userspace::allowlist::Im
     } else {
         reader
     };
-    let read = csv_format::read_rows(reader, clock::now()).map_err(|bad| {
+    let notes = csv_format::read_rows_each(reader, clock::now(), take).map_err(|bad| {
         let mut message = format!("{shown}: {} bad row(s); nothing was imported:", bad.len());
         for row in bad.iter().take(SHOWN) {
             message.push_str(&format!(
@@ -126,14 +158,14 @@ pub fn read_csv(file: &PathBuf) -> Result<Vec<allowlist_userspace::allowlist::Im
         }
         Failure::error(message)
     })?;
-    for (line, note) in read.notes.iter().take(SHOWN) {
+    for (line, note) in notes.iter().take(SHOWN) {
         eprintln!("allowlistctl: note: {shown}:{line}: {}", printable(note));
     }
-    if read.notes.len() > SHOWN {
+    if notes.len() > SHOWN {
         eprintln!(
             "allowlistctl: note: … and {} more notes",
-            read.notes.len() - SHOWN
+            notes.len() - SHOWN
         );
     }
-    Ok(read.rows)
+    Ok(())
 }

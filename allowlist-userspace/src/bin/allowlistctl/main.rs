@@ -27,7 +27,7 @@ use allowlist_userspace::{
 use clap::{CommandFactory, Parser};
 
 use cli::{Cli, Command, FeedsAction};
-use input::{network_argument, read_csv, Expiry, Ports};
+use input::{network_argument, stream_csv, Expiry, Ports};
 use output::{
     print_check, print_entries, print_feeds, print_json, print_message, print_plan, print_stats,
     print_status, print_top, print_top_csv, render_stats_rates, render_top, CheckView, EntryView,
@@ -227,14 +227,20 @@ fn run(cli: Cli) -> Result<(), Failure> {
             force,
             json,
         } => {
-            let rows = read_csv(&file)?;
-            let reply = ask(&Request::Import {
-                rows,
+            let mut connection = control::Connection::open(&socket, REPLY_TIMEOUT)
+                .map_err(|error| Failure::error(error.to_string()))?;
+            let header = Request::ImportStream {
                 set,
                 replace,
                 dry_run,
                 safety: safety(force),
-            })?;
+                summary_only: !json && !dry_run,
+            };
+            connection
+                .send(&header)
+                .map_err(|error| Failure::error(error.to_string()))?;
+            stream_csv(&file, &mut connection)?;
+            let reply = answered(connection.reply())?;
             let plan = reply.import.clone().unwrap_or_default();
             if json {
                 print_json(&plan);
@@ -469,10 +475,17 @@ fn set_mode(socket: &Path, mode: Mode) -> Result<(), Failure> {
     Ok(())
 }
 
+/// How long a request may take to be answered (a million rows to apply, a feed to fetch).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// Sends a request; a refusal becomes a Failure with the documented exit code.
 fn ask(socket: &Path, request: &Request) -> Result<Reply, Failure> {
-    let reply = control::request(socket, request, Duration::from_secs(600))
-        .map_err(|error| Failure::error(error.to_string()))?;
+    answered(control::request(socket, request, REPLY_TIMEOUT))
+}
+
+/// The daemon's reply; a refusal becomes a Failure with the documented exit code.
+pub(crate) fn answered(reply: Result<Reply, control::ClientError>) -> Result<Reply, Failure> {
+    let reply = reply.map_err(|error| Failure::error(error.to_string()))?;
     if reply.ok {
         return Ok(reply);
     }
