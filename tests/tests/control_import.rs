@@ -387,3 +387,58 @@ fn import_tells_what_differs_from_the_file_and_needs_force_for_everyone() {
     assert_eq!(only(&daemon, "10.98.0.0/16").description, "host bits");
     assert_eq!(only(&daemon, "::/0").description, "everyone");
 }
+
+/// Rows of a streamed import (`import_stream`, then one row a line, then an empty line)
+/// change nothing until the empty line ends them: a client that goes away before it (it
+/// found a bad row further down its file) leaves the list as it was, and so does a row
+/// the daemon cannot read, which it names.
+#[test]
+fn a_streamed_import_changes_nothing_until_its_rows_are_ended() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::net::UnixStream;
+
+    let topology = Topology::new().unwrap();
+    let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client_v4(&topology)).unwrap();
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    let list = daemon.list();
+    const HEADER: &[u8] = b"{\"command\":\"import_stream\"}\n";
+    const ROW: &[u8] = b"{\"line\":2,\"network\":\"10.10.2.2/32\",\"description\":\"blocked\"}\n";
+    let reply_to = |lines: &[&[u8]]| -> Option<serde_json::Value> {
+        let mut stream = UnixStream::connect(&daemon.files().socket).unwrap();
+        for line in lines {
+            stream.write_all(line).unwrap();
+        }
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut reply = String::new();
+        BufReader::new(stream).read_line(&mut reply).unwrap();
+        (!reply.is_empty()).then(|| serde_json::from_str(&reply).unwrap())
+    };
+
+    assert_eq!(reply_to(&[HEADER, ROW]), None, "no reply to unended rows");
+    assert_eq!(daemon.list(), list, "unended rows changed the list");
+    let too_long = [
+        b"{\"line\":3,\"description\":\"".as_slice(),
+        &[b'x'; 40 << 10],
+        b"\"}\n",
+    ]
+    .concat();
+    for (what, bad) in [
+        (
+            "a malformed row",
+            b"{\"line\":3,\"network\":\"10.10.2.300/32\"}\n".as_slice(),
+        ),
+        ("a row over the bound", too_long.as_slice()),
+    ] {
+        let reply = reply_to(&[HEADER, ROW, bad, b"\n"]).unwrap();
+        assert_eq!(reply["ok"], false, "{what}: {reply}");
+        let error = reply["error"].as_str().unwrap_or_default();
+        assert!(error.contains("row 2"), "{what}: {error}");
+        assert_eq!(daemon.list(), list, "{what} changed the list");
+    }
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Drop);
+
+    let reply = reply_to(&[HEADER, ROW, b"\n"]).unwrap();
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert_eq!(only(&daemon, "10.10.2.2/32").description, "blocked");
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+}
