@@ -451,7 +451,6 @@ impl<K: Kernel> Daemon<K> {
             None => self.apply_to_kernel(),
         };
         let result = applied.and_then(|()| self.persist());
-        return_freed_memory();
         if let Err(error) = result {
             self.events.rollbacks = self.events.rollbacks.saturating_add(1);
             error!(%error, by = "rollback", "the change failed; restoring the previous list and mode");
@@ -459,8 +458,12 @@ impl<K: Kernel> Daemon<K> {
             if let Err(restore) = self.apply_to_kernel() {
                 error!(error = %restore, "restoring the previous list failed too; the kernel keeps whichever list it last applied whole");
             }
+            return_freed_memory();
             return Err(error);
         }
+        // The list before the change goes first: it is most of what there is to return.
+        drop(previous);
+        return_freed_memory();
         self.events.changed();
         Ok(())
     }
@@ -637,7 +640,7 @@ pub fn kernel_release() -> String {
 /// Hands memory freed by a whole-list change back to the system: the old list, its
 /// compiled form and the request that carried the new one can be hundreds of MiB at a
 /// million entries, and the allocator would otherwise keep them as the daemon's RSS.
-fn return_freed_memory() {
+pub(crate) fn return_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only releases free memory of the allocator's own heaps.
     unsafe {

@@ -200,7 +200,13 @@ impl<K: Kernel> Daemon<K> {
                 replace,
                 dry_run,
                 safety,
-            } => self.import(&rows, &set, replace, dry_run, &safety),
+            } => {
+                let imported = self.import(&rows, &set, replace, dry_run, &safety);
+                // The rows of a whole list are hundreds of bytes each, freed only now.
+                drop(rows);
+                super::return_freed_memory();
+                imported
+            }
             Request::ImportStream { .. } => Err(Refusal::Error(
                 "import_stream: its rows follow on the control socket, which reads them and asks as `import`".into(),
             )),
