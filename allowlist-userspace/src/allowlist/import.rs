@@ -154,10 +154,9 @@ impl Allowlist {
             }
             final_rows.push((network, row));
         }
-        // A later row for the same network wins: reversed, a stable sort puts it first.
-        final_rows.reverse();
+        // Stable: rows for one network stay in file order and apply one after another, so
+        // a later row wins what it sets (a two-column row keeps an earlier row's ports).
         final_rows.sort_by_key(|(network, _)| *network);
-        final_rows.dedup_by_key(|(network, _)| *network);
 
         let fresh = Kept {
             added_at: now(),
@@ -170,7 +169,8 @@ impl Allowlist {
         let mut interner = Interner::default();
         let mut listed = old.iter().peekable();
         let mut merged = Vec::with_capacity(final_rows.len());
-        for (network, row) in final_rows {
+        let mut rows = final_rows.into_iter().peekable();
+        while let Some((network, row)) = rows.next() {
             while let Some((before, kept)) = listed.next_if(|(before, _)| **before < network) {
                 if replace {
                     plan.removed.push(*before);
@@ -178,19 +178,18 @@ impl Allowlist {
                     merged.push((*before, kept.clone()));
                 }
             }
-            let kept = match listed.next_if(|(before, _)| **before == network) {
-                Some((_, was)) => {
-                    let now = imported(was, row, &mut interner);
-                    if now != *was {
-                        plan.updated.push(network);
-                    }
-                    now
-                }
-                None => {
-                    plan.added.push(network);
-                    imported(&fresh, row, &mut interner)
-                }
-            };
+            let was = listed
+                .next_if(|(before, _)| **before == network)
+                .map(|(_, was)| was);
+            let mut kept = imported(was.unwrap_or(&fresh), row, &mut interner);
+            while let Some((_, row)) = rows.next_if(|(next, _)| *next == network) {
+                kept = imported(&kept, row, &mut interner);
+            }
+            match was {
+                None => plan.added.push(network),
+                Some(was) if kept != *was => plan.updated.push(network),
+                Some(_) => {}
+            }
             merged.push((network, kept));
         }
         for (before, kept) in listed {

@@ -269,3 +269,25 @@ fn importing_into_a_copy_leaves_the_list_it_was_copied_from_as_it_was() {
     let networks: Vec<IpNet> = next.managed().map(|entry| entry.network).collect();
     assert_eq!(networks, [net("10.0.0.2/32")]);
 }
+
+#[test]
+fn rows_for_one_network_apply_in_file_order_and_a_two_column_row_keeps_earlier_ports() {
+    let mut list = Allowlist::new(&config(CONFIG), vec![], &BTreeMap::new());
+    let scoped = ImportRow {
+        scope: Some(RowScope {
+            ports: vec!["443/udp".parse().unwrap()],
+            expires_at: None,
+        }),
+        ..row(2, "::ffff:198.51.100.7", "first")
+    };
+    let rows = [
+        scoped,
+        row(4, "198.51.100.7", "second"),
+        row(6, "198.51.100.7/32", "last"),
+    ];
+    let plan = list.import(&rows, &d(), false).unwrap();
+    assert_eq!(plan.added, [net("198.51.100.7/32")]);
+    let entry = list.managed_entry(net("198.51.100.7/32"), &d()).unwrap();
+    assert_eq!(entry.description, "last");
+    assert_eq!(entry.ports, ["443/udp".parse().unwrap()]);
+}
