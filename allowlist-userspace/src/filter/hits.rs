@@ -86,13 +86,8 @@ impl HitCounters {
     }
 
     /// Gives back the counters of prefixes no longer listed (after a whole apply).
-    pub fn keep_only(&mut self, listed: &std::collections::HashSet<IpNet>) {
-        let gone: Vec<IpNet> = self
-            .of
-            .keys()
-            .filter(|net| !listed.contains(net))
-            .copied()
-            .collect();
+    pub fn keep_only(&mut self, listed: impl Fn(&IpNet) -> bool) {
+        let gone: Vec<IpNet> = self.of.keys().filter(|net| !listed(net)).copied().collect();
         for net in gone {
             self.release(net);
         }

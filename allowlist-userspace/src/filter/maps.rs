@@ -12,16 +12,19 @@ use allowlist_common::{EntryHits, MAP_ENTRY_HITS};
 use allowlist_common::{RecentDrop, MAP_RECENT_DROPS};
 use aya::{
     maps::{
-        Array, HashMap as BpfHashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap,
+        lpm_trie::Key, Array, HashMap as BpfHashMap, IterableMap as _, LpmTrie, Map, MapData,
+        MapError, PerCpuArray, PerCpuHashMap,
     },
+    sys::SyscallError,
     Ebpf,
 };
 use ipnet::{Ipv4Net, Ipv6Net};
 
 use super::{
+    batch,
     error::{io_error, kernel_error, Result},
     family::Prefix,
-    slots::{FamilyPlacement, FamilySlot, Place, SlotMaps},
+    slots::{BatchError, FamilyPlacement, FamilySlot, Place, SlotMaps},
     FilterError,
 };
 use crate::screen::{MappedScreen, ScreenBits};
@@ -79,12 +82,59 @@ impl<P: Prefix> SlotMaps<P> for FamilyMaps<P> {
         }
     }
 
+    fn insert_batch(
+        &mut self,
+        place: Place,
+        entries: &[(P, AllowRule)],
+    ) -> Result<(), BatchError<MapError>> {
+        let rules: Vec<AllowRule> = entries.iter().map(|(_, rule)| *rule).collect();
+        let written = match place {
+            Place::Exact => {
+                let keys: Vec<P::Octets> = entries.iter().map(|(net, _)| net.octets()).collect();
+                batch::update(self.exact.map(), &keys, &rules)
+            }
+            Place::Trie => {
+                let keys: Vec<Key<P::Octets>> = entries.iter().map(|(net, _)| net.key()).collect();
+                batch::update(self.trie.map(), &keys, &rules)
+            }
+        };
+        written.map_err(|stopped| batch_error("bpf_map_update_batch", stopped))
+    }
+
+    fn remove_batch(&mut self, place: Place, nets: &[P]) -> Result<(), BatchError<MapError>> {
+        let removed = match place {
+            Place::Exact => {
+                let keys: Vec<P::Octets> = nets.iter().map(|net| net.octets()).collect();
+                batch::delete(self.exact.map(), &keys)
+            }
+            Place::Trie => {
+                let keys: Vec<Key<P::Octets>> = nets.iter().map(|net| net.key()).collect();
+                batch::delete(self.trie.map(), &keys)
+            }
+        };
+        removed.map_err(|stopped| batch_error("bpf_map_delete_batch", stopped))
+    }
+
     fn screen(&mut self, net: P) {
         net.screen_in(&self.screen);
     }
 
     fn write_screen(&mut self, bits: &ScreenBits) {
         self.screen.write(bits);
+    }
+}
+
+/// A batch call's refusal, worded as aya words a single call's.
+fn batch_error(call: &'static str, stopped: batch::Stopped) -> BatchError<MapError> {
+    if stopped.unsupported() {
+        return BatchError::Unsupported;
+    }
+    BatchError::Stopped {
+        done: stopped.done,
+        error: MapError::SyscallError(SyscallError {
+            call,
+            io_error: stopped.error,
+        }),
     }
 }
 

@@ -21,6 +21,7 @@
 //! sequences them.
 
 mod attach;
+mod batch;
 mod blocks;
 mod dropped;
 mod error;
@@ -194,15 +195,8 @@ impl Filter {
             active
                 .v4
                 .held()
-                .iter()
-                .map(|(net, rule)| (IpNet::V4(*net), *rule))
-                .chain(
-                    active
-                        .v6
-                        .held()
-                        .iter()
-                        .map(|(net, rule)| (IpNet::V6(*net), *rule)),
-                ),
+                .map(|(net, rule)| (IpNet::V4(net), rule))
+                .chain(active.v6.held().map(|(net, rule)| (IpNet::V6(net), rule))),
         );
         let counter_blocks =
             blocks::CounterBlocks::read_back(&maps.ifindex_blocks, &pins.pinned_interfaces()?);
@@ -388,14 +382,12 @@ impl Filter {
         // the old slot could count into them.
         wait_for_packets_in_flight();
         // The old slot still points at the counters of prefixes gone from the list, but
-        // no packet is judged by it, and the next change rewrites its rules.
-        let listed = list
-            .v4
-            .iter()
-            .map(|(net, _)| IpNet::V4(*net))
-            .chain(list.v6.iter().map(|(net, _)| IpNet::V6(*net)))
-            .collect();
-        self.hit_counters.keep_only(&listed);
+        // no packet is judged by it, and the next change rewrites its rules. (Looked up in
+        // the sorted list: far fewer prefixes have counters than a long list holds.)
+        self.hit_counters.keep_only(|net| match net {
+            IpNet::V4(net) => list.v4.binary_search_by(|(n, _)| n.cmp(net)).is_ok(),
+            IpNet::V6(net) => list.v6.binary_search_by(|(n, _)| n.cmp(net)).is_ok(),
+        });
         report.took = started.elapsed();
         Ok(report)
     }

@@ -1,7 +1,9 @@
 //! What a slot should hold and how to get it there: the list in the kernel's terms, the
-//! diff against what the slot holds, where each host goes (the exact-host hash while it
-//! has room, else the trie; a host keeps its place while listed), and the order of the
-//! writes. The maps are behind [`SlotMaps`], so all of this is tested without a kernel.
+//! diff against what the slot holds (a compact sorted mirror, walked in step with the
+//! list), where each host goes (the exact-host hash while it has room, else the trie; a
+//! host keeps its place while listed), the order of the writes, and when they go in
+//! batches (see `batch.rs`). The maps are behind [`SlotMaps`], so all of this is tested
+//! without a kernel.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,7 +16,7 @@ use super::{
     ApplyReport, FilterError,
 };
 use crate::{
-    compile::{region_range, CompiledList, Reach},
+    compile::{CompiledList, Reach},
     ports::PortSpec,
     screen::ScreenBits,
 };
@@ -124,10 +126,98 @@ pub(super) trait SlotMaps<P> {
     /// Adds `net`, or replaces its rule.
     fn insert(&mut self, place: Place, net: P, rule: AllowRule) -> Result<(), Self::Error>;
     fn remove(&mut self, place: Place, net: P) -> Result<(), Self::Error>;
+    /// [`SlotMaps::insert`] of each entry, in order, in one call to the kernel.
+    fn insert_batch(
+        &mut self,
+        place: Place,
+        entries: &[(P, AllowRule)],
+    ) -> Result<(), BatchError<Self::Error>>;
+    /// [`SlotMaps::remove`] of each prefix, in order, in one call to the kernel.
+    fn remove_batch(&mut self, place: Place, nets: &[P]) -> Result<(), BatchError<Self::Error>>;
     /// Sets `net`'s screen bits, leaving the others.
     fn screen(&mut self, net: P);
     /// Makes the screen exactly `bits`.
     fn write_screen(&mut self, bits: &ScreenBits);
+}
+
+/// Why a batch call did not write all its elements.
+#[derive(Debug)]
+pub(super) enum BatchError<E> {
+    /// The kernel has no batch call for this map; nothing was written.
+    Unsupported,
+    /// The elements before `done` were written; the one at `done` was refused (or, when
+    /// `done` is the batch's length, the call failed after writing them all).
+    Stopped { done: usize, error: E },
+}
+
+/// When a slot writes in batches rather than one element per call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Batching {
+    /// Changes fewer than this are written one by one: a batch call saves little on a few
+    /// writes, and one-by-one writes are what in-place changes are made of.
+    pub from: usize,
+    /// Elements per batch call at most, which bounds the buffers (64k IPv6 trie keys and
+    /// rules take 2 MiB).
+    pub chunk: usize,
+    /// The kernel refused batch calls for the exact-host hash: written one by one since.
+    pub refused_exact: bool,
+    /// The same for the trie.
+    pub refused_trie: bool,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            from: 32,
+            chunk: 65_536,
+            refused_exact: false,
+            refused_trie: false,
+        }
+    }
+}
+
+impl Batching {
+    fn refused(&mut self, place: Place) -> &mut bool {
+        match place {
+            Place::Exact => &mut self.refused_exact,
+            Place::Trie => &mut self.refused_trie,
+        }
+    }
+}
+
+/// One prefix and its rule as a slot's mirror holds it: 12 bytes for IPv4 and 24 for
+/// IPv6, where `(prefix, AllowRule)` takes 16 and 28 (port sets are numbered below
+/// [`MAX_PORT_SETS`], so 16 bits hold any the filter writes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Held<P> {
+    net: P,
+    flags: u32,
+    /// A port set number too large for 16 bits, read back from the kernel, is held as
+    /// `u16::MAX`, which no list the filter writes has: the next write replaces the rule.
+    port_set: u16,
+}
+
+const _: () = assert!(MAX_PORT_SETS < u16::MAX as u32);
+
+impl<P: Copy> Held<P> {
+    fn new((net, rule): (P, AllowRule)) -> Self {
+        Held {
+            net,
+            flags: rule.flags,
+            port_set: u16::try_from(rule.port_set).unwrap_or(u16::MAX),
+        }
+    }
+
+    fn rule(&self) -> AllowRule {
+        AllowRule {
+            flags: self.flags,
+            port_set: u32::from(self.port_set),
+        }
+    }
+
+    fn entry(&self) -> (P, AllowRule) {
+        (self.net, self.rule())
+    }
 }
 
 /// Where a family's hosts are in one slot. Hosts go to the exact-host hash while it has
@@ -195,9 +285,10 @@ pub(super) struct FamilySlot<P, M> {
     maps: M,
     /// For messages.
     slot: usize,
-    /// Sorted by prefix.
-    held: Vec<(P, AllowRule)>,
+    /// What the maps hold, sorted by prefix: the mirror every write is diffed against.
+    held: Vec<Held<P>>,
     placement: FamilyPlacement<P>,
+    batching: Batching,
 }
 
 impl<P: Prefix, M: SlotMaps<P>> FamilySlot<P, M> {
@@ -205,43 +296,61 @@ impl<P: Prefix, M: SlotMaps<P>> FamilySlot<P, M> {
     pub fn new(
         maps: M,
         slot: usize,
-        mut held: Vec<(P, AllowRule)>,
+        held: Vec<(P, AllowRule)>,
         placement: FamilyPlacement<P>,
     ) -> Self {
-        held.sort_unstable_by_key(|(net, _)| *net);
+        let mut held: Vec<Held<P>> = held.into_iter().map(Held::new).collect();
+        held.sort_unstable_by_key(|held| held.net);
         FamilySlot {
             maps,
             slot,
             held,
             placement,
+            batching: Batching::default(),
         }
     }
 
-    pub fn held(&self) -> &[(P, AllowRule)] {
-        &self.held
+    /// What the maps hold, by prefix.
+    pub fn held(&self) -> impl ExactSizeIterator<Item = (P, AllowRule)> + '_ {
+        self.held.iter().map(Held::entry)
     }
 
-    /// Brings an idle slot (no packet is judged by it) to `wanted`: removals first, so a
-    /// list replaced by another never needs room for both, then the screen whole.
+    /// Brings an idle slot (no packet is judged by it) to `wanted` (sorted by prefix):
+    /// removals first, so a list replaced by another never needs room for both, then the
+    /// screen whole. A large change goes in batches.
     pub fn write_whole(
         &mut self,
         wanted: &[(P, AllowRule)],
         screen: &ScreenBits,
     ) -> Result<ApplyReport> {
-        let (upsert, remove) = diff(&self.held, wanted);
-        for net in &remove {
-            self.remove(*net)?;
+        let changes_at_least = |count: usize| {
+            merge(&self.held, wanted)
+                .nth(count.saturating_sub(1))
+                .is_some()
+        };
+        let batched = changes_at_least(self.batching.from);
+        let mut writes = Writes::new(&mut self.maps, self.slot, &mut self.batching);
+        writes.batched = batched;
+        let mut report = ApplyReport::default();
+        for change in merge(&self.held, wanted) {
+            if let Change::Remove(net) = change {
+                writes.remove(self.placement.take(net), net)?;
+                report.removed += 1;
+            }
         }
-        for (net, rule) in &upsert {
-            self.upsert(*net, *rule)?;
+        writes.flush()?;
+        for change in merge(&self.held, wanted) {
+            if let Change::Upsert { net, rule, listed } = change {
+                writes.insert(self.placement.place(net, listed), net, rule)?;
+                report.added += 1;
+            }
         }
+        writes.flush()?;
         self.maps.write_screen(screen);
-        self.held = wanted.to_vec();
-        Ok(ApplyReport {
-            added: upsert.len(),
-            removed: remove.len(),
-            ..ApplyReport::default()
-        })
+        // In place: the mirror's memory serves every list of about its size.
+        self.held.clear();
+        self.held.extend(wanted.iter().copied().map(Held::new));
+        Ok(report)
     }
 
     /// Brings the prefixes inside `region` to `wanted` (all inside it) in a slot packets
@@ -251,37 +360,245 @@ impl<P: Prefix, M: SlotMaps<P>> FamilySlot<P, M> {
     /// without passing through a shorter prefix that is about to be replaced or has
     /// already gone.
     pub fn write_region(&mut self, region: &P, wanted: &[(P, AllowRule)]) -> Result<ApplyReport> {
-        let range = region_range(&self.held, region, |net| region.covers(net));
-        let (mut upsert, mut remove) = diff(&self.held[range.clone()], wanted);
-        for (net, _) in &upsert {
+        let start = self.held.partition_point(|held| held.net < *region);
+        let len = self.held[start..]
+            .iter()
+            .take_while(|held| region.covers(&held.net))
+            .count();
+        let range = start..start + len;
+        let mut upsert = Vec::new();
+        let mut remove = Vec::new();
+        for change in merge(&self.held[range.clone()], wanted) {
+            match change {
+                Change::Upsert { net, rule, listed } => upsert.push((net, rule, listed)),
+                Change::Remove(net) => remove.push(net),
+            }
+        }
+        for (net, _, _) in &upsert {
             self.maps.screen(*net);
         }
-        upsert.sort_by_key(|(net, _)| std::cmp::Reverse(net.len()));
+        upsert.sort_by_key(|(net, _, _)| std::cmp::Reverse(net.len()));
         remove.sort_by_key(|net| std::cmp::Reverse(net.len()));
-        for (net, rule) in &upsert {
-            self.upsert(*net, *rule)?;
+        let mut writes = Writes::new(&mut self.maps, self.slot, &mut self.batching);
+        writes.batched = upsert.len() + remove.len() >= writes.batching.from;
+        for (net, rule, listed) in &upsert {
+            writes.insert(self.placement.place(*net, *listed), *net, *rule)?;
         }
+        writes.flush()?;
         for net in &remove {
-            self.remove(*net)?;
+            writes.remove(self.placement.take(*net), *net)?;
         }
-        self.held.splice(range, wanted.iter().copied());
+        writes.flush()?;
+        self.held
+            .splice(range, wanted.iter().copied().map(Held::new));
         Ok(ApplyReport {
             added: upsert.len(),
             removed: remove.len(),
             ..ApplyReport::default()
         })
     }
+}
 
-    fn upsert(&mut self, net: P, rule: AllowRule) -> Result<()> {
-        let listed = self.held.binary_search_by(|(n, _)| n.cmp(&net)).is_ok();
-        let place = self.placement.place(net, listed);
+/// One difference between what a slot holds and what it should.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change<P> {
+    /// `net` is new, or has a new rule (`listed`: the slot holds it already).
+    Upsert {
+        net: P,
+        rule: AllowRule,
+        listed: bool,
+    },
+    Remove(P),
+}
+
+/// The changes that turn `held` into `wanted`, in prefix order: one linear walk of the
+/// two sorted sequences together.
+fn merge<'a, P: Ord + Copy>(
+    held: &'a [Held<P>],
+    wanted: &'a [(P, AllowRule)],
+) -> impl Iterator<Item = Change<P>> + 'a {
+    use std::cmp::Ordering;
+    let mut held = held.iter().peekable();
+    let mut wanted = wanted.iter().peekable();
+    std::iter::from_fn(move || loop {
+        let order = match (held.peek(), wanted.peek()) {
+            (None, None) => return None,
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (Some(old), Some((net, _))) => old.net.cmp(net),
+        };
+        match order {
+            Ordering::Less => return held.next().map(|old| Change::Remove(old.net)),
+            Ordering::Greater => {
+                return wanted.next().map(|&(net, rule)| Change::Upsert {
+                    net,
+                    rule,
+                    listed: false,
+                })
+            }
+            Ordering::Equal => {
+                let (old, &(net, rule)) = (held.next()?, wanted.next()?);
+                if old.rule() != rule {
+                    return Some(Change::Upsert {
+                        net,
+                        rule,
+                        listed: true,
+                    });
+                }
+            }
+        }
+    })
+}
+
+/// The prefixes to write (new, or with a new rule) and to remove to turn `current` into
+/// `wanted`; both sorted by prefix. (The writers walk [`merge`] instead.)
+#[cfg(test)]
+pub(super) fn diff<N: Ord + Copy>(
+    current: &[(N, AllowRule)],
+    wanted: &[(N, AllowRule)],
+) -> (Vec<(N, AllowRule)>, Vec<N>) {
+    let current: Vec<Held<N>> = current.iter().copied().map(Held::new).collect();
+    let (mut upsert, mut remove) = (Vec::new(), Vec::new());
+    for change in merge(&current, wanted) {
+        match change {
+            Change::Upsert { net, rule, .. } => upsert.push((net, rule)),
+            Change::Remove(net) => remove.push(net),
+        }
+    }
+    (upsert, remove)
+}
+
+/// The writes into one family's maps of a slot: made one by one, or gathered per map and
+/// sent in batches of [`Batching::chunk`].
+struct Writes<'a, P, M> {
+    maps: &'a mut M,
+    slot: usize,
+    batching: &'a mut Batching,
+    batched: bool,
+    inserts: [Vec<(P, AllowRule)>; 2],
+    removes: [Vec<P>; 2],
+}
+
+/// Gathered writes by map, in the order they are sent: the exact-host hash first, as its
+/// hosts are the longest prefixes there are (which in-place writes rely on).
+const PLACES: [Place; 2] = [Place::Exact, Place::Trie];
+
+impl<'a, P: Prefix, M: SlotMaps<P>> Writes<'a, P, M> {
+    fn new(maps: &'a mut M, slot: usize, batching: &'a mut Batching) -> Self {
+        Writes {
+            maps,
+            slot,
+            batching,
+            batched: false,
+            inserts: [Vec::new(), Vec::new()],
+            removes: [Vec::new(), Vec::new()],
+        }
+    }
+
+    fn insert(&mut self, place: Place, net: P, rule: AllowRule) -> Result<()> {
+        if !self.batched {
+            return self.insert_one(place, net, rule);
+        }
+        self.inserts[place as usize].push((net, rule));
+        if self.inserts[place as usize].len() >= self.batching.chunk {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, place: Place, net: P) -> Result<()> {
+        if !self.batched {
+            return self.remove_one(place, net);
+        }
+        self.removes[place as usize].push(net);
+        if self.removes[place as usize].len() >= self.batching.chunk {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends what is gathered, every map's, in [`PLACES`] order: a full buffer flushes
+    /// them all, so no write overtakes one gathered before it in another map.
+    fn flush(&mut self) -> Result<()> {
+        for place in PLACES {
+            let inserts = std::mem::take(&mut self.inserts[place as usize]);
+            self.insert_all(place, &inserts)?;
+            let removes = std::mem::take(&mut self.removes[place as usize]);
+            self.remove_all(place, &removes)?;
+            // The buffers are kept for the next chunk.
+            self.inserts[place as usize] = reuse(inserts);
+            self.removes[place as usize] = reuse(removes);
+        }
+        Ok(())
+    }
+
+    fn insert_all(&mut self, place: Place, entries: &[(P, AllowRule)]) -> Result<()> {
+        let mut rest = entries;
+        while !rest.is_empty() {
+            if *self.batching.refused(place) {
+                for &(net, rule) in rest {
+                    self.insert_one(place, net, rule)?;
+                }
+                return Ok(());
+            }
+            let chunk = &rest[..rest.len().min(self.batching.chunk.max(1))];
+            match self.maps.insert_batch(place, chunk) {
+                Ok(()) => rest = &rest[chunk.len()..],
+                Err(BatchError::Unsupported) => *self.batching.refused(place) = true,
+                Err(BatchError::Stopped { done, error }) => {
+                    let Some(&(net, rule)) = chunk.get(done) else {
+                        return Err(kernel_error(format!(
+                            "adding {} prefixes to slot {}",
+                            chunk.len(),
+                            self.slot
+                        ))(error));
+                    };
+                    // Written alone, the refused element is reported as any single
+                    // write is (or goes in, if what stopped the batch has passed).
+                    self.insert_one(place, net, rule)?;
+                    rest = &rest[done + 1..];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_all(&mut self, place: Place, nets: &[P]) -> Result<()> {
+        let mut rest = nets;
+        while !rest.is_empty() {
+            if *self.batching.refused(place) {
+                for &net in rest {
+                    self.remove_one(place, net)?;
+                }
+                return Ok(());
+            }
+            let chunk = &rest[..rest.len().min(self.batching.chunk.max(1))];
+            match self.maps.remove_batch(place, chunk) {
+                Ok(()) => rest = &rest[chunk.len()..],
+                Err(BatchError::Unsupported) => *self.batching.refused(place) = true,
+                Err(BatchError::Stopped { done, error }) => {
+                    let Some(&net) = chunk.get(done) else {
+                        return Err(kernel_error(format!(
+                            "removing {} prefixes from slot {}",
+                            chunk.len(),
+                            self.slot
+                        ))(error));
+                    };
+                    self.remove_one(place, net)?;
+                    rest = &rest[done + 1..];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_one(&mut self, place: Place, net: P, rule: AllowRule) -> Result<()> {
         self.maps
             .insert(place, net, rule)
             .map_err(kernel_error(format!("adding {net} to slot {}", self.slot)))
     }
 
-    fn remove(&mut self, net: P) -> Result<()> {
-        let place = self.placement.take(net);
+    fn remove_one(&mut self, place: Place, net: P) -> Result<()> {
         self.maps.remove(place, net).map_err(kernel_error(format!(
             "removing {net} from slot {}",
             self.slot
@@ -289,26 +606,7 @@ impl<P: Prefix, M: SlotMaps<P>> FamilySlot<P, M> {
     }
 }
 
-/// The prefixes to write (new, or with a new rule) and to remove to turn `current` into
-/// `wanted`; both sorted by prefix.
-pub(super) fn diff<N: Ord + Copy>(
-    current: &[(N, AllowRule)],
-    wanted: &[(N, AllowRule)],
-) -> (Vec<(N, AllowRule)>, Vec<N>) {
-    let find = |list: &[(N, AllowRule)], net: &N| {
-        list.binary_search_by(|(n, _)| n.cmp(net))
-            .ok()
-            .map(|i| list[i].1)
-    };
-    let upsert = wanted
-        .iter()
-        .filter(|(net, rule)| find(current, net) != Some(*rule))
-        .copied()
-        .collect();
-    let remove = current
-        .iter()
-        .filter(|(net, _)| find(wanted, net).is_none())
-        .map(|(net, _)| *net)
-        .collect();
-    (upsert, remove)
+fn reuse<T>(mut buffer: Vec<T>) -> Vec<T> {
+    buffer.clear();
+    buffer
 }
