@@ -1,6 +1,8 @@
 //! A host following its fleet: reads the followed sets once (or resumes after the
-//! revision it last applied), watches the prefix, hands each new revision to the daemon
-//! (`Daemon::fleet_apply`), and publishes its status under a lease. Runs on a thread of
+//! revision it last applied), watches the prefix, hands each watch message's changes to
+//! the daemon as a delta (`Daemon::fleet_apply_delta`; the sets whole, `fleet_apply`,
+//! after a full read or when the kernel is not as of the previous revision), and
+//! publishes its status under a lease. Runs on a thread of
 //! its own and takes the daemon's lock only to apply and to read its status, so a slow
 //! or lost etcd delays no request. Losing etcd changes nothing the kernel enforces.
 
@@ -18,11 +20,11 @@ use tracing::{info, warn};
 
 use super::{
     etcd::{Etcd, EtcdError, Event, Op, WatchMessage},
-    parse_set, EntryValue, FleetConfig, HostStatus, Layout, RawSet,
+    parse_entry, parse_set, EntryValue, FleetConfig, HostStatus, Layout, RawSet,
 };
 use crate::{
     allowlist::SetName,
-    daemon::{Daemon, DesiredSet},
+    daemon::{Daemon, DesiredSet, FleetOutcome, SetDelta},
 };
 
 /// Lease of a host's status key: it vanishes this long after the host stops renewing.
@@ -33,6 +35,10 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 const PUBLISH_EVERY: Duration = Duration::from_secs(10);
 /// A held change is tried again this often (the session it protects may have ended).
 const RETRY_HELD_EVERY: Duration = Duration::from_secs(5);
+/// A revision refused for another reason (a failed write, the kernel's limits) is tried
+/// again after this, then twice as long each time up to [`RETRY_REFUSED_AT_MOST`].
+const RETRY_REFUSED_FIRST: Duration = Duration::from_secs(5);
+const RETRY_REFUSED_AT_MOST: Duration = Duration::from_secs(300);
 /// Longest wait between attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -66,6 +72,8 @@ struct Follower {
     /// Each key's last value that parsed (network, description): a bad value written
     /// over a good entry keeps that entry as it was instead of dropping it.
     last_good: BTreeMap<String, (IpNet, String)>,
+    /// Each followed set's malformed keys now, with why (reported with every revision).
+    malformed: BTreeMap<SetName, BTreeMap<String, String>>,
     /// The revision applied (0: none yet).
     revision: i64,
     /// Read everything before watching (nothing applied yet, or etcd compacted past it).
@@ -78,8 +86,11 @@ struct Follower {
     lease: Option<i64>,
     published: Option<(HostStatus, Instant)>,
     renewed: Instant,
+    /// What became of the last revision handed to the daemon: only after `Applied` is
+    /// the kernel as of `revision`, so that the next message applies as a delta.
+    outcome: FleetOutcome,
     retried: Instant,
-    held: bool,
+    retry_refused_after: Duration,
     backoff: Duration,
 }
 
@@ -116,6 +127,7 @@ impl Follower {
             layout,
             desired,
             last_good,
+            malformed: BTreeMap::new(),
             revision: revision.unwrap_or(0),
             resync: revision.is_none(),
             cluster,
@@ -125,8 +137,11 @@ impl Follower {
             lease: None,
             published: None,
             renewed: Instant::now(),
+            // The daemon checks that every set is as of `revision` before it takes a
+            // delta, and asks for the sets whole if not.
+            outcome: FleetOutcome::Applied,
             retried: Instant::now(),
-            held: false,
+            retry_refused_after: RETRY_REFUSED_FIRST,
             backoff: Duration::from_millis(200),
         }
     }
@@ -169,8 +184,9 @@ impl Follower {
                     self.backoff = Duration::from_millis(200);
                 }
                 Ok(Ok(WatchMessage::Events { revision, events })) => {
+                    let since = self.revision;
                     match self.take(revision, events) {
-                        Ok(()) => self.offer(),
+                        Ok(deltas) => self.apply(since, &deltas),
                         Err(error) => self.disconnected(error),
                     }
                 }
@@ -287,29 +303,93 @@ impl Follower {
             .cloned()
     }
 
-    /// Applies one watch message's events to `desired`; refuses the whole message (the
-    /// watch starts again after the last applied revision) when it is not consistent.
-    fn take(&mut self, header: i64, events: Vec<Event>) -> Result<(), EtcdError> {
+    /// Takes one watch message's events into `desired` and returns what they change in
+    /// each followed set; refuses the whole message (the watch starts again after the
+    /// last applied revision) when it is not consistent. A malformed value changes
+    /// nothing (its key keeps its last good value, if any) and is reported.
+    fn take(
+        &mut self,
+        header: i64,
+        events: Vec<Event>,
+    ) -> Result<BTreeMap<SetName, SetDelta>, EtcdError> {
         let through = applied_revision(header, &events).map_err(EtcdError::Protocol)?;
+        let mut deltas: BTreeMap<SetName, SetDelta> = self
+            .config
+            .sets
+            .iter()
+            .map(|set| (set.clone(), SetDelta::default()))
+            .collect();
         for event in events {
-            match event {
-                Event::Put(kv) => {
-                    if let Some(set) = self.followed(&kv.key) {
-                        self.desired
-                            .entry(set)
-                            .or_default()
-                            .insert(kv.key, kv.value);
+            let (key, value) = match event {
+                Event::Put(kv) => (kv.key, Some(kv.value)),
+                Event::Delete { key, .. } => (key, None),
+            };
+            let Some(set) = self.followed(&key) else {
+                continue;
+            };
+            let Some((_, network)) = self.layout.split_entry(&key) else {
+                continue;
+            };
+            let changes = &mut deltas.entry(set.clone()).or_default().changes;
+            let malformed = self.malformed.entry(set.clone()).or_default();
+            let raw = self.desired.entry(set).or_default();
+            match value {
+                None => {
+                    raw.remove(&key);
+                    malformed.remove(&key);
+                    if let Some((network, _)) = self.last_good.remove(&key) {
+                        changes.insert(network, None);
                     }
                 }
-                Event::Delete { key, .. } => {
-                    if let Some(set) = self.followed(&key) {
-                        self.desired.entry(set).or_default().remove(&key);
+                Some(value) => {
+                    match parse_entry(&key, network, &value) {
+                        Ok((network, description)) => {
+                            malformed.remove(&key);
+                            self.last_good
+                                .insert(key.clone(), (network, description.clone()));
+                            changes.insert(network, Some(description));
+                        }
+                        Err(problem) => {
+                            malformed.insert(key.clone(), problem.to_string());
+                        }
                     }
+                    raw.insert(key, value);
                 }
             }
         }
+        for (set, delta) in &mut deltas {
+            delta.malformed = self
+                .malformed
+                .get(set)
+                .into_iter()
+                .flat_map(BTreeMap::values)
+                .cloned()
+                .collect();
+        }
         self.revision = self.revision.max(through);
-        Ok(())
+        Ok(deltas)
+    }
+
+    /// Hands one message's changes to the daemon as a delta when the kernel is as of
+    /// `since` (the revision before them), or the followed sets whole.
+    fn apply(&mut self, since: i64, deltas: &BTreeMap<SetName, SetDelta>) {
+        if self.outcome == FleetOutcome::Applied {
+            let outcome =
+                lock(&self.daemon).fleet_apply_delta(since, self.revision, self.cluster, deltas);
+            if let Some(outcome) = outcome {
+                self.settle(outcome);
+                return;
+            }
+        }
+        self.offer();
+    }
+
+    fn settle(&mut self, outcome: FleetOutcome) {
+        self.outcome = outcome;
+        self.retried = Instant::now();
+        if outcome != FleetOutcome::Refused {
+            self.retry_refused_after = RETRY_REFUSED_FIRST;
+        }
     }
 
     /// Hands the followed sets as of `revision` to the daemon; parsed before its lock.
@@ -339,6 +419,13 @@ impl Follower {
                                 (*network, description.clone()),
                             );
                         }
+                        self.malformed.insert(
+                            set.clone(),
+                            malformed
+                                .iter()
+                                .map(|bad| (bad.key.clone(), bad.to_string()))
+                                .collect(),
+                        );
                         DesiredSet {
                             networks,
                             malformed: malformed.iter().map(ToString::to_string).collect(),
@@ -353,14 +440,25 @@ impl Follower {
                 (set.clone(), parsed)
             })
             .collect();
-        self.held = lock(&self.daemon).fleet_apply(self.revision, self.cluster, &desired);
-        self.retried = Instant::now();
+        let outcome = lock(&self.daemon).fleet_apply(self.revision, self.cluster, &desired);
+        self.settle(outcome);
     }
 
     /// Renews the status lease, publishes the status when it changed (or to say the
-    /// host is still there), and tries a held change again.
+    /// host is still there), and tries a held or refused revision again.
     fn housekeeping(&mut self, etcd: &Etcd) {
-        if self.held && self.retried.elapsed() >= RETRY_HELD_EVERY {
+        let retry_after = match self.outcome {
+            FleetOutcome::Held => Some(RETRY_HELD_EVERY),
+            FleetOutcome::Refused => Some(self.retry_refused_after),
+            FleetOutcome::Applied | FleetOutcome::Waiting => None,
+        };
+        if retry_after.is_some_and(|after| self.retried.elapsed() >= after) {
+            if self.outcome == FleetOutcome::Refused {
+                self.retry_refused_after = self
+                    .retry_refused_after
+                    .saturating_mul(2)
+                    .min(RETRY_REFUSED_AT_MOST);
+            }
             self.offer();
         }
         if let Err(error) = self.publish(etcd) {
