@@ -36,10 +36,6 @@ pub type FleetBaseline = (
     BTreeMap<SetName, BTreeMap<IpNet, String>>,
 );
 
-/// Changed networks up to which a delta recompiles only their regions of the compiled
-/// list (each region is a splice into it); past this, compiling the list once is cheaper.
-const RECOMPILE_REGIONS_AT_MOST: usize = 64;
-
 /// What became of a revision handed to the daemon, worst first when ordered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FleetOutcome {
@@ -303,9 +299,9 @@ impl<K: Kernel> Daemon<K> {
     }
 
     /// Applies the changes of one watch message, which take the followed sets from
-    /// revision `since` to `revision`, without touching what did not change: the
-    /// changed networks (or, for many, the list) recompiled, lockout-checked, written
-    /// to the kernel at once, then saved with `revision`. `None` when the kernel is not
+    /// revision `since` to `revision`, without re-reading what did not change: the
+    /// list with them compiled, lockout-checked, written to the kernel at once, then
+    /// saved with `revision`. `None` when the kernel is not
     /// as of `since` (something held or refused before, another cluster) or the delta
     /// needs what only the whole set can tell (it empties or shrinks a set past
     /// `max_shrink`, or overfills it): the caller hands the sets whole instead.
@@ -387,7 +383,7 @@ impl<K: Kernel> Daemon<K> {
             }
             return Some(FleetOutcome::Applied);
         }
-        match self.check_fleet_delta(&next, &changed, revision) {
+        match self.check_fleet_delta(&next, revision) {
             Ok(compiled) => {
                 let previous: BTreeMap<SetName, _> = names
                     .iter()
@@ -436,25 +432,18 @@ impl<K: Kernel> Daemon<K> {
         }
     }
 
-    /// The compiled list a delta makes, once it passed every check a change must.
+    /// The compiled list a delta makes, once it passed every check a change must. The
+    /// list is compiled whole: one sort of the list costs little next to what the old
+    /// path spent re-reading and re-describing every entry, and the kernel gets the
+    /// revision in one atomic switch.
     fn check_fleet_delta(
         &self,
         next: &crate::allowlist::Allowlist,
-        changed: &[IpNet],
         revision: i64,
     ) -> Result<crate::compile::CompiledList, Refusal> {
-        let compiled = if changed.len() <= RECOMPILE_REGIONS_AT_MOST {
-            let mut compiled = self.compiled.clone();
-            for network in changed {
-                compiled
-                    .recompile_region(*network, next.entries_around(*network))
-                    .map_err(|error| Refusal::Error(error.to_string()))?;
-            }
-            compiled
-        } else {
-            next.compile()
-                .map_err(|error| Refusal::Error(error.to_string()))?
-        };
+        let compiled = next
+            .compile()
+            .map_err(|error| Refusal::Error(error.to_string()))?;
         compiled.check_kernel_limits().map_err(Refusal::Error)?;
         self.refuse_empty_enforce(
             next,

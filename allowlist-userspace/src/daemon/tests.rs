@@ -558,6 +558,7 @@ fn a_watch_message_applies_as_a_delta_and_its_revision_is_saved_once_the_kernel_
     );
     assert!(covers(&daemon, "10.0.3.1") && !covers(&daemon, "10.0.0.1"));
     assert!(covers(&daemon, "10.0.1.1"), "what did not change stays");
+    assert_eq!(daemon.filter.list, daemon.allowlist.compile().unwrap());
     assert_eq!(saved_revision(&daemon), Some(6));
     let entry = daemon
         .allowlist
