@@ -678,4 +678,151 @@ mod tests {
         assert_eq!(kvs[0].key, "/a/1");
         assert_eq!(kvs[0].mod_revision, 7);
     }
+
+    /// An etcd stand-in on loopback: answers the requests it gets, one connection each,
+    /// with `answers` in order (status, body); returns its URL and, once done, each
+    /// request's path, `Authorization` header and body.
+    fn fake_etcd(
+        answers: Vec<(u16, &'static str)>,
+    ) -> (
+        String,
+        std::thread::JoinHandle<Vec<(String, Option<String>, Value)>>,
+    ) {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for (status, body) in answers {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut length = 0;
+                let mut authorization = None;
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    let header = header.trim_end();
+                    if header.is_empty() {
+                        break;
+                    }
+                    let (name, value) = header.split_once(':').unwrap();
+                    match name.to_ascii_lowercase().as_str() {
+                        "content-length" => length = value.trim().parse().unwrap(),
+                        "authorization" => authorization = Some(value.trim().to_string()),
+                        _ => {}
+                    }
+                }
+                let mut request_body = vec![0; length];
+                reader.read_exact(&mut request_body).unwrap();
+                let path = request_line.split(' ').nth(1).unwrap().to_string();
+                seen.push((
+                    path,
+                    authorization,
+                    serde_json::from_slice(&request_body).unwrap(),
+                ));
+                write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+            seen
+        });
+        (url, server)
+    }
+
+    fn config(endpoints: Vec<String>) -> FleetConfig {
+        FleetConfig {
+            endpoints,
+            prefix: "/allowlist".into(),
+            host: "test".into(),
+            sets: Vec::new(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password_file: None,
+            line: 0,
+        }
+    }
+
+    const HEADER: &str = r#"{"header":{"cluster_id":"1","revision":"7"}}"#;
+
+    #[test]
+    fn a_member_without_a_leader_sends_the_request_to_the_next_endpoint() {
+        let (leaderless, first) = fake_etcd(vec![(
+            503,
+            r#"{"error":"etcdserver: no leader","code":14}"#,
+        )]);
+        let (healthy, second) = fake_etcd(vec![(200, HEADER)]);
+        let etcd = Etcd::new(&config(vec![leaderless, healthy])).unwrap();
+        assert_eq!(etcd.header("/allowlist/sets/").unwrap(), (1, 7));
+        assert_eq!(first.join().unwrap().len(), 1);
+        assert_eq!(second.join().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_token_etcd_forgot_is_replaced_by_logging_in_once_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, "secret\n").unwrap();
+        let (url, server) = fake_etcd(vec![
+            (200, r#"{"token":"first"}"#),
+            (
+                401,
+                r#"{"error":"etcdserver: invalid auth token","code":16}"#,
+            ),
+            (200, r#"{"token":"second"}"#),
+            (200, HEADER),
+        ]);
+        let etcd = Etcd::new(&FleetConfig {
+            username: Some("root".into()),
+            password_file: Some(password_file),
+            ..config(vec![url])
+        })
+        .unwrap();
+        assert_eq!(etcd.header("/allowlist/sets/").unwrap(), (1, 7));
+        let seen = server.join().unwrap();
+        let paths: Vec<&str> = seen.iter().map(|(path, ..)| path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/v3/auth/authenticate",
+                "/v3/kv/range",
+                "/v3/auth/authenticate",
+                "/v3/kv/range"
+            ]
+        );
+        assert_eq!(seen[3].1.as_deref(), Some("second"));
+    }
+
+    #[test]
+    fn a_full_read_takes_every_page_at_the_first_pages_revision() {
+        let (url, server) = fake_etcd(vec![
+            (
+                200,
+                r#"{"header":{"revision":"9"},"kvs":[{"key":"L2EvMQ==","value":"e30=","mod_revision":"3"}],"more":true}"#,
+            ),
+            (
+                200,
+                r#"{"header":{"revision":"12"},"kvs":[{"key":"L2EvMg==","value":"e30=","mod_revision":"4"}]}"#,
+            ),
+        ]);
+        let etcd = Etcd::new(&config(vec![url])).unwrap();
+        let (revision, kvs) = etcd.range_prefix("/a/").unwrap();
+        assert_eq!(revision, 9, "the revision every page was read at");
+        let keys: Vec<&str> = kvs.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["/a/1", "/a/2"]);
+        let seen = server.join().unwrap();
+        let next_page = &seen[1].2;
+        assert_eq!(next_page["revision"], "9");
+        assert_eq!(
+            next_page["key"],
+            encode(b"/a/1\0"),
+            "just after the last key read"
+        );
+    }
 }

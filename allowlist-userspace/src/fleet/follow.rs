@@ -41,6 +41,10 @@ const RETRY_REFUSED_FIRST: Duration = Duration::from_secs(5);
 const RETRY_REFUSED_AT_MOST: Duration = Duration::from_secs(300);
 /// Longest wait between attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A status write etcd refuses is tried again after this, then twice as long each time
+/// up to [`MAX_PUBLISH_BACKOFF`].
+const FIRST_PUBLISH_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(60);
 
 fn lock(daemon: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
     daemon
@@ -50,13 +54,31 @@ fn lock(daemon: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
 
 /// Follows the `[fleet]` of the daemon's config for the daemon's life; a reload that
 /// changes the section starts over with the new one.
+/// A follower that panics is started again (after [`MAX_BACKOFF`]): the host keeps its
+/// list meanwhile and says it is disconnected.
 pub fn follow(daemon: Arc<Mutex<Daemon>>) {
     loop {
         // Bound first: a guard in a match scrutinee would be held for the whole match.
         let config = lock(&daemon).fleet_config();
-        match config {
-            None => std::thread::sleep(KEEPALIVE_EVERY),
-            Some(config) => Follower::new(Arc::clone(&daemon), config).run(),
+        let Some(config) = config else {
+            std::thread::sleep(KEEPALIVE_EVERY);
+            continue;
+        };
+        let follower = Arc::clone(&daemon);
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            Follower::new(follower, config).run();
+        }));
+        if let Err(panic) = run {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(ToString::to_string)
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!("fleet: the follower stopped ({why}); starting it again");
+            lock(&daemon).fleet_connection(Err(format!(
+                "the fleet follower stopped ({why}); starting it again"
+            )));
+            std::thread::sleep(MAX_BACKOFF);
         }
     }
 }
@@ -92,6 +114,9 @@ struct Follower {
     retried: Instant,
     retry_refused_after: Duration,
     backoff: Duration,
+    /// A status write etcd refused: when to try again, and the wait after that.
+    publish_after: Option<Instant>,
+    publish_backoff: Duration,
 }
 
 impl Follower {
@@ -143,6 +168,8 @@ impl Follower {
             retried: Instant::now(),
             retry_refused_after: RETRY_REFUSED_FIRST,
             backoff: Duration::from_millis(200),
+            publish_after: None,
+            publish_backoff: FIRST_PUBLISH_BACKOFF,
         }
     }
 
@@ -219,8 +246,9 @@ impl Follower {
         self.watch = None;
         self.lease = None;
         self.published = None;
-        std::thread::sleep(self.backoff);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        // Jittered, so hosts that lost etcd together do not all come back at once.
+        std::thread::sleep(jittered(self.backoff));
+        self.backoff = self.backoff.saturating_mul(2).min(MAX_BACKOFF);
     }
 
     /// Reads everything when there is no revision to resume after, then opens the watch.
@@ -461,8 +489,31 @@ impl Follower {
             }
             self.offer();
         }
-        if let Err(error) = self.publish(etcd) {
-            self.disconnected(error);
+        if self
+            .publish_after
+            .is_some_and(|after| Instant::now() < after)
+        {
+            return;
+        }
+        match self.publish(etcd) {
+            Ok(()) => {
+                self.publish_after = None;
+                self.publish_backoff = FIRST_PUBLISH_BACKOFF;
+            }
+            // etcd answered (no right to write the status key, a lease it refuses):
+            // the watch is fine, so only publishing backs off, instead of reconnecting
+            // (and reading) again every few seconds.
+            Err(error @ EtcdError::Status { .. }) => {
+                if self.publish_after.is_none() {
+                    warn!("fleet: publishing this host's status failed: {error}");
+                }
+                self.publish_after = Some(Instant::now() + jittered(self.publish_backoff));
+                self.publish_backoff = self
+                    .publish_backoff
+                    .saturating_mul(2)
+                    .min(MAX_PUBLISH_BACKOFF);
+            }
+            Err(error) => self.disconnected(error),
         }
     }
 
@@ -512,6 +563,11 @@ impl Follower {
         self.published = Some((status, Instant::now()));
         Ok(())
     }
+}
+
+/// Between half of `wait` and all of it.
+fn jittered(wait: Duration) -> Duration {
+    wait.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 /// The revision a host has applied once it took a watch message: the newest event's.
