@@ -646,3 +646,40 @@ fn a_malformed_value_written_over_an_entry_keeps_its_last_good_value() {
     assert_eq!(daemon.listed("198.51.100.1/32").len(), 1);
     assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
 }
+
+#[test]
+fn a_push_over_a_read_that_a_concurrent_remove_made_stale_writes_nothing_and_push_reads_again() {
+    use allowlist_userspace::{
+        allowlist::SetName,
+        fleet::{admin, Layout},
+    };
+    use std::collections::BTreeMap;
+
+    let etcd = Etcd::start().unwrap();
+    let operator = Operator::new(&etcd);
+    operator.push(&["10.10.2.2,ci", "198.51.100.1,a"]);
+    let client = etcd.client();
+    let layout = Layout::new("/allowlist");
+    let set = SetName::new("office").unwrap();
+    let removed_key = "/allowlist/sets/office/198.51.100.1/32";
+    let entries: BTreeMap<ipnet::IpNet, String> =
+        [("10.10.2.2/32", "ci"), ("198.51.100.1/32", "a")]
+            .into_iter()
+            .map(|(network, description)| (network.parse().unwrap(), description.to_string()))
+            .collect();
+
+    // A push read the set; then someone removed a row the push keeps unchanged (so the
+    // push writes nothing for it, and the set's keys show no newer revision).
+    let read = client.range_prefix(&layout.set(&set)).unwrap();
+    operator.ok(&["remove", "198.51.100.1", "--set", "office"]);
+    assert_eq!(
+        admin::push_over(&client, &layout, &set, &entries, read).unwrap(),
+        None,
+        "a push over a stale read must not apply"
+    );
+    assert!(client.get(removed_key).unwrap().1.is_none());
+
+    // `push` reads again, so the set ends as the file says.
+    admin::push(&client, &layout, &set, &entries).unwrap();
+    assert!(client.get(removed_key).unwrap().1.is_some());
+}

@@ -324,6 +324,52 @@ impl Allowlist {
         }
     }
 
+    /// How many entries feed `name` holds (`None`: never fetched), without copying them.
+    pub fn feed_len(&self, name: &SetName) -> Option<usize> {
+        self.feeds.get(name).map(BTreeMap::len)
+    }
+
+    /// Lists `network` in `feed` with its own `description` (a fleet set's entry as
+    /// etcd changed it), keeping when it was first listed. Whether anything changed.
+    pub fn put_feed_entry(
+        &mut self,
+        feed: &FeedConfig,
+        network: IpNet,
+        description: &str,
+        now: u64,
+    ) -> bool {
+        let entries = self.feeds.entry(feed.name.clone()).or_default();
+        if let Some(listed) = entries.get_mut(&network) {
+            if listed.description == description {
+                return false;
+            }
+            description.clone_into(&mut listed.description);
+            return true;
+        }
+        let entry = Entry {
+            network,
+            description: description.to_string(),
+            origin: match feed.source {
+                FeedSource::Dns(_) => Origin::Dns,
+                FeedSource::Fleet => Origin::Fleet,
+                _ => Origin::Feed,
+            },
+            set: feed.name.clone(),
+            added_at: now,
+            expires_at: None,
+            ports: feed.ports.clone(),
+        };
+        entries.insert(network, entry);
+        true
+    }
+
+    /// Unlists `network` from feed `name`; whether it was listed.
+    pub fn remove_feed_entry(&mut self, name: &SetName, network: &IpNet) -> bool {
+        self.feeds
+            .get_mut(name)
+            .is_some_and(|entries| entries.remove(network).is_some())
+    }
+
     /// The entries of feed `name` whose description is not `default`.
     pub fn feed_descriptions(&self, name: &SetName, default: &str) -> BTreeMap<IpNet, String> {
         self.feeds

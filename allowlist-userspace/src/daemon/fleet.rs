@@ -1,9 +1,11 @@
-//! The fleet in the daemon: what a new revision of the followed sets may change. Each
-//! set goes through the path every change takes (`commit_feed`: compiled, lockout-
-//! checked, atomic in the kernel, saved with its revision). A change that would cut off
-//! a local session is held on this host, reported, and tried again while it is the
-//! newest; a malformed key is reported and left out. The watch itself, and everything
-//! that talks to etcd, runs without the daemon's lock (`crate::fleet::follow`).
+//! The fleet in the daemon: what a new revision of the followed sets may change. A
+//! revision comes either whole (after a full read: `fleet_apply`) or as the changes of
+//! one watch message (`fleet_apply_delta`, what keeps a 1% change of a large set cheap).
+//! Both go through the path every change takes: compiled, lockout-checked, atomic in the
+//! kernel, then saved with the revision. A change that would cut off a local session is
+//! held on this host, reported, and tried again while it is the newest; a malformed key
+//! is reported and left out. The watch itself, and everything that talks to etcd, runs
+//! without the daemon's lock (`crate::fleet::follow`).
 
 use std::collections::BTreeMap;
 
@@ -33,6 +35,30 @@ pub type FleetBaseline = (
     Option<u64>,
     BTreeMap<SetName, BTreeMap<IpNet, String>>,
 );
+
+/// What became of a revision handed to the daemon, worst first when ordered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FleetOutcome {
+    /// The kernel enforces every followed set as of the revision.
+    Applied,
+    /// Not applied until an operator acts or etcd changes: a set refused whole (too
+    /// many entries), or shrinking by more than `max_shrink` (`feeds accept`).
+    Waiting,
+    /// Refused for another reason (the kernel's limits, a failed write): worth trying
+    /// again later.
+    Refused,
+    /// Would cut off a local session: held, and tried again while it is the newest.
+    Held,
+}
+
+/// The changes of one followed set in one watch message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetDelta {
+    /// Each changed network's description in etcd now (`None`: its key was deleted).
+    pub changes: BTreeMap<IpNet, Option<String>>,
+    /// Every key of the set that is malformed now (reported, never applied).
+    pub malformed: Vec<String>,
+}
 
 /// One followed set as etcd holds it at a revision, parsed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -125,47 +151,26 @@ impl<K: Kernel> Daemon<K> {
 
     /// Applies the followed sets as of `revision`: each that differs from what the
     /// kernel enforces is committed, or held when it would cut off a local session.
-    /// Sets etcd does not hold are empty. Returns whether anything is held.
+    /// Sets etcd does not hold are empty. Returns the worst outcome of any set.
     pub fn fleet_apply(
         &mut self,
         revision: i64,
         cluster: Option<u64>,
         desired: &BTreeMap<SetName, DesiredSet>,
-    ) -> bool {
+    ) -> FleetOutcome {
         let empty = DesiredSet::default();
         let mut save = false;
-        let mut held = false;
+        let mut outcome = FleetOutcome::Applied;
         for feed in self.fleet_sets() {
             let want = desired.get(&feed.name).unwrap_or(&empty);
             let label = feed.label();
-            let problem = want.refused.clone().or_else(|| {
-                (!want.malformed.is_empty()).then(|| {
-                    format!(
-                        "ignored {} malformed key{} (never applied): {}",
-                        want.malformed.len(),
-                        if want.malformed.len() == 1 { "" } else { "s" },
-                        want.malformed
-                            .iter()
-                            .take(3)
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    )
-                })
-            });
-            if let Some(runtime) = self.feeds.get_mut(&feed.name) {
-                if runtime.error != problem {
-                    if let Some(problem) = &problem {
-                        warn!(set = %feed.name, revision, "{label}: {problem}");
-                    }
-                    runtime.error = problem;
-                }
-            }
+            self.report_fleet_problems(&feed, revision, want.refused.as_ref(), &want.malformed);
             if want.refused.is_some() {
+                outcome = outcome.max(FleetOutcome::Waiting);
                 continue;
             }
             if self.fleet_entries(&feed.name) == want.networks
-                && self.allowlist.feed(&feed.name).is_some()
+                && self.allowlist.feed_len(&feed.name).is_some()
             {
                 if let Some(runtime) = self.feeds.get_mut(&feed.name) {
                     if runtime.saved.revision != Some(revision)
@@ -183,7 +188,7 @@ impl<K: Kernel> Daemon<K> {
                 continue;
             }
             let networks: Vec<IpNet> = want.networks.keys().copied().collect();
-            let before = self.allowlist.feed(&feed.name).map_or(0, |n| n.len());
+            let before = self.allowlist.feed_len(&feed.name).unwrap_or(0);
             if shrinks_too_much(&feed, before, networks.len()) {
                 let old = self.fleet_entries(&feed.name);
                 let removed = old
@@ -209,6 +214,7 @@ impl<K: Kernel> Daemon<K> {
                     });
                     runtime.fleet_held = Some((revision, message));
                 }
+                outcome = outcome.max(FleetOutcome::Waiting);
                 continue;
             }
             let at = now();
@@ -229,7 +235,7 @@ impl<K: Kernel> Daemon<K> {
                     networks.len()
                 ),
                 Err(Refusal::Unsafe(why, _)) => {
-                    held = true;
+                    outcome = outcome.max(FleetOutcome::Held);
                     let message = format!("revision {revision} held (not applied): {why}");
                     if let Some(runtime) = self.feeds.get_mut(&feed.name) {
                         if runtime.fleet_held.as_ref().map(|(r, _)| *r) != Some(revision) {
@@ -239,6 +245,7 @@ impl<K: Kernel> Daemon<K> {
                     }
                 }
                 Err(Refusal::Error(why)) => {
+                    outcome = outcome.max(FleetOutcome::Refused);
                     let message = format!("revision {revision} refused: {why}");
                     if let Some(runtime) = self.feeds.get_mut(&feed.name) {
                         if runtime.error.as_ref() != Some(&message) {
@@ -254,7 +261,210 @@ impl<K: Kernel> Daemon<K> {
                 warn!("fleet: saving the applied revision failed: {error}");
             }
         }
-        held
+        outcome
+    }
+
+    /// Reports (once, then in `feeds` and the host status) why a set is refused whole
+    /// or which of its keys are left out.
+    fn report_fleet_problems(
+        &mut self,
+        feed: &FeedConfig,
+        revision: i64,
+        refused: Option<&String>,
+        malformed: &[String],
+    ) {
+        let problem = refused.cloned().or_else(|| {
+            (!malformed.is_empty()).then(|| {
+                format!(
+                    "ignored {} malformed key{} (never applied): {}",
+                    malformed.len(),
+                    if malformed.len() == 1 { "" } else { "s" },
+                    malformed
+                        .iter()
+                        .take(3)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            })
+        });
+        if let Some(runtime) = self.feeds.get_mut(&feed.name) {
+            if runtime.error != problem {
+                if let Some(problem) = &problem {
+                    warn!(set = %feed.name, revision, "{}: {problem}", feed.label());
+                }
+                runtime.error = problem;
+            }
+        }
+    }
+
+    /// Applies the changes of one watch message, which take the followed sets from
+    /// revision `since` to `revision`, without re-reading what did not change: the
+    /// list with them compiled, lockout-checked, written to the kernel at once, then
+    /// saved with `revision`. `None` when the kernel is not
+    /// as of `since` (something held or refused before, another cluster) or the delta
+    /// needs what only the whole set can tell (it empties or shrinks a set past
+    /// `max_shrink`, or overfills it): the caller hands the sets whole instead.
+    pub fn fleet_apply_delta(
+        &mut self,
+        since: i64,
+        revision: i64,
+        cluster: Option<u64>,
+        deltas: &BTreeMap<SetName, SetDelta>,
+    ) -> Option<FleetOutcome> {
+        let sets = self.fleet_sets();
+        let in_step = sets.iter().all(|feed| {
+            self.allowlist.feed_len(&feed.name).is_some()
+                && self.feeds.get(&feed.name).is_some_and(|runtime| {
+                    runtime.saved.revision == Some(since)
+                        && runtime.saved.cluster_id == cluster
+                        && runtime.held.is_none()
+                        && runtime.fleet_held.is_none()
+                })
+        });
+        if !in_step {
+            return None;
+        }
+        let at = now();
+        let mut next = self.allowlist.clone();
+        let mut changed = Vec::new();
+        for feed in &sets {
+            let Some(delta) = deltas.get(&feed.name) else {
+                continue;
+            };
+            let before = self.allowlist.feed_len(&feed.name).unwrap_or(0);
+            for (network, description) in &delta.changes {
+                let differs = match description {
+                    Some(description) => next.put_feed_entry(feed, *network, description, at),
+                    None => next.remove_feed_entry(&feed.name, network),
+                };
+                if differs {
+                    changed.push(*network);
+                }
+            }
+            let after = next.feed_len(&feed.name).unwrap_or(0);
+            if after > crate::fleet::MAX_SET_ENTRIES || shrinks_too_much(feed, before, after) {
+                return None;
+            }
+        }
+        for feed in &sets {
+            let malformed = deltas
+                .get(&feed.name)
+                .map_or(&[][..], |delta| &delta.malformed);
+            self.report_fleet_problems(feed, revision, None, malformed);
+        }
+        let names: Vec<&SetName> = sets.iter().map(|feed| &feed.name).collect();
+        let touched: Vec<&SetName> = names
+            .iter()
+            .copied()
+            .filter(|name| {
+                deltas
+                    .get(*name)
+                    .is_some_and(|delta| !delta.changes.is_empty())
+            })
+            .collect();
+        let record = |runtime: &mut super::feeds::FeedRuntime, changed: bool| {
+            runtime.saved.revision = Some(revision);
+            runtime.saved.cluster_id = cluster;
+            runtime.saved.fetched_at = Some(at);
+            if changed {
+                runtime.saved.changed_at = Some(at);
+            }
+        };
+        if changed.is_empty() {
+            for name in &names {
+                if let Some(runtime) = self.feeds.get_mut(*name) {
+                    record(runtime, false);
+                }
+            }
+            if let Err(error) = self.persist() {
+                warn!("fleet: saving the applied revision {revision} failed: {error}");
+                return Some(FleetOutcome::Refused);
+            }
+            return Some(FleetOutcome::Applied);
+        }
+        match self.check_fleet_delta(&next, revision) {
+            Ok(compiled) => {
+                let previous: BTreeMap<SetName, _> = names
+                    .iter()
+                    .filter_map(|name| Some(((*name).clone(), self.feeds.get(*name)?.clone())))
+                    .collect();
+                for name in &names {
+                    if let Some(runtime) = self.feeds.get_mut(*name) {
+                        record(runtime, touched.contains(name));
+                    }
+                }
+                if let Err(error) =
+                    self.commit_with(next, self.mode, self.pending_confirm, Some(compiled))
+                {
+                    for (name, runtime) in previous {
+                        self.feeds.insert(name, runtime);
+                    }
+                    self.fleet_refused(&touched, revision, &error.to_string());
+                    return Some(FleetOutcome::Refused);
+                }
+                info!(
+                    revision,
+                    changed = changed.len(),
+                    kernel_took = ?self.kernel_took,
+                    "fleet: applied revision {revision} as a delta of {} network{}",
+                    changed.len(),
+                    if changed.len() == 1 { "" } else { "s" }
+                );
+                Some(FleetOutcome::Applied)
+            }
+            Err(Refusal::Unsafe(why, _)) => {
+                let message = format!("revision {revision} held (not applied): {why}");
+                for name in &touched {
+                    if let Some(runtime) = self.feeds.get_mut(*name) {
+                        if runtime.fleet_held.as_ref().map(|(r, _)| *r) != Some(revision) {
+                            warn!(set = %name, revision, "fleet {name}: {message}");
+                        }
+                        runtime.fleet_held = Some((revision, message.clone()));
+                    }
+                }
+                Some(FleetOutcome::Held)
+            }
+            Err(Refusal::Error(why)) => {
+                self.fleet_refused(&touched, revision, &why);
+                Some(FleetOutcome::Refused)
+            }
+        }
+    }
+
+    /// The compiled list a delta makes, once it passed every check a change must. The
+    /// list is compiled whole: one sort of the list costs little next to what the old
+    /// path spent re-reading and re-describing every entry, and the kernel gets the
+    /// revision in one atomic switch.
+    fn check_fleet_delta(
+        &self,
+        next: &crate::allowlist::Allowlist,
+        revision: i64,
+    ) -> Result<crate::compile::CompiledList, Refusal> {
+        let compiled = next
+            .compile()
+            .map_err(|error| Refusal::Error(error.to_string()))?;
+        compiled.check_kernel_limits().map_err(Refusal::Error)?;
+        self.refuse_empty_enforce(
+            next,
+            self.mode,
+            &format!("applying fleet revision {revision}"),
+        )?;
+        self.check_lockout_against(&compiled, self.mode, &Safety::default())?;
+        Ok(compiled)
+    }
+
+    /// Records why a revision was refused on each of `names` (logged once per message).
+    fn fleet_refused(&mut self, names: &[&SetName], revision: i64, why: &str) {
+        let message = format!("revision {revision} refused: {why}");
+        for name in names {
+            if let Some(runtime) = self.feeds.get_mut(*name) {
+                if runtime.error.as_ref() != Some(&message) {
+                    warn!(set = %name, revision, "fleet {name}: {message}");
+                }
+                runtime.error = Some(message.clone());
+            }
+        }
     }
 
     /// `feeds accept NAME` of a fleet set: applies the revision held for shrinking it.
@@ -304,7 +514,7 @@ impl<K: Kernel> Daemon<K> {
             mode: self.mode.to_string(),
             entries: sets
                 .iter()
-                .map(|feed| self.allowlist.feed(&feed.name).map_or(0, |n| n.len()))
+                .map(|feed| self.allowlist.feed_len(&feed.name).unwrap_or(0))
                 .sum(),
             error,
             held,

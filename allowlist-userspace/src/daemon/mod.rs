@@ -24,7 +24,7 @@ mod tests;
 
 pub use actor::Actor;
 pub use feeds::{FetchJob, FetchOutcome};
-pub use fleet::DesiredSet;
+pub use fleet::{DesiredSet, FleetOutcome, SetDelta};
 pub use kernel::Kernel;
 
 use std::{

@@ -482,3 +482,145 @@ fn add_host_lists_a_name_as_its_own_set_refuses_the_files_and_remove_host_forget
     let reply = daemon.handle(remove_host("runner.example.com"), &ROOT);
     assert!(!reply.ok, "{reply:?}");
 }
+
+/// A daemon following fleet set `office` (no etcd: revisions are handed to it as the
+/// follower would).
+fn fleet_daemon() -> (Daemon<FakeKernel>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "interfaces = []\nmode = \"enforce\"\nstate_dir = {:?}\nsocket = {:?}\n\n[[allow]]\ncidr = \"192.0.2.0/24\"\n\n[fleet]\nendpoints = [\"http://127.0.0.1:1\"]\nhost = \"h1\"\nsets = [\"office\"]\n",
+        dir.path().join("state"),
+        dir.path().join("run/control.sock"),
+    );
+    let config = Config::parse(&dir.path().join("allowlist.toml"), &text).unwrap();
+    std::fs::create_dir(dir.path().join("state")).unwrap();
+    let plan = StartPlan::new(config).unwrap();
+    let daemon = Daemon::assemble(plan, FakeKernel::default(), None).unwrap();
+    (daemon, dir)
+}
+
+fn office() -> crate::allowlist::SetName {
+    crate::allowlist::SetName::new("office").unwrap()
+}
+
+/// Set `office` whole, as a full read gives it.
+fn office_whole(networks: &[&str]) -> BTreeMap<crate::allowlist::SetName, super::DesiredSet> {
+    let networks = networks
+        .iter()
+        .map(|network| (network.parse().unwrap(), String::new()))
+        .collect();
+    BTreeMap::from([(
+        office(),
+        super::DesiredSet {
+            networks,
+            ..Default::default()
+        },
+    )])
+}
+
+/// Changes to set `office`: `Some(description)` lists a network, `None` unlists it.
+fn office_delta(
+    changes: &[(&str, Option<&str>)],
+) -> BTreeMap<crate::allowlist::SetName, super::SetDelta> {
+    let changes = changes
+        .iter()
+        .map(|(network, description)| (network.parse().unwrap(), description.map(String::from)))
+        .collect();
+    BTreeMap::from([(
+        office(),
+        super::SetDelta {
+            changes,
+            ..Default::default()
+        },
+    )])
+}
+
+fn saved_revision(daemon: &Daemon<FakeKernel>) -> Option<i64> {
+    let (state, _) = State::load(&daemon.config.state_dir).unwrap().unwrap();
+    state.feeds.get(&office()).and_then(|feed| feed.revision)
+}
+
+#[test]
+fn a_watch_message_applies_as_a_delta_and_its_revision_is_saved_once_the_kernel_has_it() {
+    use super::FleetOutcome;
+    let (mut daemon, _dir) = fleet_daemon();
+    let whole = office_whole(&["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24"]);
+    assert_eq!(
+        daemon.fleet_apply(5, Some(1), &whole),
+        FleetOutcome::Applied
+    );
+    assert!(covers(&daemon, "10.0.0.1") && !covers(&daemon, "10.0.3.1"));
+
+    let delta = office_delta(&[("10.0.3.0/24", Some("new")), ("10.0.0.0/24", None)]);
+    assert_eq!(
+        daemon.fleet_apply_delta(5, 6, Some(1), &delta),
+        Some(FleetOutcome::Applied)
+    );
+    assert!(covers(&daemon, "10.0.3.1") && !covers(&daemon, "10.0.0.1"));
+    assert!(covers(&daemon, "10.0.1.1"), "what did not change stays");
+    assert_eq!(daemon.filter.list, daemon.allowlist.compile().unwrap());
+    assert_eq!(saved_revision(&daemon), Some(6));
+    let entry = daemon
+        .allowlist
+        .feed_entries()
+        .find(|entry| entry.network.to_string() == "10.0.3.0/24")
+        .unwrap();
+    assert_eq!(entry.description, "new");
+
+    // The kernel refuses the next one: nothing changes, and the revision saved stays.
+    daemon.filter.failing = true;
+    let delta = office_delta(&[("10.0.4.0/24", Some(""))]);
+    assert_eq!(
+        daemon.fleet_apply_delta(6, 7, Some(1), &delta),
+        Some(FleetOutcome::Refused)
+    );
+    daemon.filter.failing = false;
+    assert!(!daemon
+        .allowlist
+        .feed_entries()
+        .any(|e| e.network.to_string() == "10.0.4.0/24"));
+    assert_eq!(saved_revision(&daemon), Some(6));
+    // The kernel is not as of 7: a delta after it is not taken, the sets must come whole.
+    assert_eq!(daemon.fleet_apply_delta(7, 8, Some(1), &delta), None);
+}
+
+#[test]
+fn a_delta_that_would_empty_a_set_or_comes_from_another_history_is_handed_back_whole() {
+    use super::FleetOutcome;
+    let (mut daemon, _dir) = fleet_daemon();
+    let whole = office_whole(&["10.0.0.0/24", "10.0.1.0/24"]);
+    assert_eq!(
+        daemon.fleet_apply(5, Some(1), &whole),
+        FleetOutcome::Applied
+    );
+    let empties = office_delta(&[("10.0.0.0/24", None), ("10.0.1.0/24", None)]);
+    assert_eq!(daemon.fleet_apply_delta(5, 6, Some(1), &empties), None);
+    assert!(covers(&daemon, "10.0.0.1"), "nothing applied");
+    let other_cluster = office_delta(&[("10.0.3.0/24", Some(""))]);
+    assert_eq!(
+        daemon.fleet_apply_delta(5, 6, Some(2), &other_cluster),
+        None
+    );
+    assert_eq!(saved_revision(&daemon), Some(5));
+}
+
+#[test]
+fn a_delta_of_unchanged_entries_or_other_sets_moves_the_revision_only() {
+    use super::FleetOutcome;
+    let (mut daemon, _dir) = fleet_daemon();
+    assert_eq!(
+        daemon.fleet_apply(5, Some(1), &office_whole(&["10.0.0.0/24"])),
+        FleetOutcome::Applied
+    );
+    let applies = daemon.filter.whole_applies + daemon.filter.region_applies;
+    let same = office_delta(&[("10.0.0.0/24", Some(""))]);
+    assert_eq!(
+        daemon.fleet_apply_delta(5, 9, Some(1), &same),
+        Some(FleetOutcome::Applied)
+    );
+    assert_eq!(
+        daemon.filter.whole_applies + daemon.filter.region_applies,
+        applies
+    );
+    assert_eq!(saved_revision(&daemon), Some(9));
+}

@@ -8,7 +8,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    etcd::{Etcd, EtcdError, Op},
+    etcd::{Etcd, EtcdError, Op, Unchanged},
     parse_set, EntryValue, HostStatus, Layout, RawSet, MAX_SET_ENTRIES,
 };
 use crate::allowlist::SetName;
@@ -111,44 +111,65 @@ pub fn push(
     // keys to delete are named one by one, and the transaction applies only if nothing
     // in the set changed since they were read (else it is read again).
     for _ in 0..MAX_PUSH_ATTEMPTS {
-        let (revision, kvs) = etcd
+        let read = etcd
             .range_prefix(&layout.set(set))
             .map_err(|error| error.to_string())?;
-        let keep: std::collections::BTreeSet<String> = entries
-            .keys()
-            .map(|network| layout.entry(set, network))
-            .collect();
-        let mut current = BTreeMap::new();
-        let mut ops: Vec<Op> = Vec::new();
-        for kv in kvs {
-            if keep.contains(&kv.key) {
-                current.insert(kv.key, kv.value);
-            } else {
-                ops.push(Op::Delete(kv.key));
-            }
-        }
-        // Only what changes is written: a push of a large set that changes a few rows
-        // is a small transaction (and a small event for every host).
-        for (network, description) in entries {
-            let put = put_entry(layout, set, network, description);
-            if let Op::Put { key, value, .. } = &put {
-                if current.get(key) == Some(value) {
-                    continue;
-                }
-            }
-            ops.push(put);
-        }
-        ops.push(changed(layout, set));
-        let applied = etcd
-            .txn_if_unchanged(Some((&layout.set(set), revision)), &ops)
-            .map_err(|error| explain(error, ops.len()))?;
-        if let Some(revision) = applied {
+        if let Some(revision) = push_over(etcd, layout, set, entries, read)? {
             return Ok(revision);
         }
     }
     Err(format!(
         "set {set} kept changing while it was pushed ({MAX_PUSH_ATTEMPTS} attempts); nothing was pushed, try again"
     ))
+}
+
+/// One attempt of [`push`] over `read` (the set's keys as of a revision): the
+/// transaction's revision, or `None` (nothing written) when the set changed since. A
+/// key deleted since (`fleet remove` of a row the push keeps) leaves no trace in the
+/// set's range, so the `.changed` marker every `allowlistctl fleet` write touches must
+/// be unwritten since too.
+pub fn push_over(
+    etcd: &Etcd,
+    layout: &Layout,
+    set: &SetName,
+    entries: &BTreeMap<IpNet, String>,
+    (revision, kvs): (i64, Vec<super::etcd::Kv>),
+) -> Result<Option<i64>, String> {
+    let keep: std::collections::BTreeSet<String> = entries
+        .keys()
+        .map(|network| layout.entry(set, network))
+        .collect();
+    let mut current = BTreeMap::new();
+    let mut ops: Vec<Op> = Vec::new();
+    for kv in kvs {
+        if keep.contains(&kv.key) {
+            current.insert(kv.key, kv.value);
+        } else {
+            ops.push(Op::Delete(kv.key));
+        }
+    }
+    // Only what changes is written: a push of a large set that changes a few rows
+    // is a small transaction (and a small event for every host).
+    for (network, description) in entries {
+        let put = put_entry(layout, set, network, description);
+        if let Op::Put { key, value, .. } = &put {
+            if current.get(key) == Some(value) {
+                continue;
+            }
+        }
+        ops.push(put);
+    }
+    ops.push(changed(layout, set));
+    let set_prefix = layout.set(set);
+    let marker = layout.changed();
+    etcd.txn_if_unchanged(
+        &[
+            Unchanged::Prefix(&set_prefix, revision),
+            Unchanged::Key(&marker, revision),
+        ],
+        &ops,
+    )
+    .map_err(|error| explain(error, ops.len()))
 }
 
 /// Adds (or re-describes) `networks` in `set`, in one transaction.

@@ -21,8 +21,12 @@ use super::FleetConfig;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A request other than a watch may take this long (a 100k-entry push included).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// Largest answer read (a full read of 100k entries with descriptions fits).
+/// Largest answer read, and largest full read of a prefix over all its pages (100k
+/// entries with descriptions fit).
 pub const MAX_ANSWER_BYTES: u64 = 256 << 20;
+/// Keys asked for per page of a full read: a page of the largest values stays a few
+/// tens of MiB, and 100k keys take a few dozen round trips.
+const RANGE_PAGE_KEYS: usize = 5_000;
 /// Largest password file read.
 const MAX_PASSWORD_BYTES: u64 = 4096;
 /// Largest client certificate or key file read.
@@ -63,6 +67,17 @@ pub enum Op {
     /// Every key starting with `prefix`.
     DeletePrefix(String),
     Delete(String),
+}
+
+/// What a conditional transaction needs unwritten since a revision. A deleted key is
+/// not in a range any more, so only a key every writer touches (a marker) also vouches
+/// for deletions.
+#[derive(Clone, Copy, Debug)]
+pub enum Unchanged<'k> {
+    /// No key starting with this prefix.
+    Prefix(&'k str, i64),
+    /// This key (a key that does not exist counts as never written).
+    Key(&'k str, i64),
 }
 
 /// One message of a watch stream.
@@ -303,51 +318,109 @@ impl Etcd {
         Ok(reader)
     }
 
-    /// Posts `body` to the first endpoint that answers.
+    /// Posts `body` to the first endpoint that answers and has a leader, logging in
+    /// again once if etcd forgot this client's token (a restart loses simple tokens).
     fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        self.call_limited(path, body, MAX_ANSWER_BYTES)
+            .map(|(value, _)| value)
+    }
+
+    /// As [`Etcd::call`], reading at most `limit` bytes; the answer and its size.
+    fn call_limited(
+        &self,
+        path: &str,
+        body: &Value,
+        limit: u64,
+    ) -> Result<(Value, u64), EtcdError> {
         let mut last = None;
         for endpoint in &self.endpoints {
-            let answer = self
-                .authenticate(endpoint)
-                .and_then(|()| self.send(&self.agent, endpoint, path, body, true));
-            match answer {
-                Ok(reader) => {
-                    let mut text = String::new();
-                    reader
-                        .take(MAX_ANSWER_BYTES)
-                        .read_to_string(&mut text)
-                        .map_err(|error| transport(endpoint, error))?;
-                    return serde_json::from_str(&text)
-                        .map_err(|error| EtcdError::Protocol(format!("{path}: {error}")));
-                }
+            match self.call_endpoint(endpoint, path, body, limit) {
+                Ok(value) => return Ok(value),
+                Err(error) if moves_on(&error) => last = Some(error),
                 // etcd itself answered: another endpoint would say the same.
-                Err(error @ (EtcdError::Status { .. } | EtcdError::Setup(_))) => return Err(error),
-                Err(error) => last = Some(error),
+                Err(error) => return Err(error),
             }
         }
         Err(last.unwrap_or_else(|| EtcdError::Setup("no etcd endpoint configured".into())))
     }
 
-    /// Every key starting with `prefix` (at `revision`, or the newest), and the store's
-    /// revision.
-    pub fn range_prefix(&self, prefix: &str) -> Result<(i64, Vec<Kv>), EtcdError> {
-        let answer = self.call(
-            "/v3/kv/range",
-            &json!({"key": encode(prefix.as_bytes()), "range_end": encode(&prefix_end(prefix))}),
-        )?;
-        let revision = int(&answer["header"]["revision"]);
-        // No revision, no telling what the answer is as of: an empty `kvs` from it
-        // would read as an empty set.
-        if revision <= 0 {
-            return Err(EtcdError::Protocol(format!(
-                "range {prefix}: an answer without a revision"
-            )));
+    fn call_endpoint(
+        &self,
+        endpoint: &str,
+        path: &str,
+        body: &Value,
+        limit: u64,
+    ) -> Result<(Value, u64), EtcdError> {
+        let mut answer = self
+            .authenticate(endpoint)
+            .and_then(|()| self.send(&self.agent, endpoint, path, body, true));
+        if answer.as_ref().is_err_and(is_invalid_token) && self.username.is_some() {
+            // `send` dropped the token: this logs in again.
+            answer = self
+                .authenticate(endpoint)
+                .and_then(|()| self.send(&self.agent, endpoint, path, body, true));
         }
-        let kvs = match answer["kvs"].as_array() {
-            None => Vec::new(),
-            Some(kvs) => kvs.iter().filter_map(decodable_kv).collect(),
-        };
-        Ok((revision, kvs))
+        let mut text = String::new();
+        answer?
+            .take(limit)
+            .read_to_string(&mut text)
+            .map_err(|error| transport(endpoint, error))?;
+        let value = serde_json::from_str(&text)
+            .map_err(|error| EtcdError::Protocol(format!("{path}: {error}")))?;
+        Ok((value, u64::try_from(text.len()).unwrap_or(u64::MAX)))
+    }
+
+    /// Every key starting with `prefix`, and the revision they are all as of: read in
+    /// pages of [`RANGE_PAGE_KEYS`], every page at the first one's revision, at most
+    /// [`MAX_ANSWER_BYTES`] in all.
+    pub fn range_prefix(&self, prefix: &str) -> Result<(i64, Vec<Kv>), EtcdError> {
+        let end = prefix_end(prefix);
+        let mut start = prefix.as_bytes().to_vec();
+        let mut revision = 0;
+        let mut kvs = Vec::new();
+        let mut left = MAX_ANSWER_BYTES;
+        loop {
+            let mut request = json!({
+                "key": encode(&start),
+                "range_end": encode(&end),
+                "limit": RANGE_PAGE_KEYS.to_string(),
+            });
+            if revision > 0 {
+                request["revision"] = json!(revision.to_string());
+            }
+            let (answer, size) = self.call_limited("/v3/kv/range", &request, left)?;
+            // No revision, no telling what the answer is as of: an empty `kvs` from it
+            // would read as an empty set.
+            let answered = int(&answer["header"]["revision"]);
+            if answered <= 0 {
+                return Err(EtcdError::Protocol(format!(
+                    "range {prefix}: an answer without a revision"
+                )));
+            }
+            if revision == 0 {
+                revision = answered;
+            }
+            let page = answer["kvs"].as_array().map_or(&[][..], Vec::as_slice);
+            left = left
+                .checked_sub(size)
+                .filter(|left| *left > 0)
+                .ok_or_else(|| {
+                    EtcdError::Protocol(format!(
+                        "range {prefix}: more than {MAX_ANSWER_BYTES} bytes in all; refused"
+                    ))
+                })?;
+            // The next page starts just after this page's last key (even one that does
+            // not decode, so it is not asked for again).
+            let last_key = page.last().map(|kv| decode(&kv["key"])).transpose()?;
+            kvs.extend(page.iter().filter_map(decodable_kv));
+            match last_key {
+                Some(mut key) if answer["more"].as_bool() == Some(true) => {
+                    key.push(0);
+                    start = key;
+                }
+                _ => return Ok((revision, kvs)),
+            }
+        }
     }
 
     /// etcd's cluster id and current revision (a range that counts one key).
@@ -383,15 +456,15 @@ impl Etcd {
 
     /// Applies every op in one transaction (all or none); returns its revision.
     pub fn txn(&self, ops: &[Op]) -> Result<i64, EtcdError> {
-        self.txn_if_unchanged(None, ops)?
+        self.txn_if_unchanged(&[], ops)?
             .ok_or_else(|| EtcdError::Protocol("an unconditional transaction failed".into()))
     }
 
-    /// As [`Etcd::txn`], only if no key starting with `unchanged.0` was written after
-    /// revision `unchanged.1`; `None` when one was (nothing was applied).
+    /// As [`Etcd::txn`], only if none of `unchanged` was written after the revision it
+    /// gives; `None` when one was (nothing was applied).
     pub fn txn_if_unchanged(
         &self,
-        unchanged: Option<(&str, i64)>,
+        unchanged: &[Unchanged<'_>],
         ops: &[Op],
     ) -> Result<Option<i64>, EtcdError> {
         let success: Vec<Value> = ops
@@ -412,16 +485,24 @@ impl Etcd {
             })
             .collect();
         let compare: Vec<Value> = unchanged
-            .map(|(prefix, revision)| {
-                json!({
-                    "key": encode(prefix.as_bytes()),
-                    "range_end": encode(&prefix_end(prefix)),
+            .iter()
+            .map(|unchanged| {
+                let (key, revision) = match unchanged {
+                    Unchanged::Prefix(key, revision) | Unchanged::Key(key, revision) => {
+                        (key, revision)
+                    }
+                };
+                let mut compare = json!({
+                    "key": encode(key.as_bytes()),
                     "target": "MOD",
                     "result": "LESS",
                     "mod_revision": revision.saturating_add(1).to_string(),
-                })
+                });
+                if let Unchanged::Prefix(prefix, _) = unchanged {
+                    compare["range_end"] = json!(encode(&prefix_end(prefix)));
+                }
+                compare
             })
-            .into_iter()
             .collect();
         let answer = self.call(
             "/v3/kv/txn",
@@ -468,9 +549,14 @@ impl Etcd {
         }});
         let mut last = None;
         for endpoint in &self.endpoints {
-            let answer = self
-                .authenticate(endpoint)
-                .and_then(|()| self.send(&self.watch_agent, endpoint, "/v3/watch", &body, true));
+            let open = || {
+                self.authenticate(endpoint)
+                    .and_then(|()| self.send(&self.watch_agent, endpoint, "/v3/watch", &body, true))
+            };
+            let mut answer = open();
+            if answer.as_ref().is_err_and(is_invalid_token) && self.username.is_some() {
+                answer = open();
+            }
             match answer {
                 Ok(reader) => {
                     return Ok(Watch {
@@ -483,6 +569,23 @@ impl Etcd {
         }
         Err(last.unwrap_or_else(|| EtcdError::Setup("no etcd endpoint configured".into())))
     }
+}
+
+/// Whether another endpoint may do better: this one did not answer, or answered that
+/// its member has no leader (or is not ready) rather than anything about the request.
+fn moves_on(error: &EtcdError) -> bool {
+    match error {
+        EtcdError::Transport { .. } => true,
+        EtcdError::Status {
+            status, message, ..
+        } => *status == 503 || message.contains("no leader") || message.contains("not capable"),
+        EtcdError::Protocol(_) | EtcdError::Setup(_) => false,
+    }
+}
+
+fn is_invalid_token(error: &EtcdError) -> bool {
+    matches!(error, EtcdError::Status { status, message, .. }
+        if *status == 401 || message.contains("invalid auth token"))
 }
 
 fn transport(endpoint: &str, error: impl std::fmt::Display) -> EtcdError {
@@ -574,5 +677,152 @@ mod tests {
         assert_eq!(kvs.len(), 1);
         assert_eq!(kvs[0].key, "/a/1");
         assert_eq!(kvs[0].mod_revision, 7);
+    }
+
+    /// An etcd stand-in on loopback: answers the requests it gets, one connection each,
+    /// with `answers` in order (status, body); returns its URL and, once done, each
+    /// request's path, `Authorization` header and body.
+    fn fake_etcd(
+        answers: Vec<(u16, &'static str)>,
+    ) -> (
+        String,
+        std::thread::JoinHandle<Vec<(String, Option<String>, Value)>>,
+    ) {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for (status, body) in answers {
+                let (stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut length = 0;
+                let mut authorization = None;
+                loop {
+                    let mut header = String::new();
+                    reader.read_line(&mut header).unwrap();
+                    let header = header.trim_end();
+                    if header.is_empty() {
+                        break;
+                    }
+                    let (name, value) = header.split_once(':').unwrap();
+                    match name.to_ascii_lowercase().as_str() {
+                        "content-length" => length = value.trim().parse().unwrap(),
+                        "authorization" => authorization = Some(value.trim().to_string()),
+                        _ => {}
+                    }
+                }
+                let mut request_body = vec![0; length];
+                reader.read_exact(&mut request_body).unwrap();
+                let path = request_line.split(' ').nth(1).unwrap().to_string();
+                seen.push((
+                    path,
+                    authorization,
+                    serde_json::from_slice(&request_body).unwrap(),
+                ));
+                write!(
+                    reader.get_mut(),
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .unwrap();
+            }
+            seen
+        });
+        (url, server)
+    }
+
+    fn config(endpoints: Vec<String>) -> FleetConfig {
+        FleetConfig {
+            endpoints,
+            prefix: "/allowlist".into(),
+            host: "test".into(),
+            sets: Vec::new(),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            username: None,
+            password_file: None,
+            line: 0,
+        }
+    }
+
+    const HEADER: &str = r#"{"header":{"cluster_id":"1","revision":"7"}}"#;
+
+    #[test]
+    fn a_member_without_a_leader_sends_the_request_to_the_next_endpoint() {
+        let (leaderless, first) = fake_etcd(vec![(
+            503,
+            r#"{"error":"etcdserver: no leader","code":14}"#,
+        )]);
+        let (healthy, second) = fake_etcd(vec![(200, HEADER)]);
+        let etcd = Etcd::new(&config(vec![leaderless, healthy])).unwrap();
+        assert_eq!(etcd.header("/allowlist/sets/").unwrap(), (1, 7));
+        assert_eq!(first.join().unwrap().len(), 1);
+        assert_eq!(second.join().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_token_etcd_forgot_is_replaced_by_logging_in_once_more() {
+        let dir = tempfile::tempdir().unwrap();
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, "secret\n").unwrap();
+        let (url, server) = fake_etcd(vec![
+            (200, r#"{"token":"first"}"#),
+            (
+                401,
+                r#"{"error":"etcdserver: invalid auth token","code":16}"#,
+            ),
+            (200, r#"{"token":"second"}"#),
+            (200, HEADER),
+        ]);
+        let etcd = Etcd::new(&FleetConfig {
+            username: Some("root".into()),
+            password_file: Some(password_file),
+            ..config(vec![url])
+        })
+        .unwrap();
+        assert_eq!(etcd.header("/allowlist/sets/").unwrap(), (1, 7));
+        let seen = server.join().unwrap();
+        let paths: Vec<&str> = seen.iter().map(|(path, ..)| path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "/v3/auth/authenticate",
+                "/v3/kv/range",
+                "/v3/auth/authenticate",
+                "/v3/kv/range"
+            ]
+        );
+        assert_eq!(seen[3].1.as_deref(), Some("second"));
+    }
+
+    #[test]
+    fn a_full_read_takes_every_page_at_the_first_pages_revision() {
+        let (url, server) = fake_etcd(vec![
+            (
+                200,
+                r#"{"header":{"revision":"9"},"kvs":[{"key":"L2EvMQ==","value":"e30=","mod_revision":"3"}],"more":true}"#,
+            ),
+            (
+                200,
+                r#"{"header":{"revision":"12"},"kvs":[{"key":"L2EvMg==","value":"e30=","mod_revision":"4"}]}"#,
+            ),
+        ]);
+        let etcd = Etcd::new(&config(vec![url])).unwrap();
+        let (revision, kvs) = etcd.range_prefix("/a/").unwrap();
+        assert_eq!(revision, 9, "the revision every page was read at");
+        let keys: Vec<&str> = kvs.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(keys, ["/a/1", "/a/2"]);
+        let seen = server.join().unwrap();
+        let next_page = &seen[1].2;
+        assert_eq!(next_page["revision"], "9");
+        assert_eq!(
+            next_page["key"],
+            encode(b"/a/1\0"),
+            "just after the last key read"
+        );
     }
 }

@@ -18,11 +18,11 @@ use tracing::{info, warn};
 
 use super::{
     etcd::{Etcd, EtcdError, Event, Op, WatchMessage},
-    parse_set, EntryValue, FleetConfig, HostStatus, Layout, RawSet,
+    parse_entry, parse_set, EntryValue, FleetConfig, HostStatus, Layout, RawSet,
 };
 use crate::{
     allowlist::SetName,
-    daemon::{Daemon, DesiredSet},
+    daemon::{Daemon, DesiredSet, FleetOutcome, SetDelta},
 };
 
 /// Lease of a host's status key: it vanishes this long after the host stops renewing.
@@ -33,8 +33,16 @@ const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 const PUBLISH_EVERY: Duration = Duration::from_secs(10);
 /// A held change is tried again this often (the session it protects may have ended).
 const RETRY_HELD_EVERY: Duration = Duration::from_secs(5);
+/// A revision refused for another reason (a failed write, the kernel's limits) is tried
+/// again after this, then twice as long each time up to [`RETRY_REFUSED_AT_MOST`].
+const RETRY_REFUSED_FIRST: Duration = Duration::from_secs(5);
+const RETRY_REFUSED_AT_MOST: Duration = Duration::from_secs(300);
 /// Longest wait between attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A status write etcd refuses is tried again after this, then twice as long each time
+/// up to [`MAX_PUBLISH_BACKOFF`].
+const FIRST_PUBLISH_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_PUBLISH_BACKOFF: Duration = Duration::from_secs(60);
 
 fn lock(daemon: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
     daemon
@@ -44,13 +52,31 @@ fn lock(daemon: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
 
 /// Follows the `[fleet]` of the daemon's config for the daemon's life; a reload that
 /// changes the section starts over with the new one.
+/// A follower that panics is started again (after [`MAX_BACKOFF`]): the host keeps its
+/// list meanwhile and says it is disconnected.
 pub fn follow(daemon: Arc<Mutex<Daemon>>) {
     loop {
         // Bound first: a guard in a match scrutinee would be held for the whole match.
         let config = lock(&daemon).fleet_config();
-        match config {
-            None => std::thread::sleep(KEEPALIVE_EVERY),
-            Some(config) => Follower::new(Arc::clone(&daemon), config).run(),
+        let Some(config) = config else {
+            std::thread::sleep(KEEPALIVE_EVERY);
+            continue;
+        };
+        let follower = Arc::clone(&daemon);
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+            Follower::new(follower, config).run();
+        }));
+        if let Err(panic) = run {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(ToString::to_string)
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!("fleet: the follower stopped ({why}); starting it again");
+            lock(&daemon).fleet_connection(Err(format!(
+                "the fleet follower stopped ({why}); starting it again"
+            )));
+            std::thread::sleep(MAX_BACKOFF);
         }
     }
 }
@@ -66,6 +92,8 @@ struct Follower {
     /// Each key's last value that parsed (network, description): a bad value written
     /// over a good entry keeps that entry as it was instead of dropping it.
     last_good: BTreeMap<String, (IpNet, String)>,
+    /// Each followed set's malformed keys now, with why (reported with every revision).
+    malformed: BTreeMap<SetName, BTreeMap<String, String>>,
     /// The revision applied (0: none yet).
     revision: i64,
     /// Read everything before watching (nothing applied yet, or etcd compacted past it).
@@ -78,9 +106,15 @@ struct Follower {
     lease: Option<i64>,
     published: Option<(HostStatus, Instant)>,
     renewed: Instant,
+    /// What became of the last revision handed to the daemon: only after `Applied` is
+    /// the kernel as of `revision`, so that the next message applies as a delta.
+    outcome: FleetOutcome,
     retried: Instant,
-    held: bool,
+    retry_refused_after: Duration,
     backoff: Duration,
+    /// A status write etcd refused: when to try again, and the wait after that.
+    publish_after: Option<Instant>,
+    publish_backoff: Duration,
 }
 
 impl Follower {
@@ -116,6 +150,7 @@ impl Follower {
             layout,
             desired,
             last_good,
+            malformed: BTreeMap::new(),
             revision: revision.unwrap_or(0),
             resync: revision.is_none(),
             cluster,
@@ -125,9 +160,14 @@ impl Follower {
             lease: None,
             published: None,
             renewed: Instant::now(),
+            // The daemon checks that every set is as of `revision` before it takes a
+            // delta, and asks for the sets whole if not.
+            outcome: FleetOutcome::Applied,
             retried: Instant::now(),
-            held: false,
+            retry_refused_after: RETRY_REFUSED_FIRST,
             backoff: Duration::from_millis(200),
+            publish_after: None,
+            publish_backoff: FIRST_PUBLISH_BACKOFF,
         }
     }
 
@@ -169,8 +209,12 @@ impl Follower {
                     self.backoff = Duration::from_millis(200);
                 }
                 Ok(Ok(WatchMessage::Events { revision, events })) => {
+                    // Not handed over as a delta (`Daemon::fleet_apply_delta`) yet: with
+                    // it, the fleet integration tests saw hosts whose kernel listed the
+                    // new entry and still did not pass it. Until that is understood,
+                    // every revision goes whole through the path those tests prove.
                     match self.take(revision, events) {
-                        Ok(()) => self.offer(),
+                        Ok(_deltas) => self.offer(),
                         Err(error) => self.disconnected(error),
                     }
                 }
@@ -203,8 +247,9 @@ impl Follower {
         self.watch = None;
         self.lease = None;
         self.published = None;
-        std::thread::sleep(self.backoff);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        // Jittered, so hosts that lost etcd together do not all come back at once.
+        std::thread::sleep(jittered(self.backoff));
+        self.backoff = self.backoff.saturating_mul(2).min(MAX_BACKOFF);
     }
 
     /// Reads everything when there is no revision to resume after, then opens the watch.
@@ -287,29 +332,79 @@ impl Follower {
             .cloned()
     }
 
-    /// Applies one watch message's events to `desired`; refuses the whole message (the
-    /// watch starts again after the last applied revision) when it is not consistent.
-    fn take(&mut self, header: i64, events: Vec<Event>) -> Result<(), EtcdError> {
+    /// Takes one watch message's events into `desired` and returns what they change in
+    /// each followed set; refuses the whole message (the watch starts again after the
+    /// last applied revision) when it is not consistent. A malformed value changes
+    /// nothing (its key keeps its last good value, if any) and is reported.
+    fn take(
+        &mut self,
+        header: i64,
+        events: Vec<Event>,
+    ) -> Result<BTreeMap<SetName, SetDelta>, EtcdError> {
         let through = applied_revision(header, &events).map_err(EtcdError::Protocol)?;
+        let mut deltas: BTreeMap<SetName, SetDelta> = self
+            .config
+            .sets
+            .iter()
+            .map(|set| (set.clone(), SetDelta::default()))
+            .collect();
         for event in events {
-            match event {
-                Event::Put(kv) => {
-                    if let Some(set) = self.followed(&kv.key) {
-                        self.desired
-                            .entry(set)
-                            .or_default()
-                            .insert(kv.key, kv.value);
+            let (key, value) = match event {
+                Event::Put(kv) => (kv.key, Some(kv.value)),
+                Event::Delete { key, .. } => (key, None),
+            };
+            let Some(set) = self.followed(&key) else {
+                continue;
+            };
+            let Some((_, network)) = self.layout.split_entry(&key) else {
+                continue;
+            };
+            let changes = &mut deltas.entry(set.clone()).or_default().changes;
+            let malformed = self.malformed.entry(set.clone()).or_default();
+            let raw = self.desired.entry(set).or_default();
+            match value {
+                None => {
+                    raw.remove(&key);
+                    malformed.remove(&key);
+                    if let Some((network, _)) = self.last_good.remove(&key) {
+                        changes.insert(network, None);
                     }
                 }
-                Event::Delete { key, .. } => {
-                    if let Some(set) = self.followed(&key) {
-                        self.desired.entry(set).or_default().remove(&key);
+                Some(value) => {
+                    match parse_entry(&key, network, &value) {
+                        Ok((network, description)) => {
+                            malformed.remove(&key);
+                            self.last_good
+                                .insert(key.clone(), (network, description.clone()));
+                            changes.insert(network, Some(description));
+                        }
+                        Err(problem) => {
+                            malformed.insert(key.clone(), problem.to_string());
+                        }
                     }
+                    raw.insert(key, value);
                 }
             }
         }
+        for (set, delta) in &mut deltas {
+            delta.malformed = self
+                .malformed
+                .get(set)
+                .into_iter()
+                .flat_map(BTreeMap::values)
+                .cloned()
+                .collect();
+        }
         self.revision = self.revision.max(through);
-        Ok(())
+        Ok(deltas)
+    }
+
+    fn settle(&mut self, outcome: FleetOutcome) {
+        self.outcome = outcome;
+        self.retried = Instant::now();
+        if outcome != FleetOutcome::Refused {
+            self.retry_refused_after = RETRY_REFUSED_FIRST;
+        }
     }
 
     /// Hands the followed sets as of `revision` to the daemon; parsed before its lock.
@@ -339,6 +434,13 @@ impl Follower {
                                 (*network, description.clone()),
                             );
                         }
+                        self.malformed.insert(
+                            set.clone(),
+                            malformed
+                                .iter()
+                                .map(|bad| (bad.key.clone(), bad.to_string()))
+                                .collect(),
+                        );
                         DesiredSet {
                             networks,
                             malformed: malformed.iter().map(ToString::to_string).collect(),
@@ -353,18 +455,52 @@ impl Follower {
                 (set.clone(), parsed)
             })
             .collect();
-        self.held = lock(&self.daemon).fleet_apply(self.revision, self.cluster, &desired);
-        self.retried = Instant::now();
+        let outcome = lock(&self.daemon).fleet_apply(self.revision, self.cluster, &desired);
+        self.settle(outcome);
     }
 
     /// Renews the status lease, publishes the status when it changed (or to say the
-    /// host is still there), and tries a held change again.
+    /// host is still there), and tries a held or refused revision again.
     fn housekeeping(&mut self, etcd: &Etcd) {
-        if self.held && self.retried.elapsed() >= RETRY_HELD_EVERY {
+        let retry_after = match self.outcome {
+            FleetOutcome::Held => Some(RETRY_HELD_EVERY),
+            FleetOutcome::Refused => Some(self.retry_refused_after),
+            FleetOutcome::Applied | FleetOutcome::Waiting => None,
+        };
+        if retry_after.is_some_and(|after| self.retried.elapsed() >= after) {
+            if self.outcome == FleetOutcome::Refused {
+                self.retry_refused_after = self
+                    .retry_refused_after
+                    .saturating_mul(2)
+                    .min(RETRY_REFUSED_AT_MOST);
+            }
             self.offer();
         }
-        if let Err(error) = self.publish(etcd) {
-            self.disconnected(error);
+        if self
+            .publish_after
+            .is_some_and(|after| Instant::now() < after)
+        {
+            return;
+        }
+        match self.publish(etcd) {
+            Ok(()) => {
+                self.publish_after = None;
+                self.publish_backoff = FIRST_PUBLISH_BACKOFF;
+            }
+            // etcd answered (no right to write the status key, a lease it refuses):
+            // the watch is fine, so only publishing backs off, instead of reconnecting
+            // (and reading) again every few seconds.
+            Err(error @ EtcdError::Status { .. }) => {
+                if self.publish_after.is_none() {
+                    warn!("fleet: publishing this host's status failed: {error}");
+                }
+                self.publish_after = Some(Instant::now() + jittered(self.publish_backoff));
+                self.publish_backoff = self
+                    .publish_backoff
+                    .saturating_mul(2)
+                    .min(MAX_PUBLISH_BACKOFF);
+            }
+            Err(error) => self.disconnected(error),
         }
     }
 
@@ -414,6 +550,11 @@ impl Follower {
         self.published = Some((status, Instant::now()));
         Ok(())
     }
+}
+
+/// Between half of `wait` and all of it.
+fn jittered(wait: Duration) -> Duration {
+    wait.mul_f64(0.5 + fastrand::f64() / 2.0)
 }
 
 /// The revision a host has applied once it took a watch message: the newest event's.
