@@ -15,8 +15,7 @@ use std::{
 };
 
 use allowlist_common::{
-    coarse_screen_bit, screen_bit_v4, screen_bit_v6, COARSE_SCREEN_WORDS, SCREEN_BITS,
-    SCREEN_WORDS,
+    coarse_screen_bit, screen_bit_v4, screen_bit_v6, COARSE_SCREEN_WORDS, SCREEN_BITS, SCREEN_WORDS,
 };
 use aya::maps::MapData;
 use ipnet::{Ipv4Net, Ipv6Net};
@@ -294,7 +293,10 @@ mod tests {
         let short: Ipv4Net = "172.16.0.0/12".parse().unwrap();
         let bits = ScreenBits::of_v4([&inside, &exactly, &two, &short]);
         assert!(is_coarse_set(&bits, coarse_v4([192, 0, 2, 0])));
-        assert!(is_coarse_set(&bits, coarse_v4([192, 0, 15, 255])), "same /20");
+        assert!(
+            is_coarse_set(&bits, coarse_v4([192, 0, 15, 255])),
+            "same /20"
+        );
         assert!(!is_coarse_set(&bits, coarse_v4([192, 0, 16, 0])));
         assert!(!is_coarse_set(&bits, coarse_v4([191, 255, 255, 255])));
         assert!(is_coarse_set(&bits, coarse_v4([198, 51, 31, 0])));

@@ -244,7 +244,8 @@ impl Bases {
     fn near_v4(&self, rng: &mut Rng) -> Ipv4Addr {
         let base = self.v4[rng.below(self.v4.len() as u64) as usize];
         // Within its /24, /20 (the coarse screen's unit) or the /20 beside it, /16, ….
-        let spread = [0u32, 0xff, 0xfff, 0x1fff, 0xffff, 0xff_ffff, u32::MAX][rng.below(7) as usize];
+        let spread =
+            [0u32, 0xff, 0xfff, 0x1fff, 0xffff, 0xff_ffff, u32::MAX][rng.below(7) as usize];
         Ipv4Addr::from(base ^ (rng.next_u64() as u32 & spread))
     }
 

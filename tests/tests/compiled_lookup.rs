@@ -411,8 +411,7 @@ fn single_changes_applied_in_place_keep_the_kernel_agreeing_with_the_reference()
 /// the /20s around it (the first and last address of its first and last /20, and the
 /// addresses just outside them), where a coarse bit set for the wrong /20 would show.
 #[test]
-fn sources_at_the_edges_of_the_slash_20s_around_listed_networks_are_judged_as_the_reference_does()
-{
+fn sources_at_the_edges_of_the_slash_20s_around_listed_networks_are_judged_as_the_reference_does() {
     const SLASH_20: u32 = 1 << 12;
     let mut filter = enforcing_filter();
     let (mut passed, mut dropped) = (0, 0);

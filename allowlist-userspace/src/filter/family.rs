@@ -4,11 +4,11 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use allowlist_common::{MAP_COARSE_SCREEN_V4, MAP_COARSE_SCREEN_V6};
 use allowlist_common::{
     Ipv4Octets, Ipv6Octets, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_EXACT_V4, MAP_EXACT_V6, MAP_SCREEN_V4,
     MAP_SCREEN_V6, MAX_EXACT_V4, MAX_EXACT_V6, SLOTS,
 };
+use allowlist_common::{MAP_COARSE_SCREEN_V4, MAP_COARSE_SCREEN_V6};
 use aya::maps::lpm_trie::Key;
 use ipnet::{Ipv4Net, Ipv6Net, PrefixLenError};
 
