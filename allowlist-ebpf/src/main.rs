@@ -12,6 +12,7 @@ mod parse;
 // The crate's library target is there for allowlist-userspace's build script (lib.rs).
 use allowlist_ebpf as _;
 
+use allowlist_common::{coarse_screen_bit, COARSE_SCREEN_WORDS};
 use allowlist_common::{
     screen_bit_v4, screen_bit_v6, AllowRule, Control, Counter, FlowKey, FlowState, FragmentKey,
     Ipv4Octets, Ipv6Octets, LayoutStamp, Mode, PortSet, Reason, Revert, BPF_F_MMAPABLE,
@@ -40,6 +41,14 @@ use parse::{Frame, IpHeader, Network, Transport, FIRST_FRAGMENT, LATER_FRAGMENT}
 
 // Map names must match allowlist_common::MAP_* (the symbol name is the map name).
 // All are pinned by name so a restarted daemon finds the state the program is using.
+#[map]
+static COARSE_V4_0: Array<u64> = Array::pinned(COARSE_SCREEN_WORDS, BPF_F_MMAPABLE);
+#[map]
+static COARSE_V4_1: Array<u64> = Array::pinned(COARSE_SCREEN_WORDS, BPF_F_MMAPABLE);
+#[map]
+static COARSE_V6_0: Array<u64> = Array::pinned(COARSE_SCREEN_WORDS, BPF_F_MMAPABLE);
+#[map]
+static COARSE_V6_1: Array<u64> = Array::pinned(COARSE_SCREEN_WORDS, BPF_F_MMAPABLE);
 #[map]
 static SCREEN_V4_0: Array<u64> = Array::pinned(SCREEN_WORDS, BPF_F_MMAPABLE);
 #[map]
@@ -417,19 +426,20 @@ fn by_mode(mode: Mode, enforced: Reason, monitored: Reason) -> Reason {
 }
 
 /// The rule of the longest listed prefix containing the source; flags 0 if none.
-/// Screen, then exact hosts, then the trie (see `allowlist_common::SLOTS`): most
-/// unlisted sources stop at the screen and listed hosts at the hash, so neither pays
-/// the trie's depth. (A plain value, not an Option: the verifier rejects LLVM's spills
+/// Coarse screen, screen, then exact hosts, then the trie (see `allowlist_common::SLOTS`):
+/// most unlisted sources stop at the coarse screen (in cache) or the screen, and listed
+/// hosts at the hash, so neither pays the trie's depth. (A plain value, not an Option: the verifier rejects LLVM's spills
 /// of the undefined payload of a None.)
 #[inline(always)]
 fn lookup(slot: u32, ip: &IpHeader) -> AllowRule {
     let found = if ip.is_v6 {
         let first_32_bits = [ip.source[0], ip.source[1], ip.source[2], ip.source[3]];
-        let (screen, exact, trie) = match slot {
-            0 => (&SCREEN_V6_0, &EXACT_V6_0, &ALLOW_V6_0),
-            _ => (&SCREEN_V6_1, &EXACT_V6_1, &ALLOW_V6_1),
+        let (coarse, screen, exact, trie) = match slot {
+            0 => (&COARSE_V6_0, &SCREEN_V6_0, &EXACT_V6_0, &ALLOW_V6_0),
+            _ => (&COARSE_V6_1, &SCREEN_V6_1, &EXACT_V6_1, &ALLOW_V6_1),
         };
-        if !screened_in(screen, screen_bit_v6(first_32_bits)) {
+        let bit = screen_bit_v6(first_32_bits);
+        if !screened_in(coarse, coarse_screen_bit(bit)) || !screened_in(screen, bit) {
             return AllowRule::default();
         }
         // SAFETY: plain data, replaced only after packets in flight are done with it.
@@ -439,11 +449,12 @@ fn lookup(slot: u32, ip: &IpHeader) -> AllowRule {
         }
     } else {
         let source = ip.source_v4();
-        let (screen, exact, trie) = match slot {
-            0 => (&SCREEN_V4_0, &EXACT_V4_0, &ALLOW_V4_0),
-            _ => (&SCREEN_V4_1, &EXACT_V4_1, &ALLOW_V4_1),
+        let (coarse, screen, exact, trie) = match slot {
+            0 => (&COARSE_V4_0, &SCREEN_V4_0, &EXACT_V4_0, &ALLOW_V4_0),
+            _ => (&COARSE_V4_1, &SCREEN_V4_1, &EXACT_V4_1, &ALLOW_V4_1),
         };
-        if !screened_in(screen, screen_bit_v4(source)) {
+        let bit = screen_bit_v4(source);
+        if !screened_in(coarse, coarse_screen_bit(bit)) || !screened_in(screen, bit) {
             return AllowRule::default();
         }
         // SAFETY: as above.
@@ -455,7 +466,7 @@ fn lookup(slot: u32, ip: &IpHeader) -> AllowRule {
     found.copied().unwrap_or_default()
 }
 
-/// Whether the screen bitmap's `bit` is set: some listed prefix may contain the source.
+/// Whether a screen bitmap's `bit` is set: some listed prefix may contain the source.
 #[inline(always)]
 fn screened_in(screen: &Array<u64>, bit: u32) -> bool {
     screen

@@ -1,6 +1,10 @@
-//! The screen bitmaps in front of each slot's lookups (`allowlist_common::MAP_SCREEN_V4`):
-//! which bits a list sets, and the kernel's bitmap mapped into the daemon's memory so a
-//! whole list's bitmap is written as memory, not with one syscall per word.
+//! The screen bitmaps in front of each slot's lookups (`allowlist_common::MAP_SCREEN_V4`)
+//! and the coarse screens in front of them (`MAP_COARSE_SCREEN_V4`): which bits a list
+//! sets, and the kernel's bitmaps mapped into the daemon's memory so a whole list's
+//! bitmaps are written as memory, not with one syscall per word.
+//!
+//! A coarse bit is set exactly when one of the screen bits it stands for is: every range
+//! of screen bits is set together with the range of coarse bits covering it.
 
 use std::{
     io,
@@ -10,17 +14,26 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use allowlist_common::{screen_bit_v4, screen_bit_v6, SCREEN_BITS, SCREEN_WORDS};
+use allowlist_common::{
+    coarse_screen_bit, screen_bit_v4, screen_bit_v6, COARSE_SCREEN_WORDS, SCREEN_BITS, SCREEN_WORDS,
+};
 use aya::maps::MapData;
 use ipnet::{Ipv4Net, Ipv6Net};
 
-/// The bits of a screen, as the kernel lays them out (bit `b`: word `b / 64`, `1 << b % 64`).
+/// The bits of a screen and of its coarse screen, as the kernel lays them out (bit `b`:
+/// word `b / 64`, `1 << b % 64`).
 #[derive(Clone, PartialEq, Eq)]
-pub struct ScreenBits(Vec<u64>);
+pub struct ScreenBits {
+    screen: Vec<u64>,
+    coarse: Vec<u64>,
+}
 
 impl Default for ScreenBits {
     fn default() -> Self {
-        ScreenBits(vec![0; SCREEN_WORDS as usize])
+        ScreenBits {
+            screen: vec![0; SCREEN_WORDS as usize],
+            coarse: vec![0; COARSE_SCREEN_WORDS as usize],
+        }
     }
 }
 
@@ -42,12 +55,25 @@ impl ScreenBits {
     }
 
     pub fn words(&self) -> &[u64] {
-        &self.0
+        &self.screen
+    }
+
+    pub fn coarse_words(&self) -> &[u64] {
+        &self.coarse
     }
 
     fn set(&mut self, bits: Range<u32>) {
-        for_each_word(bits, |word, mask| self.0[word] |= mask);
+        for_each_word(coarse_bits(&bits), |word, mask| self.coarse[word] |= mask);
+        for_each_word(bits, |word, mask| self.screen[word] |= mask);
     }
+}
+
+/// The coarse bits standing for a range of screen bits.
+fn coarse_bits(bits: &Range<u32>) -> Range<u32> {
+    if bits.is_empty() {
+        return 0..0;
+    }
+    coarse_screen_bit(bits.start)..coarse_screen_bit(bits.end - 1) + 1
 }
 
 /// Calls `set(word, mask)` for each word a range of bits touches.
@@ -90,43 +116,18 @@ fn for_each_v6_bit(net: &Ipv6Net, mut set: impl FnMut(Range<u32>)) {
     }
 }
 
-/// A screen map of the kernel, mapped shared into this process.
+/// A screen map and its coarse screen map of the kernel, mapped shared into this process.
 pub struct MappedScreen {
-    words: NonNull<AtomicU64>,
-    // Keeps the map (and so the mapping's object) open for as long as it is mapped.
-    _map: MapData,
+    screen: MappedBitmap,
+    coarse: MappedBitmap,
 }
 
-// SAFETY: the mapping is plain shared memory accessed only through atomics; nothing ties
-// it to the thread that created it.
-unsafe impl Send for MappedScreen {}
-
-const SCREEN_BYTES: usize = SCREEN_WORDS as usize * 8;
-
 impl MappedScreen {
-    pub fn map(map: MapData) -> io::Result<MappedScreen> {
-        let fd = map.fd().as_fd().as_raw_fd();
-        // SAFETY: maps a BPF array created with BPF_F_MMAPABLE of exactly this size.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                SCREEN_BYTES,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let words = NonNull::new(address.cast()).ok_or_else(|| io::Error::other("mmap: null"))?;
-        Ok(MappedScreen { words, _map: map })
-    }
-
-    fn words(&self) -> &[AtomicU64] {
-        // SAFETY: the mapping is SCREEN_BYTES long, page aligned, and lives as long as self.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr(), SCREEN_WORDS as usize) }
+    pub fn map(screen: MapData, coarse: MapData) -> io::Result<MappedScreen> {
+        Ok(MappedScreen {
+            screen: MappedBitmap::map(screen, SCREEN_WORDS as usize)?,
+            coarse: MappedBitmap::map(coarse, COARSE_SCREEN_WORDS as usize)?,
+        })
     }
 
     /// Sets the bits of an IPv4 prefix, leaving the others as they are.
@@ -140,17 +141,71 @@ impl MappedScreen {
     }
 
     fn set(&self, bits: Range<u32>) {
+        self.coarse.set(coarse_bits(&bits));
+        self.screen.set(bits);
+    }
+
+    /// Makes the kernel's bitmaps equal to `bits`, touching only words that differ;
+    /// returns how many did.
+    pub fn write(&self, bits: &ScreenBits) -> usize {
+        self.coarse.write(bits.coarse_words()) + self.screen.write(bits.words())
+    }
+}
+
+/// One mmapable array map of `u64` words, mapped shared into this process.
+struct MappedBitmap {
+    words: NonNull<AtomicU64>,
+    len: usize,
+    // Keeps the map (and so the mapping's object) open for as long as it is mapped.
+    _map: MapData,
+}
+
+// SAFETY: the mapping is plain shared memory accessed only through atomics; nothing ties
+// it to the thread that created it.
+unsafe impl Send for MappedBitmap {}
+
+impl MappedBitmap {
+    /// Maps `map`, a BPF array of `len` `u64` words created with BPF_F_MMAPABLE.
+    fn map(map: MapData, len: usize) -> io::Result<MappedBitmap> {
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: maps a BPF array created with BPF_F_MMAPABLE of exactly this size (the
+        // kernel refuses a longer mapping).
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len * 8,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let words = NonNull::new(address.cast()).ok_or_else(|| io::Error::other("mmap: null"))?;
+        Ok(MappedBitmap {
+            words,
+            len,
+            _map: map,
+        })
+    }
+
+    fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is `len` words long, page aligned, and lives as long as self.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr(), self.len) }
+    }
+
+    fn set(&self, bits: Range<u32>) {
         let words = self.words();
         for_each_word(bits, |word, mask| {
             words[word].fetch_or(mask, Ordering::Relaxed);
         });
     }
 
-    /// Makes the kernel's bitmap equal to `bits`, touching only words that differ; returns
-    /// how many did.
-    pub fn write(&self, bits: &ScreenBits) -> usize {
+    fn write(&self, wanted: &[u64]) -> usize {
         let mut changed = 0;
-        for (word, &wanted) in self.words().iter().zip(bits.words()) {
+        for (word, &wanted) in self.words().iter().zip(wanted) {
             if word.load(Ordering::Relaxed) != wanted {
                 word.store(wanted, Ordering::Relaxed);
                 changed += 1;
@@ -160,15 +215,17 @@ impl MappedScreen {
     }
 }
 
-impl Drop for MappedScreen {
+impl Drop for MappedBitmap {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `map`, which nothing references now.
-        unsafe { libc::munmap(self.words.as_ptr().cast(), SCREEN_BYTES) };
+        unsafe { libc::munmap(self.words.as_ptr().cast(), self.len * 8) };
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use allowlist_common::{COARSE_SCREEN_BITS, SCREEN_BITS_PER_COARSE_BIT};
+
     use super::*;
 
     fn is_set(bits: &ScreenBits, bit: u32) -> bool {
@@ -195,9 +252,99 @@ mod tests {
     #[test]
     fn the_default_route_sets_every_bit() {
         let all: Ipv4Net = "0.0.0.0/0".parse().unwrap();
-        assert_eq!(ones(&ScreenBits::of_v4([&all])), SCREEN_BITS);
+        let bits = ScreenBits::of_v4([&all]);
+        assert_eq!(ones(&bits), SCREEN_BITS);
+        assert_eq!(coarse_ones(&bits), COARSE_SCREEN_BITS);
         let all: Ipv6Net = "::/0".parse().unwrap();
-        assert_eq!(ones(&ScreenBits::of_v6([&all])), SCREEN_BITS);
+        let bits = ScreenBits::of_v6([&all]);
+        assert_eq!(ones(&bits), SCREEN_BITS);
+        assert_eq!(coarse_ones(&bits), COARSE_SCREEN_BITS);
+    }
+
+    fn is_coarse_set(bits: &ScreenBits, bit: u32) -> bool {
+        bits.coarse_words()[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+    }
+
+    fn coarse_ones(bits: &ScreenBits) -> u32 {
+        bits.coarse_words().iter().map(|w| w.count_ones()).sum()
+    }
+
+    fn coarse_v4(addr: [u8; 4]) -> u32 {
+        coarse_screen_bit(screen_bit_v4(addr))
+    }
+
+    /// The coarse screen may only rule out what the screen rules out: each coarse bit is
+    /// set exactly when one of the screen bits it stands for is.
+    fn assert_coarse_is_the_or_of_its_screen_bits(bits: &ScreenBits) {
+        for coarse in 0..COARSE_SCREEN_BITS {
+            let first = coarse * SCREEN_BITS_PER_COARSE_BIT;
+            let any = (first..first + SCREEN_BITS_PER_COARSE_BIT).any(|bit| is_set(bits, bit));
+            assert_eq!(is_coarse_set(bits, coarse), any, "coarse bit {coarse}");
+        }
+    }
+
+    #[test]
+    fn an_ipv4_prefix_sets_the_coarse_bits_of_the_slash_20s_it_overlaps_and_no_others() {
+        let inside: Ipv4Net = "192.0.2.0/24".parse().unwrap();
+        let exactly: Ipv4Net = "198.51.16.0/20".parse().unwrap();
+        // A /22 and a /23 that straddle the boundary between two /20s are impossible
+        // (aligned prefixes); a /19 spans two, a /12 256.
+        let two: Ipv4Net = "203.0.96.0/19".parse().unwrap();
+        let short: Ipv4Net = "172.16.0.0/12".parse().unwrap();
+        let bits = ScreenBits::of_v4([&inside, &exactly, &two, &short]);
+        assert!(is_coarse_set(&bits, coarse_v4([192, 0, 2, 0])));
+        assert!(
+            is_coarse_set(&bits, coarse_v4([192, 0, 15, 255])),
+            "same /20"
+        );
+        assert!(!is_coarse_set(&bits, coarse_v4([192, 0, 16, 0])));
+        assert!(!is_coarse_set(&bits, coarse_v4([191, 255, 255, 255])));
+        assert!(is_coarse_set(&bits, coarse_v4([198, 51, 31, 0])));
+        assert!(!is_coarse_set(&bits, coarse_v4([198, 51, 32, 0])));
+        assert!(!is_coarse_set(&bits, coarse_v4([198, 51, 15, 0])));
+        assert!(is_coarse_set(&bits, coarse_v4([203, 0, 96, 0])));
+        assert!(is_coarse_set(&bits, coarse_v4([203, 0, 127, 0])));
+        assert!(!is_coarse_set(&bits, coarse_v4([203, 0, 128, 0])));
+        assert!(is_coarse_set(&bits, coarse_v4([172, 31, 255, 0])));
+        assert!(!is_coarse_set(&bits, coarse_v4([172, 32, 0, 0])));
+        assert_eq!(coarse_ones(&bits), 1 + 1 + 2 + 256);
+        assert_coarse_is_the_or_of_its_screen_bits(&bits);
+    }
+
+    #[test]
+    fn the_coarse_screen_is_the_or_of_the_screen_bits_for_lists_of_every_shape() {
+        let v4: Vec<Ipv4Net> = [
+            "10.0.0.1/32",
+            "10.0.16.0/21",
+            "10.0.31.128/25",
+            "100.64.0.0/10",
+            "128.0.0.0/1",
+            "223.255.255.0/24",
+        ]
+        .iter()
+        .map(|net| net.parse().unwrap())
+        .collect();
+        assert_coarse_is_the_or_of_its_screen_bits(&ScreenBits::of_v4(&v4));
+        let v6: Vec<Ipv6Net> = ["2001:db8::/32", "2001:db0::/29", "2a00::/16", "fe80::1/128"]
+            .iter()
+            .map(|net| net.parse().unwrap())
+            .collect();
+        assert_coarse_is_the_or_of_its_screen_bits(&ScreenBits::of_v6(&v6));
+    }
+
+    #[test]
+    fn a_slash_1_sets_half_the_coarse_screen() {
+        let half: Ipv4Net = "0.0.0.0/1".parse().unwrap();
+        let bits = ScreenBits::of_v4([&half]);
+        assert_eq!(coarse_ones(&bits), COARSE_SCREEN_BITS / 2);
+        assert!(is_coarse_set(&bits, coarse_v4([127, 255, 255, 255])));
+        assert!(!is_coarse_set(&bits, coarse_v4([128, 0, 0, 0])));
+    }
+
+    #[test]
+    fn an_empty_list_sets_no_bit() {
+        let bits = ScreenBits::of_v4([]);
+        assert_eq!((ones(&bits), coarse_ones(&bits)), (0, 0));
     }
 
     #[test]

@@ -243,7 +243,9 @@ impl Bases {
 
     fn near_v4(&self, rng: &mut Rng) -> Ipv4Addr {
         let base = self.v4[rng.below(self.v4.len() as u64) as usize];
-        let spread = [0u32, 0xff, 0xffff, 0xff_ffff, u32::MAX][rng.below(5) as usize];
+        // Within its /24, /20 (the coarse screen's unit) or the /20 beside it, /16, ….
+        let spread =
+            [0u32, 0xff, 0xfff, 0x1fff, 0xffff, 0xff_ffff, u32::MAX][rng.below(7) as usize];
         Ipv4Addr::from(base ^ (rng.next_u64() as u32 & spread))
     }
 
@@ -267,7 +269,7 @@ pub fn random_policy(rng: &mut Rng) -> (Policy, Vec<IpNet>) {
     let mut entries = Vec::new();
     for _ in 0..rng.below(24) {
         let network = if rng.below(2) == 0 {
-            let len = [0u8, 8, 16, 20, 24, 28, 31, 32, 32][rng.below(9) as usize];
+            let len = [0u8, 8, 16, 19, 20, 21, 24, 28, 31, 32, 32][rng.below(11) as usize];
             let len = if len == 0 && rng.below(4) != 0 {
                 24
             } else {

@@ -1,4 +1,5 @@
-//! The compiled lookup (screen bitmap → exact-host hash → LPM trie, per slot) gives
+//! The compiled lookup (coarse screen → screen bitmap → exact-host hash → LPM trie, per
+//! slot) gives
 //! exactly the verdict a plain reference gives, for random lists and random sources.
 //!
 //! The reference is brute force over the entries as the operator wrote them: a source
@@ -286,32 +287,44 @@ fn assert_kernel_agrees(
         let source = generator.source(entries);
         let protocol = generator.pick(&[IPPROTO_TCP, IPPROTO_UDP]);
         let port = generator.port();
-        let expected = reference_allows(entries, source, protocol, port);
-        let by_longest_prefix =
-            longest_compiled_prefix(list, source).is_some_and(|reach| reach.allows(protocol, port));
-        assert_eq!(
-            by_longest_prefix, expected,
-            "{what}: the compiled list's longest prefix disagrees with the entries for \
-             {source} port {port}/{protocol}"
-        );
-        let verdict = filter.run(&frame(source, protocol, port));
-        let containing: Vec<&Entry> = entries
-            .iter()
-            .filter(|entry| entry.network.contains(&source))
-            .collect();
-        assert_eq!(
-            verdict == Verdict::Pass,
-            expected,
-            "{what}: the kernel said {verdict:?} for {source} port {port}/{protocol}; \
-             entries containing it: {containing:?}"
-        );
-        if expected {
+        if assert_kernel_agrees_on(filter, entries, list, (source, protocol, port), what) {
             passed += 1;
         } else {
             dropped += 1;
         }
     }
     (passed, dropped)
+}
+
+/// Fails unless the kernel and both references agree on one packet; returns whether it
+/// may pass.
+fn assert_kernel_agrees_on(
+    filter: &mut TestFilter,
+    entries: &[Entry],
+    list: &CompiledList,
+    (source, protocol, port): (IpAddr, u8, u16),
+    what: &str,
+) -> bool {
+    let expected = reference_allows(entries, source, protocol, port);
+    let by_longest_prefix =
+        longest_compiled_prefix(list, source).is_some_and(|reach| reach.allows(protocol, port));
+    assert_eq!(
+        by_longest_prefix, expected,
+        "{what}: the compiled list's longest prefix disagrees with the entries for \
+         {source} port {port}/{protocol}"
+    );
+    let verdict = filter.run(&frame(source, protocol, port));
+    let containing: Vec<&Entry> = entries
+        .iter()
+        .filter(|entry| entry.network.contains(&source))
+        .collect();
+    assert_eq!(
+        verdict == Verdict::Pass,
+        expected,
+        "{what}: the kernel said {verdict:?} for {source} port {port}/{protocol}; \
+         entries containing it: {containing:?}"
+    );
+    expected
 }
 
 #[test]
@@ -388,6 +401,69 @@ fn single_changes_applied_in_place_keep_the_kernel_agreeing_with_the_reference()
     }
     assert!(
         passed > 500 && dropped > 500,
+        "probes passed {passed} and dropped {dropped}; both should be common"
+    );
+}
+
+/// The coarse screen rules a source out by its /20 before the screen looks at its /24.
+/// Networks that sit inside one /20 (at its start or its end), fill one exactly, or span
+/// several, listed alone or near each other; probed at the edges of each network and of
+/// the /20s around it (the first and last address of its first and last /20, and the
+/// addresses just outside them), where a coarse bit set for the wrong /20 would show.
+#[test]
+fn sources_at_the_edges_of_the_slash_20s_around_listed_networks_are_judged_as_the_reference_does() {
+    const SLASH_20: u32 = 1 << 12;
+    let mut filter = enforcing_filter();
+    let (mut passed, mut dropped) = (0, 0);
+    for seed in 1..=8u64 {
+        let mut generator = Generator::new(seed);
+        let entries: Vec<Entry> = (0..60)
+            .map(|_| {
+                let len = generator.pick(&[16, 18, 19, 20, 21, 22, 23, 24, 26, 28, 32]);
+                let size = 1u32 << (32 - len);
+                let block = generator.address_v4() & !(SLASH_20 - 1);
+                // Inside a /20, at its start or flush with its end; or aligned to its own
+                // size when it spans /20s.
+                let network = match (size < SLASH_20, generator.chance(50)) {
+                    (true, true) => block,
+                    (true, false) => block + SLASH_20 - size,
+                    (false, _) => block & !(size - 1),
+                };
+                let ports = generator.ports();
+                Entry {
+                    network: IpNet::V4(Ipv4Net::new(Ipv4Addr::from(network), len).unwrap()),
+                    ports,
+                }
+            })
+            .collect();
+        let list = apply(&mut filter, &entries);
+        for entry in &entries {
+            let IpNet::V4(net) = entry.network else {
+                continue;
+            };
+            let (first, last) = (u32::from(net.network()), u32::from(net.broadcast()));
+            let (first_block, last_block) = (first & !(SLASH_20 - 1), last | (SLASH_20 - 1));
+            let edges = [first_block, first, last, last_block];
+            let sources = edges
+                .iter()
+                .flat_map(|&edge| [edge.wrapping_sub(1), edge, edge.wrapping_add(1)]);
+            for source in sources {
+                let packet = (
+                    IpAddr::V4(Ipv4Addr::from(source)),
+                    generator.pick(&[IPPROTO_TCP, IPPROTO_UDP]),
+                    generator.port(),
+                );
+                let what = format!("seed {seed}, around {net}");
+                if assert_kernel_agrees_on(&mut filter, &entries, &list, packet, &what) {
+                    passed += 1;
+                } else {
+                    dropped += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        passed > 1_000 && dropped > 1_000,
         "probes passed {passed} and dropped {dropped}; both should be common"
     );
 }

@@ -10,6 +10,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use allowlist_common::{coarse_screen_bit, MAP_COARSE_SCREEN_V4, MAP_COARSE_SCREEN_V6};
 use allowlist_common::{
     screen_bit_v4, screen_bit_v6, AllowRule, Control, Counter, Ipv4Octets, Ipv6Octets, Reason,
     FEATURE_PASS_ENCAPSULATED, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_CONTROL, MAP_EXACT_V4, MAP_EXACT_V6,
@@ -1451,24 +1452,44 @@ fn program_judges_by_the_slot_the_control_record_names_and_ignores_the_other() {
         .pinned_map(MAP_SCREEN_V6[standby])
         .try_into()
         .unwrap();
-    let screen_in = |screen: &mut Array<MapData, u64>, bit: u32| {
-        let word = screen.get(&(bit / 64), 0).unwrap();
-        screen.set(bit / 64, word | 1 << (bit % 64), 0).unwrap();
+    let mut coarse_v4: Array<MapData, u64> = filter
+        .pinned_map(MAP_COARSE_SCREEN_V4[standby])
+        .try_into()
+        .unwrap();
+    let mut coarse_v6: Array<MapData, u64> = filter
+        .pinned_map(MAP_COARSE_SCREEN_V6[standby])
+        .try_into()
+        .unwrap();
+    let set_bit = |bitmap: &mut Array<MapData, u64>, bit: u32| {
+        let word = bitmap.get(&(bit / 64), 0).unwrap();
+        bitmap.set(bit / 64, word | 1 << (bit % 64), 0).unwrap();
+    };
+    let screen_in = |screen: &mut Array<MapData, u64>, coarse: &mut Array<MapData, u64>, bit| {
+        set_bit(screen, bit);
+        set_bit(coarse, coarse_screen_bit(bit));
     };
     // Standby slot := list B only: its prefixes in the trie, its hosts in the exact-host
-    // hash, and their screen bits set.
+    // hash, and their screen and coarse screen bits set.
     trie_v4.remove(&Key::new(24, [192, 0, 2, 0])).unwrap();
     hosts_v4
         .insert([198, 51, 100, 7], AllowRule::ALLOW_ALL, 0)
         .unwrap();
-    screen_in(&mut screen_v4, screen_bit_v4([198, 51, 100, 7]));
+    screen_in(
+        &mut screen_v4,
+        &mut coarse_v4,
+        screen_bit_v4([198, 51, 100, 7]),
+    );
     trie_v6
         .remove(&Key::new(48, v6("2001:db8:a::").octets()))
         .unwrap();
     hosts_v6
         .insert(v6("2001:db8:b::1").octets(), AllowRule::ALLOW_ALL, 0)
         .unwrap();
-    screen_in(&mut screen_v6, screen_bit_v6([0x20, 0x01, 0x0d, 0xb8]));
+    screen_in(
+        &mut screen_v6,
+        &mut coarse_v6,
+        screen_bit_v6([0x20, 0x01, 0x0d, 0xb8]),
+    );
     assert_list_in_force(
         &mut filter,
         &from_a,

@@ -8,6 +8,7 @@ use allowlist_common::{
     Ipv4Octets, Ipv6Octets, MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_EXACT_V4, MAP_EXACT_V6, MAP_SCREEN_V4,
     MAP_SCREEN_V6, MAX_EXACT_V4, MAX_EXACT_V6, SLOTS,
 };
+use allowlist_common::{MAP_COARSE_SCREEN_V4, MAP_COARSE_SCREEN_V6};
 use aya::maps::lpm_trie::Key;
 use ipnet::{Ipv4Net, Ipv6Net, PrefixLenError};
 
@@ -21,6 +22,8 @@ pub(super) trait Prefix: Ord + Copy + std::fmt::Debug + std::fmt::Display {
     const EXACT_CAPACITY: u32;
     /// The family's maps, by slot, in the order the program consults them.
     const SCREEN_MAPS: [&'static str; SLOTS];
+    /// The coarse screen in front of each slot's screen (written with it).
+    const COARSE_SCREEN_MAPS: [&'static str; SLOTS];
     const EXACT_MAPS: [&'static str; SLOTS];
     const TRIE_MAPS: [&'static str; SLOTS];
 
@@ -44,6 +47,7 @@ impl Prefix for Ipv4Net {
     type Octets = Ipv4Octets;
     const EXACT_CAPACITY: u32 = MAX_EXACT_V4;
     const SCREEN_MAPS: [&'static str; SLOTS] = MAP_SCREEN_V4;
+    const COARSE_SCREEN_MAPS: [&'static str; SLOTS] = MAP_COARSE_SCREEN_V4;
     const EXACT_MAPS: [&'static str; SLOTS] = MAP_EXACT_V4;
     const TRIE_MAPS: [&'static str; SLOTS] = MAP_ALLOW_V4;
 
@@ -77,6 +81,7 @@ impl Prefix for Ipv6Net {
     type Octets = Ipv6Octets;
     const EXACT_CAPACITY: u32 = MAX_EXACT_V6;
     const SCREEN_MAPS: [&'static str; SLOTS] = MAP_SCREEN_V6;
+    const COARSE_SCREEN_MAPS: [&'static str; SLOTS] = MAP_COARSE_SCREEN_V6;
     const EXACT_MAPS: [&'static str; SLOTS] = MAP_EXACT_V6;
     const TRIE_MAPS: [&'static str; SLOTS] = MAP_ALLOW_V6;
 

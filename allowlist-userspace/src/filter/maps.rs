@@ -187,8 +187,9 @@ fn take_family<P: Prefix>(
         P::EXACT_MAPS[slot],
         P::TRIE_MAPS[slot],
     );
+    let coarse = P::COARSE_SCREEN_MAPS[slot];
     let maps = FamilyMaps {
-        screen: mapped_screen(take(screen)?, screen)?,
+        screen: mapped_screen((take(screen)?, screen), (take(coarse)?, coarse))?,
         exact: BpfHashMap::try_from(take(exact)?).map_err(kernel_error(exact))?,
         trie: LpmTrie::try_from(take(trie)?).map_err(kernel_error(trie))?,
     };
@@ -216,14 +217,17 @@ fn read_back<P: Prefix>(maps: FamilyMaps<P>, slot: usize) -> Result<KernelFamily
     Ok(FamilySlot::new(maps, slot, held, placement))
 }
 
-fn mapped_screen(map: Map, name: &str) -> Result<MappedScreen> {
-    let Map::Array(data) = map else {
-        return Err(FilterError::Kernel {
+fn mapped_screen(screen: (Map, &str), coarse: (Map, &str)) -> Result<MappedScreen> {
+    let array = |(map, name): (Map, &str)| match map {
+        Map::Array(data) => Ok(data),
+        _ => Err(FilterError::Kernel {
             context: format!("opening {name}"),
             message: "not an array map".into(),
-        });
+        }),
     };
-    MappedScreen::map(data).map_err(io_error(format!("mapping {name} into memory")))
+    let names = format!("{} and {}", screen.1, coarse.1);
+    MappedScreen::map(array(screen)?, array(coarse)?)
+        .map_err(io_error(format!("mapping {names} into memory")))
 }
 
 impl Slot {
