@@ -1,6 +1,8 @@
 //! A host following its fleet: reads the followed sets once (or resumes after the
-//! revision it last applied), watches the prefix, hands each new revision to the daemon
-//! (`Daemon::fleet_apply`), and publishes its status under a lease. Runs on a thread of
+//! revision it last applied), watches the prefix, hands each watch message's changes to
+//! the daemon as a delta (`Daemon::fleet_apply_delta`; the sets whole, `fleet_apply`,
+//! after a full read or when the kernel is not as of the previous revision), and
+//! publishes its status under a lease. Runs on a thread of
 //! its own and takes the daemon's lock only to apply and to read its status, so a slow
 //! or lost etcd delays no request. Losing etcd changes nothing the kernel enforces.
 
