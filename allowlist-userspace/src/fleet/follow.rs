@@ -211,12 +211,9 @@ impl Follower {
                     self.backoff = Duration::from_millis(200);
                 }
                 Ok(Ok(WatchMessage::Events { revision, events })) => {
-                    // Not handed over as a delta (`Daemon::fleet_apply_delta`) yet: with
-                    // it, the fleet integration tests saw hosts whose kernel listed the
-                    // new entry and still did not pass it. Until that is understood,
-                    // every revision goes whole through the path those tests prove.
+                    let since = self.revision;
                     match self.take(revision, events) {
-                        Ok(_deltas) => self.offer(),
+                        Ok(deltas) => self.apply(since, &deltas),
                         Err(error) => self.disconnected(error),
                     }
                 }
@@ -399,6 +396,20 @@ impl Follower {
         }
         self.revision = self.revision.max(through);
         Ok(deltas)
+    }
+
+    /// Hands one message's changes to the daemon as a delta when the kernel is as of
+    /// `since` (the revision before them), or the followed sets whole.
+    fn apply(&mut self, since: i64, deltas: &BTreeMap<SetName, SetDelta>) {
+        if self.outcome == FleetOutcome::Applied {
+            let outcome =
+                lock(&self.daemon).fleet_apply_delta(since, self.revision, self.cluster, deltas);
+            if let Some(outcome) = outcome {
+                self.settle(outcome);
+                return;
+            }
+        }
+        self.offer();
     }
 
     fn settle(&mut self, outcome: FleetOutcome) {
