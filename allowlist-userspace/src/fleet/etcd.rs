@@ -682,12 +682,12 @@ mod tests {
     /// An etcd stand-in on loopback: answers the requests it gets, one connection each,
     /// with `answers` in order (status, body); returns its URL and, once done, each
     /// request's path, `Authorization` header and body.
+    /// Each request the stand-in got: its path, `Authorization` header and body.
+    type SeenRequests = Vec<(String, Option<String>, Value)>;
+
     fn fake_etcd(
         answers: Vec<(u16, &'static str)>,
-    ) -> (
-        String,
-        std::thread::JoinHandle<Vec<(String, Option<String>, Value)>>,
-    ) {
+    ) -> (String, std::thread::JoinHandle<SeenRequests>) {
         use std::io::Write as _;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
