@@ -54,6 +54,10 @@ pub const MAX_IMPORT_ROWS: usize = 2 * allowlist_common::MAX_ENTRIES_PER_FAMILY 
 /// ([`crate::allowlist::MAX_DESCRIPTION_BYTES`], each escaped as up to 6), a network,
 /// ports and an expiry.
 pub const MAX_IMPORT_ROW_BYTES: usize = 32 << 10;
+/// Most bytes of rows one streamed import may carry in all, as much as a one-line
+/// import ([`MAX_REQUEST_BYTES`]): rows of long descriptions cannot make the daemon
+/// buffer more than that.
+pub const MAX_IMPORT_STREAM_BYTES: usize = MAX_REQUEST_BYTES;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "command", rename_all = "snake_case")]
@@ -605,11 +609,17 @@ impl Connection {
 
     /// Waits for the reply to what was sent.
     pub fn reply(&mut self) -> Result<Reply, ClientError> {
+        // A daemon that refused a streamed row replies and stops reading: the flush then
+        // fails (EPIPE), but its reply, which says why, is waiting to be read.
         let flushed = self.writer.flush();
-        flushed.map_err(|cause| self.io(cause))?;
         let mut reply = String::new();
         let read = BufReader::new(self.writer.get_ref()).read_line(&mut reply);
-        read.map_err(|cause| self.io(cause))?;
+        match (flushed, read) {
+            (_, Ok(read)) if read > 0 => {}
+            (Err(cause), _) => return Err(self.io(cause)),
+            (Ok(()), Err(cause)) => return Err(self.io(cause)),
+            (Ok(()), Ok(_)) => {}
+        }
         serde_json::from_str(&reply).map_err(|error| ClientError::BadReply {
             socket: self.socket.clone(),
             detail: format!("{error}: {:?}", reply.trim_end()),

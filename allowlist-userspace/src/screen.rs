@@ -110,8 +110,10 @@ fn for_each_v6_bit(net: &Ipv6Net, mut set: impl FnMut(Range<u32>)) {
     let octets = net.network().octets();
     let first = u32::from_be_bytes([octets[0], octets[1], octets[2], octets[3]]);
     let values = 1u32 << 32u8.saturating_sub(net.prefix_len());
-    for value in first..first + values {
-        let bit = screen_bit_v6(value.to_be_bytes());
+    // `first` is aligned to the prefix, so `first | offset` stays within it even for the
+    // last prefixes of the space (first + values would overflow for ffff:f000::/20).
+    for offset in 0..values {
+        let bit = screen_bit_v6((first | offset).to_be_bytes());
         set(bit..bit + 1);
     }
 }
@@ -259,6 +261,17 @@ mod tests {
         let bits = ScreenBits::of_v6([&all]);
         assert_eq!(ones(&bits), SCREEN_BITS);
         assert_eq!(coarse_ones(&bits), COARSE_SCREEN_BITS);
+    }
+
+    #[test]
+    fn the_last_ipv6_prefixes_of_the_space_set_their_bits() {
+        for text in ["ffff:f000::/20", "ffff:ffff::/32", "ffff:ffff:ffff::/48"] {
+            let net: Ipv6Net = text.parse().unwrap();
+            let bits = ScreenBits::of_v6([&net]);
+            let last = screen_bit_v6([0xff, 0xff, 0xff, 0xff]);
+            assert!(is_set(&bits, last), "{text}");
+            assert!(is_coarse_set(&bits, coarse_screen_bit(last)), "{text}");
+        }
     }
 
     fn is_coarse_set(bits: &ScreenBits, bit: u32) -> bool {

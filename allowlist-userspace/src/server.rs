@@ -521,12 +521,14 @@ enum RowsNotRead {
 
 /// Reads the rows of an `import_stream` up to the empty line that ends them, each parsed
 /// as it arrives, within the protocol's bounds ([`control::MAX_IMPORT_ROWS`] rows of
-/// [`control::MAX_IMPORT_ROW_BYTES`]).
+/// [`control::MAX_IMPORT_ROW_BYTES`], [`control::MAX_IMPORT_STREAM_BYTES`] in all, each
+/// description within [`crate::allowlist::MAX_DESCRIPTION_BYTES`]).
 async fn read_import_rows(
     reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
 ) -> Result<Vec<ImportRow>, RowsNotRead> {
     let mut rows = Vec::new();
     let mut line = Vec::new();
+    let mut bytes_read: usize = 0;
     loop {
         line.clear();
         let limit = control::MAX_IMPORT_ROW_BYTES;
@@ -554,6 +556,14 @@ async fn read_import_rows(
         if line == b"\n" {
             return Ok(rows);
         }
+        bytes_read = bytes_read.saturating_add(line.len());
+        if bytes_read > control::MAX_IMPORT_STREAM_BYTES {
+            return Err(RowsNotRead::Refused(format!(
+                "the rows up to row {} take more than {} bytes; import the file in parts",
+                rows.len() + 1,
+                control::MAX_IMPORT_STREAM_BYTES
+            )));
+        }
         if rows.len() >= control::MAX_IMPORT_ROWS {
             return Err(RowsNotRead::Refused(format!(
                 "more than {} rows; the kernel holds at most {} prefixes per family",
@@ -564,6 +574,9 @@ async fn read_import_rows(
         let row: ImportRow = serde_json::from_slice(&line).map_err(|error| {
             RowsNotRead::Refused(format!("row {} is not valid: {error}", rows.len() + 1))
         })?;
+        // Checked as the row arrives, not once all are buffered.
+        crate::allowlist::check_description(&row.description)
+            .map_err(|error| RowsNotRead::Refused(format!("line {}: {error}", row.line)))?;
         rows.push(row);
     }
 }

@@ -294,9 +294,16 @@ impl Managed {
 
     /// Entries whose time is up at `now`, as (network, set).
     pub(super) fn expired(&self, now: u64) -> Vec<(IpNet, SetName)> {
-        self.expiring()
-            .filter(|(at, _, _)| *at <= now)
-            .map(|(_, network, set)| (network, set.clone()))
+        // Each set's expiring entries are in time order: only the due ones are looked at.
+        self.sets
+            .iter()
+            .flat_map(|(set, entries)| {
+                entries
+                    .expiring
+                    .iter()
+                    .take_while(move |(at, _)| *at <= now)
+                    .map(move |(_, network)| (*network, set.clone()))
+            })
             .collect()
     }
 

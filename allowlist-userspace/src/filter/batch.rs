@@ -110,8 +110,16 @@ fn call(
         return Ok(());
     }
     let error = io::Error::last_os_error();
-    // SAFETY: the kernel wrote back the number of elements it processed in `count`.
-    let done = unsafe { attr.batch.count } as usize;
+    // SAFETY: reading the integer the kernel may have written back.
+    let written_back = unsafe { attr.batch.count };
+    // The kernel writes back how many elements it processed once its loop ran; a call
+    // refused before it (no batch command for the map, a bad argument) leaves `count` as
+    // it was sent, and then nothing was written.
+    let done = if written_back == count {
+        0
+    } else {
+        written_back as usize
+    };
     Err(Stopped { done, error })
 }
 

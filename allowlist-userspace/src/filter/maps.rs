@@ -68,6 +68,22 @@ pub(super) struct FamilyMaps<P: Prefix> {
 impl<P: Prefix> SlotMaps<P> for FamilyMaps<P> {
     type Error = MapError;
 
+    fn read_all(&self) -> Result<Vec<(P, Place, AllowRule)>, MapError> {
+        let mut found = Vec::new();
+        for entry in self.trie.iter() {
+            let (key, rule) = entry?;
+            // The kernel refuses a prefix length past the family's, so every key has one.
+            if let Ok(net) = P::from_key(&key) {
+                found.push((net, Place::Trie, rule));
+            }
+        }
+        for entry in self.exact.iter() {
+            let (octets, rule) = entry?;
+            found.push((P::host(octets), Place::Exact, rule));
+        }
+        Ok(found)
+    }
+
     fn insert(&mut self, place: Place, net: P, rule: AllowRule) -> Result<(), MapError> {
         match place {
             Place::Exact => self.exact.insert(net.octets(), rule, 0),

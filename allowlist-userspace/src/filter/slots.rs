@@ -138,6 +138,9 @@ pub(super) trait SlotMaps<P> {
     fn screen(&mut self, net: P);
     /// Makes the screen exactly `bits`.
     fn write_screen(&mut self, bits: &ScreenBits);
+    /// Every prefix the maps hold, with where it is and its rule: what the mirror is
+    /// rebuilt from when a write failed part way.
+    fn read_all(&self) -> Result<Vec<(P, Place, AllowRule)>, Self::Error>;
 }
 
 /// Why a batch call did not write all its elements.
@@ -272,7 +275,7 @@ impl<P: Prefix> FamilyPlacement<P> {
     /// Where `net` is, forgetting it.
     fn take(&mut self, net: P) -> Place {
         if net.is_host() && !self.overflow.remove(&net) {
-            self.exact -= 1;
+            self.exact = self.exact.saturating_sub(1);
             Place::Exact
         } else {
             Place::Trie
@@ -310,6 +313,41 @@ impl<P: Prefix, M: SlotMaps<P>> FamilySlot<P, M> {
         }
     }
 
+    /// Rebuilds the mirror and the hosts' placement from what the maps hold. After a
+    /// write failed part way the mirror no longer says what the kernel has: a later diff
+    /// against it (the rollback to the previous list, say) would leave the prefixes the
+    /// failed write had already added, and a refused list would partly pass.
+    fn resync(&mut self) -> Result<()> {
+        let found = self
+            .maps
+            .read_all()
+            .map_err(kernel_error(format!("reading slot {} back", self.slot)))?;
+        let mut placement = FamilyPlacement::new(self.placement.capacity);
+        self.held.clear();
+        for (net, place, rule) in found {
+            placement.found(net, place);
+            self.held.push(Held::new((net, rule)));
+        }
+        self.held.sort_unstable_by_key(|held| held.net);
+        self.placement = placement;
+        Ok(())
+    }
+
+    /// `result` as it is, with the mirror read back from the kernel first if it is an
+    /// error (a failed read-back is logged: the write's own error is the one to report).
+    fn resynced_on_error(&mut self, result: Result<ApplyReport>) -> Result<ApplyReport> {
+        if result.is_err() {
+            if let Err(error) = self.resync() {
+                tracing::error!(
+                    slot = self.slot,
+                    "a write to the slot failed and reading it back failed too: {error}; \
+                     the next whole apply of this slot may leave stale prefixes"
+                );
+            }
+        }
+        result
+    }
+
     /// What the maps hold, by prefix.
     pub fn held(&self) -> impl ExactSizeIterator<Item = (P, AllowRule)> + '_ {
         self.held.iter().map(Held::entry)
@@ -319,6 +357,15 @@ impl<P: Prefix, M: SlotMaps<P>> FamilySlot<P, M> {
     /// removals first, so a list replaced by another never needs room for both, then the
     /// screen whole. A large change goes in batches.
     pub fn write_whole(
+        &mut self,
+        wanted: &[(P, AllowRule)],
+        screen: &ScreenBits,
+    ) -> Result<ApplyReport> {
+        let result = self.try_write_whole(wanted, screen);
+        self.resynced_on_error(result)
+    }
+
+    fn try_write_whole(
         &mut self,
         wanted: &[(P, AllowRule)],
         screen: &ScreenBits,
@@ -360,6 +407,11 @@ impl<P: Prefix, M: SlotMaps<P>> FamilySlot<P, M> {
     /// without passing through a shorter prefix that is about to be replaced or has
     /// already gone.
     pub fn write_region(&mut self, region: &P, wanted: &[(P, AllowRule)]) -> Result<ApplyReport> {
+        let result = self.try_write_region(region, wanted);
+        self.resynced_on_error(result)
+    }
+
+    fn try_write_region(&mut self, region: &P, wanted: &[(P, AllowRule)]) -> Result<ApplyReport> {
         let start = self.held.partition_point(|held| held.net < *region);
         let len = self.held[start..]
             .iter()

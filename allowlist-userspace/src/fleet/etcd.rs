@@ -418,6 +418,12 @@ impl Etcd {
                     key.push(0);
                     start = key;
                 }
+                // A part of the set taken for all of it would read as a shrink.
+                None if answer["more"].as_bool() == Some(true) => {
+                    return Err(EtcdError::Protocol(format!(
+                        "range {prefix}: an empty page that says more follow"
+                    )))
+                }
                 _ => return Ok((revision, kvs)),
             }
         }

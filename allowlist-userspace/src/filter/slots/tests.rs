@@ -137,6 +137,12 @@ impl<P: Prefix> SlotMaps<P> for FakeMaps<P> {
     fn write_screen(&mut self, _: &ScreenBits) {
         self.ops.push(WholeScreen);
     }
+
+    fn read_all(&self) -> io::Result<Vec<(P, Place, AllowRule)>> {
+        let exact = self.exact.iter().map(|(net, rule)| (*net, Exact, *rule));
+        let trie = self.trie.iter().map(|(net, rule)| (*net, Trie, *rule));
+        Ok(exact.chain(trie).collect())
+    }
 }
 
 /// Room for this many hosts in the exact-host hash, so overflow is cheap to reach.
@@ -694,6 +700,42 @@ fn an_element_a_batch_stopped_at_is_reported_as_a_single_write_is() {
         [net("192.0.2.1/32")],
         "the batch went in up to it"
     );
+}
+
+#[test]
+fn after_a_write_refused_part_way_writing_the_previous_list_takes_out_what_it_had_added() {
+    for batched in [true, false] {
+        let previous = [("10.0.0.0/8", ALL), ("192.0.2.1/32", ALL)];
+        let mut slot = holding(&previous);
+        if batched {
+            batching(&mut slot, 64);
+        }
+        // The second new host finds the exact-host hash full: ENOSPC.
+        slot.maps.exact_room = 1;
+        let refused = list(&[
+            ("172.16.0.0/12", ALL),
+            ("198.51.100.1/32", ALL),
+            ("198.51.100.2/32", ALL),
+            ("198.51.100.3/32", ALL),
+        ]);
+        slot.write_whole(&refused, &ScreenBits::default())
+            .unwrap_err();
+        assert!(
+            !slot.maps.trie.is_empty() || !slot.maps.exact.is_empty(),
+            "the refused list went in part of the way"
+        );
+        // The rollback: the slot is written with the list it held before.
+        whole(&mut slot, &previous);
+        let mut in_maps: Vec<_> = slot.maps.exact.iter().chain(&slot.maps.trie).collect();
+        in_maps.sort_by_key(|(net, _)| **net);
+        let previous = list::<Ipv4Net>(&previous);
+        assert_eq!(
+            in_maps,
+            previous.iter().map(|(n, r)| (n, r)).collect::<Vec<_>>(),
+            "nothing of the refused list stays (batched: {batched})"
+        );
+        assert_eq!(slot.held().collect::<Vec<_>>(), previous);
+    }
 }
 
 #[test]
