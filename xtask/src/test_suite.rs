@@ -82,7 +82,7 @@ fn run_unit_tests(test_args: &[String]) -> Result<()> {
     // target and cannot be compiled as a host test binary; allowlist-tests needs root and
     // runs next.
     let mut cmd = workspace::cargo();
-    cmd.args(["test", "--workspace"]).args([
+    cmd.args(["test", "--workspace", "--no-fail-fast"]).args([
         "--exclude",
         "allowlist-tests",
         "--exclude",
@@ -101,7 +101,8 @@ fn run_integration_tests(
     next_layout: Option<&Path>,
 ) -> Result<()> {
     let mut cmd = workspace::cargo();
-    cmd.args(["test", "-p", "allowlist-tests", "--"])
+    // Every test binary runs even after one fails: a failure must not hide the others.
+    cmd.args(["test", "-p", "allowlist-tests", "--no-fail-fast", "--"])
         .env("ALLOWLIST_BIN_DIR", workspace::bin_dir(false));
     if let Some(deb) = deb {
         cmd.env("ALLOWLIST_DEB", deb);
