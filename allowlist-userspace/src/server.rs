@@ -449,14 +449,7 @@ async fn serve_client(
                         dry_run,
                         safety,
                     };
-                    let shared = Arc::clone(&daemon);
-                    let by = Actor::client(&peer);
-                    let mut reply =
-                        tokio::task::spawn_blocking(move || lock(&shared).handle(request, &by))
-                            .await
-                            .unwrap_or_else(|error| {
-                                Reply::failed(format!("internal error: {error}"))
-                            });
+                    let mut reply = handle_blocking(&daemon, request, &peer).await;
                     if summary_only {
                         reply.import = None;
                     }
@@ -477,14 +470,7 @@ async fn serve_client(
                             .and_then(|host| SetName::new(&host).ok()),
                         _ => None,
                     };
-                    let shared = Arc::clone(&daemon);
-                    let by = Actor::client(&peer);
-                    let mut reply =
-                        tokio::task::spawn_blocking(move || lock(&shared).handle(request, &by))
-                            .await
-                            .unwrap_or_else(|error| {
-                                Reply::failed(format!("internal error: {error}"))
-                            });
+                    let mut reply = handle_blocking(&daemon, request, &peer).await;
                     if let (true, Some(name)) = (reply.ok, resolve) {
                         let resolved = refresh_feeds(
                             &daemon,
@@ -579,6 +565,16 @@ async fn read_import_rows(
             .map_err(|error| RowsNotRead::Refused(format!("line {}: {error}", row.line)))?;
         rows.push(row);
     }
+}
+
+/// Handles `request` under the daemon's lock, on a thread where blocking is allowed (a
+/// change writes maps and files).
+async fn handle_blocking(daemon: &Arc<Mutex<Daemon>>, request: Request, peer: &Peer) -> Reply {
+    let shared = Arc::clone(daemon);
+    let by = Actor::client(peer);
+    tokio::task::spawn_blocking(move || lock(&shared).handle(request, &by))
+        .await
+        .unwrap_or_else(|error| Reply::failed(format!("internal error: {error}")))
 }
 
 fn permitted(access: &Access, peer: &Peer, request: &Request) -> bool {

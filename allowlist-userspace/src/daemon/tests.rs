@@ -153,12 +153,22 @@ fn daemon(mode: &str) -> (Daemon<FakeKernel>, tempfile::TempDir) {
 }
 
 fn daemon_on(interfaces: &str, mode: &str) -> (Daemon<FakeKernel>, tempfile::TempDir) {
+    daemon_from(|dir| {
+        format!(
+            "interfaces = {interfaces}\nmode = \"{mode}\"\nstate_dir = {:?}\nsocket = {:?}\n\n[[allow]]\ncidr = \"192.0.2.0/24\"\ndescription = \"office\"\n",
+            dir.join("state"),
+            dir.join("run/control.sock"),
+        )
+    })
+}
+
+/// A daemon on the fake kernel from the config `text` makes for a fresh directory (its
+/// `state` directory created).
+fn daemon_from(
+    text: impl FnOnce(&std::path::Path) -> String,
+) -> (Daemon<FakeKernel>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "interfaces = {interfaces}\nmode = \"{mode}\"\nstate_dir = {:?}\nsocket = {:?}\n\n[[allow]]\ncidr = \"192.0.2.0/24\"\ndescription = \"office\"\n",
-        dir.path().join("state"),
-        dir.path().join("run/control.sock"),
-    );
+    let text = text(dir.path());
     let config = Config::parse(&dir.path().join("allowlist.toml"), &text).unwrap();
     std::fs::create_dir(dir.path().join("state")).unwrap();
     let plan = StartPlan::new(config).unwrap();
@@ -486,17 +496,13 @@ fn add_host_lists_a_name_as_its_own_set_refuses_the_files_and_remove_host_forget
 /// A daemon following fleet set `office` (no etcd: revisions are handed to it as the
 /// follower would).
 fn fleet_daemon() -> (Daemon<FakeKernel>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "interfaces = []\nmode = \"enforce\"\nstate_dir = {:?}\nsocket = {:?}\n\n[[allow]]\ncidr = \"192.0.2.0/24\"\n\n[fleet]\nendpoints = [\"http://127.0.0.1:1\"]\nhost = \"h1\"\nsets = [\"office\"]\n",
-        dir.path().join("state"),
-        dir.path().join("run/control.sock"),
-    );
-    let config = Config::parse(&dir.path().join("allowlist.toml"), &text).unwrap();
-    std::fs::create_dir(dir.path().join("state")).unwrap();
-    let plan = StartPlan::new(config).unwrap();
-    let daemon = Daemon::assemble(plan, FakeKernel::default(), None).unwrap();
-    (daemon, dir)
+    daemon_from(|dir| {
+        format!(
+            "interfaces = []\nmode = \"enforce\"\nstate_dir = {:?}\nsocket = {:?}\n\n[[allow]]\ncidr = \"192.0.2.0/24\"\n\n[fleet]\nendpoints = [\"http://127.0.0.1:1\"]\nhost = \"h1\"\nsets = [\"office\"]\n",
+            dir.join("state"),
+            dir.join("run/control.sock"),
+        )
+    })
 }
 
 fn office() -> crate::allowlist::SetName {
