@@ -430,38 +430,80 @@ fn by_mode(mode: Mode, enforced: Reason, monitored: Reason) -> Reason {
 /// most unlisted sources stop at the coarse screen (in cache) or the screen, and listed
 /// hosts at the hash, so neither pays the trie's depth. (A plain value, not an Option: the verifier rejects LLVM's spills
 /// of the undefined payload of a None.)
+///
+/// Each slot's maps get call sites of their own: the verifier turns a lookup into an
+/// inlined load (arrays) or a direct call only where the call site always sees the same
+/// map; a site that may see either slot's map stays an indirect helper call.
 #[inline(always)]
 fn lookup(slot: u32, ip: &IpHeader) -> AllowRule {
-    let found = if ip.is_v6 {
+    if ip.is_v6 {
         let first_32_bits = [ip.source[0], ip.source[1], ip.source[2], ip.source[3]];
-        let (coarse, screen, exact, trie) = match slot {
-            0 => (&COARSE_V6_0, &SCREEN_V6_0, &EXACT_V6_0, &ALLOW_V6_0),
-            _ => (&COARSE_V6_1, &SCREEN_V6_1, &EXACT_V6_1, &ALLOW_V6_1),
-        };
         let bit = screen_bit_v6(first_32_bits);
-        if !screened_in(coarse, coarse_screen_bit(bit)) || !screened_in(screen, bit) {
-            return AllowRule::default();
-        }
-        // SAFETY: plain data, replaced only after packets in flight are done with it.
-        match unsafe { exact.get(ip.source) } {
-            Some(rule) => Some(rule),
-            None => trie.get(Key::new(128, ip.source)),
+        let key = ip.source;
+        match slot {
+            0 => lookup_in(
+                &COARSE_V6_0,
+                &SCREEN_V6_0,
+                &EXACT_V6_0,
+                &ALLOW_V6_0,
+                bit,
+                key,
+                128,
+            ),
+            _ => lookup_in(
+                &COARSE_V6_1,
+                &SCREEN_V6_1,
+                &EXACT_V6_1,
+                &ALLOW_V6_1,
+                bit,
+                key,
+                128,
+            ),
         }
     } else {
         let source = ip.source_v4();
-        let (coarse, screen, exact, trie) = match slot {
-            0 => (&COARSE_V4_0, &SCREEN_V4_0, &EXACT_V4_0, &ALLOW_V4_0),
-            _ => (&COARSE_V4_1, &SCREEN_V4_1, &EXACT_V4_1, &ALLOW_V4_1),
-        };
         let bit = screen_bit_v4(source);
-        if !screened_in(coarse, coarse_screen_bit(bit)) || !screened_in(screen, bit) {
-            return AllowRule::default();
+        match slot {
+            0 => lookup_in(
+                &COARSE_V4_0,
+                &SCREEN_V4_0,
+                &EXACT_V4_0,
+                &ALLOW_V4_0,
+                bit,
+                source,
+                32,
+            ),
+            _ => lookup_in(
+                &COARSE_V4_1,
+                &SCREEN_V4_1,
+                &EXACT_V4_1,
+                &ALLOW_V4_1,
+                bit,
+                source,
+                32,
+            ),
         }
-        // SAFETY: as above.
-        match unsafe { exact.get(source) } {
-            Some(rule) => Some(rule),
-            None => trie.get(Key::new(32, source)),
-        }
+    }
+}
+
+/// [`lookup`] in one slot's maps for one family.
+#[inline(always)]
+fn lookup_in<K: Copy>(
+    coarse: &Array<u64>,
+    screen: &Array<u64>,
+    exact: &HashMap<K, AllowRule>,
+    trie: &LpmTrie<K, AllowRule>,
+    screen_bit: u32,
+    source: K,
+    bits: u32,
+) -> AllowRule {
+    if !screened_in(coarse, coarse_screen_bit(screen_bit)) || !screened_in(screen, screen_bit) {
+        return AllowRule::default();
+    }
+    // SAFETY: plain data, replaced only after packets in flight are done with it.
+    let found = match unsafe { exact.get(source) } {
+        Some(rule) => Some(rule),
+        None => trie.get(Key::new(bits, source)),
     };
     found.copied().unwrap_or_default()
 }
@@ -476,11 +518,12 @@ fn screened_in(screen: &Array<u64>, bit: u32) -> bool {
 
 #[inline(always)]
 fn port_set_allows(slot: u32, set: u32, protocol: u8, port: u16) -> bool {
-    let sets = match slot {
-        0 => &PORT_SETS_0,
-        _ => &PORT_SETS_1,
+    // A call site per slot's map, as in `lookup`, so the lookup is an inlined load.
+    let found = match slot {
+        0 => PORT_SETS_0.get(set),
+        _ => PORT_SETS_1.get(set),
     };
-    sets.get(set).is_some_and(|set| set.allows(protocol, port))
+    found.is_some_and(|set| set.allows(protocol, port))
 }
 
 /// Whether the packet answers a flow the host opened and used recently.
