@@ -29,7 +29,7 @@ pub const LAYOUT_VERSION: u32 = match option_env!("ALLOWLIST_TEST_LAYOUT") {
 };
 
 /// The layout of released builds.
-pub const RELEASED_LAYOUT: u32 = 4;
+pub const RELEASED_LAYOUT: u32 = 5;
 
 /// The test build's layout: a number no released layout will reach, so a test build's
 /// pins are never mistaken for a real later version's.
@@ -207,6 +207,39 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Capacity of [`MAP_FLOWS`]. When full, the least recently used flow is evicted.
 pub const MAX_FLOWS: u32 = 65_536;
+/// Array of `u64` words (`BPF_F_MMAPABLE`): two generations of [`REMOTE_FILTER_WORDS`]
+/// words each, the first at word 0. Bit [`remote_filter_bit`]`(remote)` of a generation is
+/// set for every remote address the flow table may hold a flow with, so the XDP program
+/// looks a source up in [`MAP_FLOWS`] only when its bit in the generation
+/// [`Control::remote_generation`] names is set: a flood from sources the host never
+/// talked to skips the flow table. False positives cost a lookup, never a verdict.
+///
+/// The egress program sets a flow's bit in both generations before it records the flow
+/// (the daemon likewise when it seeds or carries flows), so a bit is never missing for a
+/// flow in the table. The daemon rebuilds the generation not in use from the flow table
+/// (clear it, set the bits of live flows) and then switches [`Control::remote_generation`]
+/// to it, so bits of flows that ended do not pile up.
+pub const MAP_REMOTES: &str = "REMOTES";
+/// Bits in each generation of [`MAP_REMOTES`] (128 KiB each): with [`MAX_FLOWS`] flows
+/// at most, under 7 % of random sources find their bit set.
+pub const REMOTE_FILTER_BITS: u32 = 1 << 20;
+/// `u64` words in each generation of [`MAP_REMOTES`].
+pub const REMOTE_FILTER_WORDS: u32 = REMOTE_FILTER_BITS / 64;
+
+/// The [`MAP_REMOTES`] bit of a remote address (as [`FlowKey::remote`] holds it): the
+/// address's four 32-bit words folded by xor, times a large odd constant, top 20 bits.
+#[inline(always)]
+pub const fn remote_filter_bit(remote: &Ipv6Octets) -> u32 {
+    let mut folded = 0u32;
+    let mut word = 0;
+    while word < 4 {
+        let at = word * 4;
+        folded ^= u32::from_ne_bytes([remote[at], remote[at + 1], remote[at + 2], remote[at + 3]]);
+        word += 1;
+    }
+    folded.wrapping_mul(0x9E37_79B1) >> (32 - 20)
+}
+
 /// Capacity of [`MAP_FRAGMENTS`].
 pub const MAX_FRAGMENT_TRAINS: u32 = 4_096;
 /// Capacity of each [`MAP_PORT_SETS`] array.
@@ -374,7 +407,8 @@ impl Mode {
 }
 
 /// The record the program reads once per packet.
-/// Layout: `mode: u32` at 0, `active_slot: u32` at 4, `features: u32` at 8, padding to 16.
+/// Layout: `mode: u32` at 0, `active_slot: u32` at 4, `features: u32` at 8,
+/// `remote_generation: u32` at 12 (16 bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Control {
@@ -385,7 +419,8 @@ pub struct Control {
     pub active_slot: u32,
     /// Bit set of `FEATURE_*`.
     pub features: u32,
-    pub _pad: u32,
+    /// Which generation of [`MAP_REMOTES`] the program reads: 0 or 1.
+    pub remote_generation: u32,
 }
 
 /// Replies to flows the host opened pass (`return_traffic = true`).

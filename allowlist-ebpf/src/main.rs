@@ -6,13 +6,19 @@
 //! Read top to bottom: entry point → judge (mode, parse, lookup, ports, replies) → count.
 #![no_std]
 #![no_main]
+// Atomic read-modify-write of a map value: core's atomic types offer none for BPF.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod parse;
 
 // The crate's library target is there for allowlist-userspace's build script (lib.rs).
 use allowlist_ebpf as _;
 
+use core::intrinsics::{atomic_or, AtomicOrdering};
+
 use allowlist_common::{coarse_screen_bit, COARSE_SCREEN_WORDS};
+use allowlist_common::{remote_filter_bit, REMOTE_FILTER_WORDS};
 use allowlist_common::{
     screen_bit_v4, screen_bit_v6, AllowRule, Control, Counter, FlowKey, FlowState, FragmentKey,
     Ipv4Octets, Ipv6Octets, LayoutStamp, Mode, PortSet, Reason, Revert, BPF_F_MMAPABLE,
@@ -97,6 +103,8 @@ static IFINDEX_BLOCKS: Array<u32> = Array::pinned(MAX_COUNTED_IFINDEX, 0);
 static CARRIED: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
 #[map]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::pinned(MAX_FLOWS, 0);
+#[map]
+static REMOTES: Array<u64> = Array::pinned(2 * REMOTE_FILTER_WORDS, BPF_F_MMAPABLE);
 #[map]
 static FRAGMENTS: LruHashMap<FragmentKey, FlowState> = LruHashMap::pinned(MAX_FRAGMENT_TRAINS, 0);
 /// What each listed prefix admitted, by its rule's hit counter.
@@ -184,7 +192,7 @@ fn judge(ctx: &XdpContext) -> Reason {
         mode: Mode::Enforce as u32,
         active_slot: 0,
         features: 0,
-        _pad: 0,
+        remote_generation: 0,
     });
     if control.features & FEATURE_REVERT_PENDING != 0 {
         control = revert_if_due(control);
@@ -393,7 +401,7 @@ fn admit_by_ports(
         return Some(Reason::PassedListed);
     }
     if control.features & FEATURE_RETURN_TRAFFIC != 0
-        && is_reply(ip, transport, source_port, destination_port)
+        && is_reply(control, ip, transport, source_port, destination_port)
     {
         return Some(Reason::PassedReturnTraffic);
     }
@@ -527,7 +535,16 @@ fn port_set_allows(slot: u32, set: u32, protocol: u8, port: u16) -> bool {
 }
 
 /// Whether the packet answers a flow the host opened and used recently.
-fn is_reply(ip: &IpHeader, transport: &Transport, source_port: u16, destination_port: u16) -> bool {
+fn is_reply(
+    control: &Control,
+    ip: &IpHeader,
+    transport: &Transport,
+    source_port: u16,
+    destination_port: u16,
+) -> bool {
+    if !may_have_flow(control.remote_generation, &ip.source) {
+        return false;
+    }
     let protocol = transport.protocol;
     let (remote_port, local_port) = match protocol {
         IPPROTO_TCP | IPPROTO_UDP => (source_port, destination_port),
@@ -555,6 +572,38 @@ fn is_reply(ip: &IpHeader, transport: &Transport, source_port: u16, destination_
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     now.saturating_sub(state.last_seen_ns) <= idle
+}
+
+/// Whether the flow table may hold a flow with `remote`: its bit in the remote filter's
+/// generation in use (see `allowlist_common::MAP_REMOTES`).
+#[inline(always)]
+fn may_have_flow(generation: u32, remote: &Ipv6Octets) -> bool {
+    let bit = remote_filter_bit(remote);
+    let word = (generation & 1) * REMOTE_FILTER_WORDS + bit / 64;
+    REMOTES
+        .get(word)
+        .is_some_and(|word| word & (1u64 << (bit % 64)) != 0)
+}
+
+/// Sets `remote`'s bit in both generations of the remote filter, before its flow is
+/// recorded, so no reply finds the flow without finding the bit. Written only when
+/// missing, so the words stay shared in every CPU's cache.
+#[inline(always)]
+fn mark_remote(remote: &Ipv6Octets) {
+    let bit = remote_filter_bit(remote);
+    let mask = 1u64 << (bit % 64);
+    for generation in 0..2 {
+        let Some(word) = REMOTES.get_ptr_mut(generation * REMOTE_FILTER_WORDS + bit / 64) else {
+            return;
+        };
+        // SAFETY: a valid, aligned map value pointer; other CPUs and the daemon change
+        // this word only through atomics too.
+        unsafe {
+            if word.read_volatile() & mask == 0 {
+                atomic_or::<u64, u64, { AtomicOrdering::Relaxed }>(word, mask);
+            }
+        }
+    }
 }
 
 fn fragment_key(ip: &IpHeader, transport: &Transport) -> FragmentKey {
@@ -668,9 +717,13 @@ fn track(ctx: &TcContext) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_boot_ns() };
     if let Some(state) = FLOWS.get_ptr_mut(key) {
+        // Also for a known flow: one the daemon carried or seeded has its bit already,
+        // but a missing bit must never outlive the next packet the host sends.
+        mark_remote(&key.remote);
         // SAFETY: a valid map value pointer; a racing writer stores a similar time.
         unsafe { (*state).last_seen_ns = now };
     } else if opens {
+        mark_remote(&key.remote);
         let _ = FLOWS.insert(key, FlowState { last_seen_ns: now }, 0);
     }
 }

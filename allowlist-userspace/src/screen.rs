@@ -155,7 +155,7 @@ impl MappedScreen {
 }
 
 /// One mmapable array map of `u64` words, mapped shared into this process.
-struct MappedBitmap {
+pub(crate) struct MappedBitmap {
     words: NonNull<AtomicU64>,
     len: usize,
     // Keeps the map (and so the mapping's object) open for as long as it is mapped.
@@ -168,7 +168,7 @@ unsafe impl Send for MappedBitmap {}
 
 impl MappedBitmap {
     /// Maps `map`, a BPF array of `len` `u64` words created with BPF_F_MMAPABLE.
-    fn map(map: MapData, len: usize) -> io::Result<MappedBitmap> {
+    pub(crate) fn map(map: MapData, len: usize) -> io::Result<MappedBitmap> {
         let fd = map.fd().as_fd().as_raw_fd();
         // SAFETY: maps a BPF array created with BPF_F_MMAPABLE of exactly this size (the
         // kernel refuses a longer mapping).
@@ -193,7 +193,7 @@ impl MappedBitmap {
         })
     }
 
-    fn words(&self) -> &[AtomicU64] {
+    pub(crate) fn words(&self) -> &[AtomicU64] {
         // SAFETY: the mapping is `len` words long, page aligned, and lives as long as self.
         unsafe { std::slice::from_raw_parts(self.words.as_ptr(), self.len) }
     }

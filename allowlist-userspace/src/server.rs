@@ -102,6 +102,7 @@ pub async fn serve(daemon: Daemon) -> Result<(), DaemonError> {
     let changed = Arc::new(Notify::new());
     tokio::spawn(run_timers(Arc::clone(&daemon), Arc::clone(&changed)));
     tokio::spawn(run_feeds(Arc::clone(&daemon), Arc::clone(&changed)));
+    tokio::spawn(run_remote_filter_rebuilds(Arc::clone(&daemon)));
     {
         // Blocking HTTP to etcd on a thread of its own; it takes the lock only to apply.
         let daemon = Arc::clone(&daemon);
@@ -238,6 +239,18 @@ async fn refresh_feeds(
     tokio::task::spawn_blocking(move || lock(&daemon).feeds_fetched(outcomes, &safety, &by))
         .await
         .unwrap_or_else(|error| Reply::failed(format!("internal error: {error}")))
+}
+
+/// How often the filter in front of the flow table is rebuilt from the live flows: the
+/// remotes of flows that ended meanwhile still cost their packets a flow lookup.
+const REMOTE_FILTER_REBUILD: Duration = Duration::from_secs(60);
+
+async fn run_remote_filter_rebuilds(daemon: Arc<Mutex<Daemon>>) {
+    loop {
+        tokio::time::sleep(REMOTE_FILTER_REBUILD).await;
+        let daemon = Arc::clone(&daemon);
+        let _ = tokio::task::spawn_blocking(move || lock(&daemon).rebuild_remote_filter()).await;
+    }
 }
 
 /// Counts open connections per user and refuses those over the caps.

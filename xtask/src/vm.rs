@@ -56,6 +56,8 @@ const SUBSET: &[(&str, &[&str])] = &[
         "compiled_lookup",
         &["edges_of_the_slash_20s", "over_random_lists"],
     ),
+    // The remote filter's atomic bit writes and its generations, in front of the flows.
+    ("remote_filter", &[]),
     // The per-CPU LRU of dropped sources, written from the drop path.
     ("dropped_sources", &["a_blocked_client_shows_up_in_top"]),
     // Hit counters in the rules and the per-CPU ENTRY_HITS, across a takeover.

@@ -13,7 +13,7 @@ use crate::{
     config::{Mode, XdpMode},
     filter::{
         ApplyReport, AttachedMode, Counters, DroppedSource, EgressMechanism, Filter, FilterError,
-        PrefixHits,
+        PrefixHits, RemoteFilterRebuild,
     },
     state::PendingConfirm,
 };
@@ -59,6 +59,9 @@ pub trait Kernel {
     fn detach_others(&mut self, keep: &[String]) -> Result<(), FilterError>;
     fn attached(&self) -> &BTreeMap<String, AttachedMode>;
     fn seed_flows(&mut self, flows: &[FlowKey]) -> Result<usize, FilterError>;
+    /// Drops ended flows' remotes from the filter in front of the flow table (see
+    /// [`Filter::rebuild_remote_filter`]).
+    fn rebuild_remote_filter(&mut self) -> Result<RemoteFilterRebuild, FilterError>;
     /// Pins the program loaded now, so the filter outlives the daemon.
     fn pin_program(&mut self) -> Result<(), FilterError>;
     /// Every interface runs this program: retire other map layouts (see
@@ -125,6 +128,9 @@ impl Kernel for Filter {
     }
     fn seed_flows(&mut self, flows: &[FlowKey]) -> Result<usize, FilterError> {
         Filter::seed_flows(self, flows)
+    }
+    fn rebuild_remote_filter(&mut self) -> Result<RemoteFilterRebuild, FilterError> {
+        Filter::rebuild_remote_filter(self)
     }
     fn pin_program(&mut self) -> Result<(), FilterError> {
         Filter::pin_program(self)

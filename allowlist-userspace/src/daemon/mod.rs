@@ -578,6 +578,23 @@ impl<K: Kernel> Daemon<K> {
         true
     }
 
+    /// Drops the remotes of ended flows from the filter in front of the flow table, so
+    /// their packets stop paying a flow lookup; with return traffic off there are none.
+    pub(crate) fn rebuild_remote_filter(&mut self) {
+        if !self.config.return_traffic {
+            return;
+        }
+        match self.filter.rebuild_remote_filter() {
+            Ok(rebuilt) => debug!(
+                live_flows = rebuilt.live_flows,
+                idle_flows = rebuilt.idle_flows,
+                "rebuilt the remote filter"
+            ),
+            // Harmless: the filter in use keeps every bit it had.
+            Err(error) => warn!(%error, "rebuilding the remote filter failed; will retry"),
+        }
+    }
+
     /// What a Prometheus scrape shows, read now.
     pub fn metrics_snapshot(&self) -> Result<metrics::Snapshot, DaemonError> {
         let mut entries = std::collections::BTreeMap::new();

@@ -12,7 +12,10 @@ use crate::{
     compile::CompiledList,
     config::{Config, Mode, XdpMode},
     control::{Request, Safety},
-    filter::{ApplyReport, AttachedMode, Counters, DroppedSource, EgressMechanism, FilterError},
+    filter::{
+        ApplyReport, AttachedMode, Counters, DroppedSource, EgressMechanism, FilterError,
+        RemoteFilterRebuild,
+    },
     startup::StartPlan,
     state::{PendingConfirm, State},
 };
@@ -129,6 +132,9 @@ impl Kernel for FakeKernel {
     }
     fn seed_flows(&mut self, flows: &[FlowKey]) -> Result<usize, FilterError> {
         Ok(flows.len())
+    }
+    fn rebuild_remote_filter(&mut self) -> Result<RemoteFilterRebuild, FilterError> {
+        Ok(RemoteFilterRebuild::default())
     }
     fn pin_program(&mut self) -> Result<(), FilterError> {
         self.pinned = true;

@@ -418,6 +418,7 @@ pub(super) fn crash_point(step: &str) {
 mod tests {
     use core::mem::{offset_of, size_of};
 
+    use allowlist_common::REMOTE_FILTER_BITS;
     use allowlist_common::{
         AllowRule, Control, Counter, DropAdmission, DroppedSourceKey, DroppedSourceStats,
         EntryHits, FlowKey, FlowState, FragmentKey, LayoutStamp, Mode, PortRange, PortSet, Reason,
@@ -438,8 +439,9 @@ mod tests {
     const RECORDED: &[(u32, &str, &str)] = &[
         (2, MAPS_2, MEANING_2),
         (3, MAPS_3, MEANING_3),
-        (RELEASED_LAYOUT, MAPS_4, MEANING_4),
-        (NEXT_TEST_LAYOUT, MAPS_NEXT_TEST, MEANING_4),
+        (4, MAPS_4, MEANING_4),
+        (RELEASED_LAYOUT, MAPS_5, MEANING_5),
+        (NEXT_TEST_LAYOUT, MAPS_NEXT_TEST, MEANING_5),
     ];
 
     const MAPS_2: &str = "\
@@ -530,6 +532,40 @@ SCREEN_V4_1 type=2 key=4 value=8 entries=262144 flags=0x400
 SCREEN_V6_0 type=2 key=4 value=8 entries=262144 flags=0x400
 SCREEN_V6_1 type=2 key=4 value=8 entries=262144 flags=0x400";
 
+    const MAPS_5: &str = "\
+ALLOW_V4_0 type=11 key=8 value=8 entries=2000000 flags=0x1
+ALLOW_V4_1 type=11 key=8 value=8 entries=2000000 flags=0x1
+ALLOW_V6_0 type=11 key=20 value=8 entries=2000000 flags=0x1
+ALLOW_V6_1 type=11 key=20 value=8 entries=2000000 flags=0x1
+CARRIED type=6 key=4 value=16 entries=32 flags=0x0
+CLOCK_PROBE type=2 key=4 value=8 entries=1 flags=0x0
+COARSE_V4_0 type=2 key=4 value=8 entries=16384 flags=0x400
+COARSE_V4_1 type=2 key=4 value=8 entries=16384 flags=0x400
+COARSE_V6_0 type=2 key=4 value=8 entries=16384 flags=0x400
+COARSE_V6_1 type=2 key=4 value=8 entries=16384 flags=0x400
+CONTROL type=2 key=4 value=16 entries=1 flags=0x0
+COUNTERS type=6 key=4 value=16 entries=2048 flags=0x0
+DROPPED_SOURCES type=10 key=24 value=24 entries=4096 flags=0x0
+DROP_ADMISSION type=6 key=4 value=16 entries=1 flags=0x0
+ENTRY_HITS type=6 key=4 value=24 entries=16384 flags=0x0
+EXACT_V4_0 type=1 key=4 value=8 entries=1048576 flags=0x1
+EXACT_V4_1 type=1 key=4 value=8 entries=1048576 flags=0x1
+EXACT_V6_0 type=1 key=16 value=8 entries=262144 flags=0x1
+EXACT_V6_1 type=1 key=16 value=8 entries=262144 flags=0x1
+FLOWS type=9 key=40 value=8 entries=65536 flags=0x0
+FRAGMENTS type=9 key=40 value=8 entries=4096 flags=0x0
+IFINDEX_BLOCKS type=2 key=4 value=4 entries=65536 flags=0x0
+LAYOUT type=2 key=4 value=64 entries=1 flags=0x0
+PORT_SETS_0 type=2 key=4 value=136 entries=4096 flags=0x0
+PORT_SETS_1 type=2 key=4 value=136 entries=4096 flags=0x0
+RECENT_DROPS type=6 key=4 value=48 entries=1024 flags=0x0
+REMOTES type=2 key=4 value=8 entries=32768 flags=0x400
+REVERT type=2 key=4 value=16 entries=1 flags=0x0
+SCREEN_V4_0 type=2 key=4 value=8 entries=262144 flags=0x400
+SCREEN_V4_1 type=2 key=4 value=8 entries=262144 flags=0x400
+SCREEN_V6_0 type=2 key=4 value=8 entries=262144 flags=0x400
+SCREEN_V6_1 type=2 key=4 value=8 entries=262144 flags=0x400";
+
     const MAPS_NEXT_TEST: &str = "\
 ALLOW_V4_0 type=11 key=8 value=8 entries=2000000 flags=0x1
 ALLOW_V4_1 type=11 key=8 value=8 entries=2000000 flags=0x1
@@ -557,6 +593,7 @@ LAYOUT type=2 key=4 value=64 entries=1 flags=0x0
 PORT_SETS_0 type=2 key=4 value=136 entries=4096 flags=0x0
 PORT_SETS_1 type=2 key=4 value=136 entries=4096 flags=0x0
 RECENT_DROPS type=6 key=4 value=48 entries=1024 flags=0x0
+REMOTES type=2 key=4 value=8 entries=32768 flags=0x400
 REVERT type=2 key=4 value=16 entries=1 flags=0x0
 SCREEN_V4_0 type=2 key=4 value=8 entries=262144 flags=0x400
 SCREEN_V4_1 type=2 key=4 value=8 entries=262144 flags=0x400
@@ -679,6 +716,47 @@ rules allow_all=1 ports=2 hit_shift=16
 counters blocks=64 max_ifindex=65536
 screens bits=16777216 coarse_bits=1048576 screen_bits_per_coarse_bit=16";
 
+    const MEANING_5: &str = "\
+LayoutStamp size=64 version@0 state@4 writer@8
+Control size=16 mode@0 active_slot@4 features@8 remote_generation@12
+Revert size=16 deadline_ns@0 mode@8 fired@12
+AllowRule size=8 flags@0 port_set@4
+PortRange size=8 protocol@0 first@4 last@6
+PortSet size=136 len@0 ranges@8
+FlowKey size=40 remote@0 local@16 remote_port@32 local_port@34 protocol@36
+FlowState size=8 last_seen_ns@0
+FragmentKey size=40 source@0 destination@16 id@32 protocol@36
+Counter size=16 packets@0 bytes@8
+DroppedSourceKey size=24 source@0 ifindex@16 reason@20
+DroppedSourceStats size=24 packets@0 bytes@8 last_seen_jiffies@16
+DropAdmission size=16 window_start_jiffies@0 admitted@8
+EntryHits size=24 packets@0 bytes@8 last_hit_jiffies@16
+RecentDrop size=48 key@0 stats@24
+reason PassedListed=0
+reason PassedNonIp=1
+reason PassedExempt=2
+reason PassedOff=3
+reason DroppedNotListed=4
+reason DroppedMalformed=5
+reason MonitorNotListed=6
+reason MonitorMalformed=7
+reason PassedReturnTraffic=8
+reason PassedPublicPort=9
+reason PassedFragment=12
+reason DroppedPortNotAllowed=10
+reason MonitorPortNotAllowed=11
+reason DroppedEncapsulated=13
+reason MonitorEncapsulated=14
+reason PassedEncapsulated=15
+mode Off=0
+mode Monitor=1
+mode Enforce=2
+features return_traffic=1 dhcp_client=2 pass_encapsulated=4 revert_pending=8 record_drops=16
+rules allow_all=1 ports=2 hit_shift=16
+counters blocks=64 max_ifindex=65536
+screens bits=16777216 coarse_bits=1048576 screen_bits_per_coarse_bit=16
+remotes bits=1048576 generations=2";
+
     fn maps() -> String {
         let object = aya_obj::Object::parse(EBPF_OBJECT).expect("parsing the embedded XDP object");
         let mut maps: Vec<String> = object
@@ -720,7 +798,8 @@ screens bits=16777216 coarse_bits=1048576 screen_bits_per_coarse_bit=16";
             layout_of!(Control {
                 mode,
                 active_slot,
-                features
+                features,
+                remote_generation
             }),
             layout_of!(Revert {
                 deadline_ns,
@@ -795,6 +874,7 @@ screens bits=16777216 coarse_bits=1048576 screen_bits_per_coarse_bit=16";
             "screens bits={SCREEN_BITS} coarse_bits={COARSE_SCREEN_BITS} \
              screen_bits_per_coarse_bit={SCREEN_BITS_PER_COARSE_BIT}"
         ));
+        lines.push(format!("remotes bits={REMOTE_FILTER_BITS} generations=2"));
         lines.join("\n")
     }
 

@@ -3,6 +3,7 @@
 //! lookups behind [`SlotMaps`].
 
 use allowlist_common::MAP_IFINDEX_BLOCKS;
+use allowlist_common::MAP_REMOTES;
 use allowlist_common::{
     AllowRule, Control, Counter, FlowKey, FlowState, LayoutStamp, PortSet, Revert, MAP_CONTROL,
     MAP_COUNTERS, MAP_FLOWS, MAP_LAYOUT, MAP_PORT_SETS, MAP_REVERT, SLOTS,
@@ -24,6 +25,7 @@ use super::{
     batch,
     error::{io_error, kernel_error, Result},
     family::Prefix,
+    remotes::RemoteFilter,
     slots::{BatchError, FamilyPlacement, FamilySlot, Place, SlotMaps},
     FilterError,
 };
@@ -38,6 +40,8 @@ pub(super) struct Maps {
     /// Which block of `counters` each interface counts in; see `blocks.rs`.
     pub ifindex_blocks: Array<MapData, u32>,
     pub flows: BpfHashMap<MapData, FlowKey, FlowState>,
+    /// Which remotes `flows` may hold flows with; see `remotes.rs`.
+    pub remotes: RemoteFilter,
     /// Dropped sources (`allowlistctl top`); see `dropped.rs`.
     pub dropped: PerCpuHashMap<MapData, DroppedSourceKey, DroppedSourceStats>,
     /// The CPUs' slots of recently dropped sources in front of `dropped`.
@@ -177,6 +181,7 @@ impl Maps {
         Ok(Maps {
             slots,
             flows: BpfHashMap::try_from(take(MAP_FLOWS)?).map_err(kernel_error(MAP_FLOWS))?,
+            remotes: RemoteFilter::map(take(MAP_REMOTES)?)?,
             control: Array::try_from(take(MAP_CONTROL)?).map_err(kernel_error(MAP_CONTROL))?,
             revert: Array::try_from(take(MAP_REVERT)?).map_err(kernel_error(MAP_REVERT))?,
             layout: Array::try_from(take(MAP_LAYOUT)?).map_err(kernel_error(MAP_LAYOUT))?,

@@ -31,6 +31,7 @@ mod layout;
 mod maps;
 mod pins;
 mod probe;
+mod remotes;
 mod slots;
 mod ticks;
 
@@ -47,7 +48,7 @@ use allowlist_common::{
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use tracing::info;
+use tracing::{info, warn};
 
 pub use self::{
     attach::EgressMechanism,
@@ -57,6 +58,7 @@ pub use self::{
     layout::WRITER,
     pins::{prepare_pin_root, uninstall, Pins},
     probe::OLDEST_KERNEL,
+    remotes::RemoteFilterRebuild,
 };
 use self::{
     attach::{egress_program_of, program_of},
@@ -225,6 +227,7 @@ impl Filter {
         layout::crash_point("layout-switched");
         if let Some(source) = &self.layouts.source {
             layout::carry_over_after_switch(source, &self.pins.maps());
+            self.mark_carried_flows();
         }
         layout::stamp(&mut self.maps.layout, layout::LIVE)?;
         layout::crash_point("layout-live");
@@ -258,6 +261,7 @@ impl Filter {
         }
         if let Some(source) = &self.layouts.source {
             layout::carry_tables(source, &self.pins.maps());
+            self.mark_carried_flows();
         }
         self.layouts.tables_carried = true;
     }
@@ -336,6 +340,8 @@ impl Filter {
     /// the daemon starts), so their replies pass too.
     pub fn seed_flows(&mut self, flows: &[FlowKey]) -> Result<usize> {
         let now = boot_time_ns();
+        // Bits first: a reply that finds the flow must find its remote's bit.
+        self.maps.remotes.mark(flows);
         for flow in flows {
             self.maps
                 .flows
@@ -343,6 +349,31 @@ impl Filter {
                 .map_err(kernel_error("seeding the flow table"))?;
         }
         Ok(flows.len())
+    }
+
+    /// Rebuilds the remote filter from the flows still live and switches the program to
+    /// it, so the remotes of ended flows no longer send their packets to the flow table.
+    pub fn rebuild_remote_filter(&mut self) -> Result<RemoteFilterRebuild> {
+        self.refresh_control()?;
+        let standby = self.control.remote_generation ^ 1;
+        let rebuilt = self
+            .maps
+            .remotes
+            .rebuild(standby, &self.maps.flows, boot_time_ns())?;
+        self.refresh_control()?;
+        self.write_control(Control {
+            remote_generation: standby,
+            ..self.control
+        })?;
+        Ok(rebuilt)
+    }
+
+    /// After flows were copied in from an older layout's table: their remotes' bits.
+    fn mark_carried_flows(&self) {
+        if let Err(error) = self.maps.remotes.mark_all(&self.maps.flows) {
+            // Replies to the flows not marked drop until the host sends on them again.
+            warn!(%error, "marking the carried flows in the remote filter");
+        }
     }
 
     /// How the flow tracker is attached to each interface it is on.
