@@ -68,6 +68,12 @@ pub trait Frame {
 }
 
 const ETH_HEADER_LEN: usize = 14;
+/// Where the transport header of an untagged IPv4 packet without options starts.
+const PLAIN_V4_PAYLOAD: usize = ETH_HEADER_LEN + IPV4_HEADER_LEN;
+/// Where the transport header of an untagged IPv6 packet without extension headers starts.
+const PLAIN_V6_PAYLOAD: usize = ETH_HEADER_LEN + IPV6_HEADER_LEN;
+/// Offset of the flags byte in a TCP header.
+const TCP_FLAGS: usize = 13;
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -362,13 +368,25 @@ pub fn transport<F: Frame>(frame: &F, ip: &IpHeader) -> Transport {
     let mut transport = no_ports(protocol, fragment, fragment_id);
     match protocol {
         IPPROTO_TCP | IPPROTO_UDP => {
-            if let Some(ports) = frame.load_be32(offset) {
+            // Untagged frames without IP options (nearly all) have the ports at a fixed
+            // offset, read directly; only the others pay the load-bytes helper call.
+            let ports = match offset {
+                PLAIN_V4_PAYLOAD => frame.octets::<4>(PLAIN_V4_PAYLOAD),
+                PLAIN_V6_PAYLOAD => frame.octets::<4>(PLAIN_V6_PAYLOAD),
+                _ => frame.load::<4>(offset),
+            };
+            if let Some(ports) = ports.map(u32::from_be_bytes) {
                 transport.has_ports = true;
                 transport.source_port = (ports >> 16) as u16;
                 transport.destination_port = ports as u16;
             }
             if protocol == IPPROTO_TCP {
-                transport.tcp_flags = frame.load_u8(offset + 13).unwrap_or(0);
+                let flags = match offset {
+                    PLAIN_V4_PAYLOAD => frame.byte(PLAIN_V4_PAYLOAD + TCP_FLAGS),
+                    PLAIN_V6_PAYLOAD => frame.byte(PLAIN_V6_PAYLOAD + TCP_FLAGS),
+                    _ => frame.load_u8(offset + TCP_FLAGS),
+                };
+                transport.tcp_flags = flags.unwrap_or(0);
             }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
