@@ -17,7 +17,7 @@ use std::{
     process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex,
     },
     thread,
     time::{Duration, Instant},
@@ -60,7 +60,12 @@ pub struct Etcd {
     /// etcd derives its cluster id from it: another token, another cluster.
     token: String,
     stop_forwarders: Arc<AtomicBool>,
+    /// The watches relayed so far: set, one stops passing bytes.
+    watches: Watches,
 }
+
+/// One flag per relayed watch connection: set, the relay drops its bytes both ways.
+type Watches = Arc<Mutex<Vec<Arc<AtomicBool>>>>;
 
 fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -84,6 +89,7 @@ impl Etcd {
             peer_port: free_port()?,
             token: "allowlist-test".into(),
             stop_forwarders: Arc::new(AtomicBool::new(false)),
+            watches: Watches::default(),
         };
         if security.tls {
             etcd.make_certificates()?;
@@ -370,12 +376,14 @@ impl Etcd {
         listener.set_nonblocking(true)?;
         let target: SocketAddr = ([127, 0, 0, 1], self.client_port).into();
         let stop = Arc::clone(&self.stop_forwarders);
+        let watches = Arc::clone(&self.watches);
         thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((inside, _)) => {
                         let _ = inside.set_nonblocking(false);
-                        thread::spawn(move || relay(inside, target));
+                        let watches = Arc::clone(&watches);
+                        thread::spawn(move || relay(inside, target, &watches));
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
                 }
@@ -387,11 +395,23 @@ impl Etcd {
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
+
+    /// Every watch relayed so far (plain HTTP only: the relay tells a watch by its
+    /// request line) stops passing bytes either way without closing, as a connection
+    /// does that a NAT or firewall forgot, or whose etcd member was cut off without a
+    /// reset. Other connections, and new ones, pass as before.
+    pub fn black_hole_watches(&self) -> usize {
+        let watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        for dead in watches.iter() {
+            dead.store(true, Ordering::Relaxed);
+        }
+        watches.len()
+    }
 }
 
 /// Copies bytes both ways between a connection from a namespace and etcd, until either
-/// side closes.
-fn relay(inside: TcpStream, target: SocketAddr) {
+/// side closes; a watch is registered in `watches` ([`Etcd::black_hole_watches`]).
+fn relay(inside: TcpStream, target: SocketAddr, watches: &Watches) {
     let Ok(outside) = TcpStream::connect(target) else {
         let _ = inside.shutdown(Shutdown::Both);
         return;
@@ -401,22 +421,42 @@ fn relay(inside: TcpStream, target: SocketAddr) {
     let (Ok(inside_reader), Ok(outside_reader)) = (inside.try_clone(), outside.try_clone()) else {
         return;
     };
-    let up = thread::spawn(move || pump(inside_reader, outside));
-    pump(outside_reader, inside);
+    let dead = Arc::new(AtomicBool::new(false));
+    let registry = (Arc::clone(watches), Arc::clone(&dead));
+    let up = thread::spawn(move || pump(inside_reader, outside, &registry.1, Some(&registry.0)));
+    pump(outside_reader, inside, &dead, None);
     let _ = up.join();
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to` until either closes; while `dead`, reads and drops. Given
+/// `watches`, registers `dead` there when the first bytes are a watch request.
+fn pump(mut from: TcpStream, mut to: TcpStream, dead: &Arc<AtomicBool>, watches: Option<&Watches>) {
     let mut buffer = vec![0u8; 64 * 1024];
+    let mut first = true;
     loop {
         match from.read(&mut buffer) {
             Ok(0) | Err(_) => break,
             Ok(read) => {
+                if std::mem::take(&mut first) && buffer[..read].starts_with(b"POST /v3/watch ") {
+                    if let Some(watches) = watches {
+                        watches
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(Arc::clone(dead));
+                    }
+                }
+                if dead.load(Ordering::Relaxed) {
+                    continue;
+                }
                 if to.write_all(&buffer[..read]).is_err() {
                     break;
                 }
             }
         }
+    }
+    // A black-holed connection is never closed by the relay: its ends just hear nothing.
+    if dead.load(Ordering::Relaxed) {
+        return;
     }
     let _ = to.shutdown(Shutdown::Both);
     let _ = from.shutdown(Shutdown::Both);

@@ -12,7 +12,8 @@
 //! production (auth on, TLS with client certificates): hosts and `allowlistctl fleet`
 //! log in as an etcd user (again after etcd forgot their token) or show certificates,
 //! and a host etcd refuses (wrong password, untrusted certificate) says why and keeps
-//! its list.
+//! its list. A watch connection that goes silent without closing is noticed, opened
+//! again, and the host catches up.
 
 use std::{
     io::ErrorKind,
@@ -907,4 +908,31 @@ fn a_host_that_does_not_trust_etcds_certificate_refuses_it_says_why_and_keeps_it
     ));
     wait_for_verdict(&probe, &daemon, Verdict::Drop, "with the right CA");
     assert!(wait_until(PATIENCE, || applied(&daemon) >= revision));
+}
+
+#[test]
+fn a_watch_that_goes_silent_without_closing_is_opened_again_and_the_host_catches_up() {
+    let etcd = Etcd::start().unwrap();
+    let operator = Operator::new(&etcd);
+    let topology = Topology::new().unwrap();
+    let daemon = start_host(&etcd, &topology, "forgotten");
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    operator.push(&["10.10.2.2,ci"]);
+    wait_for_verdict(&probe, &daemon, Verdict::Pass, "after the push");
+
+    // The watch connection passes nothing any more, and never closes; every other
+    // request (status, new connections) still works.
+    assert_eq!(etcd.black_hole_watches(), 1);
+    let revision = operator.push(&["198.51.100.7,moved"]);
+    wait_for_verdict(
+        &probe,
+        &daemon,
+        Verdict::Drop,
+        "after the watch went silent",
+    );
+    assert_eq!(daemon.listed("198.51.100.7/32").len(), 1);
+    assert!(wait_until(PATIENCE, || applied(&daemon) >= revision));
+    let log = daemon.log();
+    assert!(log.contains("the watch of etcd went silent"), "{log}");
+    assert!(wait_until(PATIENCE, || office(&daemon)["error"].is_null()));
 }

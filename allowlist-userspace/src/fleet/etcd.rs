@@ -27,6 +27,11 @@ pub const MAX_ANSWER_BYTES: u64 = 256 << 20;
 /// Keys asked for per page of a full read: a page of the largest values stays a few
 /// tens of MiB, and 100k keys take a few dozen round trips.
 const RANGE_PAGE_KEYS: usize = 5_000;
+/// A watch that reads nothing for this long is taken as dead: its reader ends (and the
+/// follower opens another). Watches ask for etcd's progress notifications, sent to an
+/// idle watch every 10 minutes by default (`--experimental-watch-progress-notify-interval`),
+/// so a live watch hears from etcd well within it.
+pub const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(25 * 60);
 /// Largest password file read.
 const MAX_PASSWORD_BYTES: u64 = 4096;
 /// Largest client certificate or key file read.
@@ -50,6 +55,9 @@ pub enum EtcdError {
         file: String,
         message: String,
     },
+    /// The watch delivers nothing though etcd has changes for it.
+    #[error("the watch of etcd went silent: {0}")]
+    Stalled(String),
     #[error("etcd answered something that is not its API: {0}")]
     Protocol(String),
     #[error("{0}")]
@@ -188,6 +196,13 @@ fn kv(value: &Value) -> Result<Kv, EtcdError> {
 
 impl Etcd {
     pub fn new(config: &FleetConfig) -> Result<Etcd, EtcdError> {
+        Etcd::with_watch_read_timeout(config, WATCH_READ_TIMEOUT)
+    }
+
+    fn with_watch_read_timeout(
+        config: &FleetConfig,
+        watch_read_timeout: Duration,
+    ) -> Result<Etcd, EtcdError> {
         let mut tls = TlsConfig::builder();
         if let Some(path) = &config.ca_file {
             let roots = crate::feeds::fetch::read_ca_file(path)
@@ -219,10 +234,11 @@ impl Etcd {
             tls = tls.client_cert(Some(ClientCert::new_with_certs(&certs, key)));
         }
         let tls = tls.build();
-        let build = |total: Option<Duration>| -> ureq::Agent {
+        let build = |total: Option<Duration>, per_read: Option<Duration>| -> ureq::Agent {
             ureq::Agent::config_builder()
                 .timeout_connect(Some(CONNECT_TIMEOUT))
                 .timeout_global(total)
+                .timeout_per_read(per_read)
                 .http_status_as_error(false)
                 .max_redirects(0)
                 .tls_config(tls.clone())
@@ -231,8 +247,8 @@ impl Etcd {
                 .into()
         };
         Ok(Etcd {
-            agent: build(Some(REQUEST_TIMEOUT)),
-            watch_agent: build(None),
+            agent: build(Some(REQUEST_TIMEOUT), None),
+            watch_agent: build(None, Some(watch_read_timeout)),
             endpoints: config.endpoints.clone(),
             username: config.username.clone(),
             password_file: config.password_file.clone(),
@@ -576,6 +592,7 @@ impl Etcd {
             "key": encode(prefix.as_bytes()),
             "range_end": encode(&prefix_end(prefix)),
             "start_revision": start_revision.to_string(),
+            "progress_notify": true,
         }});
         let mut last = None;
         for endpoint in &self.endpoints {
@@ -607,7 +624,10 @@ fn moves_on(error: &EtcdError) -> bool {
     match error {
         EtcdError::Transport { .. } => true,
         EtcdError::Status { .. } => moves_on_status(error),
-        EtcdError::Login { .. } | EtcdError::Protocol(_) | EtcdError::Setup(_) => false,
+        EtcdError::Login { .. }
+        | EtcdError::Stalled(_)
+        | EtcdError::Protocol(_)
+        | EtcdError::Setup(_) => false,
     }
 }
 
@@ -873,6 +893,45 @@ mod tests {
         );
         assert!(error.contains("invalid user ID or password"), "{error}");
         assert_eq!(server.join().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_watch_that_hears_nothing_ends_instead_of_waiting_forever() {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        // Answers the watch with its "created" message, then holds the connection open
+        // and silent (a connection a NAT forgot looks just like that).
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut request = String::new();
+            while reader.read_line(&mut request).unwrap() > 2 {
+                request.clear();
+            }
+            let created = "{\"result\":{\"header\":{\"revision\":\"1\"},\"created\":true}}\n";
+            write!(
+                reader.get_mut(),
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{created}\r\n",
+                created.len()
+            )
+            .unwrap();
+            let _ = wait.recv();
+        });
+        let etcd =
+            Etcd::with_watch_read_timeout(&config(vec![url]), Duration::from_millis(300)).unwrap();
+        let mut watch = etcd.watch("/allowlist/sets/", 1).unwrap();
+        assert_eq!(watch.next_message().unwrap(), WatchMessage::Created);
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || sender.send(watch.next_message()));
+        let error = receiver
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the silent watch's read never ended")
+            .unwrap_err();
+        assert!(matches!(error, EtcdError::Transport { .. }), "{error}");
+        done.send(()).unwrap();
+        server.join().unwrap();
     }
 
     #[test]
