@@ -294,6 +294,16 @@ impl Etcd {
                 false,
             )
             .map_err(|error| match error {
+                // etcd 3.4 with both `--client-cert-auth` and `--auth` refuses every
+                // login through its JSON gateway (seen against a real one).
+                EtcdError::Status {
+                    endpoint, message, ..
+                } if message.contains("CommonName") && message.contains("gateway") => {
+                    EtcdError::Setup(format!(
+                        "etcd {endpoint} refused to log in user {user:?}: {}. It asks for client certificates (--client-cert-auth) and passwords at once, and then refuses logins through its JSON gateway, which allowlist uses: use client certificates with etcd's auth off, or a user and password_file with etcd not asking for client certificates",
+                        gateway_message(&message)
+                    ))
+                }
                 // etcd itself said no (another endpoint would say the same); an etcd
                 // without a leader is not a refusal.
                 EtcdError::Status {
@@ -931,6 +941,28 @@ mod tests {
             .unwrap_err();
         assert!(matches!(error, EtcdError::Transport { .. }), "{error}");
         done.send(()).unwrap();
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn an_etcd_that_asks_for_certificates_and_passwords_at_once_is_named_as_the_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let password_file = dir.path().join("password");
+        std::fs::write(&password_file, "secret\n").unwrap();
+        // As etcd 3.4 started with --client-cert-auth and auth on answers a login.
+        let (url, server) = fake_etcd(vec![(
+            400,
+            r#"{"error":"CommonName of client sending a request against gateway will be ignored and not used as expected","code":3}"#,
+        )]);
+        let etcd = Etcd::new(&FleetConfig {
+            username: Some("allowlist".into()),
+            password_file: Some(password_file),
+            ..config(vec![url])
+        })
+        .unwrap();
+        let error = etcd.header("/allowlist/sets/").unwrap_err().to_string();
+        assert!(error.contains("--client-cert-auth"), "{error}");
+        assert!(error.contains("\"allowlist\""), "{error}");
         server.join().unwrap();
     }
 
