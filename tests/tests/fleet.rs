@@ -823,6 +823,12 @@ fn a_host_whose_etcd_password_is_wrong_says_which_user_and_file_and_keeps_enforc
     assert!(applied(&daemon) < revision);
     let log = daemon.log();
     assert!(log.contains(host_password.to_str().unwrap()), "{log}");
+    // allowlistctl fleet with the old password says the same.
+    let said = Operator::with(&etcd, &options).push_refused(&["192.0.2.9,late"]);
+    assert!(
+        said.contains(USER) && said.contains(host_password.to_str().unwrap()),
+        "{said}"
+    );
 
     // With the right password in its file, it catches up without a restart.
     std::fs::write(&host_password, "rotated\n").unwrap();
