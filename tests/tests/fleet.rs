@@ -8,7 +8,12 @@
 //! off holds it (and says so in its status) while the others apply it; losing etcd
 //! changes nothing a host enforces, across a restart of the daemon; hosts catch up when
 //! etcd is back; compaction past a host's revision sends it through a full read; a
-//! malformed value in etcd is reported and never applied.
+//! malformed value in etcd is reported and never applied. Against an etcd secured as in
+//! production (auth on, TLS with client certificates): hosts and `allowlistctl fleet`
+//! log in as an etcd user (again after etcd forgot their token) or show certificates,
+//! and a host etcd refuses (wrong password, untrusted certificate) says why and keeps
+//! its list. A watch connection that goes silent without closing is noticed, opened
+//! again, and the host catches up.
 
 use std::{
     io::ErrorKind,
@@ -19,8 +24,9 @@ use std::{
 };
 
 use allowlist_tests::{
-    daemon::toml_string, etcd::Etcd, in_netns, wait_until, Binaries, Client, ConfigBuilder, Daemon,
-    Probe, Topology, Verdict,
+    daemon::toml_string,
+    etcd::{Etcd, Security, USER},
+    in_netns, wait_until, Binaries, Client, ConfigBuilder, Daemon, Probe, Topology, Verdict,
 };
 use allowlist_userspace::fleet::etcd::Op;
 use serde_json::Value;
@@ -32,21 +38,36 @@ const BLOCKED: &str = "10.10.2.2/32";
 /// duration: only that it happens).
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// The `[fleet]` section of host `name`, following set `office`.
-fn fleet_section(endpoint: &str, name: &str) -> String {
+/// The `[fleet]` section of host `name`, following set `office`, with `options` (TLS
+/// files, user) after it.
+fn fleet_section(endpoint: &str, name: &str, options: &str) -> String {
     format!(
-        "[fleet]\nendpoints = [{}]\nhost = {}\nsets = [\"office\"]\n",
+        "[fleet]\nendpoints = [{}]\nhost = {}\nsets = [\"office\"]\n{options}",
         toml_string(endpoint),
         toml_string(name)
     )
 }
 
-/// A daemon on `topology` that follows the fleet as host `name`. The allowed client is
-/// listed by the config file, so an empty fleet set still leaves a list to enforce.
+/// A daemon on `topology` that follows the fleet as host `name`, with what `etcd` asks
+/// of its clients (TLS files, user). The allowed client is listed by the config file,
+/// so an empty fleet set still leaves a list to enforce.
 fn start_host<'t>(etcd: &Etcd, topology: &'t Topology, name: &str) -> Daemon<'t> {
+    start_host_with(etcd, topology, name, &etcd.fleet_options())
+}
+
+/// As [`start_host`], with `options` as the rest of its `[fleet]`.
+fn start_host_with<'t>(
+    etcd: &Etcd,
+    topology: &'t Topology,
+    name: &str,
+    options: &str,
+) -> Daemon<'t> {
+    Daemon::start(topology, &host_config(etcd, topology, name, options)).unwrap()
+}
+
+fn host_config(etcd: &Etcd, topology: &Topology, name: &str, options: &str) -> ConfigBuilder {
     let endpoint = etcd.endpoint_in(topology.host()).unwrap();
-    let config = ConfigBuilder::allowed_client(topology).table(&fleet_section(&endpoint, name));
-    Daemon::start(topology, &config).unwrap()
+    ConfigBuilder::allowed_client(topology).table(&fleet_section(&endpoint, name, options))
 }
 
 /// `allowlistctl fleet` as an operator runs it, from anywhere etcd is reachable.
@@ -56,18 +77,42 @@ struct Operator {
 }
 
 impl Operator {
+    /// With what `etcd` asks of its clients (TLS files, user).
     fn new(etcd: &Etcd) -> Operator {
+        Operator::with(etcd, &etcd.fleet_options())
+    }
+
+    /// With `options` as the rest of its `[fleet]`.
+    fn with(etcd: &Etcd, options: &str) -> Operator {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("fleet.toml");
         std::fs::write(
             &config,
             format!(
-                "[fleet]\nendpoints = [{}]\nhost = \"operator\"\n",
+                "[fleet]\nendpoints = [{}]\nhost = \"operator\"\n{options}",
                 toml_string(&etcd.url())
             ),
         )
         .unwrap();
         Operator { config, dir }
+    }
+
+    /// Pushes `rows` as set `office`, expecting a refusal; what allowlistctl said.
+    fn push_refused(&self, rows: &[&str]) -> String {
+        let file = self.dir.path().join("refused.csv");
+        std::fs::write(
+            &file,
+            format!("ip_address,description\n{}\n", rows.join("\n")),
+        )
+        .unwrap();
+        let output = self.run(&["push", file.to_str().unwrap(), "--set", "office"]);
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!output.status.success(), "the push went through: {said}");
+        said
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -682,4 +727,218 @@ fn a_push_over_a_read_that_a_concurrent_remove_made_stale_writes_nothing_and_pus
     // `push` reads again, so the set ends as the file says.
     admin::push(&client, &layout, &set, &entries).unwrap();
     assert!(client.get(removed_key).unwrap().1.is_some());
+}
+
+/// What `feeds` says went wrong with set `office` (its error, or "").
+fn office_error(daemon: &Daemon) -> String {
+    office(daemon)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_host_logged_in_as_an_etcd_user_follows_pushes_made_with_credentials_and_logs_in_again_when_etcd_forgets_its_token(
+) {
+    let mut etcd = Etcd::start_with(Security {
+        auth: true,
+        ..Security::default()
+    })
+    .unwrap();
+    let operator = Operator::new(&etcd);
+    let topology = Topology::new().unwrap();
+    let daemon = start_host(&etcd, &topology, "member");
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Drop);
+
+    // etcd refuses whoever does not log in.
+    let anonymous = Operator::with(&etcd, "");
+    let said = anonymous.push_refused(&["10.10.2.2,ci"]);
+    assert!(said.contains("user name is empty"), "{said}");
+
+    let revision = operator.push(&["10.10.2.2,ci"]);
+    wait_for_verdict(&probe, &daemon, Verdict::Pass, "after the push");
+    assert!(wait_until(PATIENCE, || applied(&daemon) >= revision));
+    // As that user the host also writes its status (under PREFIX/hosts/, with a lease).
+    assert!(
+        wait_until(PATIENCE, || operator.host("member").is_some_and(
+            |host| host["applied_revision"].as_i64() >= Some(revision)
+        )),
+        "fleet status: {}",
+        operator.status()
+    );
+
+    // A restarted etcd forgets every simple token: the host logs in again, and applies
+    // the next push.
+    etcd.stop();
+    etcd.restart().unwrap();
+    let revision = operator.push(&["198.51.100.7,moved"]);
+    wait_for_verdict(&probe, &daemon, Verdict::Drop, "after etcd restarted");
+    assert_eq!(daemon.listed("198.51.100.7/32").len(), 1);
+    assert!(wait_until(PATIENCE, || applied(&daemon) >= revision));
+    assert!(wait_until(PATIENCE, || office(&daemon)["error"].is_null()));
+}
+
+#[test]
+fn a_host_whose_etcd_password_is_wrong_says_which_user_and_file_and_keeps_enforcing_its_last_list()
+{
+    let mut etcd = Etcd::start_with(Security {
+        auth: true,
+        ..Security::default()
+    })
+    .unwrap();
+    let operator = Operator::new(&etcd);
+    let topology = Topology::new().unwrap();
+    // The host's own copy of the password, as each machine has its file.
+    let secrets = tempfile::tempdir().unwrap();
+    let host_password = secrets.path().join("etcd.password");
+    std::fs::copy(etcd.password_file(), &host_password).unwrap();
+    let options = format!(
+        "username = {}\npassword_file = {}\n",
+        toml_string(USER),
+        toml_string(host_password.to_str().unwrap())
+    );
+    let daemon = start_host_with(&etcd, &topology, "stale", &options);
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    operator.push(&["10.10.2.2,ci"]);
+    wait_for_verdict(&probe, &daemon, Verdict::Pass, "after the push");
+
+    // The password changes in etcd (and in the operator's file) but not on the host; a
+    // restarted etcd makes every client log in again.
+    etcd.change_password(USER, "rotated").unwrap();
+    std::fs::write(etcd.password_file(), "rotated\n").unwrap();
+    etcd.stop();
+    etcd.restart().unwrap();
+    let revision = operator.push(&["198.51.100.7,moved"]);
+    assert!(
+        wait_until(PATIENCE, || {
+            let error = office_error(&daemon);
+            error.contains(USER) && error.contains(host_password.to_str().unwrap())
+        }),
+        "the host must name the user and the password file etcd refused: {}",
+        office(&daemon)
+    );
+    // It never took the push it cannot read: the kernel still judges by the last list.
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+    assert!(applied(&daemon) < revision);
+    let log = daemon.log();
+    assert!(log.contains(host_password.to_str().unwrap()), "{log}");
+    // allowlistctl fleet with the old password says the same.
+    let said = Operator::with(&etcd, &options).push_refused(&["192.0.2.9,late"]);
+    assert!(
+        said.contains(USER) && said.contains(host_password.to_str().unwrap()),
+        "{said}"
+    );
+
+    // With the right password in its file, it catches up without a restart.
+    std::fs::write(&host_password, "rotated\n").unwrap();
+    wait_for_verdict(
+        &probe,
+        &daemon,
+        Verdict::Drop,
+        "after the password was fixed",
+    );
+    assert!(wait_until(PATIENCE, || applied(&daemon) >= revision));
+}
+
+#[test]
+fn a_host_with_etcds_ca_and_a_client_certificate_follows_pushes_over_https() {
+    let etcd = Etcd::start_with(Security {
+        tls: true,
+        client_certs: true,
+        ..Security::default()
+    })
+    .unwrap();
+    assert!(etcd.url().starts_with("https://"));
+    let operator = Operator::new(&etcd);
+    let topology = Topology::new().unwrap();
+    let daemon = start_host(&etcd, &topology, "secure");
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+
+    // etcd asks for a client certificate: a client without one is turned away.
+    let uncertified = Operator::with(
+        &etcd,
+        &format!(
+            "ca_file = {}\n",
+            toml_string(etcd.ca_file().to_str().unwrap())
+        ),
+    );
+    uncertified.push_refused(&["10.10.2.2,ci"]);
+
+    let revision = operator.push(&["10.10.2.2,ci"]);
+    wait_for_verdict(&probe, &daemon, Verdict::Pass, "after the push");
+    assert!(wait_until(PATIENCE, || applied(&daemon) >= revision));
+    assert!(
+        wait_until(PATIENCE, || operator.host("secure").is_some()),
+        "fleet status: {}",
+        operator.status()
+    );
+}
+
+#[test]
+fn a_host_that_does_not_trust_etcds_certificate_refuses_it_says_why_and_keeps_its_last_list() {
+    let etcd = Etcd::start_with(Security {
+        tls: true,
+        ..Security::default()
+    })
+    .unwrap();
+    let operator = Operator::new(&etcd);
+    let topology = Topology::new().unwrap();
+    let daemon = start_host(&etcd, &topology, "wary");
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    operator.push(&["10.10.2.2,ci"]);
+    wait_for_verdict(&probe, &daemon, Verdict::Pass, "after the push");
+
+    // Its ca_file now names a CA that did not sign etcd's certificate.
+    let other_ca = etcd.other_ca_file();
+    let options = format!("ca_file = {}\n", toml_string(other_ca.to_str().unwrap()));
+    daemon.apply(&host_config(&etcd, &topology, "wary", &options));
+    assert!(
+        wait_until(PATIENCE, || {
+            let error = office_error(&daemon);
+            error.contains("certificate") && error.contains("ca_file")
+        }),
+        "the host must say etcd's certificate is not trusted: {}",
+        office(&daemon)
+    );
+    let revision = operator.push(&["198.51.100.7,moved"]);
+    assert_eq!(probe.verdict(Client::Blocked, false), Verdict::Pass);
+    assert!(applied(&daemon) < revision);
+
+    // Trusting the right CA again, it catches up.
+    daemon.apply(&host_config(
+        &etcd,
+        &topology,
+        "wary",
+        &etcd.fleet_options(),
+    ));
+    wait_for_verdict(&probe, &daemon, Verdict::Drop, "with the right CA");
+    assert!(wait_until(PATIENCE, || applied(&daemon) >= revision));
+}
+
+#[test]
+fn a_watch_that_goes_silent_without_closing_is_opened_again_and_the_host_catches_up() {
+    let etcd = Etcd::start().unwrap();
+    let operator = Operator::new(&etcd);
+    let topology = Topology::new().unwrap();
+    let daemon = start_host(&etcd, &topology, "forgotten");
+    let probe = Probe::start(&topology, PROBE_PORT).unwrap();
+    operator.push(&["10.10.2.2,ci"]);
+    wait_for_verdict(&probe, &daemon, Verdict::Pass, "after the push");
+
+    // The watch connection passes nothing any more, and never closes; every other
+    // request (status, new connections) still works.
+    assert_eq!(etcd.black_hole_watches(), 1);
+    let revision = operator.push(&["198.51.100.7,moved"]);
+    wait_for_verdict(
+        &probe,
+        &daemon,
+        Verdict::Drop,
+        "after the watch went silent",
+    );
+    assert_eq!(daemon.listed("198.51.100.7/32").len(), 1);
+    assert!(wait_until(PATIENCE, || applied(&daemon) >= revision));
+    let log = daemon.log();
+    assert!(log.contains("the watch of etcd went silent"), "{log}");
+    assert!(wait_until(PATIENCE, || office(&daemon)["error"].is_null()));
 }

@@ -123,7 +123,14 @@ impl<K: Kernel> Daemon<K> {
                 };
             }
             Err(error) => {
-                if self.fleet.connected || self.fleet.error.is_none() {
+                // Once per cause: a host that lost etcd and then meets another problem
+                // (a password etcd refuses after a restart) says so.
+                let same = self
+                    .fleet
+                    .error
+                    .as_ref()
+                    .is_some_and(|(_, last)| *last == error);
+                if self.fleet.connected || !same {
                     warn!(
                         "fleet: etcd unreachable, still enforcing the last applied list: {error}"
                     );

@@ -39,6 +39,8 @@ const RETRY_HELD_EVERY: Duration = Duration::from_secs(5);
 /// again after this, then twice as long each time up to [`RETRY_REFUSED_AT_MOST`].
 const RETRY_REFUSED_FIRST: Duration = Duration::from_secs(5);
 const RETRY_REFUSED_AT_MOST: Duration = Duration::from_secs(300);
+/// How often a host checks that its watch still delivers (see `Follower::check_watch`).
+const WATCH_CHECK_EVERY: Duration = Duration::from_secs(10);
 /// Longest wait between attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A status write etcd refuses is tried again after this, then twice as long each time
@@ -105,6 +107,12 @@ struct Follower {
     /// etcd is not the history `revision` is of: the full read may be behind it.
     new_history: bool,
     watch: Option<WatchFeed>,
+    /// When the watch last delivered a message.
+    heard: Instant,
+    /// When the watch was last checked, and since when etcd's change marker has been
+    /// newer than `revision` (see `check_watch`).
+    checked: Instant,
+    behind_since: Option<Instant>,
     lease: Option<i64>,
     published: Option<(HostStatus, Instant)>,
     renewed: Instant,
@@ -159,6 +167,9 @@ impl Follower {
             new_history: false,
             config,
             watch: None,
+            heard: Instant::now(),
+            checked: Instant::now(),
+            behind_since: None,
             lease: None,
             published: None,
             renewed: Instant::now(),
@@ -205,6 +216,9 @@ impl Follower {
                 Some(watch) => watch.recv_timeout(Duration::from_secs(1)),
                 None => continue,
             };
+            if message.is_ok() {
+                self.heard = Instant::now();
+            }
             match message {
                 Ok(Ok(WatchMessage::Created)) => {
                     lock(&self.daemon).fleet_connection(Ok(()));
@@ -244,6 +258,7 @@ impl Follower {
     fn disconnected(&mut self, error: EtcdError) {
         lock(&self.daemon).fleet_connection(Err(error.to_string()));
         self.watch = None;
+        self.behind_since = None;
         self.lease = None;
         self.published = None;
         // Jittered, so hosts that lost etcd together do not all come back at once.
@@ -489,6 +504,16 @@ impl Follower {
             }
             self.offer();
         }
+        match self.check_watch(etcd) {
+            Ok(()) => {}
+            // etcd answered (say, no right to read the marker): nothing to tell.
+            Err(EtcdError::Status { .. }) => {}
+            Err(error) => {
+                warn!("fleet: {error}");
+                self.disconnected(error);
+                return;
+            }
+        }
         if self
             .publish_after
             .is_some_and(|after| Instant::now() < after)
@@ -514,6 +539,38 @@ impl Follower {
                     .min(MAX_PUBLISH_BACKOFF);
             }
             Err(error) => self.disconnected(error),
+        }
+    }
+
+    /// Whether the watch still delivers. Every `allowlistctl fleet` write also writes
+    /// the change marker, under the watched prefix: a marker newer than the revision
+    /// the watch brought this host to, seen so at two checks with no watch message in
+    /// between, means the watch connection died without closing (a NAT or firewall that
+    /// forgot it, a member cut off without a reset) while other connections work. The
+    /// watch is then dropped and opened again after the applied revision. (A watch that
+    /// hears nothing at all ends on its own after [`super::etcd::WATCH_READ_TIMEOUT`].)
+    fn check_watch(&mut self, etcd: &Etcd) -> Result<(), EtcdError> {
+        if self.checked.elapsed() < WATCH_CHECK_EVERY {
+            return Ok(());
+        }
+        self.checked = Instant::now();
+        let (_, marker) = etcd.get(&self.layout.changed())?;
+        let written = marker.map_or(0, |kv| kv.mod_revision);
+        if written <= self.revision {
+            self.behind_since = None;
+            return Ok(());
+        }
+        match self.behind_since {
+            Some(since) if self.heard < since => Err(EtcdError::Stalled(format!(
+                "etcd's sets are at revision {written} (their change marker), this host at {}, and the watch delivered nothing for {} s; opening it again",
+                self.revision,
+                since.elapsed().as_secs()
+            ))),
+            // Behind but hearing (catching up), or behind since just now.
+            _ => {
+                self.behind_since = Some(Instant::now());
+                Ok(())
+            }
         }
     }
 

@@ -77,7 +77,7 @@ fn samples(network: IpNet) -> Vec<IpAddr> {
 }
 
 /// A config file: parsing never panics; a start plan is made exactly when the README
-/// says the daemon starts (enforcing needs an `[[allow]]` entry; no source may need
+/// says the daemon starts (enforcing needs an `[[allow]]` entry or a preset feed; no source may need
 /// more than 16 port ranges); its compiled list gives every address what the entries
 /// covering it allow; and the config written back out reads the same.
 pub fn config(data: &[u8]) {
@@ -105,7 +105,16 @@ pub fn config(data: &[u8]) {
     let too_many_ranges = addresses.iter().any(|address| {
         matches!(model_reach(&entries, *address), Some(Reach::Ports(ranges)) if ranges.len() > 16)
     });
-    let empty_enforce = config.mode == Mode::Enforce && config.allow.is_empty();
+    // README, `mode`: enforcing an empty list is refused. A preset feed's documented
+    // static list is not empty; a fetched feed, a DNS name and a fleet set hold nothing
+    // before their first answer.
+    let preset = config.feeds.iter().any(|feed| {
+        matches!(
+            feed.source,
+            allowlist_userspace::feeds::FeedSource::Preset(_)
+        )
+    });
+    let empty_enforce = config.mode == Mode::Enforce && config.allow.is_empty() && !preset;
     let model_accepts = !too_many_ranges && !empty_enforce;
 
     let plan = StartPlan::new(config.clone());
@@ -140,6 +149,85 @@ pub fn config(data: &[u8]) {
         )
     };
     assert_eq!(fields(&again), fields(&config), "round trip of:\n{text}");
+    if let Some(fleet) = &config.fleet {
+        check_fleet(&config, fleet, text);
+    }
+    // The line a section starts at is where it was written, not what it says.
+    let fleet = |config: &Config| {
+        config
+            .fleet
+            .clone()
+            .map(|fleet| allowlist_userspace::fleet::FleetConfig { line: 0, ..fleet })
+    };
+    assert_eq!(
+        fleet(&again),
+        fleet(&config),
+        "round trip of [fleet] in:\n{text}"
+    );
+}
+
+/// An accepted `[fleet]` is within the README's bounds ("Fleet", "Bounds"): 1–16
+/// `http://` or `https://` endpoints without a path; a prefix starting with `/`, at most
+/// 256 bytes, without spaces; a host name of 1–253 bytes of letters, digits, `.`, `-`,
+/// `_`; at most 64 followed sets, each a read-only set of the config whose name no feed
+/// or DNS name of the same config has; client certificate and key, and user and password
+/// file, given together or not at all.
+fn check_fleet(config: &Config, fleet: &allowlist_userspace::fleet::FleetConfig, text: &str) {
+    use allowlist_userspace::feeds::FeedSource;
+    assert!(
+        (1..=16).contains(&fleet.endpoints.len()),
+        "{} endpoints accepted:\n{text}",
+        fleet.endpoints.len()
+    );
+    for endpoint in &fleet.endpoints {
+        let lower = endpoint.to_ascii_lowercase();
+        let rest = lower
+            .strip_prefix("https://")
+            .or_else(|| lower.strip_prefix("http://"));
+        assert!(
+            rest.is_some_and(|rest| !rest.is_empty() && !rest.contains('/')),
+            "endpoint {endpoint:?} accepted:\n{text}"
+        );
+    }
+    let prefix = &fleet.prefix;
+    assert!(
+        prefix.starts_with('/')
+            && prefix.len() <= 256
+            && !prefix.chars().any(|c| c.is_whitespace() || c.is_control()),
+        "prefix {prefix:?} accepted:\n{text}"
+    );
+    let host = &fleet.host;
+    assert!(
+        (1..=253).contains(&host.len())
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')),
+        "host {host:?} accepted:\n{text}"
+    );
+    assert!(fleet.sets.len() <= 64, "{} sets accepted", fleet.sets.len());
+    for set in &fleet.sets {
+        let named: Vec<&FeedSource> = config
+            .feeds
+            .iter()
+            .filter(|feed| feed.name == *set)
+            .map(|feed| &feed.source)
+            .collect();
+        assert!(
+            matches!(named.as_slice(), [FeedSource::Fleet]),
+            "fleet set {set}: the config's sets of that name are {} (one, the fleet's, expected):\n{text}",
+            named.len()
+        );
+    }
+    assert_eq!(
+        fleet.cert_file.is_some(),
+        fleet.key_file.is_some(),
+        "a client certificate without its key, or the reverse, accepted:\n{text}"
+    );
+    assert_eq!(
+        fleet.username.is_some(),
+        fleet.password_file.is_some(),
+        "a user without a password file, or the reverse, accepted:\n{text}"
+    );
 }
 
 /// `config` written as TOML again (the keys a round trip compares).
@@ -156,6 +244,32 @@ fn render(config: &Config) -> String {
         string(config.mode.as_str()),
         list(&config.public_ports)
     );
+    if let Some(fleet) = &config.fleet {
+        let strings = |items: Vec<String>| {
+            let items: Vec<String> = items.iter().map(|item| string(item)).collect();
+            format!("[{}]", items.join(", "))
+        };
+        text.push_str(&format!(
+            "[fleet]\nendpoints = {}\nprefix = {}\nhost = {}\nsets = {}\n",
+            strings(fleet.endpoints.clone()),
+            string(&fleet.prefix),
+            string(&fleet.host),
+            strings(fleet.sets.iter().map(ToString::to_string).collect())
+        ));
+        for (key, path) in [
+            ("ca_file", &fleet.ca_file),
+            ("cert_file", &fleet.cert_file),
+            ("key_file", &fleet.key_file),
+            ("password_file", &fleet.password_file),
+        ] {
+            if let Some(path) = path {
+                text.push_str(&format!("{key} = {}\n", string(&path.to_string_lossy())));
+            }
+        }
+        if let Some(username) = &fleet.username {
+            text.push_str(&format!("username = {}\n", string(username)));
+        }
+    }
     for (table, entries) in [("allow", &config.allow), ("always", &config.always)] {
         for entry in entries {
             text.push_str(&format!(
