@@ -217,8 +217,9 @@ pub const MAX_FLOWS: u32 = 65_536;
 /// The egress program sets a flow's bit in both generations before it records the flow
 /// (the daemon likewise when it seeds or carries flows), so a bit is never missing for a
 /// flow in the table. The daemon rebuilds the generation not in use from the flow table
-/// (clear it, set the bits of live flows) and then switches [`Control::remote_generation`]
-/// to it, so bits of flows that ended do not pile up.
+/// (clear it, wait out the program runs in flight, set the bits of live flows) and then
+/// switches [`Control::remote_generation`] to it, so bits of flows that ended do not pile
+/// up.
 pub const MAP_REMOTES: &str = "REMOTES";
 /// Bits in each generation of [`MAP_REMOTES`] (128 KiB each): with [`MAX_FLOWS`] flows
 /// at most, under 7 % of random sources find their bit set.

@@ -369,12 +369,14 @@ pub fn transport<F: Frame>(frame: &F, ip: &IpHeader) -> Transport {
     match protocol {
         IPPROTO_TCP | IPPROTO_UDP => {
             // Untagged frames without IP options (nearly all) have the ports at a fixed
-            // offset, read directly; only the others pay the load-bytes helper call.
+            // offset, read directly; the others, and headers past the linear part of the
+            // frame (direct access covers no more), pay the load-bytes helper call.
             let ports = match offset {
                 PLAIN_V4_PAYLOAD => frame.octets::<4>(PLAIN_V4_PAYLOAD),
                 PLAIN_V6_PAYLOAD => frame.octets::<4>(PLAIN_V6_PAYLOAD),
-                _ => frame.load::<4>(offset),
-            };
+                _ => None,
+            }
+            .or_else(|| frame.load::<4>(offset));
             if let Some(ports) = ports.map(u32::from_be_bytes) {
                 transport.has_ports = true;
                 transport.source_port = (ports >> 16) as u16;
@@ -384,8 +386,9 @@ pub fn transport<F: Frame>(frame: &F, ip: &IpHeader) -> Transport {
                 let flags = match offset {
                     PLAIN_V4_PAYLOAD => frame.byte(PLAIN_V4_PAYLOAD + TCP_FLAGS),
                     PLAIN_V6_PAYLOAD => frame.byte(PLAIN_V6_PAYLOAD + TCP_FLAGS),
-                    _ => frame.load_u8(offset + TCP_FLAGS),
-                };
+                    _ => None,
+                }
+                .or_else(|| frame.load_u8(offset + TCP_FLAGS));
                 transport.tcp_flags = flags.unwrap_or(0);
             }
         }

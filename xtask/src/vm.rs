@@ -56,7 +56,8 @@ const SUBSET: &[(&str, &[&str])] = &[
         "compiled_lookup",
         &["edges_of_the_slash_20s", "over_random_lists"],
     ),
-    // The remote filter's atomic bit writes and its generations, in front of the flows.
+    // The remote filter's generations and rebuilds in front of the flows (its atomic bit
+    // writes in the egress program run in ports_and_return_traffic).
     ("remote_filter", &[]),
     // The per-CPU LRU of dropped sources, written from the drop path.
     ("dropped_sources", &["a_blocked_client_shows_up_in_top"]),

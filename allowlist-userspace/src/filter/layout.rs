@@ -242,27 +242,36 @@ pub(super) fn carry_counters_before_switch(source: &OldLayout, ours: &Path, resu
 /// up to date first, so a crash in between loses those packets from the count rather than
 /// counting them twice. A packet the new program counts on the same CPU between this
 /// read and write is lost from the count: a window of microseconds.
-pub(super) fn carry_over_after_switch(source: &OldLayout, ours: &Path) {
+pub(super) fn carry_over_after_switch(
+    source: &OldLayout,
+    ours: &Path,
+    before_flow_copied: &dyn Fn(&FlowKey),
+) {
     let counted = old_totals(&source.maps.join(MAP_COUNTERS))
         .and_then(|now| add_counted_since(&now, &ours.join(MAP_CARRIED), &ours.join(MAP_COUNTERS)));
     if let Err(error) = counted {
         warn!(%error, "the packets the old program counted during the switch are not carried over");
     }
-    carry_tables(source, ours);
+    carry_tables(source, ours, before_flow_copied);
 }
 
 /// Copies the old program's flow and fragment tables into this version's: just before the
 /// first interface switches (so what the host opened while the new maps were filled is
-/// there), and again after the last.
-pub(super) fn carry_tables(source: &OldLayout, ours: &Path) {
-    for (name, copy) in [
-        (
-            MAP_FLOWS,
-            copy_newest::<FlowKey> as fn(&Path, &Path) -> Result<usize>,
-        ),
-        (MAP_FRAGMENTS, copy_newest::<FragmentKey>),
-    ] {
-        match copy(&source.maps.join(name), &ours.join(name)) {
+/// there), and again after the last. `before_flow_copied` sees each flow before this
+/// version's table holds it (for the remote filter).
+pub(super) fn carry_tables(source: &OldLayout, ours: &Path, before_flow_copied: &dyn Fn(&FlowKey)) {
+    let flows = copy_newest::<FlowKey>(
+        &source.maps.join(MAP_FLOWS),
+        &ours.join(MAP_FLOWS),
+        before_flow_copied,
+    );
+    let fragments = copy_newest::<FragmentKey>(
+        &source.maps.join(MAP_FRAGMENTS),
+        &ours.join(MAP_FRAGMENTS),
+        &|_| {},
+    );
+    for (name, copied) in [(MAP_FLOWS, flows), (MAP_FRAGMENTS, fragments)] {
+        match copied {
             Ok(entries) => info!(map = name, entries, "carried entries over"),
             Err(error) => {
                 warn!(map = name, %error, "not carried over from layout {}", source.version)
@@ -356,7 +365,7 @@ fn add_counted_since(now: &[Vec<Counter>], carried: &Path, counters: &Path) -> R
 }
 
 /// Copies every entry of an LRU table whose copy here is missing or older.
-fn copy_newest<K: Pod>(old: &Path, new: &Path) -> Result<usize> {
+fn copy_newest<K: Pod>(old: &Path, new: &Path, before_copied: &dyn Fn(&K)) -> Result<usize> {
     let old: BpfHashMap<MapData, K, FlowState> = open_pinned(old)?;
     let mut new: BpfHashMap<MapData, K, FlowState> = open_pinned(new)?;
     let mut copied = 0;
@@ -369,6 +378,7 @@ fn copy_newest<K: Pod>(old: &Path, new: &Path) -> Result<usize> {
             .get(&key, 0)
             .is_ok_and(|here| here.last_seen_ns >= state.last_seen_ns);
         if !newer_here {
+            before_copied(&key);
             new.insert(key, state, 0)
                 .map_err(kernel_error("copying a table entry"))?;
             copied += 1;

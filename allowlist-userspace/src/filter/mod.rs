@@ -48,7 +48,7 @@ use allowlist_common::{
 use aya::{programs::Xdp, Ebpf, EbpfLoader};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::info;
 
 pub use self::{
     attach::EgressMechanism,
@@ -226,8 +226,10 @@ impl Filter {
         }
         layout::crash_point("layout-switched");
         if let Some(source) = &self.layouts.source {
-            layout::carry_over_after_switch(source, &self.pins.maps());
-            self.mark_carried_flows();
+            let remotes = &self.maps.remotes;
+            layout::carry_over_after_switch(source, &self.pins.maps(), &|flow| {
+                remotes.mark([flow])
+            });
         }
         layout::stamp(&mut self.maps.layout, layout::LIVE)?;
         layout::crash_point("layout-live");
@@ -260,8 +262,8 @@ impl Filter {
             return;
         }
         if let Some(source) = &self.layouts.source {
-            layout::carry_tables(source, &self.pins.maps());
-            self.mark_carried_flows();
+            let remotes = &self.maps.remotes;
+            layout::carry_tables(source, &self.pins.maps(), &|flow| remotes.mark([flow]));
         }
         self.layouts.tables_carried = true;
     }
@@ -354,13 +356,17 @@ impl Filter {
     /// Rebuilds the remote filter from the flows still live and switches the program to
     /// it, so the remotes of ended flows no longer send their packets to the flow table.
     pub fn rebuild_remote_filter(&mut self) -> Result<RemoteFilterRebuild> {
-        self.refresh_control()?;
+        // From the kernel, not this process's copy: clearing the generation the program
+        // reads would drop replies to every flow until the fill is done.
+        self.read_control()?;
         let standby = self.control.remote_generation ^ 1;
+        self.maps.remotes.clear(standby);
+        wait_for_packets_in_flight();
         let rebuilt = self
             .maps
             .remotes
-            .rebuild(standby, &self.maps.flows, boot_time_ns())?;
-        self.refresh_control()?;
+            .fill(standby, &self.maps.flows, boot_time_ns())?;
+        self.read_control()?;
         self.write_control(Control {
             remote_generation: standby,
             ..self.control
@@ -368,12 +374,13 @@ impl Filter {
         Ok(rebuilt)
     }
 
-    /// After flows were copied in from an older layout's table: their remotes' bits.
-    fn mark_carried_flows(&self) {
-        if let Err(error) = self.maps.remotes.mark_all(&self.maps.flows) {
-            // Replies to the flows not marked drop until the host sends on them again.
-            warn!(%error, "marking the carried flows in the remote filter");
-        }
+    fn read_control(&mut self) -> Result<()> {
+        self.control = self
+            .maps
+            .control
+            .get(&0, 0)
+            .map_err(kernel_error("reading the control record"))?;
+        Ok(())
     }
 
     /// How the flow tracker is attached to each interface it is on.

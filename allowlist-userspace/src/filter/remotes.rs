@@ -3,10 +3,10 @@
 //! lookup for sources it never talked to.
 //!
 //! Every writer of the flow table sets a flow's bit in both generations first (the egress
-//! program, and here [`RemoteFilter::mark`] for flows the daemon seeds or carries over),
-//! so a bit is never missing. Bits of ended flows are dropped by [`RemoteFilter::rebuild`],
-//! which fills the generation not in use from the live flows; the caller then switches
-//! the program to it.
+//! program, and here [`RemoteFilter::mark`] for flows the daemon seeds or carries over).
+//! Bits of ended flows are dropped by a rebuild ([`RemoteFilter::clear`], then
+//! [`RemoteFilter::fill`] from the live flows) of the generation not in use; the caller
+//! then switches the program to it.
 
 use std::sync::atomic::Ordering;
 
@@ -56,33 +56,26 @@ impl RemoteFilter {
         }
     }
 
-    /// Sets the bits of every flow in `flows` in both generations (after flows were
-    /// copied in from an older layout's table).
-    pub fn mark_all(&self, flows: &BpfHashMap<MapData, FlowKey, FlowState>) -> Result<usize> {
-        let mut marked = 0;
-        for key in flows.keys() {
-            let key = key.map_err(kernel_error("reading the flow table"))?;
-            self.mark([&key]);
-            marked += 1;
-        }
-        Ok(marked)
-    }
-
-    /// Fills `generation` (the one the program does not read) with the remotes of the
-    /// flows that are live at `now_ns` (boot time). Cleared first: any flow the egress
-    /// program records from then on sets its bit itself, and any flow recorded before is
-    /// in the table read after.
-    pub fn rebuild(
-        &self,
-        generation: u32,
-        flows: &BpfHashMap<MapData, FlowKey, FlowState>,
-        now_ns: u64,
-    ) -> Result<RemoteFilterRebuild> {
+    /// Clears `generation` (the one the program does not read), before
+    /// [`RemoteFilter::fill`]. Between the two, the caller waits out the program runs in
+    /// flight: an egress run that set a bit before the clear has then recorded its flow,
+    /// so the fill finds it; any later run sets its bit itself.
+    pub fn clear(&self, generation: u32) {
         let start = (generation as usize & 1) * REMOTE_FILTER_WORDS as usize;
         let words = &self.bitmap.words()[start..start + REMOTE_FILTER_WORDS as usize];
         for word in words {
             word.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// Sets in `generation` the remotes of the flows that are live at `now_ns` (boot
+    /// time).
+    pub fn fill(
+        &self,
+        generation: u32,
+        flows: &BpfHashMap<MapData, FlowKey, FlowState>,
+        now_ns: u64,
+    ) -> Result<RemoteFilterRebuild> {
         let mut found = RemoteFilterRebuild::default();
         for entry in flows.iter() {
             let (key, state) = entry.map_err(kernel_error("reading the flow table"))?;

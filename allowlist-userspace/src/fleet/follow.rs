@@ -506,8 +506,9 @@ impl Follower {
         }
         match self.check_watch(etcd) {
             Ok(()) => {}
-            // etcd answered (say, no right to read the marker): nothing to tell.
-            Err(EtcdError::Status { .. }) => {}
+            // etcd answered (say, no right to read the marker, or a password it no
+            // longer takes, which publishing reports): the watch may still deliver.
+            Err(EtcdError::Status { .. } | EtcdError::Login { .. }) => {}
             Err(error) => {
                 warn!("fleet: {error}");
                 self.disconnected(error);
@@ -525,10 +526,11 @@ impl Follower {
                 self.publish_after = None;
                 self.publish_backoff = FIRST_PUBLISH_BACKOFF;
             }
-            // etcd answered (no right to write the status key, a lease it refuses):
-            // the watch is fine, so only publishing backs off, instead of reconnecting
+            // etcd answered (no right to write the status key, a lease it refuses, a
+            // login it refuses once the token expired): the watch still delivers, so
+            // only publishing backs off, instead of dropping the watch and reconnecting
             // (and reading) again every few seconds.
-            Err(error @ EtcdError::Status { .. }) => {
+            Err(error @ (EtcdError::Status { .. } | EtcdError::Login { .. })) => {
                 if self.publish_after.is_none() {
                     warn!("fleet: publishing this host's status failed: {error}");
                 }
