@@ -501,7 +501,20 @@ impl Etcd {
 
     /// One key, or `None`.
     pub fn get(&self, key: &str) -> Result<(i64, Option<Kv>), EtcdError> {
-        let answer = self.call("/v3/kv/range", &json!({"key": encode(key.as_bytes())}))?;
+        self.get_with(key, false)
+    }
+
+    /// As [`Etcd::get`], answered by the member asked from what it has, without a round
+    /// of the cluster (possibly a little behind): for checks every host makes often.
+    pub fn get_serializable(&self, key: &str) -> Result<(i64, Option<Kv>), EtcdError> {
+        self.get_with(key, true)
+    }
+
+    fn get_with(&self, key: &str, serializable: bool) -> Result<(i64, Option<Kv>), EtcdError> {
+        let answer = self.call(
+            "/v3/kv/range",
+            &json!({"key": encode(key.as_bytes()), "serializable": serializable}),
+        )?;
         let revision = int(&answer["header"]["revision"]);
         let found = match answer["kvs"].as_array().and_then(|kvs| kvs.first()) {
             None => None,

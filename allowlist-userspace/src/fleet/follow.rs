@@ -41,6 +41,8 @@ const RETRY_REFUSED_FIRST: Duration = Duration::from_secs(5);
 const RETRY_REFUSED_AT_MOST: Duration = Duration::from_secs(300);
 /// How often a host checks that its watch still delivers (see `Follower::check_watch`).
 const WATCH_CHECK_EVERY: Duration = Duration::from_secs(10);
+/// The longest extra silence asked of a watch after others were found silent.
+const MAX_STALL_GRACE: Duration = Duration::from_secs(600);
 /// Longest wait between attempts to reach etcd.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// A status write etcd refuses is tried again after this, then twice as long each time
@@ -113,6 +115,11 @@ struct Follower {
     /// newer than `revision` (see `check_watch`).
     checked: Instant,
     behind_since: Option<Instant>,
+    /// How much longer than two checks a watch must be silent to be opened again:
+    /// doubles with each watch found silent since the last change delivered, so a path
+    /// that makes every watch look silent (a proxy buffering the stream) does not open
+    /// one every 20 s, each leaving a reader blocked until its read times out.
+    stall_grace: Duration,
     lease: Option<i64>,
     published: Option<(HostStatus, Instant)>,
     renewed: Instant,
@@ -170,6 +177,7 @@ impl Follower {
             heard: Instant::now(),
             checked: Instant::now(),
             behind_since: None,
+            stall_grace: Duration::ZERO,
             lease: None,
             published: None,
             renewed: Instant::now(),
@@ -225,6 +233,7 @@ impl Follower {
                     self.backoff = Duration::from_millis(200);
                 }
                 Ok(Ok(WatchMessage::Events { revision, events })) => {
+                    self.stall_grace = Duration::ZERO;
                     let since = self.revision;
                     match self.take(revision, events) {
                         Ok(deltas) => self.apply(since, &deltas),
@@ -509,6 +518,16 @@ impl Follower {
             // etcd answered (say, no right to read the marker, or a password it no
             // longer takes, which publishing reports): the watch may still deliver.
             Err(EtcdError::Status { .. } | EtcdError::Login { .. }) => {}
+            // etcd itself answers: only the watch is opened again, from the revision.
+            Err(error @ EtcdError::Stalled(_)) => {
+                warn!("fleet: {error}");
+                self.watch = None;
+                self.behind_since = None;
+                self.stall_grace = (self.stall_grace * 2)
+                    .max(WATCH_CHECK_EVERY)
+                    .min(MAX_STALL_GRACE);
+                return;
+            }
             Err(error) => {
                 warn!("fleet: {error}");
                 self.disconnected(error);
@@ -556,14 +575,14 @@ impl Follower {
             return Ok(());
         }
         self.checked = Instant::now();
-        let (_, marker) = etcd.get(&self.layout.changed())?;
+        let (_, marker) = etcd.get_serializable(&self.layout.changed())?;
         let written = marker.map_or(0, |kv| kv.mod_revision);
         if written <= self.revision {
             self.behind_since = None;
             return Ok(());
         }
         match self.behind_since {
-            Some(since) if self.heard < since => Err(EtcdError::Stalled(format!(
+            Some(since) if self.heard < since && since.elapsed() >= self.stall_grace => Err(EtcdError::Stalled(format!(
                 "etcd's sets are at revision {written} (their change marker), this host at {}, and the watch delivered nothing for {} s; opening it again",
                 self.revision,
                 since.elapsed().as_secs()
