@@ -16,7 +16,8 @@ use allowlist_tests::frames::{
 };
 use allowlist_tests::test_filter::{TestFilter, Verdict};
 use allowlist_tests::Mode;
-use aya::maps::HashMap as BpfHashMap;
+use allowlist_userspace::filter::RemoteFilterRebuild;
+use aya::maps::{HashMap as BpfHashMap, MapData};
 
 const LOCAL_V4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const LOCAL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
@@ -73,21 +74,36 @@ fn reply_from(remote: IpAddr) -> Vec<u8> {
     }
 }
 
+fn flow_table(filter: &TestFilter) -> BpfHashMap<MapData, FlowKey, FlowState> {
+    BpfHashMap::try_from(filter.pinned_map(MAP_FLOWS)).expect("the flow table")
+}
+
 /// Writes a flow straight into the kernel's table, bypassing the remote filter, as an
 /// older layout's program or a lost update would leave it.
 fn record_behind_the_filters_back(filter: &TestFilter, flow: FlowKey, last_seen_ns: u64) {
-    let mut flows: BpfHashMap<_, FlowKey, FlowState> =
-        BpfHashMap::try_from(filter.pinned_map(MAP_FLOWS)).expect("the flow table");
-    flows
+    flow_table(filter)
         .insert(flow, FlowState { last_seen_ns }, 0)
         .expect("writing the flow table");
 }
 
+/// Records a flow as the daemon seeds one (its remote marked first).
+fn seed(filter: &mut TestFilter, flow: FlowKey) {
+    filter
+        .filter()
+        .seed_flows(&[flow])
+        .expect("seeding the flow");
+}
+
+fn rebuild(filter: &mut TestFilter) -> RemoteFilterRebuild {
+    filter
+        .filter()
+        .rebuild_remote_filter()
+        .expect("rebuilding the remote filter")
+}
+
 /// Takes a flow out of the kernel's table, as the LRU's eviction would.
 fn forget_flow(filter: &TestFilter, flow: FlowKey) {
-    let mut flows: BpfHashMap<_, FlowKey, FlowState> =
-        BpfHashMap::try_from(filter.pinned_map(MAP_FLOWS)).expect("the flow table");
-    flows.remove(&flow).expect("removing the flow");
+    flow_table(filter).remove(&flow).expect("removing the flow");
 }
 
 fn boot_time_ns() -> u64 {
@@ -112,10 +128,7 @@ fn remotes() -> [IpAddr; 2] {
 fn a_reply_to_a_live_flow_passes_before_and_after_each_rebuild_of_the_remote_filter() {
     for remote in remotes() {
         let mut filter = enforcing_with_return_traffic();
-        filter
-            .filter()
-            .seed_flows(&[flow_to(remote)])
-            .expect("seeding the flow");
+        seed(&mut filter, flow_to(remote));
         let reply = reply_from(remote);
         assert_eq!(
             filter.judge(&reply),
@@ -123,20 +136,17 @@ fn a_reply_to_a_live_flow_passes_before_and_after_each_rebuild_of_the_remote_fil
             "{remote}: seeded"
         );
         // Two rebuilds: the program reads each generation once.
-        for rebuild in 1..=2 {
-            let rebuilt = filter
-                .filter()
-                .rebuild_remote_filter()
-                .expect("rebuilding the remote filter");
+        for round in 1..=2 {
+            let rebuilt = rebuild(&mut filter);
             assert_eq!(
                 (rebuilt.live_flows, rebuilt.idle_flows),
                 (1, 0),
-                "{remote}: rebuild {rebuild}"
+                "{remote}: rebuild {round}"
             );
             assert_eq!(
                 filter.judge(&reply),
                 (Verdict::Pass, Reason::PassedReturnTraffic),
-                "{remote}: after rebuild {rebuild}"
+                "{remote}: after rebuild {round}"
             );
         }
         let stranger = match remote {
@@ -162,10 +172,7 @@ fn a_flow_the_remote_filter_was_not_told_about_is_not_looked_up_until_the_next_r
             (Verdict::Drop, Reason::DroppedNotListed),
             "{remote}: its bit is clear, so the flow table is not read"
         );
-        let rebuilt = filter
-            .filter()
-            .rebuild_remote_filter()
-            .expect("rebuilding the remote filter");
+        let rebuilt = rebuild(&mut filter);
         assert_eq!(rebuilt.live_flows, 1, "{remote}");
         assert_eq!(
             filter.judge(&reply),
@@ -179,16 +186,10 @@ fn a_flow_the_remote_filter_was_not_told_about_is_not_looked_up_until_the_next_r
 fn once_both_generations_are_rebuilt_a_remote_whose_flow_ended_is_out_of_the_filter() {
     for remote in remotes() {
         let mut filter = enforcing_with_return_traffic();
-        filter
-            .filter()
-            .seed_flows(&[flow_to(remote)])
-            .expect("seeding the flow");
+        seed(&mut filter, flow_to(remote));
         forget_flow(&filter, flow_to(remote));
         for _ in 0..2 {
-            let rebuilt = filter
-                .filter()
-                .rebuild_remote_filter()
-                .expect("rebuilding the remote filter");
+            let rebuilt = rebuild(&mut filter);
             assert_eq!(rebuilt.live_flows, 0, "{remote}");
         }
         // The flow back in the table without its bit: only a filter that still held the
@@ -206,16 +207,10 @@ fn once_both_generations_are_rebuilt_a_remote_whose_flow_ended_is_out_of_the_fil
 fn a_rebuild_leaves_out_flows_past_their_idle_time_and_keeps_the_live_ones() {
     let mut filter = enforcing_with_return_traffic();
     let [live, idle] = remotes();
-    filter
-        .filter()
-        .seed_flows(&[flow_to(live)])
-        .expect("seeding the flow");
+    seed(&mut filter, flow_to(live));
     let long_ago = boot_time_ns().saturating_sub(UDP_IDLE_NS + 60_000_000_000);
     record_behind_the_filters_back(&filter, flow_to(idle), long_ago);
-    let rebuilt = filter
-        .filter()
-        .rebuild_remote_filter()
-        .expect("rebuilding the remote filter");
+    let rebuilt = rebuild(&mut filter);
     assert_eq!((rebuilt.live_flows, rebuilt.idle_flows), (1, 1));
     assert_eq!(
         filter.judge(&reply_from(live)),

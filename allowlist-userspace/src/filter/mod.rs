@@ -560,11 +560,7 @@ impl Filter {
     /// rewritten it, and a write built on a stale copy would undo that revert.
     fn refresh_control(&mut self) -> Result<()> {
         if self.control.features & FEATURE_REVERT_PENDING != 0 {
-            self.control = self
-                .maps
-                .control
-                .get(&0, 0)
-                .map_err(kernel_error("reading the control record"))?;
+            self.read_control()?;
         }
         Ok(())
     }
