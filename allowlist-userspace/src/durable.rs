@@ -267,6 +267,26 @@ pub fn write_atomically_with(
     path: &Path,
     write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
 ) -> io::Result<()> {
+    prepare_with(path, write)?.commit()
+}
+
+/// A file's new contents, written and fsynced under a temporary name beside it: nothing
+/// reads them until [`Prepared::commit`] renames them over the file, and dropped
+/// uncommitted they are removed. This lets a large file be written while something it
+/// depends on (the kernel taking the same list) is still under way.
+#[must_use = "dropped uncommitted, the new contents are removed"]
+pub struct Prepared {
+    temporary: PathBuf,
+    path: PathBuf,
+    committed: bool,
+}
+
+/// The first half of [`write_atomically_with`]: the contents written and fsynced under the
+/// temporary name. If a step fails, the temporary file is removed.
+pub fn prepare_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<Prepared> {
     /// Large enough that a file of hundreds of MB takes few write(2) calls.
     const WRITE_BUFFER_BYTES: usize = 1 << 20;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -280,28 +300,43 @@ pub fn write_atomically_with(
         Err(error) if error.kind() == io::ErrorKind::NotFound => {}
         Err(error) => return Err(error),
     }
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(PRIVATE_FILE_MODE)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&temporary)?;
-        let mut buffered = io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, &mut file);
-        write(&mut buffered)?;
-        buffered.flush()?;
-        drop(buffered);
-        file.sync_all()?;
-        fs::rename(&temporary, path)
-    })();
-    if let Err(error) = written {
-        let _ = fs::remove_file(&temporary);
-        return Err(error);
+    let prepared = Prepared {
+        temporary,
+        path: path.to_path_buf(),
+        committed: false,
+    };
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(PRIVATE_FILE_MODE)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&prepared.temporary)?;
+    let mut buffered = io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, &mut file);
+    write(&mut buffered)?;
+    buffered.flush()?;
+    drop(buffered);
+    file.sync_all()?;
+    Ok(prepared)
+}
+
+impl Prepared {
+    /// Puts the new contents in place: renamed over the file, then the directory
+    /// fsynced. Renamed, the new contents are what everyone reads from now on, so this is
+    /// a success even if making the rename itself durable fails (which is only logged).
+    pub fn commit(mut self) -> io::Result<()> {
+        fs::rename(&self.temporary, &self.path)?;
+        self.committed = true;
+        sync_directory_of(&self.path);
+        Ok(())
     }
-    // Renamed: the new contents are what everyone reads from now on, so this is a
-    // success even if making the rename itself durable fails (which is only logged).
-    sync_directory_of(path);
-    Ok(())
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_file(&self.temporary);
+        }
+    }
 }
 
 /// Makes a change to `path`'s directory entry (a file created, renamed or removed)
@@ -360,6 +395,25 @@ mod tests {
             fs::metadata(&path).unwrap().mode() & 0o777,
             PRIVATE_FILE_MODE
         );
+    }
+
+    #[test]
+    fn prepared_contents_are_read_only_once_committed_and_are_removed_if_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomically(&path, b"old").unwrap();
+
+        let prepared = prepare_with(&path, |writer| writer.write_all(b"dropped")).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        drop(prepared);
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+
+        let prepared = prepare_with(&path, |writer| writer.write_all(b"new")).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        prepared.commit().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

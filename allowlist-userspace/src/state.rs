@@ -300,27 +300,21 @@ impl<E: Serialize> State<E> {
     /// Writes the state file whole (streamed through a buffer, one fsync and a rename)
     /// and retires the journal.
     pub fn store(&self, state_dir: &Path) -> Result<(), StateError> {
+        self.prepare(state_dir)?.commit()
+    }
+
+    /// The first half of [`State::store`]: the file written and fsynced under a temporary
+    /// name, in force only once committed (see [`PreparedState`]).
+    pub fn prepare(&self, state_dir: &Path) -> Result<PreparedState, StateError> {
         let path = path(state_dir);
-        let write_error = |cause| StateError::Write {
-            path: path.display().to_string(),
-            cause,
-        };
-        durable::write_atomically_with(&path, |writer| {
+        let file = durable::prepare_with(&path, |writer| {
             serde_json::to_writer(writer, self).map_err(io::Error::from)
         })
-        .map_err(write_error)?;
-        // The state file now holds everything the journal did. Should the journal
-        // outlive this (a crash, a failed unlink), its lines are of an older generation
-        // and are not replayed, so the new state is in force either way.
-        let journal = journal_path(state_dir);
-        match fs::remove_file(&journal) {
-            Ok(()) => durable::sync_directory_of(&journal),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-            Err(error) => {
-                tracing::warn!(%error, journal = %journal.display(), "could not remove the folded-in journal; it is ignored at the next start");
-            }
-        }
-        Ok(())
+        .map_err(|cause| write_error(&path, cause))?;
+        Ok(PreparedState {
+            file,
+            state_dir: state_dir.to_path_buf(),
+        })
     }
 
     /// The same state with other entries (e.g. borrowed ones, to write).
@@ -336,6 +330,44 @@ impl<E: Serialize> State<E> {
             feeds: self.feeds,
             hosts: self.hosts,
         }
+    }
+}
+
+/// A state file written in full but not yet in force: the list it holds is put in force by
+/// [`PreparedState::commit`], and dropped uncommitted it is removed and the state file
+/// on disk stays as it was.
+#[must_use = "dropped uncommitted, the written state is removed"]
+pub struct PreparedState {
+    file: durable::Prepared,
+    state_dir: PathBuf,
+}
+
+impl PreparedState {
+    /// Puts the written state in force and retires the journal.
+    pub fn commit(self) -> Result<(), StateError> {
+        let path = path(&self.state_dir);
+        self.file
+            .commit()
+            .map_err(|cause| write_error(&path, cause))?;
+        // The state file now holds everything the journal did. Should the journal
+        // outlive this (a crash, a failed unlink), its lines are of an older generation
+        // and are not replayed, so the new state is in force either way.
+        let journal = journal_path(&self.state_dir);
+        match fs::remove_file(&journal) {
+            Ok(()) => durable::sync_directory_of(&journal),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(%error, journal = %journal.display(), "could not remove the folded-in journal; it is ignored at the next start");
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_error(path: &Path, cause: io::Error) -> StateError {
+    StateError::Write {
+        path: path.display().to_string(),
+        cause,
     }
 }
 

@@ -7,6 +7,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod libtest;
 mod lint;
 mod package;
 mod process;

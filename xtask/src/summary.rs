@@ -7,7 +7,8 @@ use anyhow::{bail, Result};
 
 enum Outcome {
     Passed,
-    Failed,
+    /// With the step's error, repeated under the table: CI may show only a log's tail.
+    Failed(String),
     Skipped,
 }
 
@@ -33,7 +34,7 @@ impl Summary {
             Ok(()) => Outcome::Passed,
             Err(error) => {
                 eprintln!("error: {name}: {error:#}");
-                Outcome::Failed
+                Outcome::Failed(format!("{error:#}"))
             }
         };
         self.steps
@@ -58,7 +59,7 @@ impl Summary {
         for (name, outcome, took) in &self.steps {
             let verdict = match outcome {
                 Outcome::Passed => "ok",
-                Outcome::Failed => "FAILED",
+                Outcome::Failed(_) => "FAILED",
                 Outcome::Skipped => "skipped",
             };
             println!(
@@ -66,11 +67,13 @@ impl Summary {
                 took.as_secs_f64()
             );
         }
-        let failed = self
-            .steps
-            .iter()
-            .filter(|(_, outcome, _)| matches!(outcome, Outcome::Failed))
-            .count();
+        let mut failed = 0;
+        for (name, outcome, _) in &self.steps {
+            if let Outcome::Failed(error) = outcome {
+                failed += 1;
+                println!("\n  {name} failed: {error}");
+            }
+        }
         if failed > 0 {
             bail!(
                 "{}: {failed} of {} steps failed",

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::{fuzz, lint, package, process, setup, summary::Summary, sys, vm, workspace};
+use crate::{fuzz, libtest, lint, package, setup, summary::Summary, sys, vm, workspace};
 
 pub fn test(test_threads: usize, test_args: &[String]) -> Result<()> {
     sys::require_root(
@@ -91,7 +91,7 @@ fn run_unit_tests(test_args: &[String]) -> Result<()> {
     if !test_args.is_empty() {
         cmd.arg("--").args(test_args);
     }
-    process::run(&mut cmd)
+    libtest::run(cmd)
 }
 
 fn run_integration_tests(
@@ -117,5 +117,6 @@ fn run_integration_tests(
     {
         cmd.arg(format!("--test-threads={test_threads}"));
     }
-    process::run(cmd.args(test_args))
+    cmd.args(test_args);
+    libtest::run(cmd)
 }

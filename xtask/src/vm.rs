@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 
-use crate::{process, setup, summary::Summary, sys, workspace};
+use crate::{libtest, process, setup, summary::Summary, sys, workspace};
 
 /// What runs in the guest by default: every path that depends on the kernel — the
 /// packet tests through `BPF_PROG_TEST_RUN`, loading and attaching in native and generic
@@ -590,15 +590,6 @@ struct BinaryResult {
     tests: Vec<(String, String)>,
 }
 
-/// libtest's `test NAME ... ok` line, as (NAME, outcome).
-fn libtest_result(line: &str) -> Option<(String, String)> {
-    let rest = &line[line.find("test ")? + "test ".len()..];
-    let (name, outcome) = rest.split_once(" ... ")?;
-    let outcome = outcome.split_whitespace().next()?;
-    matches!(outcome, "ok" | "FAILED" | "ignored")
-        .then(|| (name.trim().to_string(), outcome.to_string()))
-}
-
 /// Boots the guest, echoes and keeps its console, and returns each binary's result.
 fn boot(
     kernel: &Kernel,
@@ -635,7 +626,7 @@ fn boot(
                 if let Some(version) = marked("ALLOWLIST-VM-KERNEL ") {
                     guest_kernel = Some(version.to_string());
                 }
-                if let Some(test) = libtest_result(&line) {
+                if let Some(test) = libtest::result_line(&line) {
                     tests_of_this_binary.push(test);
                 }
                 if let Some(result) = marked("ALLOWLIST-VM-RESULT ") {
@@ -668,23 +659,4 @@ fn boot(
     );
     println!("guest ran for {:.0?} under {accel}", started.elapsed());
     Ok(results)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::libtest_result;
-
-    #[test]
-    fn libtest_lines_are_read_even_behind_console_noise() {
-        assert_eq!(
-            libtest_result("\u{1b}[0mtest lifecycle_kill_9 ... ok"),
-            Some(("lifecycle_kill_9".into(), "ok".into()))
-        );
-        assert_eq!(
-            libtest_result("test a::b ... FAILED"),
-            Some(("a::b".into(), "FAILED".into()))
-        );
-        assert_eq!(libtest_result("test result: ok. 3 passed"), None);
-        assert_eq!(libtest_result("running 3 tests"), None);
-    }
 }

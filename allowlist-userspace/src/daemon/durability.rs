@@ -2,12 +2,15 @@
 //! generation), single changes appended to the journal, and the write at start that
 //! folds the journal in without needing room for a second copy.
 
+use std::time::Instant;
+
 use tracing::warn;
 
 use super::{Daemon, DaemonError, Kernel};
 use crate::{
+    compile::CompiledList,
     startup::Saved,
-    state::{self, Change, EntriesOf, State},
+    state::{self, Change, EntriesOf, State, StateError},
 };
 
 /// Journaled changes after which the state file is written whole again (so a restart
@@ -43,6 +46,49 @@ impl<K: Kernel> Daemon<K> {
         state.generation = self.generation.wrapping_add(1);
         state.store(&self.config.state_dir)?;
         self.generation = state.generation;
+        self.journaled = 0;
+        Ok(())
+    }
+
+    /// Applies the current allowlist (`compiled`, or compiled here) and mode to the
+    /// kernel and writes the state file whole. The state file is written under a
+    /// temporary name on a second thread while the kernel takes the list (at a million
+    /// entries, about half a second saved of the wait for a whole change), and is put in
+    /// place only once the kernel judges by the list: should either fail, the state file
+    /// on disk is as it was, and the caller restores the previous list in the kernel.
+    pub(super) fn apply_and_persist(
+        &mut self,
+        compiled: Option<CompiledList>,
+    ) -> Result<(), DaemonError> {
+        let list = match compiled {
+            Some(list) => list,
+            None => self.compile_checked()?,
+        };
+        let mut state = self.state_without_entries();
+        state.generation = self.generation.wrapping_add(1);
+        let generation = state.generation;
+        let started = Instant::now();
+        let (applied, written) = std::thread::scope(|scope| {
+            let allowlist = &self.allowlist;
+            let state_dir = &self.config.state_dir;
+            let writer = scope.spawn(move || {
+                state
+                    .with_entries(EntriesOf(|| allowlist.managed()))
+                    .prepare(state_dir)
+            });
+            let applied = self.filter.apply(&list);
+            let written = writer.join().unwrap_or_else(|_| {
+                Err(StateError::Write {
+                    path: state_dir.display().to_string(),
+                    cause: std::io::Error::other("the thread writing the state file panicked"),
+                })
+            });
+            (applied, written)
+        });
+        // Refused by the kernel: the written state is dropped, so removed.
+        self.applied_whole(list, applied?, started)?;
+        written?.commit()?;
+        self.generation = generation;
         self.journaled = 0;
         Ok(())
     }

@@ -42,7 +42,7 @@ use crate::{
     compile::CompiledList,
     config::{Config, ConfigError, EncapsulatedIp, Mode},
     durable,
-    filter::{self, Filter, FilterError, Pins},
+    filter::{self, ApplyReport, Filter, FilterError, Pins},
     instance::{self, InstanceLock, LockError},
     metrics,
     startup::{self, PlanError, StartPlan},
@@ -375,18 +375,35 @@ impl<K: Kernel> Daemon<K> {
     /// Makes the kernel judge by the current allowlist and mode: list first, so a
     /// stricter mode never meets a stale list.
     fn apply_to_kernel(&mut self) -> Result<(), DaemonError> {
+        let list = self.compile_checked()?;
+        self.apply_compiled(list)
+    }
+
+    /// The current allowlist compiled, refused if it would not fit the kernel's maps.
+    fn compile_checked(&self) -> Result<CompiledList, DaemonError> {
         let list = self
             .allowlist
             .compile()
             .map_err(|error| DaemonError::Refused(startup::where_from(&self.config, &error)))?;
         list.check_kernel_limits().map_err(DaemonError::Refused)?;
-        self.apply_compiled(list)
+        Ok(list)
     }
 
     /// As [`Daemon::apply_to_kernel`], with the allowlist compiled already.
     fn apply_compiled(&mut self, list: CompiledList) -> Result<(), DaemonError> {
         let started = Instant::now();
         let applied = self.filter.apply(&list)?;
+        self.applied_whole(list, applied, started)
+    }
+
+    /// What follows the kernel taking a whole list: its features and mode, and the
+    /// bookkeeping of what it now holds.
+    fn applied_whole(
+        &mut self,
+        list: CompiledList,
+        applied: ApplyReport,
+        started: Instant,
+    ) -> Result<(), DaemonError> {
         self.events.applied_whole(applied.took);
         debug!(
             ipv4 = list.v4.len(),
@@ -446,12 +463,7 @@ impl<K: Kernel> Daemon<K> {
         );
         self.mode = mode;
         self.pending_confirm = pending;
-        let applied = match compiled {
-            Some(list) => self.apply_compiled(list),
-            None => self.apply_to_kernel(),
-        };
-        let result = applied.and_then(|()| self.persist());
-        if let Err(error) = result {
+        if let Err(error) = self.apply_and_persist(compiled) {
             self.events.rollbacks = self.events.rollbacks.saturating_add(1);
             error!(%error, by = "rollback", "the change failed; restoring the previous list and mode");
             (self.allowlist, self.mode, self.pending_confirm) = previous;

@@ -207,6 +207,16 @@ fn saved(daemon: &Daemon<FakeKernel>) -> Vec<IpNet> {
     state.entries.iter().map(|entry| entry.network).collect()
 }
 
+/// The names in the state directory, sorted.
+fn leftover_files(daemon: &Daemon<FakeKernel>) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(&daemon.config.state_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn a_start_applies_the_list_and_mode_attaches_pins_and_saves() {
     let (daemon, _dir) = daemon_on("[\"lo\"]", "enforce");
@@ -253,6 +263,9 @@ fn a_change_the_kernel_refuses_is_undone_in_memory_and_not_saved() {
         .managed_entry("198.51.100.7/32".parse().unwrap(), &Default::default())
         .is_none());
     assert!(saved(&daemon).is_empty());
+    let state_file = crate::state::path(&daemon.config.state_dir);
+    let state_before = std::fs::read(&state_file).unwrap();
+    let files_before = leftover_files(&daemon);
 
     let import = Request::Import {
         rows: vec![ImportRow {
@@ -268,6 +281,9 @@ fn a_change_the_kernel_refuses_is_undone_in_memory_and_not_saved() {
     };
     assert!(!daemon.handle(import, &ROOT).ok);
     assert_eq!(daemon.allowlist.managed().count(), 0);
+    // The state file was being written while the kernel refused the list.
+    assert_eq!(std::fs::read(&state_file).unwrap(), state_before);
+    assert_eq!(leftover_files(&daemon), files_before);
     daemon.filter.failing = false;
     assert!(
         daemon.handle(add("198.51.100.7"), &ROOT).ok,
@@ -300,6 +316,13 @@ fn a_change_that_cannot_be_saved_is_taken_back_out_of_the_kernel() {
     assert!(
         covers(&daemon, "198.51.100.7") && !covers(&daemon, "203.0.113.1"),
         "the kernel judges by the list before the import again"
+    );
+    assert!(
+        !leftover_files(&daemon)
+            .iter()
+            .any(|name| name.ends_with(".tmp")),
+        "{:?}",
+        leftover_files(&daemon)
     );
     assert!(daemon
         .allowlist
