@@ -5,13 +5,12 @@
 //! asked); `set` rewrites it and SIGHUP makes dnsmasq read it again.
 
 use std::{
-    net::{SocketAddr, UdpSocket},
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use crate::{netns::enter_netns, wait_until, Netns};
+use crate::{wait_until, Netns};
 
 pub struct DnsServer {
     child: Option<Child>,
@@ -23,6 +22,8 @@ pub struct DnsServer {
 
 /// Where the server listens (also what the daemon's `dns_servers` names).
 pub const DNS_ADDRESS: &str = "127.0.0.1:53";
+/// [`DNS_ADDRESS`] as /proc/net/udp writes a local address (hex, in host byte order).
+const DNS_LOCAL_ADDRESS: &str = "0100007F:0035";
 
 impl DnsServer {
     /// Starts dnsmasq in `netns` answering `records` (`(address, name)` pairs).
@@ -66,15 +67,17 @@ impl DnsServer {
             .stderr(log)
             .spawn()
             .expect("dnsmasq (cargo xtask setup installs it)");
+        // Up once its UDP socket is in the namespace's table (nsenter execs dnsmasq, so
+        // the child's /proc/PID/net is the namespace's). Binding the port to find out
+        // would make dnsmasq's own bind fail if it came at that moment.
+        let udp_table = format!("/proc/{}/net/udp", child.id());
         self.child = Some(child);
         let bound = wait_until(Duration::from_secs(10), || {
-            let netns = self.netns.clone();
-            std::thread::spawn(move || {
-                let address: SocketAddr = DNS_ADDRESS.parse().expect("an address");
-                enter_netns(&netns).is_ok() && UdpSocket::bind(address).is_err()
+            std::fs::read_to_string(&udp_table).is_ok_and(|table| {
+                table
+                    .lines()
+                    .any(|line| line.split_whitespace().nth(1) == Some(DNS_LOCAL_ADDRESS))
             })
-            .join()
-            .unwrap_or(false)
         });
         assert!(bound, "dnsmasq did not start; its log:\n{}", self.log());
     }

@@ -20,7 +20,7 @@ use crate::process::{output_with_timeout, wait_until, COMMAND_TIMEOUT};
 static NEXT_SYSTEMD: AtomicUsize = AtomicUsize::new(0);
 
 /// How long systemd may take to come up.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub struct Systemd {
     /// `unshare --kill-child`, whose child is the namespace's PID 1.

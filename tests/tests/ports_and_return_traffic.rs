@@ -664,7 +664,6 @@ fn an_established_connection_survives_a_flood_of_new_flows() {
     let daemon = Daemon::start(&topology, &ConfigBuilder::allowed_client(&topology)).unwrap();
     let _server = TcpServer::start(topology.blocked(), any_port(9500)).unwrap();
     let remote = BLOCKED_LINK.client_ip(false);
-    let started = Instant::now();
 
     let mut stream = in_netns(topology.host(), || {
         TcpStream::connect_timeout(&SocketAddr::new(remote, 9500), ARRIVAL_TIMEOUT)
@@ -759,11 +758,6 @@ fn an_established_connection_survives_a_flood_of_new_flows() {
     assert!(
         counter(&delta, "passed_return_traffic") >= round_trips,
         "{delta:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "took {:?}",
-        started.elapsed()
     );
 }
 

@@ -208,7 +208,16 @@ fn a_rebuild_leaves_out_flows_past_their_idle_time_and_keeps_the_live_ones() {
     let mut filter = enforcing_with_return_traffic();
     let [live, idle] = remotes();
     seed(&mut filter, flow_to(live));
-    let long_ago = boot_time_ns().saturating_sub(UDP_IDLE_NS + 60_000_000_000);
+    // Flow times count from boot: on a machine up for less than the idle time (a guest
+    // just booted) no flow can be idle yet, so wait until one can be.
+    let idle_by = UDP_IDLE_NS + 1_000_000_000;
+    let up = boot_time_ns();
+    if up <= idle_by {
+        std::thread::sleep(std::time::Duration::from_nanos(
+            idle_by - up + 1_000_000_000,
+        ));
+    }
+    let long_ago = boot_time_ns() - idle_by;
     record_behind_the_filters_back(&filter, flow_to(idle), long_ago);
     let rebuilt = rebuild(&mut filter);
     assert_eq!((rebuilt.live_flows, rebuilt.idle_flows), (1, 1));

@@ -10,7 +10,7 @@
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use allowlist_tests::{
     in_netns, traffic::UDP_PACING, udp_ipv4_frame_len, udp_send, wait_until, Binaries, Client,
@@ -239,7 +239,8 @@ fn an_unconfirmed_activation_still_reverts_in_the_kernel_after_an_upgrade() {
     let config = ConfigBuilder::allowed_client_v4(&topology).mode(Mode::Monitor);
     let mut daemon = Daemon::start(&topology, &config).unwrap();
     let probe = Probe::start(&topology, PROBE_PORT).unwrap();
-    daemon.ctl_ok(&["activate", "--confirm", "5s"]);
+    // Long enough to outlast a stop and a start on the next layout on a busy machine.
+    daemon.ctl_ok(&["activate", "--confirm", "20s"]);
     let deadline = daemon.status()["confirm_deadline"].as_u64().unwrap();
 
     daemon.terminate().unwrap();
@@ -248,9 +249,15 @@ fn an_unconfirmed_activation_still_reverts_in_the_kernel_after_an_upgrade() {
     assert_eq!(daemon.status()["confirm_deadline"], deadline);
     // With no daemon, only the new maps' own deadline can revert it.
     daemon.kill9();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     assert!(
-        wait_until(Duration::from_secs(15), || probe
-            .passes(Client::Blocked, false)),
+        wait_until(
+            Duration::from_secs(deadline.saturating_sub(now) + 15),
+            || probe.passes(Client::Blocked, false)
+        ),
         "the upgraded filter stayed enforcing past the unconfirmed deadline"
     );
 }
