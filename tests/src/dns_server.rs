@@ -67,17 +67,22 @@ impl DnsServer {
             .stderr(log)
             .spawn()
             .expect("dnsmasq (cargo xtask setup installs it)");
-        // Up once its UDP socket is in the namespace's table (nsenter execs dnsmasq, so
-        // the child's /proc/PID/net is the namespace's). Binding the port to find out
-        // would make dnsmasq's own bind fail if it came at that moment.
-        let udp_table = format!("/proc/{}/net/udp", child.id());
+        // Up once its UDP socket is in the namespace's table: nsenter enters the namespace
+        // and execs dnsmasq, so once the child's name is dnsmasq its /proc/PID/net is the
+        // namespace's. Binding the port to find out would make dnsmasq's own bind fail if
+        // it came at that moment.
+        let (comm, udp_table) = (
+            format!("/proc/{}/comm", child.id()),
+            format!("/proc/{}/net/udp", child.id()),
+        );
         self.child = Some(child);
         let bound = wait_until(Duration::from_secs(10), || {
-            std::fs::read_to_string(&udp_table).is_ok_and(|table| {
-                table
-                    .lines()
-                    .any(|line| line.split_whitespace().nth(1) == Some(DNS_LOCAL_ADDRESS))
-            })
+            std::fs::read_to_string(&comm).is_ok_and(|name| name.trim() == "dnsmasq")
+                && std::fs::read_to_string(&udp_table).is_ok_and(|table| {
+                    table
+                        .lines()
+                        .any(|line| line.split_whitespace().nth(1) == Some(DNS_LOCAL_ADDRESS))
+                })
         });
         assert!(bound, "dnsmasq did not start; its log:\n{}", self.log());
     }

@@ -10,7 +10,7 @@ use allowlist_tests::{
 
 const PROBE_PORT: u16 = 7103;
 /// How long a revert may take past its deadline (the deadline has 1 s resolution).
-const REVERT_TIMEOUT: Duration = Duration::from_secs(10);
+const REVERT_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn mode(daemon: &Daemon) -> String {
     daemon.status()["mode"]

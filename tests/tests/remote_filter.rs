@@ -207,7 +207,6 @@ fn once_both_generations_are_rebuilt_a_remote_whose_flow_ended_is_out_of_the_fil
 fn a_rebuild_leaves_out_flows_past_their_idle_time_and_keeps_the_live_ones() {
     let mut filter = enforcing_with_return_traffic();
     let [live, idle] = remotes();
-    seed(&mut filter, flow_to(live));
     // Flow times count from boot: on a machine up for less than the idle time (a guest
     // just booted) no flow can be idle yet, so wait until one can be.
     let idle_by = UDP_IDLE_NS + 1_000_000_000;
@@ -217,6 +216,7 @@ fn a_rebuild_leaves_out_flows_past_their_idle_time_and_keeps_the_live_ones() {
             idle_by - up + 1_000_000_000,
         ));
     }
+    seed(&mut filter, flow_to(live));
     let long_ago = boot_time_ns() - idle_by;
     record_behind_the_filters_back(&filter, flow_to(idle), long_ago);
     let rebuilt = rebuild(&mut filter);

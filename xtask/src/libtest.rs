@@ -2,7 +2,6 @@
 //! at the end of a long log (CI may show only its tail) instead of hundreds of lines above.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
 use std::process::{Command, ExitStatus};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -27,33 +26,56 @@ pub fn result_line(line: &str) -> Option<(String, String)> {
         .then(|| (name.trim().to_string(), outcome.to_string()))
 }
 
-/// Failed tests of one `cargo test` run, read line by line from its output.
+/// The name of a test binary from cargo's `Running …` line: `tests/enforce.rs` for
+/// `tests/enforce.rs (target/debug/deps/enforce-…)`, and the crate's name for its unit
+/// tests (`unittests src/lib.rs (target/debug/deps/allowlist_userspace-…)`).
+fn binary_name(running: &str) -> String {
+    let (source, path) = running.split_once(" (").unwrap_or((running, ""));
+    let Some(source) = source.strip_prefix("unittests ") else {
+        return source.to_string();
+    };
+    let file = path.trim_end_matches(')').rsplit('/').next().unwrap_or("");
+    let krate = file.rsplit_once('-').map_or(file, |(krate, _hash)| krate);
+    format!("unit tests of {krate} ({source})")
+}
+
+/// Failed tests of one `cargo test` run, read line by line from its output. cargo may run
+/// quietly (this workspace sets `CARGO_TERM_QUIET`): then there are no `Running …` lines and
+/// libtest prints a dot per test, so a failure is known by its `---- NAME stdout ----`
+/// section and its binary by cargo's `error: test failed, to rerun pass `…`` after it.
 #[derive(Default)]
 pub struct Failures {
-    /// The test binary whose output is being read (`tests/NAME.rs` or the crate's unit tests).
-    binary: String,
-    /// `binary::test` of each failed test, with its output's last lines.
-    failed: BTreeMap<String, Vec<String>>,
+    /// The test binary whose output is being read, when cargo says (`Running …`).
+    binary: Option<String>,
+    /// Failed tests of the binary being read, with the last lines of each one's output.
+    of_this_binary: BTreeMap<String, Vec<String>>,
     /// The test whose captured output (`---- NAME stdout ----`) is being read.
     reading: Option<String>,
+    /// Each failed test as `WHERE: TEST` (or a binary that named none), with its output's
+    /// last lines.
+    failed: Vec<(String, Vec<String>)>,
 }
 
 impl Failures {
     pub fn read(&mut self, line: &str) {
         let line = line.trim_end();
         if let Some(running) = line.trim_start().strip_prefix("Running ") {
-            // `Running tests/enforce.rs (target/debug/deps/enforce-…)`
-            self.binary = running
-                .split_whitespace()
-                .next()
-                .unwrap_or(running)
-                .to_string();
-            self.reading = None;
+            self.end_binary(None);
+            self.binary = Some(binary_name(running));
+            return;
+        }
+        if let Some(krate) = line.trim_start().strip_prefix("Doc-tests ") {
+            self.end_binary(None);
+            self.binary = Some(format!("doc tests of {krate}"));
+            return;
+        }
+        if let Some(rerun) = line.strip_prefix("error: test failed, to rerun pass ") {
+            self.end_binary(Some(rerun.trim_matches('`')));
             return;
         }
         if let Some((name, outcome)) = result_line(line) {
             if outcome == "FAILED" {
-                self.failed.entry(self.key(&name)).or_default();
+                self.of_this_binary.entry(name).or_default();
             }
             return;
         }
@@ -61,15 +83,21 @@ impl Failures {
             .strip_prefix("---- ")
             .and_then(|rest| rest.strip_suffix(" stdout ----"))
         {
-            self.reading = Some(self.key(name));
+            self.of_this_binary.entry(name.to_string()).or_default();
+            self.reading = Some(name.to_string());
             return;
         }
         if line == "failures:" || line.starts_with("test result:") {
             self.reading = None;
             return;
         }
+        if line.starts_with("stack backtrace:") {
+            // The frames after the panic message would push it out of the lines kept.
+            self.reading = None;
+            return;
+        }
         if let Some(test) = &self.reading {
-            let detail = self.failed.entry(test.clone()).or_default();
+            let detail = self.of_this_binary.entry(test.clone()).or_default();
             detail.push(line.to_string());
             if detail.len() > DETAIL_LINES {
                 detail.remove(0);
@@ -77,12 +105,31 @@ impl Failures {
         }
     }
 
-    fn key(&self, test: &str) -> String {
-        format!("{}::{test}", self.binary)
+    /// Files the failures read so far under their binary. `rerun` is cargo's word that the
+    /// binary failed (what to pass to run it again): one that crashed, was killed or timed
+    /// out names no failed test, and must not be hidden by others that did.
+    fn end_binary(&mut self, rerun: Option<&str>) {
+        let binary = match (&self.binary, rerun) {
+            (Some(binary), _) => binary.clone(),
+            (None, Some(rerun)) => format!("cargo test {rerun}"),
+            (None, None) => "a test binary".to_string(),
+        };
+        if rerun.is_some() && self.of_this_binary.is_empty() {
+            self.failed.push((
+                format!("{binary}: exited without naming a failed test (crashed or killed?)"),
+                Vec::new(),
+            ));
+        }
+        for (test, detail) in std::mem::take(&mut self.of_this_binary) {
+            self.failed.push((format!("{binary}: {test}"), detail));
+        }
+        self.binary = None;
+        self.reading = None;
     }
 
     /// The failed tests and the end of each one's output, or None if none failed.
-    pub fn report(&self) -> Option<String> {
+    pub fn report(mut self) -> Option<String> {
+        self.end_binary(None);
         if self.failed.is_empty() {
             return None;
         }
@@ -106,8 +153,9 @@ impl Failures {
 pub fn run(mut cmd: Command) -> Result<()> {
     let shown = process::describe(&cmd);
     println!("$ {shown}");
-    // One pipe for both streams keeps their order: cargo's `Running tests/X.rs` (stderr)
-    // must come before X's results (stdout) to name the binary a failure belongs to.
+    // One pipe for both streams keeps their order: cargo's lines about a test binary
+    // (stderr) must stay in place among its results (stdout) to name the binary a failure
+    // belongs to.
     let (output, writer) = std::io::pipe().context("a pipe for cargo's output")?;
     cmd.stdout(writer.try_clone().context("a pipe for cargo's output")?)
         .stderr(writer);
@@ -118,7 +166,7 @@ pub fn run(mut cmd: Command) -> Result<()> {
     drop(cmd);
     let (lines, received) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(output).lines().map_while(Result::ok) {
+        for line in process::lossy_lines(output) {
             if lines.send(line).is_err() {
                 break;
             }
@@ -143,7 +191,13 @@ pub fn run(mut cmd: Command) -> Result<()> {
                     exited = Some((status, Instant::now()));
                 }
             }
-            Some((_, at)) if at.elapsed() > LINGER => break,
+            Some((_, at)) if at.elapsed() > LINGER => {
+                for line in received.try_iter() {
+                    println!("{line}");
+                    failures.read(&line);
+                }
+                break;
+            }
             Some(_) => {}
         }
     }
@@ -208,12 +262,108 @@ test a_push_reaches_every_host ... ok
         let report = failures.report().expect("one test failed");
         assert!(report.starts_with("1 failed:"), "{report}");
         assert!(
-            report.contains("tests/enforce.rs::unlisted_drops"),
+            report.contains("tests/enforce.rs: unlisted_drops"),
             "{report}"
         );
         assert!(report.contains("the unlisted ping got through"), "{report}");
         assert!(!report.contains("listed_passes"), "{report}");
         assert!(!report.contains("fleet"), "{report}");
+    }
+
+    #[test]
+    fn a_binary_that_crashed_is_named_even_when_another_named_its_failures() {
+        let output = "\
+     Running unittests src/lib.rs (target/debug/deps/allowlist_userspace-89ab)
+running 1 test
+test durable::tests::fine ... ok
+     Running tests/enforce.rs (target/debug/deps/enforce-0123)
+running 1 test
+test unlisted_drops ... FAILED
+failures:
+---- unlisted_drops stdout ----
+thread 'unlisted_drops' panicked at tests/tests/enforce.rs:12:5:
+error: test failed, to rerun pass `-p allowlist-tests --test enforce`
+     Running tests/fleet.rs (target/debug/deps/fleet-4567)
+running 1 test
+error: test failed, to rerun pass `-p allowlist-tests --test fleet`
+   Doc-tests allowlist_common
+running 1 test
+test src/lib.rs - Control (line 12) ... FAILED
+";
+        let mut failures = Failures::default();
+        for line in output.lines() {
+            failures.read(line);
+        }
+        let report = failures.report().expect("failures");
+        assert!(report.starts_with("3 failed:"), "{report}");
+        assert!(
+            report.contains("tests/enforce.rs: unlisted_drops"),
+            "{report}"
+        );
+        assert!(
+            report.contains("tests/fleet.rs: exited without naming a failed test"),
+            "{report}"
+        );
+        assert!(
+            report.contains("doc tests of allowlist_common: src/lib.rs - Control (line 12)"),
+            "{report}"
+        );
+        assert!(!report.contains("enforce.rs: exited"), "{report}");
+    }
+
+    #[test]
+    fn quiet_cargo_names_the_binary_after_its_output_and_libtest_prints_dots() {
+        let output = "\
+running 2 tests
+.F
+failures:
+
+---- unlisted_drops stdout ----
+thread 'unlisted_drops' panicked at tests/tests/enforce.rs:12:5:
+the unlisted ping got through
+
+failures:
+    unlisted_drops
+
+test result: FAILED. 1 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out
+error: test failed, to rerun pass `-p allowlist-tests --test enforce`
+
+running 1 test
+.
+test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out
+
+running 3 tests
+error: test failed, to rerun pass `-p allowlist-tests --test fleet`
+";
+        let mut failures = Failures::default();
+        for line in output.lines() {
+            failures.read(line);
+        }
+        let report = failures.report().expect("failures");
+        assert!(report.starts_with("2 failed:"), "{report}");
+        assert!(
+            report.contains(
+                "cargo test -p allowlist-tests --test enforce: unlisted_drops\n      thread 'unlisted_drops' panicked"
+            ),
+            "{report}"
+        );
+        assert!(report.contains("the unlisted ping got through"), "{report}");
+        assert!(
+            report.contains("cargo test -p allowlist-tests --test fleet: exited without naming"),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn unit_test_binaries_are_named_by_their_crate() {
+        assert_eq!(
+            super::binary_name("unittests src/lib.rs (target/debug/deps/allowlist_userspace-89ab)"),
+            "unit tests of allowlist_userspace (src/lib.rs)"
+        );
+        assert_eq!(
+            super::binary_name("tests/enforce.rs (target/debug/deps/enforce-0123)"),
+            "tests/enforce.rs"
+        );
     }
 
     #[test]
@@ -225,8 +375,14 @@ test a_push_reaches_every_host ... ok
             failures.read(&format!("log line {n}"));
         }
         failures.read("thread 'noisy' panicked at x.rs:1:1:");
+        failures.read("the reason");
+        failures.read("stack backtrace:");
+        for n in 0..100 {
+            failures.read(&format!("  {n}: frame"));
+        }
         let report = failures.report().expect("one test failed");
         assert!(report.contains("panicked"), "{report}");
+        assert!(report.ends_with("the reason"), "{report}");
         assert!(report.contains("log line 999"), "{report}");
         assert!(!report.contains("log line 900"), "{report}");
     }

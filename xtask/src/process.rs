@@ -1,6 +1,7 @@
 //! Running external programs. Every error names the command that failed, so a newcomer
 //! can copy it and run it by hand.
 
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
 
 use anyhow::{ensure, Context as _, Result};
@@ -61,4 +62,40 @@ pub fn capture(cmd: &mut Command) -> Result<String> {
         String::from_utf8_lossy(&output.stderr).trim()
     );
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// A program's output line by line, bytes that are not UTF-8 replaced rather than ending the
+/// reading: a reader that stopped early would leave the program blocked on a full pipe.
+pub fn lossy_lines(output: impl Read) -> impl Iterator<Item = String> {
+    let mut reader = BufReader::new(output);
+    std::iter::from_fn(move || {
+        let mut line = Vec::new();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                Some(String::from_utf8_lossy(&line).into_owned())
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lossy_lines;
+
+    #[test]
+    fn lines_with_bytes_that_are_not_utf8_are_read_and_so_are_the_lines_after_them() {
+        let output: &[u8] = b"first\nbad \xff byte\r\nlast without newline";
+        let lines: Vec<String> = lossy_lines(output).collect();
+        assert_eq!(
+            lines,
+            ["first", "bad \u{fffd} byte", "last without newline"]
+        );
+    }
 }

@@ -14,7 +14,7 @@
 use std::{
     collections::BTreeSet,
     fs,
-    io::{BufRead, BufReader, Write},
+    io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
@@ -569,10 +569,7 @@ fn kvm_boots(kernel: &Kernel, work: &Path) -> Result<bool> {
     let stdout = child.stdout.take().context("qemu's output")?;
     let (found, seen) = mpsc::channel();
     std::thread::spawn(move || {
-        let ok = BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.contains("ALLOWLIST-VM-KVM-OK"));
+        let ok = process::lossy_lines(stdout).any(|line| line.contains("ALLOWLIST-VM-KVM-OK"));
         let _ = found.send(ok);
     });
     let booted = seen.recv_timeout(Duration::from_secs(20)).unwrap_or(false);
@@ -605,7 +602,7 @@ fn boot(
     let mut log = fs::File::create(console)?;
     let (lines, received) = mpsc::channel();
     std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in process::lossy_lines(stdout) {
             if lines.send(line).is_err() {
                 break;
             }

@@ -67,26 +67,44 @@ impl<K: Kernel> Daemon<K> {
         let mut state = self.state_without_entries();
         state.generation = self.generation.wrapping_add(1);
         let generation = state.generation;
-        let started = Instant::now();
-        let (applied, written) = std::thread::scope(|scope| {
-            let allowlist = &self.allowlist;
-            let state_dir = &self.config.state_dir;
-            let writer = scope.spawn(move || {
-                state
-                    .with_entries(EntriesOf(|| allowlist.managed()))
-                    .prepare(state_dir)
-            });
+        let allowlist = &self.allowlist;
+        let state_dir = &self.config.state_dir;
+        let write = move || {
+            state
+                .with_entries(EntriesOf(|| allowlist.managed()))
+                .prepare(state_dir)
+        };
+        let (applied, written, kernel_took) = std::thread::scope(|scope| {
+            // Without a thread (the host's thread limit reached), one after the other.
+            let (writer, write_here) = match std::thread::Builder::new()
+                .spawn_scoped(scope, write.clone())
+            {
+                Ok(writer) => (Some(writer), None),
+                Err(error) => {
+                    warn!(%error, "no thread to write the state file beside the kernel's writes; writing it after them");
+                    (None, Some(write))
+                }
+            };
+            let started = Instant::now();
             let applied = self.filter.apply(&list);
-            let written = writer.join().unwrap_or_else(|_| {
-                Err(StateError::Write {
+            let kernel_took = started.elapsed();
+            let written = match (writer, write_here) {
+                (Some(writer), _) => writer.join().unwrap_or_else(|_| {
+                    Err(StateError::Write {
+                        path: state_dir.display().to_string(),
+                        cause: std::io::Error::other("the thread writing the state file panicked"),
+                    })
+                }),
+                (None, Some(write)) if applied.is_ok() => write(),
+                (None, _) => Err(StateError::Write {
                     path: state_dir.display().to_string(),
-                    cause: std::io::Error::other("the thread writing the state file panicked"),
-                })
-            });
-            (applied, written)
+                    cause: std::io::Error::other("not written: the kernel refused the list"),
+                }),
+            };
+            (applied, written, kernel_took)
         });
         // Refused by the kernel: the written state is dropped, so removed.
-        self.applied_whole(list, applied?, started)?;
+        self.applied_whole(list, applied?, kernel_took)?;
         written?.commit()?;
         self.generation = generation;
         self.journaled = 0;

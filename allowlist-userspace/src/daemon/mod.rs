@@ -393,17 +393,18 @@ impl<K: Kernel> Daemon<K> {
     fn apply_compiled(&mut self, list: CompiledList) -> Result<(), DaemonError> {
         let started = Instant::now();
         let applied = self.filter.apply(&list)?;
-        self.applied_whole(list, applied, started)
+        self.applied_whole(list, applied, started.elapsed())
     }
 
-    /// What follows the kernel taking a whole list: its features and mode, and the
-    /// bookkeeping of what it now holds.
+    /// What follows the kernel taking a whole list (which took `kernel_took`): its
+    /// features and mode, and the bookkeeping of what it now holds.
     fn applied_whole(
         &mut self,
         list: CompiledList,
         applied: ApplyReport,
-        started: Instant,
+        kernel_took: Duration,
     ) -> Result<(), DaemonError> {
+        let started = Instant::now();
         self.events.applied_whole(applied.took);
         debug!(
             ipv4 = list.v4.len(),
@@ -416,7 +417,10 @@ impl<K: Kernel> Daemon<K> {
         self.compiled = list;
         self.filter.set_features(self.features())?;
         self.filter.set_mode(self.mode, self.pending_confirm)?;
-        self.kernel_took += started.elapsed();
+        self.kernel_took = self
+            .kernel_took
+            .saturating_add(kernel_took)
+            .saturating_add(started.elapsed());
         Ok(())
     }
 
