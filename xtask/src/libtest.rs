@@ -218,6 +218,15 @@ pub fn run(mut cmd: Command) -> Result<()> {
 mod tests {
     use super::{result_line, Failures};
 
+    /// What the report says of `output`, which has a failure.
+    fn report_of(output: &str) -> String {
+        let mut failures = Failures::default();
+        for line in output.lines() {
+            failures.read(line);
+        }
+        failures.report().expect("a failure in the output")
+    }
+
     #[test]
     fn libtest_lines_are_read_even_behind_console_noise() {
         assert_eq!(
@@ -255,11 +264,7 @@ test result: FAILED. 1 passed; 1 failed
 running 1 test
 test a_push_reaches_every_host ... ok
 ";
-        let mut failures = Failures::default();
-        for line in output.lines() {
-            failures.read(line);
-        }
-        let report = failures.report().expect("one test failed");
+        let report = report_of(output);
         assert!(report.starts_with("1 failed:"), "{report}");
         assert!(
             report.contains("tests/enforce.rs: unlisted_drops"),
@@ -290,11 +295,7 @@ error: test failed, to rerun pass `-p allowlist-tests --test fleet`
 running 1 test
 test src/lib.rs - Control (line 12) ... FAILED
 ";
-        let mut failures = Failures::default();
-        for line in output.lines() {
-            failures.read(line);
-        }
-        let report = failures.report().expect("failures");
+        let report = report_of(output);
         assert!(report.starts_with("3 failed:"), "{report}");
         assert!(
             report.contains("tests/enforce.rs: unlisted_drops"),
@@ -335,11 +336,7 @@ test result: ok. 1 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out
 running 3 tests
 error: test failed, to rerun pass `-p allowlist-tests --test fleet`
 ";
-        let mut failures = Failures::default();
-        for line in output.lines() {
-            failures.read(line);
-        }
-        let report = failures.report().expect("failures");
+        let report = report_of(output);
         assert!(report.starts_with("2 failed:"), "{report}");
         assert!(
             report.contains(
