@@ -164,14 +164,7 @@ pub fn run(mut cmd: Command) -> Result<()> {
         .with_context(|| format!("could not start `{shown}`"))?;
     // The command holds the pipe's write ends: dropped, the pipe ends with cargo's output.
     drop(cmd);
-    let (lines, received) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in process::lossy_lines(output) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let received = process::lines_in_background(output);
     let mut failures = Failures::default();
     // A process a test left behind may still hold the pipe after cargo exits; its output is
     // read for a moment more, not waited for.

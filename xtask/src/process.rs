@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 
 use anyhow::{ensure, Context as _, Result};
 
@@ -83,6 +84,20 @@ pub fn lossy_lines(output: impl Read) -> impl Iterator<Item = String> {
             }
         }
     })
+}
+
+/// [`lossy_lines`] read on a thread of their own, so the caller can wait for the next with
+/// a timeout (a program may stop writing without ending).
+pub fn lines_in_background(output: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lossy_lines(output) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    received
 }
 
 #[cfg(test)]

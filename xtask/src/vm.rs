@@ -600,14 +600,7 @@ fn boot(
         .context("starting qemu-system-x86_64")?;
     let stdout = child.stdout.take().context("qemu's output")?;
     let mut log = fs::File::create(console)?;
-    let (lines, received) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in process::lossy_lines(stdout) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let received = process::lines_in_background(stdout);
     let mut results = Vec::new();
     let mut tests_of_this_binary = Vec::new();
     let mut guest_kernel = None;
